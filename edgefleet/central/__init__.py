@@ -1,0 +1,1 @@
+"""Central side: data, training, registry, export, publishing and monitoring."""

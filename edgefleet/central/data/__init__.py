@@ -1,0 +1,1 @@
+"""Training data: the synthetic telco-churn generator and loading of users' tables."""

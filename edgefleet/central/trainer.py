@@ -1,0 +1,172 @@
+"""Train a model version: fit the pipeline, measure it on a holdout, and describe the
+training data (reference profile) and a set of golden vectors for every runtime to
+self-test with."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+
+from edgefleet.central.data.loader import TrainingTable, encode_features
+from edgefleet.central.metrics import classification_metrics
+from edgefleet.central.pipeline import build_pipeline
+from edgefleet.edge.manifest import GoldenVector, Value
+from edgefleet.edge.profile import (
+    CategoricalProfile,
+    FeatureProfile,
+    NumericProfile,
+    ReferenceProfile,
+    ScoreProfile,
+    categorical_counts,
+    numeric_bin_counts,
+    quantile_edges,
+    score_histogram,
+)
+from edgefleet.edge.schema import CategoricalFeature, FeatureSchema, NumericFeature
+
+GOLDEN_HOLDOUT_ROWS = 24
+UNSEEN_CATEGORY = "<unseen-category>"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    pipeline: Pipeline
+    schema: FeatureSchema
+    family: str
+    params: Mapping[str, Any]
+    seed: int
+    metrics: Mapping[str, float]
+    reference: ReferenceProfile
+    golden: tuple[GoldenVector, ...]
+    holdout_inputs: npt.NDArray[np.float32]
+    holdout_labels: npt.NDArray[np.int8]
+    train_rows: int
+
+    def golden_inputs(self) -> npt.NDArray[np.float32]:
+        return np.array([g.input_values() for g in self.golden], dtype=np.float32)
+
+
+def train(table: TrainingTable, family: str, *, seed: int = 0, holdout: float = 0.25,
+          params: Mapping[str, Any] | None = None) -> TrainedModel:
+    """Fit ``family`` on ``table`` with a stratified holdout of the given share."""
+    inputs = encode_features(table.features, table.schema)
+    train_index, test_index = train_test_split(
+        np.arange(len(inputs)), test_size=holdout, random_state=seed, stratify=table.labels
+    )
+    pipeline, used_params = build_pipeline(table.schema, family, seed=seed, params=params)
+    pipeline.fit(inputs[train_index], table.labels[train_index])
+    holdout_inputs = inputs[test_index]
+    holdout_labels = table.labels[test_index].astype(np.int8)
+    scores = pipeline.predict_proba(holdout_inputs)[:, 1]
+    return TrainedModel(
+        pipeline=pipeline,
+        schema=table.schema,
+        family=family,
+        params=used_params,
+        seed=seed,
+        metrics=classification_metrics(holdout_labels, scores),
+        reference=reference_profile(table.schema, inputs[train_index], scores, holdout_labels),
+        golden=golden_vectors(pipeline, table.schema, table.features.iloc[test_index],
+                              holdout_labels, seed=seed),
+        holdout_inputs=holdout_inputs,
+        holdout_labels=holdout_labels,
+        train_rows=len(train_index),
+    )
+
+
+def reference_profile(schema: FeatureSchema, train_inputs: npt.NDArray[np.float32],
+                      holdout_scores: npt.NDArray[Any], holdout_labels: npt.NDArray[Any]
+                      ) -> ReferenceProfile:
+    """Feature histograms of the training rows and score histograms of the holdout."""
+    features: list[FeatureProfile] = []
+    for column, feature in enumerate(schema.features):
+        values = train_inputs[:, column]
+        if isinstance(feature, NumericFeature):
+            edges = quantile_edges(values)
+            counts, missing = numeric_bin_counts(values, edges)
+            finite = values[np.isfinite(values)]
+            features.append(NumericProfile(
+                name=feature.name, edges=tuple(edges), counts=tuple(int(c) for c in counts),
+                missing=missing, minimum=float(finite.min()), maximum=float(finite.max()),
+            ))
+        else:
+            counts, unknown = categorical_counts(values, len(feature.vocabulary))
+            features.append(CategoricalProfile(
+                name=feature.name, counts=tuple(int(c) for c in counts), unknown=unknown,
+            ))
+    labels = np.asarray(holdout_labels)
+    return ReferenceProfile(
+        rows=len(train_inputs),
+        features=tuple(features),
+        scores=ScoreProfile(
+            counts=tuple(int(c) for c in score_histogram(holdout_scores)),
+            by_label=(tuple(int(c) for c in score_histogram(holdout_scores[labels == 0])),
+                      tuple(int(c) for c in score_histogram(holdout_scores[labels == 1]))),
+        ),
+    )
+
+
+def _record(row: pd.Series) -> dict[str, Value]:
+    record: dict[str, Value] = {}
+    for name, value in row.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            record[str(name)] = None
+        elif isinstance(value, str):
+            record[str(name)] = value
+        else:
+            record[str(name)] = float(value)
+    return record
+
+
+def _edge_cases(schema: FeatureSchema, base: dict[str, Value]) -> list[tuple[str, dict[str, Value]]]:
+    """Records that probe the corners of the schema: unseen categories, bounds, missing."""
+    cases: list[tuple[str, dict[str, Value]]] = []
+    for feature in schema.features:
+        if isinstance(feature, CategoricalFeature):
+            cases.append((f"unseen category of {feature.name}",
+                          {**base, feature.name: UNSEEN_CATEGORY}))
+            if feature.allow_missing:
+                cases.append((f"missing {feature.name}", {**base, feature.name: None}))
+            continue
+        for label, bound in (("minimum", feature.minimum), ("maximum", feature.maximum)):
+            if bound is not None:
+                cases.append((f"{label} of {feature.name}", {**base, feature.name: bound}))
+        if feature.allow_missing:
+            cases.append((f"missing {feature.name}", {**base, feature.name: None}))
+    return cases
+
+
+def golden_vectors(pipeline: Pipeline, schema: FeatureSchema, holdout: pd.DataFrame,
+                   labels: npt.NDArray[Any], *, seed: int) -> tuple[GoldenVector, ...]:
+    """Holdout rows of both labels plus edge cases, with scikit-learn's probabilities."""
+    rng = np.random.default_rng(seed)
+    picks: list[int] = []
+    for label in (0, 1):
+        members = np.flatnonzero(np.asarray(labels) == label)
+        take = min(len(members), GOLDEN_HOLDOUT_ROWS // 2)
+        picks.extend(int(i) for i in rng.choice(members, size=take, replace=False))
+    rows = [(f"holdout row {i}", _record(holdout.iloc[i])) for i in sorted(picks)]
+    cases = rows + _edge_cases(schema, rows[0][1])
+    frame = pd.DataFrame([record for _, record in cases], columns=list(schema.names))
+    for index in schema.numeric_indices():
+        name = schema.features[index].name
+        frame[name] = pd.to_numeric(frame[name]).astype(np.float64)
+    inputs = encode_features(frame, schema)
+    probabilities = pipeline.predict_proba(inputs)
+    return tuple(
+        GoldenVector(
+            record=record,
+            input=tuple(None if math.isnan(v) else float(v) for v in inputs[i]),
+            probabilities=tuple(float(p) for p in probabilities[i]),
+            note=note,
+        )
+        for i, (note, record) in enumerate(cases)
+    )

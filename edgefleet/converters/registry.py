@@ -1,0 +1,96 @@
+"""The table of export formats: which model families each can take, and where its
+converter lives.
+
+A format module exports ``convert(source: ConversionSource) -> bytes`` (the artifact) and
+``predict(artifact: bytes, inputs: float32 [N, F]) -> probabilities [N, 2]`` (the format's
+own runtime, or an evaluator of its semantics, used for the parity check). Modules are
+imported only when used, so listing the support matrix never loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.converters.ir import ESTIMATOR_FAMILIES
+from edgefleet.converters.source import ConversionSource
+from edgefleet.errors import InputError, UnsupportedModelError
+
+ALL_FAMILIES = tuple(ESTIMATOR_FAMILIES.values())
+Predict = Callable[[bytes, npt.NDArray[np.float32]], npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    module: str
+    filename: str
+    runtime: str
+    families: tuple[str, ...]
+    description: str
+
+    def _module(self) -> Any:
+        try:
+            return importlib.import_module(self.module)
+        except ImportError as error:
+            raise UnsupportedModelError(
+                f"the {self.name} converter needs a package that is not installed "
+                f"({error.name}): pip install 'edgefleet[central]'"
+            ) from None
+
+    def convert(self, source: ConversionSource) -> bytes:
+        if source.family not in self.families:
+            raise UnsupportedModelError(
+                f"{self.name} cannot take a {source.family} model "
+                f"({type(source.pipeline.steps[-1][1]).__name__}); formats that can: "
+                f"{', '.join(formats_for(source.family)) or 'none'}"
+            )
+        return cast(bytes, self._module().convert(source))
+
+    def predict(self, artifact: bytes, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        return cast(npt.NDArray[Any], self._module().predict(artifact, inputs))
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("onnx", "edgefleet.converters.onnx_export", "model.onnx",
+                     "onnxruntime>=1.17", ALL_FAMILIES, "ONNX (skl2onnx), for onnxruntime"),
+        ExportFormat("tflite", "edgefleet.converters.tflite", "model.tflite",
+                     "ai-edge-litert>=1.2 or tflite-runtime>=2.14", ALL_FAMILIES,
+                     "TensorFlow Lite, builtin ops only, for LiteRT on Android and devices"),
+        ExportFormat("coreml", "edgefleet.converters.coreml", "model.mlmodel",
+                     "Core ML 3 (iOS 13+, macOS 10.15+)", ALL_FAMILIES,
+                     "Core ML classic spec (coremltools builders), for iOS and macOS"),
+    )
+}
+# Formats whose converters are complete; issue 3 widens this to every format.
+DEFAULT_FORMATS: tuple[str, ...] = ("onnx",)
+
+
+def export_format(name: str) -> ExportFormat:
+    try:
+        return EXPORT_FORMATS[name]
+    except KeyError:
+        raise InputError(
+            f"unknown format {name!r}; edgefleet exports: {', '.join(EXPORT_FORMATS)}"
+        ) from None
+
+
+def formats_for(family: str) -> list[str]:
+    return [f.name for f in EXPORT_FORMATS.values() if family in f.families]
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """``"onnx,tflite"`` -> ("onnx", "tflite"); None -> every format."""
+    if not text:
+        return DEFAULT_FORMATS
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    for name in names:
+        export_format(name)
+    return names

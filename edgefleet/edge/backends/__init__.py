@@ -1,0 +1,1 @@
+"""Model runtimes the edge can score with, one module each."""

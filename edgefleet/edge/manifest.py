@@ -1,0 +1,218 @@
+"""The bundle manifest (DESIGN.md section 3): what a model is, how it was made, how to
+check it, and which artifacts carry it.
+
+The manifest is stored as JSON (``manifest.json``) and signed byte for byte; parsing never
+normalises the bytes that were signed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.edge.profile import ReferenceProfile
+from edgefleet.edge.schema import FeatureSchema
+from edgefleet.errors import InputError, ManifestError
+
+MANIFEST_FORMAT = 1
+FORMATS = ("onnx", "tflite", "coreml", "web")
+"""Artifact formats a bundle can carry."""
+
+DEFAULT_TOLERANCE = 1e-5
+"""Largest absolute probability difference any artifact may show against scikit-learn."""
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+Value = float | str | None
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """``"1.4.0"`` -> ``(1, 4, 0)``; :class:`InputError` for anything that is not
+    MAJOR.MINOR.PATCH."""
+    match = _SEMVER.match(version) if isinstance(version, str) else None
+    if not match:
+        raise InputError(f"{version!r} is not a version of the form MAJOR.MINOR.PATCH")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+@dataclass(frozen=True)
+class Artifact:
+    format: str
+    path: str
+    sha256: str
+    bytes: int
+    runtime: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "path": self.path, "sha256": self.sha256,
+                "bytes": self.bytes, "runtime": self.runtime}
+
+
+@dataclass(frozen=True)
+class GoldenVector:
+    """A record, its encoding under the schema (None = NaN), and the probabilities that
+    scikit-learn gave for it. ``note`` says why it is there (holdout row, edge case)."""
+
+    record: Mapping[str, Value]
+    input: tuple[float | None, ...]
+    probabilities: tuple[float, ...]
+    note: str
+
+    def input_values(self) -> list[float]:
+        return [math.nan if v is None else v for v in self.input]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"record": dict(self.record), "input": list(self.input),
+                "probabilities": list(self.probabilities), "note": self.note}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    created: str
+    model_family: str
+    target: str
+    data_sha256: str
+    schema: FeatureSchema
+    metrics: Mapping[str, float]
+    reference: ReferenceProfile
+    golden: tuple[GoldenVector, ...]
+    artifacts: tuple[Artifact, ...]
+    parity: Mapping[str, float] = field(default_factory=dict)
+    tolerance: float = DEFAULT_TOLERANCE
+    params: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = MANIFEST_FORMAT
+
+    @property
+    def version_tuple(self) -> tuple[int, int, int]:
+        return parse_version(self.version)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+    def artifact(self, fmt: str) -> Artifact:
+        for artifact in self.artifacts:
+            if artifact.format == fmt:
+                return artifact
+        have = ", ".join(a.format for a in self.artifacts) or "none"
+        raise ManifestError(f"{self.label} has no {fmt} artifact (it has: {have})")
+
+    def formats(self) -> tuple[str, ...]:
+        return tuple(a.format for a in self.artifacts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "model_family": self.model_family,
+            "target": self.target,
+            "data_sha256": self.data_sha256,
+            "schema": self.schema.to_dict(),
+            "metrics": dict(self.metrics),
+            "parity": dict(self.parity),
+            "tolerance": self.tolerance,
+            "params": dict(self.params),
+            "reference": self.reference.to_dict(),
+            "golden": [g.to_dict() for g in self.golden],
+            "artifacts": [a.to_dict() for a in self.artifacts],
+        }
+
+    def to_bytes(self) -> bytes:
+        """The bytes that are written and signed. NaN never appears: golden inputs use
+        null for it, and ``allow_nan=False`` makes any other NaN a bug we hear about."""
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
+        return (text + "\n").encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "manifest.json") -> Manifest:
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ManifestError(f"{source} is not UTF-8 text: not a manifest") from None
+        except json.JSONDecodeError as error:
+            hint = " (the file ends early: truncated?)" if error.pos >= len(data.rstrip()) else ""
+            raise ManifestError(
+                f"{source} is not valid JSON at line {error.lineno} column {error.colno}"
+                f"{hint}: {error.msg}"
+            ) from None
+        return cls.from_dict(raw, source=source)
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "manifest.json") -> Manifest:
+        if not isinstance(raw, dict):
+            raise ManifestError(f"{source} must hold a JSON object")
+        try:
+            format_version = raw["format_version"]
+            if format_version != MANIFEST_FORMAT:
+                raise ManifestError(
+                    f"{source} has format_version {format_version!r}; this edgefleet reads "
+                    f"{MANIFEST_FORMAT}: upgrade edgefleet on this device"
+                )
+            version = str(raw["version"])
+            parse_version(version)
+            artifacts = tuple(_artifact(a) for a in raw["artifacts"])
+            schema = FeatureSchema.from_dict(raw["schema"])
+            golden = tuple(_golden(g, schema.n_features) for g in raw["golden"])
+            return cls(
+                format_version=format_version,
+                name=str(raw["name"]),
+                version=version,
+                created=str(raw["created"]),
+                model_family=str(raw["model_family"]),
+                target=str(raw["target"]),
+                data_sha256=str(raw["data_sha256"]),
+                schema=schema,
+                metrics={str(k): float(v) for k, v in raw["metrics"].items()},
+                reference=ReferenceProfile.from_dict(raw["reference"]),
+                golden=golden,
+                artifacts=artifacts,
+                parity={str(k): float(v) for k, v in raw.get("parity", {}).items()},
+                tolerance=float(raw.get("tolerance", DEFAULT_TOLERANCE)),
+                params=dict(raw.get("params", {})),
+            )
+        except ManifestError:
+            raise
+        except InputError as error:
+            raise ManifestError(f"{source}: {error}") from None
+        except KeyError as missing:
+            raise ManifestError(f"{source} lacks the field {missing}") from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ManifestError(f"{source} has a field of the wrong type: {error}") from None
+
+
+def _artifact(raw: Any) -> Artifact:
+    artifact = Artifact(
+        format=str(raw["format"]), path=str(raw["path"]), sha256=str(raw["sha256"]),
+        bytes=int(raw["bytes"]), runtime=str(raw["runtime"]),
+    )
+    if artifact.format not in FORMATS:
+        raise ManifestError(f"artifact format {artifact.format!r} is not one of {FORMATS}")
+    if not _SHA256.match(artifact.sha256):
+        raise ManifestError(f"artifact {artifact.path!r}: sha256 is not 64 hex digits")
+    parts = artifact.path.split("/")
+    if artifact.path.startswith("/") or ".." in parts or "\\" in artifact.path:
+        raise ManifestError(f"artifact path {artifact.path!r} leaves the bundle")
+    if artifact.bytes < 0:
+        raise ManifestError(f"artifact {artifact.path!r}: negative size")
+    return artifact
+
+
+def _golden(raw: Any, n_features: int) -> GoldenVector:
+    values = raw["input"]
+    if len(values) != n_features:
+        raise ManifestError(f"a golden vector has {len(values)} inputs, the schema {n_features}")
+    return GoldenVector(
+        record=dict(raw["record"]),
+        input=tuple(None if v is None else float(v) for v in values),
+        probabilities=tuple(float(p) for p in raw["probabilities"]),
+        note=str(raw.get("note", "")),
+    )

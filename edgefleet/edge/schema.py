@@ -1,0 +1,213 @@
+"""Feature schema: the names, kinds and allowed values of a model's inputs.
+
+The model contract (DESIGN.md section 2): every exported format takes one float32 tensor
+``[N, F]`` with the features in schema order. A numeric feature is its value (NaN where
+missing is allowed: the graph imputes it). A categorical feature is the index of its value
+in the vocabulary; a value outside the vocabulary is :data:`UNKNOWN_CODE`, which every
+graph one-hot encodes as "no category".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edgefleet.errors import InputError
+
+UNKNOWN_CODE = -1.0
+
+OutOfRangePolicy = Literal["error", "clip", "accept"]
+_POLICIES: tuple[OutOfRangePolicy, ...] = ("error", "clip", "accept")
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    """A numeric input. ``minimum``/``maximum`` bound what is *allowed* (a validity range,
+    not the training range); ``out_of_range`` says what scoring does with a value outside
+    it: refuse the record (default), clip it to the bound, or accept it as is."""
+
+    name: str
+    minimum: float | None = None
+    maximum: float | None = None
+    allow_missing: bool = False
+    out_of_range: OutOfRangePolicy = "error"
+
+    @property
+    def kind(self) -> Literal["numeric"]:
+        return "numeric"
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        for bound in (self.minimum, self.maximum):
+            if bound is not None and not math.isfinite(bound):
+                raise InputError(f"feature {self.name!r}: bounds must be finite numbers")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise InputError(
+                f"feature {self.name!r}: minimum {self.minimum} is above maximum {self.maximum}"
+            )
+        if self.out_of_range not in _POLICIES:
+            raise InputError(
+                f"feature {self.name!r}: out_of_range must be one of {', '.join(_POLICIES)}"
+            )
+
+    def in_range(self, value: float) -> bool:
+        return (self.minimum is None or value >= self.minimum) and (
+            self.maximum is None or value <= self.maximum
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "numeric",
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "allow_missing": self.allow_missing,
+            "out_of_range": self.out_of_range,
+        }
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """A categorical input with a fixed vocabulary; its code is the index in ``vocabulary``.
+    A missing value (where allowed) is scored like an unknown category."""
+
+    name: str
+    vocabulary: tuple[str, ...]
+    allow_missing: bool = False
+
+    @property
+    def kind(self) -> Literal["categorical"]:
+        return "categorical"
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        if not self.vocabulary:
+            raise InputError(f"feature {self.name!r}: a categorical feature needs a vocabulary")
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise InputError(f"feature {self.name!r}: the vocabulary has duplicate values")
+        if not all(isinstance(v, str) for v in self.vocabulary):
+            raise InputError(f"feature {self.name!r}: vocabulary values must be strings")
+
+    def code(self, value: str) -> float:
+        """The integer code of ``value`` as a float, :data:`UNKNOWN_CODE` if unseen."""
+        try:
+            return float(self.vocabulary.index(value))
+        except ValueError:
+            return UNKNOWN_CODE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "categorical",
+            "vocabulary": list(self.vocabulary),
+            "allow_missing": self.allow_missing,
+        }
+
+
+Feature = NumericFeature | CategoricalFeature
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """The ordered inputs of a model, the target column and its two classes.
+
+    ``classes[1]`` is the positive class: the probability a model reports for it is the
+    "score" (churn probability) that monitoring histograms.
+    """
+
+    features: tuple[Feature, ...]
+    target: str
+    classes: tuple[str, str]
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            raise InputError("a feature schema needs at least one feature")
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InputError(f"duplicate feature names in schema: {', '.join(duplicates)}")
+        if self.target in names:
+            raise InputError(f"the target {self.target!r} cannot also be a feature")
+        if len(self.classes) != 2 or self.classes[0] == self.classes[1]:
+            raise InputError("edgefleet models are binary: the schema needs two distinct classes")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise InputError(f"no feature named {name!r}; the schema has {', '.join(self.names)}")
+
+    def numeric_indices(self) -> list[int]:
+        return [i for i, f in enumerate(self.features) if isinstance(f, NumericFeature)]
+
+    def categorical_indices(self) -> list[int]:
+        return [i for i, f in enumerate(self.features) if isinstance(f, CategoricalFeature)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "classes": list(self.classes),
+            "features": [f.to_dict() for f in self.features],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FeatureSchema:
+        """Build a schema from its JSON form; :class:`InputError` says what is wrong."""
+        if not isinstance(data, dict):
+            raise InputError("a feature schema must be a JSON object")
+        try:
+            target = data["target"]
+            classes = data["classes"]
+            raw_features = data["features"]
+        except KeyError as missing:
+            raise InputError(f"feature schema lacks the key {missing}") from None
+        if not isinstance(target, str) or not isinstance(classes, list):
+            raise InputError("feature schema: 'target' must be a string, 'classes' a list")
+        if not isinstance(raw_features, list):
+            raise InputError("feature schema: 'features' must be a list")
+        features = tuple(_feature_from_dict(f, i) for i, f in enumerate(raw_features))
+        if len(classes) != 2:
+            raise InputError("feature schema: 'classes' must hold exactly two class labels")
+        return cls(features=features, target=target, classes=(str(classes[0]), str(classes[1])))
+
+
+def _feature_from_dict(data: Any, position: int) -> Feature:
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise InputError(f"feature schema: feature {position} must be an object with a 'name'")
+    kind = data.get("kind")
+    name = data["name"]
+    allow_missing = bool(data.get("allow_missing", False))
+    if kind == "numeric":
+        minimum, maximum = data.get("minimum"), data.get("maximum")
+        for bound in (minimum, maximum):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)):
+                raise InputError(f"feature {name!r}: bounds must be numbers or null")
+        return NumericFeature(
+            name=name,
+            minimum=None if minimum is None else float(minimum),
+            maximum=None if maximum is None else float(maximum),
+            allow_missing=allow_missing,
+            out_of_range=data.get("out_of_range", "error"),
+        )
+    if kind == "categorical":
+        vocabulary = data.get("vocabulary")
+        if not isinstance(vocabulary, list):
+            raise InputError(f"feature {name!r}: a categorical feature needs a 'vocabulary' list")
+        return CategoricalFeature(
+            name=name, vocabulary=tuple(vocabulary), allow_missing=allow_missing
+        )
+    raise InputError(f"feature {name!r}: kind must be 'numeric' or 'categorical', not {kind!r}")
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise InputError(f"feature names must be non-empty strings without edge spaces: {name!r}")

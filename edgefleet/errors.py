@@ -1,0 +1,106 @@
+"""The one exception tree of edgefleet.
+
+Every error edgefleet raises on purpose derives from :class:`EdgefleetError`, so a caller
+can catch the whole family with one clause, and the CLI turns any of them into a one-line
+message and exit status 2 instead of a traceback::
+
+    EdgefleetError
+    ├── InputError              bad input from a user: data files, options, records
+    │   ├── DataError           a data file or table that cannot be used for training
+    │   └── RecordError         a record to score that does not fit the feature schema
+    ├── BundleError             a model bundle that must not be used
+    │   ├── ManifestError       manifest.json missing, truncated or not a valid manifest
+    │   ├── SignatureError      unsigned, wrongly signed, or signed by a key we do not trust
+    │   ├── ArtifactError       an artifact missing, of the wrong size, or with a hash mismatch
+    │   ├── DowngradeError      a version lower than the running one without a signed rollback
+    │   └── SelfTestError       the model does not reproduce its golden vectors
+    ├── ConversionError         a fitted model that cannot be exported
+    │   ├── UnsupportedModelError   no converter for this estimator and format
+    │   └── ParityError         an exported artifact disagrees with scikit-learn
+    ├── RuntimeUnavailableError no installed runtime can run any artifact of the bundle
+    ├── RegistryError           unknown model version, corrupt registry
+    └── KeyFileError            a signing or public key that cannot be read
+
+Messages say what was wrong and what to do about it; they never need a traceback to be
+understood.
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetError(Exception):
+    """Base of every error edgefleet raises on purpose."""
+
+
+class InputError(EdgefleetError):
+    """Bad input from a user."""
+
+
+class DataError(InputError):
+    """A data file or table that cannot be used for training."""
+
+
+class RecordError(InputError):
+    """A record to score that does not fit the feature schema.
+
+    ``record`` is the index of the offending record in the batch, ``field`` the feature name.
+    """
+
+    def __init__(self, message: str, *, record: int | None = None, field: str | None = None):
+        where = []
+        if record is not None:
+            where.append(f"record {record}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+        self.record = record
+        self.field = field
+
+
+class BundleError(EdgefleetError):
+    """A model bundle that must not be used."""
+
+
+class ManifestError(BundleError):
+    """manifest.json missing, truncated or not a valid manifest."""
+
+
+class SignatureError(BundleError):
+    """Unsigned, wrongly signed, or signed by a key that is not trusted."""
+
+
+class ArtifactError(BundleError):
+    """An artifact missing, of the wrong size, or whose sha256 does not match the manifest."""
+
+
+class DowngradeError(BundleError):
+    """A bundle older than the running model, without a signed rollback."""
+
+
+class SelfTestError(BundleError):
+    """The model does not reproduce the golden vectors of its manifest."""
+
+
+class ConversionError(EdgefleetError):
+    """A fitted model that cannot be exported."""
+
+
+class UnsupportedModelError(ConversionError):
+    """No converter is registered for this estimator and format."""
+
+
+class ParityError(ConversionError):
+    """An exported artifact disagrees with scikit-learn beyond the tolerance."""
+
+
+class RuntimeUnavailableError(EdgefleetError):
+    """No installed runtime can run any artifact of the bundle."""
+
+
+class RegistryError(EdgefleetError):
+    """Unknown model version or an unusable registry."""
+
+
+class KeyFileError(EdgefleetError):
+    """A signing or public key that cannot be read."""

@@ -1,0 +1,1 @@
+"""Web: the Flask fleet dashboard and the in-browser demo."""
