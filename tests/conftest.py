@@ -17,7 +17,9 @@ FAMILIES = ("logreg", "rf", "gb", "hgb", "et", "dt")
 TRAIN_ROWS = 4000
 # Test-sized parameters keep the suite fast; the defaults are exercised by the CLI tests.
 SMALL_PARAMS: dict[str, dict[str, object]] = {
-    "rf": {"n_estimators": 20}, "et": {"n_estimators": 20}, "gb": {"n_estimators": 40},
+    "rf": {"n_estimators": 20},
+    "et": {"n_estimators": 20},
+    "gb": {"n_estimators": 40},
     "hgb": {"max_iter": 40},
 }
 
@@ -47,3 +49,12 @@ def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     private, public, _ = generate_keys(tmp_path_factory.mktemp("keys"))
     return private, public
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test never counts as passing: a skip fails the run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped and exitstatus == 0:
+        reporter.write_line(f"{len(skipped)} test(s) skipped: a skip fails this suite", red=True)
+        session.exitstatus = 1

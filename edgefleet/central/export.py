@@ -65,8 +65,12 @@ def export_bundle(
     pipeline = version.load_pipeline()
     check_inputs = np.concatenate([card.holdout_inputs, card.golden_inputs()])
     expected = pipeline.predict_proba(check_inputs)
-    source = ConversionSource(pipeline=pipeline, schema=card.schema, family=version.family,
-                              sample=card.holdout_inputs[:16])
+    source = ConversionSource(
+        pipeline=pipeline,
+        schema=card.schema,
+        family=version.family,
+        sample=card.holdout_inputs[:16],
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
@@ -84,8 +88,19 @@ def export_bundle(
             target = staging / fmt.filename
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-            artifacts.append(Artifact(format=name, path=fmt.filename, sha256=sha256_bytes(data),
-                                      bytes=len(data), runtime=fmt.runtime))
+            for relative, content in fmt.support_files().items():
+                support = staging / relative
+                support.parent.mkdir(parents=True, exist_ok=True)
+                support.write_bytes(content)
+            artifacts.append(
+                Artifact(
+                    format=name,
+                    path=fmt.filename,
+                    sha256=sha256_bytes(data),
+                    bytes=len(data),
+                    runtime=fmt.runtime,
+                )
+            )
             reports.append(FormatReport(name, fmt.filename, len(data), seconds, parity))
             progress(f"{name}: {len(data):,} bytes, max |diff| {parity.max_abs_diff:.2g}")
         manifest = Manifest(

@@ -18,28 +18,36 @@ def register(subparsers: Any) -> None:
     keys = subparsers.add_parser("keys", help="manage the publisher's signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     generate = keys_sub.add_parser(
-        "generate", help="create an Ed25519 key pair for signing bundles",
+        "generate",
+        help="create an Ed25519 key pair for signing bundles",
         description="Write edgefleet.key (private, mode 0600: keep it on the publishing host) "
-                    "and edgefleet.pub (give it to every device).")
+        "and edgefleet.pub (give it to every device).",
+    )
     generate.add_argument("--out", type=Path, help="folder (default: HOME/keys)")
     generate.add_argument("--force", action="store_true", help="replace an existing key pair")
     generate.set_defaults(handler=run_keys_generate)
 
     export = subparsers.add_parser(
-        "export", help="export a model version as a signed bundle",
+        "export",
+        help="export a model version as a signed bundle",
         description="Convert a registered version to the chosen formats, check each "
-                    "against scikit-learn (max |probability difference| <= tolerance on the "
-                    "holdout and the golden vectors), then write and sign the bundle. A "
-                    "format that fails parity fails the export: nothing is written.",
+        "against scikit-learn (max |probability difference| <= tolerance on the "
+        "holdout and the golden vectors), then write and sign the bundle. A "
+        "format that fails parity fails the export: nothing is written.",
         epilog="example:\n  edgefleet export latest --out bundle/\n"
-               "  edgefleet export churn@1.2.0 --formats onnx --out bundle/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  edgefleet export churn@1.2.0 --formats onnx --out bundle/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     export.add_argument("version", help="VERSION, NAME@VERSION or 'latest'")
     export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     export.add_argument("--formats", help="comma-separated formats (default: all)")
     export.add_argument("--key", type=Path, help="signing key (default: HOME/keys/edgefleet.key)")
-    export.add_argument("--tolerance", type=float, default=1e-5,
-                        help="largest allowed |probability difference| (default: 1e-5)")
+    export.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-5,
+        help="largest allowed |probability difference| (default: 1e-5)",
+    )
     export.add_argument("--force", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=run_export)
 
@@ -49,20 +57,25 @@ def register(subparsers: Any) -> None:
     inspect.set_defaults(handler=run_inspect)
 
     verify = subparsers.add_parser(
-        "verify", help="check a bundle's signature, artifacts and golden vectors",
+        "verify",
+        help="check a bundle's signature, artifacts and golden vectors",
         description="Exit 0 only if the manifest is signed by the given key, every artifact "
-                    "matches its size and sha256, and each runnable format reproduces the "
-                    "golden vectors.")
+        "matches its size and sha256, and each runnable format reproduces the "
+        "golden vectors.",
+    )
     verify.add_argument("bundle", type=Path)
-    verify.add_argument("--key", type=Path, help="trusted public key (default: HOME/keys/edgefleet.pub)")
+    verify.add_argument(
+        "--key", type=Path, help="trusted public key (default: HOME/keys/edgefleet.pub)"
+    )
     verify.set_defaults(handler=run_verify)
 
 
 def run_keys_generate(args: argparse.Namespace) -> int:
     from edgefleet.central.keys import default_key_dir, generate_keys
 
-    private, public, identifier = generate_keys(args.out or default_key_dir(args.home),
-                                                overwrite=args.force)
+    private, public, identifier = generate_keys(
+        args.out or default_key_dir(args.home), overwrite=args.force
+    )
     say(f"wrote {private} (keep private) and {public} (give to devices); key id {identifier}")
     return 0
 
@@ -78,8 +91,15 @@ def run_export(args: argparse.Namespace) -> int:
     key = load_private_key(args.key or default_key_dir(args.home) / PRIVATE_NAME)
     version = Registry(args.home).get(args.version)
     say(f"exporting {version.label} ({version.family}) as {', '.join(formats)}")
-    result = export_bundle(version, formats, args.out, key, tolerance=args.tolerance,
-                           overwrite=args.force, progress=lambda m: say(f"  {m}"))
+    result = export_bundle(
+        version,
+        formats,
+        args.out,
+        key,
+        tolerance=args.tolerance,
+        overwrite=args.force,
+        progress=lambda m: say(f"  {m}"),
+    )
     say(f"signed bundle written to {result.bundle}")
     print(result.bundle)
     return 0
@@ -87,6 +107,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from edgefleet.edge.bundle import read_manifest
+    from edgefleet.edge.schema import CategoricalFeature
 
     manifest, _ = read_manifest(args.bundle)
     if args.json:
@@ -97,15 +118,20 @@ def run_inspect(args: argparse.Namespace) -> int:
     print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in manifest.metrics.items()))
     print(f"features ({manifest.schema.n_features}):")
     for feature in manifest.schema.features:
-        detail = (f"[{feature.minimum}, {feature.maximum}]" if feature.kind == "numeric"
-                  else f"{len(feature.vocabulary)} categories")  # type: ignore[union-attr]
+        detail = (
+            f"{len(feature.vocabulary)} categories"
+            if isinstance(feature, CategoricalFeature)
+            else f"[{feature.minimum}, {feature.maximum}]"
+        )
         print(f"  {feature.name:24} {feature.kind:12} {detail}")
     print(f"golden vectors: {len(manifest.golden)} (tolerance {manifest.tolerance:g})")
     print("artifacts:")
     for artifact in manifest.artifacts:
         parity = manifest.parity.get(artifact.format)
-        print(f"  {artifact.format:7} {artifact.path:22} {artifact.bytes:>11,} bytes  "
-              f"sha256 {artifact.sha256[:12]}  parity {parity:.2g}  needs {artifact.runtime}")
+        print(
+            f"  {artifact.format:7} {artifact.path:22} {artifact.bytes:>11,} bytes  "
+            f"sha256 {artifact.sha256[:12]}  parity {parity:.2g}  needs {artifact.runtime}"
+        )
     return 0
 
 

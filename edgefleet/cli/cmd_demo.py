@@ -18,11 +18,17 @@ from edgefleet.cli.progress import say, step
 
 def register(subparsers: Any) -> None:
     demo = subparsers.add_parser(
-        "demo", help="run the main job end to end on generated data",
+        "demo",
+        help="run the main job end to end on generated data",
         description="Generate data, train, export a signed bundle, verify it and score on "
-                    "the edge runtime, in a work folder (default ./demo-run).")
-    demo.add_argument("--workdir", type=Path, default=Path("demo-run"),
-                      help="folder for data, registry, keys and bundles (replaced each run)")
+        "the edge runtime, in a work folder (default ./demo-run).",
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo-run"),
+        help="folder for data, registry, keys and bundles (replaced each run)",
+    )
     demo.add_argument("--rows", type=int, default=20000, help="training rows (default 20000)")
     demo.add_argument("--model", default="rf", help="model family (default rf)")
     demo.add_argument("--seed", type=int, default=0)
@@ -56,22 +62,31 @@ def run_demo(args: argparse.Namespace) -> int:
         table = load_training_table(data.frame, "churn", schema=data.schema)
         model = train(table, args.model, seed=args.seed)
         version = Registry(home).register(model, data_sha256=data_sha256(data.frame))
-    say(f"  registered {version.label}: AUROC {model.metrics['auroc']:.3f}, "
-        f"AP {model.metrics['average_precision']:.3f}")
+    say(
+        f"  registered {version.label}: AUROC {model.metrics['auroc']:.3f}, "
+        f"AP {model.metrics['average_precision']:.3f}"
+    )
     private, public, key = generate_keys(home / "keys")
     say(f"- signing key {key} created")
     with step(f"exporting {', '.join(DEFAULT_FORMATS)} with parity checks"):
-        result = export_bundle(version, DEFAULT_FORMATS, work / "bundle", load_private_key(private),
-                               progress=lambda m: say(f"  {m}"))
+        result = export_bundle(
+            version,
+            DEFAULT_FORMATS,
+            work / "bundle",
+            load_private_key(private),
+            progress=lambda m: say(f"  {m}"),
+        )
     with step("verifying the bundle as a device would (signature, hashes, golden vectors)"):
         scorer = Scorer.from_bundle(result.bundle, public)
-    say(f"  {scorer.manifest.label} on {scorer.format}: self-test max |diff| "
-        f"{scorer.self_test_error:.2g}")
+    say(
+        f"  {scorer.manifest.label} on {scorer.format}: self-test max |diff| "
+        f"{scorer.self_test_error:.2g}"
+    )
     rows: list[tuple[str, float, float]] = []
     for scenario in ("none", "price_increase"):
         fresh = generate(2000, seed=args.seed + 1, scenario=scenario)
-        records = [
-            {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        records: list[dict[str, Any]] = [
+            {str(k): (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
             for r in fresh.frame.drop(columns=["churn"]).to_dict("records")
         ]
         with step(f"scoring 2,000 new customers on the edge ({scenario})"):

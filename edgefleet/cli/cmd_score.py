@@ -30,20 +30,32 @@ examples:
 
 def register(subparsers: Any) -> None:
     score = subparsers.add_parser(
-        "score", help="score a JSONL or CSV file locally with a bundle",
+        "score",
+        help="score a JSONL or CSV file locally with a bundle",
         description="Verify the bundle, self-test it on its golden vectors, then score each "
-                    "record of the input and stream the results as JSON lines.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "record of the input and stream the results as JSON lines.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     score.add_argument("bundle", type=Path, help="bundle folder or .tar")
-    score.add_argument("--input", type=Path, required=True,
-                       help=".jsonl (one JSON object per line) or .csv with a header; - for "
-                            "JSONL on stdin")
-    score.add_argument("--key", type=Path, help="trusted public key (default: HOME/keys/edgefleet.pub)")
+    score.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help=".jsonl (one JSON object per line) or .csv with a header; - for JSONL on stdin",
+    )
+    score.add_argument(
+        "--key", type=Path, help="trusted public key (default: HOME/keys/edgefleet.pub)"
+    )
     score.add_argument("--format", help="runtime format to use (default: the first available)")
     score.add_argument("--batch-size", type=int, default=1024, help="records per model call")
-    score.add_argument("--on-error", choices=("report", "stop"), default="report",
-                       help="a bad record: write an error line and go on (exit 1 at the end), "
-                            "or stop at once (default: report)")
+    score.add_argument(
+        "--on-error",
+        choices=("report", "stop"),
+        default="report",
+        help="a bad record: write an error line and go on (exit 1 at the end), "
+        "or stop at once (default: report)",
+    )
     score.set_defaults(handler=run_score)
 
 
@@ -51,7 +63,7 @@ def _csv_records(handle: TextIO, numeric: set[str]) -> Iterator[dict[str, Any]]:
     reader = csv.DictReader(handle)
     if reader.fieldnames is None:
         raise InputError("the CSV input is empty: it needs a header row")
-    for line, row in enumerate(reader, start=2):
+    for _line, row in enumerate(reader, start=2):
         record: dict[str, Any] = {}
         for name, text in row.items():
             text = (text or "").strip()
@@ -77,8 +89,11 @@ def _jsonl_records(handle: TextIO) -> Iterator[dict[str, Any] | RecordError]:
         except json.JSONDecodeError as error:
             yield RecordError(f"line {line_number} is not JSON: {error.msg}")
             continue
-        yield value if isinstance(value, dict) else RecordError(
-            f"line {line_number} is not a JSON object")
+        yield (
+            value
+            if isinstance(value, dict)
+            else RecordError(f"line {line_number} is not a JSON object")
+        )
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -87,8 +102,9 @@ def run_score(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
-    scorer = Scorer.from_bundle(args.bundle, args.key or default_public_key(args.home),
-                                format=args.format)
+    scorer = Scorer.from_bundle(
+        args.bundle, args.key or default_public_key(args.home), format=args.format
+    )
     say(f"scoring with {scorer.manifest.label} ({scorer.format}, self-test passed)")
     numeric = {f.name for f in scorer.manifest.schema.features if f.kind == "numeric"}
     positive = scorer.manifest.schema.classes[1]
@@ -103,8 +119,10 @@ def run_score(args: argparse.Namespace) -> int:
     suffix = args.input.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".json", ".ndjson", "") and str(args.input) != "-":
         raise InputError(f"{args.input}: use a .jsonl or .csv file")
-    records: Iterator[Any] = (_csv_records(handle, numeric) if suffix == ".csv"
-                              else _jsonl_records(handle))
+    records: Iterator[Any] = (
+        _csv_records(handle, numeric) if suffix == ".csv" else _jsonl_records(handle)
+    )
+    width = scorer.manifest.schema.n_features
     scored = failed = 0
     row = 0
     out = sys.stdout
@@ -125,7 +143,11 @@ def run_score(args: argparse.Namespace) -> int:
                     failed += 1
                 lines.append(entry)
                 row += 1
-            probabilities = scorer.score(np.array(encoded, dtype=np.float32)) if encoded else []
+            probabilities = (
+                scorer.score(np.array(encoded, dtype=np.float32).reshape(-1, width))
+                if encoded
+                else np.empty((0, 2), dtype=np.float32)
+            )
             position = 0
             for entry in lines:
                 if "error" not in entry:

@@ -36,22 +36,36 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 def register(subparsers: Any) -> None:
     train = subparsers.add_parser(
-        "train", help="train a model and register it as a new version",
+        "train",
+        help="train a model and register it as a new version",
         description="Train a scikit-learn pipeline on a CSV/Parquet table, measure it on a "
-                    "stratified holdout and register it as a new model version.",
-        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "stratified holdout and register it as a new model version.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--data", type=Path, required=True, help="CSV or Parquet training table")
     train.add_argument("--target", required=True, help="the column to predict (two classes)")
     train.add_argument("--model", default="rf", help="model family (default: rf)")
-    train.add_argument("--name", default="churn", help="model name in the registry (default: churn)")
+    train.add_argument(
+        "--name", default="churn", help="model name in the registry (default: churn)"
+    )
     train.add_argument("--schema", type=Path, help="feature schema JSON (default: inferred)")
     train.add_argument("--positive-class", help="the class whose probability is the score")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    train.add_argument("--holdout", type=float, default=0.25,
-                       help="share of rows held out for metrics and parity (default: 0.25)")
-    train.add_argument("--param", type=_parse_param, action="append", default=[],
-                       metavar="KEY=VALUE", help="estimator parameter, repeatable")
+    train.add_argument(
+        "--holdout",
+        type=float,
+        default=0.25,
+        help="share of rows held out for metrics and parity (default: 0.25)",
+    )
+    train.add_argument(
+        "--param",
+        type=_parse_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="estimator parameter, repeatable",
+    )
     train.set_defaults(handler=run_train)
 
     models = subparsers.add_parser("models", help="list registered model versions")
@@ -76,13 +90,17 @@ def run_train(args: argparse.Namespace) -> int:
             raise InputError(f"cannot read schema {args.schema}: {error}") from None
     with step(f"loading {args.data}"):
         frame = read_table(args.data)
-        table = load_training_table(frame, args.target, schema=schema,
-                                    positive_class=args.positive_class)
-    say(f"  {len(table.labels):,} rows, {table.schema.n_features} features, "
-        f"{table.labels.mean():.1%} {table.schema.classes[1]!r}")
+        table = load_training_table(
+            frame, args.target, schema=schema, positive_class=args.positive_class
+        )
+    say(
+        f"  {len(table.labels):,} rows, {table.schema.n_features} features, "
+        f"{table.labels.mean():.1%} {table.schema.classes[1]!r}"
+    )
     with step(f"training {args.model}"):
-        model = train(table, args.model, seed=args.seed, holdout=args.holdout,
-                      params=dict(args.param))
+        model = train(
+            table, args.model, seed=args.seed, holdout=args.holdout, params=dict(args.param)
+        )
     registry = Registry(args.home)
     version = registry.register(model, name=args.name, data_sha256=data_sha256(frame))
     say(f"registered {version.label} ({version.family}) in {registry.url}")
@@ -97,17 +115,32 @@ def run_models(args: argparse.Namespace) -> int:
 
     versions = Registry(args.home).versions(args.name)
     if args.json:
-        print(json.dumps([{"name": v.name, "version": v.version, "family": v.family,
-                           "created": v.created.isoformat(), "metrics": v.metrics,
-                           "data_sha256": v.data_sha256, "params": v.params}
-                          for v in versions], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": v.name,
+                        "version": v.version,
+                        "family": v.family,
+                        "created": v.created.isoformat(),
+                        "metrics": v.metrics,
+                        "data_sha256": v.data_sha256,
+                        "params": v.params,
+                    }
+                    for v in versions
+                ],
+                indent=1,
+            )
+        )
         return 0
     if not versions:
         say(f"no models registered in {args.home}: train one with 'edgefleet train'")
         return 0
     print(f"{'name':12} {'version':9} {'family':7} {'auroc':>6} {'ap':>6} {'rows':>8}  created")
     for v in versions:
-        print(f"{v.name:12} {v.version:9} {v.family:7} {v.metrics['auroc']:6.3f} "
-              f"{v.metrics['average_precision']:6.3f} {v.train_rows:8,}  "
-              f"{v.created:%Y-%m-%d %H:%M}")
+        print(
+            f"{v.name:12} {v.version:9} {v.family:7} {v.metrics['auroc']:6.3f} "
+            f"{v.metrics['average_precision']:6.3f} {v.train_rows:8,}  "
+            f"{v.created:%Y-%m-%d %H:%M}"
+        )
     return 0

@@ -81,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgefleetError as error:
         print(f"edgefleet: error: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        # A device installs only the edge extras; central commands then lack their packages.
+        print(
+            f"edgefleet: error: '{args.command}' needs the package {error.name!r}, which is "
+            "not installed here: pip install 'edgefleet[central]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("edgefleet: interrupted", file=sys.stderr)
         return 130

@@ -78,13 +78,22 @@ class Preprocessing:
         return len(self.numeric) + sum(c.categories for c in self.categorical)
 
     def transform(self, inputs: Float32Array) -> Float64Array:
-        """Raw inputs -> the estimator's features, in float64 as scikit-learn does."""
+        """Raw inputs -> the estimator's features, rounded as scikit-learn rounds them.
+
+        For float32 input, scikit-learn's imputer and scaler keep float32: the scaler casts
+        its mean and scale to float32 and subtracts and divides in float32 (measured with
+        scikit-learn 1.9; exact, not approximate).
+        """
         x = np.asarray(inputs, dtype=np.float64)
         out = np.zeros((x.shape[0], self.n_outputs), dtype=np.float64)
-        for position, column in enumerate(self.numeric):
-            values = x[:, column.input_index]
-            values = np.where(np.isnan(values), column.impute, values)
-            out[:, position] = (values - column.offset) / column.scale
+        for position, numeric in enumerate(self.numeric):
+            values = x[:, numeric.input_index]
+            values = _f32(np.where(np.isnan(values), numeric.impute, values))
+            if numeric.offset != 0.0 or numeric.scale != 1.0:
+                single = values.astype(np.float32)
+                single = (single - np.float32(numeric.offset)) / np.float32(numeric.scale)
+                values = single.astype(np.float64)
+            out[:, position] = values
         position = len(self.numeric)
         for column in self.categorical:
             codes = x[:, column.input_index]
@@ -130,8 +139,9 @@ class Tree:
                 return self.value[node]
             f = self.feature[node[active]]
             v = x[rows[active], f]
-            go_left = np.where(np.isnan(v), self.missing_left[node[active]],
-                               v <= self.threshold[node[active]])
+            go_left = np.where(
+                np.isnan(v), self.missing_left[node[active]], v <= self.threshold[node[active]]
+            )
             node[active] = np.where(go_left, self.left[node[active]], self.right[node[active]])
 
 
@@ -158,14 +168,20 @@ class ModelIR:
         if isinstance(self.model, LinearModel):
             positive = _sigmoid(features @ self.model.coefficients + self.model.intercept)
         elif self.model.aggregation == "average_probability":
-            total = sum(t.leaf_values(features, self.model.float32_compare)
-                        for t in self.model.trees)
+            total = sum(
+                t.leaf_values(features, self.model.float32_compare) for t in self.model.trees
+            )
             positive = np.asarray(total, dtype=np.float64) / len(self.model.trees)
         else:
-            total = sum(t.leaf_values(features, self.model.float32_compare)
-                        for t in self.model.trees)
+            total = sum(
+                t.leaf_values(features, self.model.float32_compare) for t in self.model.trees
+            )
             positive = _sigmoid(self.model.base + np.asarray(total, dtype=np.float64))
         return np.column_stack([1.0 - positive, positive])
+
+
+def _f32(values: Float64Array) -> Float64Array:
+    return values.astype(np.float32).astype(np.float64)
 
 
 def _sigmoid(z: Float64Array) -> Float64Array:
@@ -184,8 +200,10 @@ def read_pipeline(pipeline: Any) -> ModelIR:
     family = family_of(estimator)
     classes = list(getattr(estimator, "classes_", []))
     if len(classes) != 2:
-        raise UnsupportedModelError(f"{type(estimator).__name__} has {len(classes)} classes; "
-                                    "edgefleet converts binary classifiers")
+        raise UnsupportedModelError(
+            f"{type(estimator).__name__} has {len(classes)} classes; "
+            "edgefleet converts binary classifiers"
+        )
     preprocessing = _read_preprocessing(prep)
     model = _read_linear(estimator) if family == "logreg" else _read_trees(estimator, family)
     return ModelIR(family=family, preprocessing=preprocessing, model=model)
@@ -206,12 +224,14 @@ def _read_preprocessing(prep: Any) -> Preprocessing:
             if unknown or imputer is None:
                 raise UnsupportedModelError(f"numeric steps {sorted(steps)} are not supported")
             for position, column in enumerate(columns):
-                numeric.append(NumericColumn(
-                    input_index=int(column),
-                    impute=float(imputer.statistics_[position]),
-                    offset=float(scaler.mean_[position]) if scaler is not None else 0.0,
-                    scale=float(scaler.scale_[position]) if scaler is not None else 1.0,
-                ))
+                numeric.append(
+                    NumericColumn(
+                        input_index=int(column),
+                        impute=float(imputer.statistics_[position]),
+                        offset=float(scaler.mean_[position]) if scaler is not None else 0.0,
+                        scale=float(scaler.scale_[position]) if scaler is not None else 1.0,
+                    )
+                )
         elif kind == "OneHotEncoder":
             for position, column in enumerate(columns):
                 cats = np.asarray(transformer.categories_[position], dtype=np.float64)
@@ -220,13 +240,14 @@ def _read_preprocessing(prep: Any) -> Preprocessing:
                 categorical.append(OneHotColumn(input_index=int(column), categories=len(cats)))
         else:
             raise UnsupportedModelError(f"preprocessing step {kind} is not supported")
-    return Preprocessing(n_inputs=n_inputs, numeric=tuple(numeric),
-                         categorical=tuple(categorical))
+    return Preprocessing(n_inputs=n_inputs, numeric=tuple(numeric), categorical=tuple(categorical))
 
 
 def _read_linear(estimator: Any) -> LinearModel:
-    return LinearModel(coefficients=np.asarray(estimator.coef_[0], dtype=np.float64),
-                       intercept=float(estimator.intercept_[0]))
+    return LinearModel(
+        coefficients=np.asarray(estimator.coef_[0], dtype=np.float64),
+        intercept=float(estimator.intercept_[0]),
+    )
 
 
 def _sklearn_tree(tree: Any, value: Float64Array) -> Tree:
@@ -237,8 +258,11 @@ def _sklearn_tree(tree: Any, value: Float64Array) -> Tree:
         left=np.asarray(tree.children_left, dtype=np.int64),
         right=np.asarray(tree.children_right, dtype=np.int64),
         value=value,
-        missing_left=(np.zeros(tree.node_count, dtype=bool) if missing is None
-                      else np.asarray(missing, dtype=bool)),
+        missing_left=(
+            np.zeros(tree.node_count, dtype=bool)
+            if missing is None
+            else np.asarray(missing, dtype=bool)
+        ),
     )
 
 
@@ -253,27 +277,38 @@ def _read_trees(estimator: Any, family: str) -> TreeEnsemble:
         return TreeEnsemble(tuple(trees), "average_probability", 0.0, float32_compare=True)
     if family == "gb":
         rate = float(estimator.learning_rate)
-        trees = [_sklearn_tree(stage[0].tree_,
-                               rate * np.asarray(stage[0].tree_.value[:, 0, 0], dtype=np.float64))
-                 for stage in estimator.estimators_]
-        base = float(np.asarray(estimator._raw_predict_init(np.zeros((1, estimator.n_features_in_)))
-                                ).ravel()[0])
+        trees = [
+            _sklearn_tree(
+                stage[0].tree_, rate * np.asarray(stage[0].tree_.value[:, 0, 0], dtype=np.float64)
+            )
+            for stage in estimator.estimators_
+        ]
+        base = float(
+            np.asarray(
+                estimator._raw_predict_init(np.zeros((1, estimator.n_features_in_)))
+            ).ravel()[0]
+        )
         return TreeEnsemble(tuple(trees), "additive_logit", base, float32_compare=True)
     # hgb: leaf values already include the learning rate.
     trees = []
     for (predictor,) in estimator._predictors:
         nodes = predictor.nodes
         if nodes["is_categorical"].any():
-            raise UnsupportedModelError("HistGradientBoosting with native categorical splits "
-                                        "is not supported; one-hot encode instead")
+            raise UnsupportedModelError(
+                "HistGradientBoosting with native categorical splits "
+                "is not supported; one-hot encode instead"
+            )
         leaf = nodes["is_leaf"].astype(bool)
-        trees.append(Tree(
-            feature=np.where(leaf, -1, nodes["feature_idx"]).astype(np.int64),
-            threshold=np.asarray(nodes["num_threshold"], dtype=np.float64),
-            left=np.where(leaf, -1, nodes["left"]).astype(np.int64),
-            right=np.where(leaf, -1, nodes["right"]).astype(np.int64),
-            value=np.asarray(nodes["value"], dtype=np.float64),
-            missing_left=np.asarray(nodes["missing_go_to_left"], dtype=bool),
-        ))
+        # HGB stores children as uint32 (0 at leaves): widen before marking leaves with -1.
+        trees.append(
+            Tree(
+                feature=np.where(leaf, -1, nodes["feature_idx"].astype(np.int64)),
+                threshold=np.asarray(nodes["num_threshold"], dtype=np.float64),
+                left=np.where(leaf, -1, nodes["left"].astype(np.int64)),
+                right=np.where(leaf, -1, nodes["right"].astype(np.int64)),
+                value=np.asarray(nodes["value"], dtype=np.float64),
+                missing_left=np.asarray(nodes["missing_go_to_left"], dtype=bool),
+            )
+        )
     base = float(np.asarray(estimator._baseline_prediction).ravel()[0])
     return TreeEnsemble(tuple(trees), "additive_logit", base, float32_compare=False)

@@ -55,18 +55,49 @@ class ExportFormat:
     def predict(self, artifact: bytes, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
         return cast(npt.NDArray[Any], self._module().predict(artifact, inputs))
 
+    def support_files(self) -> dict[str, bytes]:
+        """Files the format needs beside its artifact (the web page and its runtime), by
+        path inside the bundle. Not listed in the manifest: they are the runtime, not the
+        model, like onnxruntime on a device."""
+        hook = getattr(self._module(), "support_files", None)
+        return {} if hook is None else cast(dict[str, bytes], hook())
+
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
-        ExportFormat("onnx", "edgefleet.converters.onnx_export", "model.onnx",
-                     "onnxruntime>=1.17", ALL_FAMILIES, "ONNX (skl2onnx), for onnxruntime"),
-        ExportFormat("tflite", "edgefleet.converters.tflite", "model.tflite",
-                     "ai-edge-litert>=1.2 or tflite-runtime>=2.14", ALL_FAMILIES,
-                     "TensorFlow Lite, builtin ops only, for LiteRT on Android and devices"),
-        ExportFormat("coreml", "edgefleet.converters.coreml", "model.mlmodel",
-                     "Core ML 3 (iOS 13+, macOS 10.15+)", ALL_FAMILIES,
-                     "Core ML classic spec (coremltools builders), for iOS and macOS"),
+        ExportFormat(
+            "onnx",
+            "edgefleet.converters.onnx_export",
+            "model.onnx",
+            "onnxruntime>=1.17",
+            ALL_FAMILIES,
+            "ONNX (skl2onnx), for onnxruntime",
+        ),
+        ExportFormat(
+            "tflite",
+            "edgefleet.converters.tflite",
+            "model.tflite",
+            "ai-edge-litert>=1.2 or tflite-runtime>=2.14",
+            ALL_FAMILIES,
+            "TensorFlow Lite, builtin ops only, for LiteRT on Android and devices",
+        ),
+        ExportFormat(
+            "web",
+            "edgefleet.converters.web",
+            "web/model.onnx",
+            "onnxruntime-web 1.30 (WebAssembly)",
+            ALL_FAMILIES,
+            "browser bundle: ONNX for onnxruntime-web, a page and an ES module",
+        ),
+        ExportFormat(
+            "coreml",
+            "edgefleet.converters.coreml",
+            "model.mlmodel",
+            "Core ML 3 (iOS 13+, macOS 10.15+)",
+            ALL_FAMILIES,
+            "Core ML classic spec (coremltools builders), for iOS and macOS",
+        ),
     )
 }
 # Formats whose converters are complete; issue 3 widens this to every format.

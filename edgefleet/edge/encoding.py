@@ -44,8 +44,9 @@ def _numeric_encoder(feature: NumericFeature) -> Encoder:
     def missing(index: int) -> float:
         if allow_missing:
             return math.nan
-        raise RecordError("value is missing and this feature requires one", record=index,
-                          field=name)
+        raise RecordError(
+            "value is missing and this feature requires one", record=index, field=name
+        )
 
     def out_of_range(value: float, index: int) -> float:
         if policy == "clip":
@@ -53,7 +54,8 @@ def _numeric_encoder(feature: NumericFeature) -> Encoder:
         if policy == "accept":
             return value
         raise RecordError(
-            f"value {value!r} is outside the allowed range [{low}, {high}]", record=index,
+            f"value {value!r} is outside the allowed range [{low}, {high}]",
+            record=index,
             field=name,
         )
 
@@ -91,11 +93,13 @@ def _categorical_encoder(feature: CategoricalFeature) -> Encoder:
         if value is None or value is _ABSENT or (type(value) is float and value != value):
             if allow_missing:
                 return UNKNOWN_CODE
-            raise RecordError("value is missing and this feature requires one", record=index,
-                              field=name)
+            raise RecordError(
+                "value is missing and this feature requires one", record=index, field=name
+            )
         raise RecordError(
-            f"expected text (one of {len(codes)} categories), got {type(value).__name__} "
-            f"{value!r}", record=index, field=name,
+            f"expected text (one of {len(codes)} categories), got {type(value).__name__} {value!r}",
+            record=index,
+            field=name,
         )
 
     return encode
@@ -107,8 +111,10 @@ class RecordEncoder:
     def __init__(self, schema: FeatureSchema):
         self.schema = schema
         self._fields: list[tuple[str, Encoder]] = [
-            (f.name, _numeric_encoder(f) if isinstance(f, NumericFeature)
-             else _categorical_encoder(f))
+            (
+                f.name,
+                _numeric_encoder(f) if isinstance(f, NumericFeature) else _categorical_encoder(f),
+            )
             for f in schema.features
         ]
         self._categorical = np.array(schema.categorical_indices(), dtype=np.int64)
@@ -119,18 +125,22 @@ class RecordEncoder:
 
     def encode_row(self, record: Mapping[str, Any], index: int = 0) -> list[float]:
         if not isinstance(record, Mapping):
-            raise RecordError(f"expected a mapping of field names to values, got "
-                              f"{type(record).__name__}", record=index)
+            raise RecordError(
+                f"expected a mapping of field names to values, got {type(record).__name__}",
+                record=index,
+            )
         get = record.get
         return [encode(get(name, _ABSENT), index) for name, encode in self._fields]
 
-    def encode(self, records: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-               ) -> npt.NDArray[np.float32]:
+    def encode(
+        self, records: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> npt.NDArray[np.float32]:
         """One record or a sequence of records -> float32 ``[N, F]``."""
         if isinstance(records, Mapping):
             return np.array([self.encode_row(records)], dtype=np.float32)
-        return np.array([self.encode_row(r, i) for i, r in enumerate(records)],
-                        dtype=np.float32).reshape(len(records), len(self._fields))
+        return np.array(
+            [self.encode_row(r, i) for i, r in enumerate(records)], dtype=np.float32
+        ).reshape(len(records), len(self._fields))
 
     def check_array(self, array: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Validate an already-encoded ``[N, F]`` array (schema order, category codes)."""
@@ -144,13 +154,17 @@ class RecordEncoder:
             )
         if self._categorical.size:
             codes = matrix[:, self._categorical]
-            bad = ~((codes == UNKNOWN_CODE) | ((codes >= 0) & (codes < self._vocabulary_sizes)
-                                               & (codes == np.floor(codes))))
+            bad = ~(
+                (codes == UNKNOWN_CODE)
+                | ((codes >= 0) & (codes < self._vocabulary_sizes) & (codes == np.floor(codes)))
+            )
             if bad.any():
                 row, column = (int(i) for i in np.argwhere(bad)[0])
                 feature = self.schema.features[int(self._categorical[column])]
+                highest = int(self._vocabulary_sizes[column]) - 1
                 raise RecordError(
-                    f"{codes[row, column]!r} is not a category code (0..{int(self._vocabulary_sizes[column]) - 1} or -1)",
-                    record=row, field=feature.name,
+                    f"{float(codes[row, column])!r} is not a category code (0..{highest} or -1)",
+                    record=row,
+                    field=feature.name,
                 )
         return matrix

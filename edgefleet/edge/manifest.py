@@ -49,8 +49,13 @@ class Artifact:
     runtime: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "path": self.path, "sha256": self.sha256,
-                "bytes": self.bytes, "runtime": self.runtime}
+        return {
+            "format": self.format,
+            "path": self.path,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "runtime": self.runtime,
+        }
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,12 @@ class GoldenVector:
         return [math.nan if v is None else v for v in self.input]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"record": dict(self.record), "input": list(self.input),
-                "probabilities": list(self.probabilities), "note": self.note}
+        return {
+            "record": dict(self.record),
+            "input": list(self.input),
+            "probabilities": list(self.probabilities),
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,9 @@ class Manifest:
         except UnicodeDecodeError:
             raise ManifestError(f"{source} is not UTF-8 text: not a manifest") from None
         except json.JSONDecodeError as error:
-            hint = " (the file ends early: truncated?)" if error.pos >= len(data.rstrip()) else ""
+            # A manifest is one JSON object: text that stops before its closing brace was cut.
+            ends_early = not data.rstrip().endswith(b"}")
+            hint = " (the file ends early: truncated)" if ends_early else ""
             raise ManifestError(
                 f"{source} is not valid JSON at line {error.lineno} column {error.colno}"
                 f"{hint}: {error.msg}"
@@ -191,8 +202,11 @@ class Manifest:
 
 def _artifact(raw: Any) -> Artifact:
     artifact = Artifact(
-        format=str(raw["format"]), path=str(raw["path"]), sha256=str(raw["sha256"]),
-        bytes=int(raw["bytes"]), runtime=str(raw["runtime"]),
+        format=str(raw["format"]),
+        path=str(raw["path"]),
+        sha256=str(raw["sha256"]),
+        bytes=int(raw["bytes"]),
+        runtime=str(raw["runtime"]),
     )
     if artifact.format not in FORMATS:
         raise ManifestError(f"artifact format {artifact.format!r} is not one of {FORMATS}")

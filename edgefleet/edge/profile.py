@@ -95,8 +95,12 @@ class CategoricalProfile:
     unknown: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": "categorical", "counts": list(self.counts),
-                "unknown": self.unknown}
+        return {
+            "name": self.name,
+            "kind": "categorical",
+            "counts": list(self.counts),
+            "unknown": self.unknown,
+        }
 
 
 FeatureProfile = NumericProfile | CategoricalProfile
@@ -111,8 +115,11 @@ class ScoreProfile:
     by_label: tuple[tuple[int, ...], tuple[int, ...]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bins": SCORE_BINS, "counts": list(self.counts),
-                "by_label": [list(self.by_label[0]), list(self.by_label[1])]}
+        return {
+            "bins": SCORE_BINS,
+            "counts": list(self.counts),
+            "by_label": [list(self.by_label[0]), list(self.by_label[1])],
+        }
 
 
 @dataclass(frozen=True)
@@ -134,20 +141,24 @@ class ReferenceProfile:
             features: list[FeatureProfile] = []
             for item in data["features"]:
                 if item["kind"] == "numeric":
-                    features.append(NumericProfile(
-                        name=str(item["name"]),
-                        edges=tuple(float(e) for e in item["edges"]),
-                        counts=tuple(int(c) for c in item["counts"]),
-                        missing=int(item["missing"]),
-                        minimum=float(item["minimum"]),
-                        maximum=float(item["maximum"]),
-                    ))
+                    features.append(
+                        NumericProfile(
+                            name=str(item["name"]),
+                            edges=tuple(float(e) for e in item["edges"]),
+                            counts=tuple(int(c) for c in item["counts"]),
+                            missing=int(item["missing"]),
+                            minimum=float(item["minimum"]),
+                            maximum=float(item["maximum"]),
+                        )
+                    )
                 elif item["kind"] == "categorical":
-                    features.append(CategoricalProfile(
-                        name=str(item["name"]),
-                        counts=tuple(int(c) for c in item["counts"]),
-                        unknown=int(item["unknown"]),
-                    ))
+                    features.append(
+                        CategoricalProfile(
+                            name=str(item["name"]),
+                            counts=tuple(int(c) for c in item["counts"]),
+                            unknown=int(item["unknown"]),
+                        )
+                    )
                 else:
                     raise InputError(f"unknown profile kind {item['kind']!r}")
             scores = data["scores"]
@@ -159,13 +170,20 @@ class ReferenceProfile:
                 features=tuple(features),
                 scores=ScoreProfile(
                     counts=tuple(int(c) for c in scores["counts"]),
-                    by_label=(tuple(int(c) for c in by_label[0]),
-                              tuple(int(c) for c in by_label[1])),
+                    by_label=(
+                        tuple(int(c) for c in by_label[0]),
+                        tuple(int(c) for c in by_label[1]),
+                    ),
                 ),
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise InputError(f"reference profile is malformed: {error!r}") from None
         for feature in profile.features:
-            if isinstance(feature, NumericProfile) and len(feature.counts) != len(feature.edges) + 1:
-                raise InputError(f"reference profile of {feature.name!r}: counts and edges disagree")
+            if (
+                isinstance(feature, NumericProfile)
+                and len(feature.counts) != len(feature.edges) + 1
+            ):
+                raise InputError(
+                    f"reference profile of {feature.name!r}: counts and edges disagree"
+                )
         return profile

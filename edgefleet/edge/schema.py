@@ -189,7 +189,9 @@ def _feature_from_dict(data: Any, position: int) -> Feature:
     if kind == "numeric":
         minimum, maximum = data.get("minimum"), data.get("maximum")
         for bound in (minimum, maximum):
-            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)):
+            if bound is not None and (
+                isinstance(bound, bool) or not isinstance(bound, int | float)
+            ):
                 raise InputError(f"feature {name!r}: bounds must be numbers or null")
         return NumericFeature(
             name=name,

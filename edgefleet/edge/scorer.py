@@ -26,8 +26,9 @@ from edgefleet.edge.signing import TrustedKey, load_public_key
 Records = Mapping[str, Any] | Sequence[Mapping[str, Any]] | npt.NDArray[Any]
 
 
-def trusted_keys_from(keys: TrustedKey | str | Path | Sequence[TrustedKey | str | Path]
-                      ) -> list[TrustedKey]:
+def trusted_keys_from(
+    keys: TrustedKey | str | Path | Sequence[TrustedKey | str | Path],
+) -> list[TrustedKey]:
     items = keys if isinstance(keys, Sequence) and not isinstance(keys, str) else [keys]
     return [k if isinstance(k, TrustedKey) else load_public_key(k) for k in items]
 
@@ -35,14 +36,19 @@ def trusted_keys_from(keys: TrustedKey | str | Path | Sequence[TrustedKey | str 
 class Scorer:
     """A model ready to score: verified, self-tested, with its record encoder."""
 
-    def __init__(self, manifest: Manifest, backend: Backend, *, self_test: bool = True,
-                 bundle: VerifiedBundle | None = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        backend: Backend,
+        *,
+        self_test: bool = True,
+        bundle: VerifiedBundle | None = None,
+    ):
         self.manifest = manifest
         self.backend = backend
         self.bundle = bundle
         self.encoder = RecordEncoder(manifest.schema)
-        self.self_test_error = (run_self_test(manifest, backend, self.encoder)
-                                if self_test else None)
+        self.self_test_error = run_self_test(manifest, backend, self.encoder) if self_test else None
 
     @classmethod
     def from_bundle(

@@ -20,8 +20,9 @@ def run_self_test(manifest: Manifest, backend: Backend, encoder: RecordEncoder) 
         try:
             row = np.array(encoder.encode_row(golden.record, index), dtype=np.float32)
         except RecordError as error:
-            raise SelfTestError(f"golden vector {index} ({golden.note}) cannot be encoded: "
-                                f"{error}") from None
+            raise SelfTestError(
+                f"golden vector {index} ({golden.note}) cannot be encoded: {error}"
+            ) from None
         if not np.array_equal(row, expected_inputs[index], equal_nan=True):
             raise SelfTestError(
                 f"golden vector {index} ({golden.note}) encodes differently on this device: "
@@ -30,8 +31,10 @@ def run_self_test(manifest: Manifest, backend: Backend, encoder: RecordEncoder) 
     expected = np.array([g.probabilities for g in manifest.golden], dtype=np.float64)
     got = backend.predict_proba(expected_inputs).astype(np.float64)
     if got.shape != expected.shape:
-        raise SelfTestError(f"the {backend.format} model returns shape {list(got.shape)}, the "
-                            f"golden vectors expect {list(expected.shape)}")
+        raise SelfTestError(
+            f"the {backend.format} model returns shape {list(got.shape)}, the "
+            f"golden vectors expect {list(expected.shape)}"
+        )
     difference = np.abs(got - expected)
     worst = float(np.nanmax(difference)) if difference.size else 0.0
     if not np.isfinite(difference).all() or worst > manifest.tolerance:

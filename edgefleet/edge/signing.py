@@ -99,7 +99,9 @@ def verify(data: bytes, signature_document: bytes, trusted: Sequence[TrustedKey]
         signer = document["key_id"]
         signature = base64.b64decode(document["signature"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error):
-        raise SignatureError("the signature file is malformed (not an edgefleet signature)") from None
+        raise SignatureError(
+            "the signature file is malformed (not an edgefleet signature)"
+        ) from None
     if algorithm != ALGORITHM:
         raise SignatureError(f"signature algorithm {algorithm!r} is not {ALGORITHM}")
     if not trusted:

@@ -46,10 +46,18 @@ class BackendSpec:
 
 
 BACKENDS: tuple[BackendSpec, ...] = (
-    BackendSpec("onnx", ("onnxruntime",), "edgefleet.edge.backends.onnx:load",
-                "pip install 'edgefleet[onnx]'"),
-    BackendSpec("tflite", ("ai_edge_litert", "tflite_runtime"),
-                "edgefleet.edge.backends.tflite:load", "pip install 'edgefleet[tflite]'"),
+    BackendSpec(
+        "onnx",
+        ("onnxruntime",),
+        "edgefleet.edge.backends.onnx:load",
+        "pip install 'edgefleet[onnx]'",
+    ),
+    BackendSpec(
+        "tflite",
+        ("ai_edge_litert", "tflite_runtime"),
+        "edgefleet.edge.backends.tflite:load",
+        "pip install 'edgefleet[tflite]'",
+    ),
 )
 
 
@@ -58,9 +66,7 @@ def backend_spec(fmt: str) -> BackendSpec:
         if spec.format == fmt:
             return spec
     runnable = ", ".join(s.format for s in BACKENDS)
-    raise RuntimeUnavailableError(
-        f"the edge runtime cannot run {fmt} models; it runs: {runnable}"
-    )
+    raise RuntimeUnavailableError(f"the edge runtime cannot run {fmt} models; it runs: {runnable}")
 
 
 def choose_format(bundle_formats: tuple[str, ...], wanted: str | None = None) -> str:
@@ -80,8 +86,9 @@ def choose_format(bundle_formats: tuple[str, ...], wanted: str | None = None) ->
     for spec in BACKENDS:
         if spec.format in bundle_formats and spec.available():
             return spec.format
-    hints = "; ".join(f"{s.format}: {s.install_hint}" for s in BACKENDS
-                      if s.format in bundle_formats)
+    hints = "; ".join(
+        f"{s.format}: {s.install_hint}" for s in BACKENDS if s.format in bundle_formats
+    )
     raise RuntimeUnavailableError(
         f"no installed runtime can run this bundle's formats ({', '.join(bundle_formats)}). "
         f"Install one: {hints or 'the bundle has no format the edge runtime can run'}"
