@@ -40,8 +40,9 @@ class Exported:
     workdir: Path
 
 
-def train_and_export(family: str, formats: tuple[str, ...], *, rows: int = 20000,
-                     seed: int = 0) -> Exported:
+def train_and_export(
+    family: str, formats: tuple[str, ...], *, rows: int = 20000, seed: int = 0
+) -> Exported:
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
     data = generate(rows, seed=seed)
     table = load_training_table(data.frame, "churn", schema=data.schema)

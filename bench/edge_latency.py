@@ -30,8 +30,9 @@ TARGET_BATCH = 1.2
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--family", default="rf")
     parser.add_argument("--repeat", type=int, default=2000, help="timed calls per single-row case")
     args = parser.parse_args()
@@ -40,38 +41,49 @@ def main() -> int:
     exported = train_and_export(args.family, ("onnx",))
     pipeline = exported.version.load_pipeline()
     scorer = Scorer.from_bundle(exported.result.bundle, exported.public_key, format="onnx")
-    session = ort.InferenceSession(str(exported.result.bundle / "model.onnx"),
-                                   sess_options=session_options(1),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(exported.result.bundle / "model.onnx"),
+        sess_options=session_options(1),
+        providers=["CPUExecutionProvider"],
+    )
 
     fresh = generate(1000, seed=99).frame.drop(columns=["churn"])
     records: list[dict[str, Any]] = [
-        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        {str(k): (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
         for r in fresh.to_dict("records")
     ]
     batch = scorer.encode(records)
     one_record, one_row = records[0], batch[:1]
-    assert np.allclose(scorer.score(one_record), session.run(["probabilities"],
-                                                              {"input": one_row})[0])
+    assert np.allclose(
+        scorer.score(one_record), session.run(["probabilities"], {"input": one_row})[0]
+    )
 
     repeat_batch = max(20, args.repeat // 20)
     timings = {
         ("1 row", "raw onnxruntime"): median_seconds(
-            lambda: session.run(["probabilities"], {"input": one_row}), repeat=args.repeat),
-        ("1 row", "Scorer, dict"): median_seconds(lambda: scorer.score(one_record),
-                                                  repeat=args.repeat),
-        ("1 row", "Scorer, array"): median_seconds(lambda: scorer.score(one_row),
-                                                   repeat=args.repeat),
-        ("1 row", "scikit-learn"): median_seconds(lambda: pipeline.predict_proba(one_row),
-                                                  repeat=max(50, args.repeat // 20)),
+            lambda: session.run(["probabilities"], {"input": one_row}), repeat=args.repeat
+        ),
+        ("1 row", "Scorer, dict"): median_seconds(
+            lambda: scorer.score(one_record), repeat=args.repeat
+        ),
+        ("1 row", "Scorer, array"): median_seconds(
+            lambda: scorer.score(one_row), repeat=args.repeat
+        ),
+        ("1 row", "scikit-learn"): median_seconds(
+            lambda: pipeline.predict_proba(one_row), repeat=max(50, args.repeat // 20)
+        ),
         ("1000 rows", "raw onnxruntime"): median_seconds(
-            lambda: session.run(["probabilities"], {"input": batch}), repeat=repeat_batch),
-        ("1000 rows", "Scorer, array"): median_seconds(lambda: scorer.score(batch),
-                                                       repeat=repeat_batch),
-        ("1000 rows", "Scorer, dicts"): median_seconds(lambda: scorer.score(records),
-                                                       repeat=repeat_batch),
-        ("1000 rows", "scikit-learn"): median_seconds(lambda: pipeline.predict_proba(batch),
-                                                      repeat=max(10, repeat_batch // 4)),
+            lambda: session.run(["probabilities"], {"input": batch}), repeat=repeat_batch
+        ),
+        ("1000 rows", "Scorer, array"): median_seconds(
+            lambda: scorer.score(batch), repeat=repeat_batch
+        ),
+        ("1000 rows", "Scorer, dicts"): median_seconds(
+            lambda: scorer.score(records), repeat=repeat_batch
+        ),
+        ("1000 rows", "scikit-learn"): median_seconds(
+            lambda: pipeline.predict_proba(batch), repeat=max(10, repeat_batch // 4)
+        ),
     }
     print(f"\nedge scoring latency, {args.family}, onnxruntime {ort.__version__}, medians")
     print(f"{'case':10} {'path':17} {'median':>12} {'vs raw onnxruntime':>20}")
@@ -80,10 +92,16 @@ def main() -> int:
         print(f"{case:10} {path:17} {seconds * 1e6:10.1f} us {ratio:19.2f}x")
     one = timings[("1 row", "Scorer, dict")] / timings[("1 row", "raw onnxruntime")]
     many = timings[("1000 rows", "Scorer, array")] / timings[("1000 rows", "raw onnxruntime")]
-    checks = [(f"one dict record: Scorer / raw = {one:.2f}x (target <= {TARGET_ONE}x)",
-               one <= TARGET_ONE),
-              (f"batch of 1,000: Scorer / raw = {many:.2f}x (target <= {TARGET_BATCH}x)",
-               many <= TARGET_BATCH)]
+    checks = [
+        (
+            f"one dict record: Scorer / raw = {one:.2f}x (target <= {TARGET_ONE}x)",
+            one <= TARGET_ONE,
+        ),
+        (
+            f"batch of 1,000: Scorer / raw = {many:.2f}x (target <= {TARGET_BATCH}x)",
+            many <= TARGET_BATCH,
+        ),
+    ]
     print()
     for text, ok in checks:
         print(("PASS " if ok else "FAIL ") + text)

@@ -51,27 +51,48 @@ def _with(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, A
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        Family("logreg", "logistic regression (L2)",
-               lambda seed, p: LogisticRegression(random_state=seed, **p),
-               {"C": 1.0, "max_iter": 2000}, scaled=True),
-        Family("rf", "random forest",
-               lambda seed, p: RandomForestClassifier(random_state=seed, **p),
-               {"n_estimators": 100, "max_depth": 10, "min_samples_leaf": 5, "n_jobs": 2},
-               scaled=False),
-        Family("gb", "gradient boosting",
-               lambda seed, p: GradientBoostingClassifier(random_state=seed, **p),
-               {"n_estimators": 150, "max_depth": 3, "learning_rate": 0.1}, scaled=False),
-        Family("hgb", "histogram gradient boosting",
-               lambda seed, p: HistGradientBoostingClassifier(random_state=seed, **p),
-               {"max_iter": 150, "max_depth": 6, "learning_rate": 0.1,
-                "early_stopping": False}, scaled=False),
-        Family("et", "extra trees",
-               lambda seed, p: ExtraTreesClassifier(random_state=seed, **p),
-               {"n_estimators": 100, "max_depth": 10, "min_samples_leaf": 5, "n_jobs": 2},
-               scaled=False),
-        Family("dt", "decision tree",
-               lambda seed, p: DecisionTreeClassifier(random_state=seed, **p),
-               {"max_depth": 8, "min_samples_leaf": 10}, scaled=False),
+        Family(
+            "logreg",
+            "logistic regression (L2)",
+            lambda seed, p: LogisticRegression(random_state=seed, **p),
+            {"C": 1.0, "max_iter": 2000},
+            scaled=True,
+        ),
+        Family(
+            "rf",
+            "random forest",
+            lambda seed, p: RandomForestClassifier(random_state=seed, **p),
+            {"n_estimators": 100, "max_depth": 10, "min_samples_leaf": 5, "n_jobs": 2},
+            scaled=False,
+        ),
+        Family(
+            "gb",
+            "gradient boosting",
+            lambda seed, p: GradientBoostingClassifier(random_state=seed, **p),
+            {"n_estimators": 150, "max_depth": 3, "learning_rate": 0.1},
+            scaled=False,
+        ),
+        Family(
+            "hgb",
+            "histogram gradient boosting",
+            lambda seed, p: HistGradientBoostingClassifier(random_state=seed, **p),
+            {"max_iter": 150, "max_depth": 6, "learning_rate": 0.1, "early_stopping": False},
+            scaled=False,
+        ),
+        Family(
+            "et",
+            "extra trees",
+            lambda seed, p: ExtraTreesClassifier(random_state=seed, **p),
+            {"n_estimators": 100, "max_depth": 10, "min_samples_leaf": 5, "n_jobs": 2},
+            scaled=False,
+        ),
+        Family(
+            "dt",
+            "decision tree",
+            lambda seed, p: DecisionTreeClassifier(random_state=seed, **p),
+            {"max_depth": 8, "min_samples_leaf": 10},
+            scaled=False,
+        ),
     )
 }
 
@@ -85,8 +106,13 @@ def family(name: str) -> Family:
         ) from None
 
 
-def build_pipeline(schema: FeatureSchema, family_name: str, *, seed: int = 0,
-                   params: Mapping[str, Any] | None = None) -> tuple[Pipeline, dict[str, Any]]:
+def build_pipeline(
+    schema: FeatureSchema,
+    family_name: str,
+    *,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+) -> tuple[Pipeline, dict[str, Any]]:
     """An unfitted pipeline for ``schema`` and the estimator parameters it uses."""
     chosen = family(family_name)
     merged = _with(chosen.defaults, params or {})
@@ -100,16 +126,21 @@ def build_pipeline(schema: FeatureSchema, family_name: str, *, seed: int = 0,
         transformers.append(("num", Pipeline(numeric_steps), numeric))
     if categorical:
         vocabularies = [schema.features[i] for i in categorical]
-        transformers.append((
-            "cat",
-            OneHotEncoder(
-                categories=[np.arange(len(f.vocabulary), dtype=np.float64)
-                            for f in vocabularies if isinstance(f, CategoricalFeature)],
-                handle_unknown="ignore",
-                sparse_output=False,
-            ),
-            categorical,
-        ))
+        transformers.append(
+            (
+                "cat",
+                OneHotEncoder(
+                    categories=[
+                        np.arange(len(f.vocabulary), dtype=np.float64)
+                        for f in vocabularies
+                        if isinstance(f, CategoricalFeature)
+                    ],
+                    handle_unknown="ignore",
+                    sparse_output=False,
+                ),
+                categorical,
+            )
+        )
     try:
         estimator = chosen.make(seed, merged)
     except TypeError as error:

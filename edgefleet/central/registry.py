@@ -82,9 +82,15 @@ class ModelVersion:
         return ModelCard(
             schema=FeatureSchema.from_dict(card["schema"]),
             reference=ReferenceProfile.from_dict(card["reference"]),
-            golden=tuple(GoldenVector(record=g["record"], input=tuple(g["input"]),
-                                      probabilities=tuple(g["probabilities"]), note=g["note"])
-                         for g in card["golden"]),
+            golden=tuple(
+                GoldenVector(
+                    record=g["record"],
+                    input=tuple(g["input"]),
+                    probabilities=tuple(g["probabilities"]),
+                    note=g["note"],
+                )
+                for g in card["golden"]
+            ),
             holdout_inputs=arrays["inputs"],
             holdout_labels=arrays["labels"],
         )
@@ -104,10 +110,16 @@ class ModelCard:
 
 def _version(row: ModelVersionRow, home: Path) -> ModelVersion:
     return ModelVersion(
-        name=row.name, version=row.version, family=row.family,
+        name=row.name,
+        version=row.version,
+        family=row.family,
         created=row.created if row.created.tzinfo else row.created.replace(tzinfo=UTC),
-        target=row.target, data_sha256=row.data_sha256, train_rows=row.train_rows,
-        params=row.params, metrics=row.metrics, path=home / row.path,
+        target=row.target,
+        data_sha256=row.data_sha256,
+        train_rows=row.train_rows,
+        params=row.params,
+        metrics=row.metrics,
+        path=home / row.path,
     )
 
 
@@ -165,8 +177,9 @@ class Registry:
         major, minor, _ = parse_version(versions[-1].version)
         return f"{major}.{minor + 1}.0"
 
-    def register(self, model: TrainedModel, *, name: str = DEFAULT_NAME,
-                 data_sha256: str) -> ModelVersion:
+    def register(
+        self, model: TrainedModel, *, name: str = DEFAULT_NAME, data_sha256: str
+    ) -> ModelVersion:
         if not name or "@" in name or "/" in name:
             raise InputError(f"model name {name!r} must be non-empty without '@' or '/'")
         version = self.next_version(name)
@@ -176,19 +189,30 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=final.parent))
         try:
             joblib.dump(model.pipeline, staging / "pipeline.joblib")
-            np.savez_compressed(staging / "holdout.npz", inputs=model.holdout_inputs,
-                                labels=model.holdout_labels)
-            card = {"schema": model.schema.to_dict(), "reference": model.reference.to_dict(),
-                    "golden": [g.to_dict() for g in model.golden]}
+            np.savez_compressed(
+                staging / "holdout.npz", inputs=model.holdout_inputs, labels=model.holdout_labels
+            )
+            card = {
+                "schema": model.schema.to_dict(),
+                "reference": model.reference.to_dict(),
+                "golden": [g.to_dict() for g in model.golden],
+            }
             (staging / "card.json").write_text(json.dumps(card, allow_nan=False))
             os.replace(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         row = ModelVersionRow(
-            name=name, version=version, family=model.family, created=datetime.now(UTC),
-            target=model.schema.target, data_sha256=data_sha256, train_rows=model.train_rows,
-            params=dict(model.params), metrics=dict(model.metrics), path=str(relative),
+            name=name,
+            version=version,
+            family=model.family,
+            created=datetime.now(UTC),
+            target=model.schema.target,
+            data_sha256=data_sha256,
+            train_rows=model.train_rows,
+            params=dict(model.params),
+            metrics=dict(model.metrics),
+            path=str(relative),
         )
         with self._session() as session:
             session.add(row)

@@ -54,8 +54,14 @@ class TrainedModel:
         return np.array([g.input_values() for g in self.golden], dtype=np.float32)
 
 
-def train(table: TrainingTable, family: str, *, seed: int = 0, holdout: float = 0.25,
-          params: Mapping[str, Any] | None = None) -> TrainedModel:
+def train(
+    table: TrainingTable,
+    family: str,
+    *,
+    seed: int = 0,
+    holdout: float = 0.25,
+    params: Mapping[str, Any] | None = None,
+) -> TrainedModel:
     """Fit ``family`` on ``table`` with a stratified holdout of the given share."""
     inputs = encode_features(table.features, table.schema)
     train_index, test_index = train_test_split(
@@ -74,17 +80,21 @@ def train(table: TrainingTable, family: str, *, seed: int = 0, holdout: float = 
         seed=seed,
         metrics=classification_metrics(holdout_labels, scores),
         reference=reference_profile(table.schema, inputs[train_index], scores, holdout_labels),
-        golden=golden_vectors(pipeline, table.schema, table.features.iloc[test_index],
-                              holdout_labels, seed=seed),
+        golden=golden_vectors(
+            pipeline, table.schema, table.features.iloc[test_index], holdout_labels, seed=seed
+        ),
         holdout_inputs=holdout_inputs,
         holdout_labels=holdout_labels,
         train_rows=len(train_index),
     )
 
 
-def reference_profile(schema: FeatureSchema, train_inputs: npt.NDArray[np.float32],
-                      holdout_scores: npt.NDArray[Any], holdout_labels: npt.NDArray[Any]
-                      ) -> ReferenceProfile:
+def reference_profile(
+    schema: FeatureSchema,
+    train_inputs: npt.NDArray[np.float32],
+    holdout_scores: npt.NDArray[Any],
+    holdout_labels: npt.NDArray[Any],
+) -> ReferenceProfile:
     """Feature histograms of the training rows and score histograms of the holdout."""
     features: list[FeatureProfile] = []
     for column, feature in enumerate(schema.features):
@@ -93,23 +103,35 @@ def reference_profile(schema: FeatureSchema, train_inputs: npt.NDArray[np.float3
             edges = quantile_edges(values)
             counts, missing = numeric_bin_counts(values, edges)
             finite = values[np.isfinite(values)]
-            features.append(NumericProfile(
-                name=feature.name, edges=tuple(edges), counts=tuple(int(c) for c in counts),
-                missing=missing, minimum=float(finite.min()), maximum=float(finite.max()),
-            ))
+            features.append(
+                NumericProfile(
+                    name=feature.name,
+                    edges=tuple(edges),
+                    counts=tuple(int(c) for c in counts),
+                    missing=missing,
+                    minimum=float(finite.min()),
+                    maximum=float(finite.max()),
+                )
+            )
         else:
             counts, unknown = categorical_counts(values, len(feature.vocabulary))
-            features.append(CategoricalProfile(
-                name=feature.name, counts=tuple(int(c) for c in counts), unknown=unknown,
-            ))
+            features.append(
+                CategoricalProfile(
+                    name=feature.name,
+                    counts=tuple(int(c) for c in counts),
+                    unknown=unknown,
+                )
+            )
     labels = np.asarray(holdout_labels)
     return ReferenceProfile(
         rows=len(train_inputs),
         features=tuple(features),
         scores=ScoreProfile(
             counts=tuple(int(c) for c in score_histogram(holdout_scores)),
-            by_label=(tuple(int(c) for c in score_histogram(holdout_scores[labels == 0])),
-                      tuple(int(c) for c in score_histogram(holdout_scores[labels == 1]))),
+            by_label=(
+                tuple(int(c) for c in score_histogram(holdout_scores[labels == 0])),
+                tuple(int(c) for c in score_histogram(holdout_scores[labels == 1])),
+            ),
         ),
     )
 
@@ -126,13 +148,16 @@ def _record(row: pd.Series) -> dict[str, Value]:
     return record
 
 
-def _edge_cases(schema: FeatureSchema, base: dict[str, Value]) -> list[tuple[str, dict[str, Value]]]:
+def _edge_cases(
+    schema: FeatureSchema, base: dict[str, Value]
+) -> list[tuple[str, dict[str, Value]]]:
     """Records that probe the corners of the schema: unseen categories, bounds, missing."""
     cases: list[tuple[str, dict[str, Value]]] = []
     for feature in schema.features:
         if isinstance(feature, CategoricalFeature):
-            cases.append((f"unseen category of {feature.name}",
-                          {**base, feature.name: UNSEEN_CATEGORY}))
+            cases.append(
+                (f"unseen category of {feature.name}", {**base, feature.name: UNSEEN_CATEGORY})
+            )
             if feature.allow_missing:
                 cases.append((f"missing {feature.name}", {**base, feature.name: None}))
             continue
@@ -144,8 +169,14 @@ def _edge_cases(schema: FeatureSchema, base: dict[str, Value]) -> list[tuple[str
     return cases
 
 
-def golden_vectors(pipeline: Pipeline, schema: FeatureSchema, holdout: pd.DataFrame,
-                   labels: npt.NDArray[Any], *, seed: int) -> tuple[GoldenVector, ...]:
+def golden_vectors(
+    pipeline: Pipeline,
+    schema: FeatureSchema,
+    holdout: pd.DataFrame,
+    labels: npt.NDArray[Any],
+    *,
+    seed: int,
+) -> tuple[GoldenVector, ...]:
     """Holdout rows of both labels plus edge cases, with scikit-learn's probabilities."""
     rng = np.random.default_rng(seed)
     picks: list[int] = []

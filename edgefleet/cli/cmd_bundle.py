@@ -51,6 +51,13 @@ def register(subparsers: Any) -> None:
     export.add_argument("--force", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=run_export)
 
+    formats = subparsers.add_parser(
+        "formats",
+        help="print which model families each export format takes",
+        description="The support matrix of the converter registry: model family x format.",
+    )
+    formats.set_defaults(handler=run_formats)
+
     inspect = subparsers.add_parser("inspect", help="show what a bundle holds (no checks)")
     inspect.add_argument("bundle", type=Path)
     inspect.add_argument("--json", action="store_true", help="print the whole manifest")
@@ -102,6 +109,21 @@ def run_export(args: argparse.Namespace) -> int:
     )
     say(f"signed bundle written to {result.bundle}")
     print(result.bundle)
+    return 0
+
+
+def run_formats(args: argparse.Namespace) -> int:
+    from edgefleet.converters.registry import ALL_FAMILIES, DEFAULT_FORMATS, EXPORT_FORMATS
+
+    names = list(EXPORT_FORMATS)
+    print(f"{'family':8} " + " ".join(f"{n:>7}" for n in names))
+    for family in ALL_FAMILIES:
+        marks = ("yes" if family in EXPORT_FORMATS[n].families else "-" for n in names)
+        print(f"{family:8} " + " ".join(f"{m:>7}" for m in marks))
+    print()
+    for fmt in EXPORT_FORMATS.values():
+        default = " (exported by default)" if fmt.name in DEFAULT_FORMATS else ""
+        print(f"{fmt.name:7} {fmt.filename:16} {fmt.description}; needs {fmt.runtime}{default}")
     return 0
 
 

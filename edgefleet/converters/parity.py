@@ -23,8 +23,10 @@ def measure_parity(fmt: str, got: npt.NDArray[Any], expected: npt.NDArray[Any]) 
     got64 = np.asarray(got, dtype=np.float64)
     expected64 = np.asarray(expected, dtype=np.float64)
     if got64.shape != expected64.shape:
-        raise ParityError(f"{fmt}: the artifact returns shape {list(got64.shape)}, "
-                          f"scikit-learn {list(expected64.shape)}")
+        raise ParityError(
+            f"{fmt}: the artifact returns shape {list(got64.shape)}, "
+            f"scikit-learn {list(expected64.shape)}"
+        )
     difference = np.abs(got64 - expected64).max(axis=1)
     if not np.isfinite(difference).all():
         row = int(np.flatnonzero(~np.isfinite(difference))[0])
