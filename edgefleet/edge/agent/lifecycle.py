@@ -1,0 +1,215 @@
+"""The update lifecycle as one table of transitions (mender's style).
+
+    Idle --update--> Download --ok--> Verify --ok--> SelfTest --ok--> Activate --ok--> Commit --ok--> Idle
+                         |               |               |                |
+                         +----failure----+-------+-------+----------------+--> Rollback --ok--> Idle
+
+Each state is a step that returns an event; the next state comes only from
+:data:`TRANSITIONS`. The record (state, target, attempts, last error) is saved atomically
+*before* each step runs, and every step is idempotent, so a process killed at any instant
+resumes from the step it was in: downloads are content-addressed and skip complete files,
+verification and self-test are pure, activation re-points the same pointer. A target that
+keeps failing (``max_attempts`` starts, e.g. a model that crashes the process) is rolled
+back and remembered as failed, so the device does not loop on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edgefleet.edge.agent.store import atomic_write
+
+
+class State(StrEnum):
+    IDLE = "idle"
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    SELF_TEST = "self_test"
+    ACTIVATE = "activate"
+    COMMIT = "commit"
+    ROLLBACK = "rollback"
+
+
+class Event(StrEnum):
+    UPDATE = "update"
+    OK = "ok"
+    FAILURE = "failure"
+
+
+TRANSITIONS: Mapping[tuple[State, Event], State] = {
+    (State.IDLE, Event.UPDATE): State.DOWNLOAD,
+    (State.DOWNLOAD, Event.OK): State.VERIFY,
+    (State.DOWNLOAD, Event.FAILURE): State.ROLLBACK,
+    (State.VERIFY, Event.OK): State.SELF_TEST,
+    (State.VERIFY, Event.FAILURE): State.ROLLBACK,
+    (State.SELF_TEST, Event.OK): State.ACTIVATE,
+    (State.SELF_TEST, Event.FAILURE): State.ROLLBACK,
+    (State.ACTIVATE, Event.OK): State.COMMIT,
+    (State.ACTIVATE, Event.FAILURE): State.ROLLBACK,
+    (State.COMMIT, Event.OK): State.IDLE,
+    (State.COMMIT, Event.FAILURE): State.ROLLBACK,
+    (State.ROLLBACK, Event.OK): State.IDLE,
+    (State.ROLLBACK, Event.FAILURE): State.IDLE,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model an update installs: its manifest, signature and one artifact, each
+    content-addressed by sha256."""
+
+    name: str
+    version: str
+    format: str
+    manifest_sha256: str
+    signature_sha256: str
+    artifact_sha256: str
+    rollback_allowed: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    state: State = State.IDLE
+    target: Target | None = None
+    attempts: int = 0
+    error: str | None = None
+    # Manifest sha256s of targets that failed: not retried until a new rollout names them.
+    failed: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = asdict(self)
+        data["state"] = self.state.value
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> UpdateRecord:
+        raw = json.loads(data)
+        target = Target(**raw["target"]) if raw.get("target") else None
+        return cls(
+            state=State(raw["state"]),
+            target=target,
+            attempts=int(raw["attempts"]),
+            error=raw.get("error"),
+            failed=tuple(raw.get("failed", ())),
+        )
+
+
+Step = Callable[[Target], None]
+"""A step does its work or raises; any exception is the FAILURE event, with its message."""
+
+
+@dataclass(frozen=True)
+class Steps:
+    download: Step
+    verify: Step
+    self_test: Step
+    activate: Step
+    commit: Step
+    rollback: Step
+
+    def for_state(self, state: State) -> Step:
+        return {
+            State.DOWNLOAD: self.download,
+            State.VERIFY: self.verify,
+            State.SELF_TEST: self.self_test,
+            State.ACTIVATE: self.activate,
+            State.COMMIT: self.commit,
+            State.ROLLBACK: self.rollback,
+        }[state]
+
+
+Observer = Callable[[UpdateRecord], None]
+
+
+class UpdateMachine:
+    """Runs targets through the lifecycle, persisting the record in ``path``."""
+
+    FAILED_MEMORY = 16
+
+    def __init__(
+        self,
+        path: Path,
+        steps: Steps,
+        *,
+        max_attempts: int = 3,
+        observer: Observer = lambda _: None,
+    ):
+        self.path = Path(path)
+        self.steps = steps
+        self.max_attempts = max_attempts
+        self.observer = observer
+        self.record = self._load()
+
+    def _load(self) -> UpdateRecord:
+        try:
+            return UpdateRecord.from_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return UpdateRecord()
+        except (ValueError, KeyError, TypeError):
+            # Atomic writes make this unreachable short of disk corruption: start clean.
+            return UpdateRecord(error="the update record was unreadable and was reset")
+
+    def _save(self, record: UpdateRecord) -> None:
+        atomic_write(self.path, record.to_json())
+        self.record = record
+        self.observer(record)
+
+    def has_failed(self, target: Target) -> bool:
+        return target.manifest_sha256 in self.record.failed
+
+    def start(self, target: Target) -> None:
+        """Begin installing ``target`` (only from Idle) and run it to the end."""
+        if self.record.state is not State.IDLE:
+            raise RuntimeError(f"an update is already in state {self.record.state}")
+        state = TRANSITIONS[(State.IDLE, Event.UPDATE)]
+        self._save(replace(self.record, state=state, target=target, attempts=1, error=None))
+        self.run()
+
+    def resume(self) -> None:
+        """After a restart: continue an interrupted update, or give up on one that has been
+        started too often (it may be what killed the process)."""
+        if self.record.state is State.IDLE or self.record.target is None:
+            return
+        attempts = self.record.attempts + 1
+        if attempts > self.max_attempts and self.record.state is not State.ROLLBACK:
+            self._save(
+                replace(
+                    self.record,
+                    state=State.ROLLBACK,
+                    attempts=attempts,
+                    error=f"gave up after {self.max_attempts} interrupted attempts",
+                )
+            )
+        else:
+            self._save(replace(self.record, attempts=attempts))
+        self.run()
+
+    def run(self) -> None:
+        while self.record.state is not State.IDLE:
+            target = self.record.target
+            assert target is not None  # every non-idle record names its target
+            state = self.record.state
+            error: str | None = None
+            try:
+                self.steps.for_state(state)(target)
+                event = Event.OK
+            except Exception as failure:  # a step's failure of any kind is the FAILURE event
+                event = Event.FAILURE
+                error = f"{state.value}: {failure}"
+            next_state = TRANSITIONS[(state, event)]
+            record = replace(
+                self.record,
+                state=next_state,
+                error=error if error is not None else self.record.error,
+            )
+            if state is State.ROLLBACK:
+                failed = (*self.record.failed, target.manifest_sha256)[-self.FAILED_MEMORY :]
+                record = replace(record, target=None, failed=failed)
+            elif state is State.COMMIT and event is Event.OK:
+                record = replace(record, target=None, error=None)
+            self._save(record)
