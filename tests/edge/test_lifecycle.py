@@ -104,16 +104,20 @@ def test_crash_in_any_step_resumes_that_step_after_restart(tmp_path: Path, crash
     assert not restarted.has_failed(TARGET)
 
 
+def _start_or_resume(machine: UpdateMachine) -> None:
+    if machine.record.state is State.IDLE:
+        machine.start(TARGET)
+    else:
+        machine.resume()
+
+
 def test_a_target_that_keeps_killing_the_process_is_abandoned(tmp_path: Path) -> None:
     path = tmp_path / "update.json"
     for _ in range(3):
         recorder = Recorder(crash_at=State.SELF_TEST)
         machine = UpdateMachine(path, recorder.steps(), max_attempts=3)
         with pytest.raises(Crash):
-            if machine.record.state is State.IDLE:
-                machine.start(TARGET)
-            else:
-                machine.resume()
+            _start_or_resume(machine)
     recorder = Recorder()
     machine = UpdateMachine(path, recorder.steps(), max_attempts=3)
     machine.resume()

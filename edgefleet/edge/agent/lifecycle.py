@@ -1,8 +1,8 @@
 """The update lifecycle as one table of transitions (mender's style).
 
-    Idle --update--> Download --ok--> Verify --ok--> SelfTest --ok--> Activate --ok--> Commit --ok--> Idle
-                         |               |               |                |
-                         +----failure----+-------+-------+----------------+--> Rollback --ok--> Idle
+    Idle -update-> Download -ok-> Verify -ok-> SelfTest -ok-> Activate -ok-> Commit -ok-> Idle
+                      |              |             |               |
+                      +---failure----+------+------+---------------+--> Rollback --> Idle
 
 Each state is a step that returns an event; the next state comes only from
 :data:`TRANSITIONS`. The record (state, target, attempts, last error) is saved atomically
