@@ -55,6 +55,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A skipped test never counts as passing: a skip fails the run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
-    if skipped and exitstatus == 0:
+    if reporter and skipped and exitstatus == 0:
         reporter.write_line(f"{len(skipped)} test(s) skipped: a skip fails this suite", red=True)
         session.exitstatus = 1

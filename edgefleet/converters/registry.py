@@ -101,7 +101,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
     )
 }
 # Formats whose converters are complete; issue 3 widens this to every format.
-DEFAULT_FORMATS: tuple[str, ...] = ("onnx",)
+DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "tflite", "web")
 
 
 def export_format(name: str) -> ExportFormat:

@@ -9,7 +9,8 @@ Policy, per field:
 - a missing field, or None/NaN, is an error unless the schema allows missing values
   (numeric: NaN, imputed by the graph; categorical: scored as an unknown category);
 - numeric fields take int, float and numpy numbers (bool as 0/1); text is an error;
-  infinities are an error;
+  infinities, and numbers too large for float32, are an error (they would reach the model
+  as infinities);
 - a numeric value outside the allowed range follows the feature's ``out_of_range`` policy:
   ``error`` (default), ``clip`` to the bound, or ``accept``;
 - categorical fields take text; a value outside the vocabulary is encoded as
@@ -31,13 +32,15 @@ from edgefleet.edge.schema import UNKNOWN_CODE, CategoricalFeature, FeatureSchem
 from edgefleet.errors import RecordError
 
 Encoder = Callable[[Any, int], float]
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _ABSENT = object()
 
 
 def _numeric_encoder(feature: NumericFeature) -> Encoder:
     name = feature.name
-    low = -math.inf if feature.minimum is None else feature.minimum
-    high = math.inf if feature.maximum is None else feature.maximum
+    # Unbounded still means "fits the model's float32 input": +-inf fail the range test.
+    low = -FLOAT32_MAX if feature.minimum is None else feature.minimum
+    high = FLOAT32_MAX if feature.maximum is None else feature.maximum
     allow_missing = feature.allow_missing
     policy = feature.out_of_range
 
@@ -51,7 +54,7 @@ def _numeric_encoder(feature: NumericFeature) -> Encoder:
     def out_of_range(value: float, index: int) -> float:
         if policy == "clip":
             return min(max(value, low), high)
-        if policy == "accept":
+        if policy == "accept" and abs(value) <= FLOAT32_MAX:
             return value
         raise RecordError(
             f"value {value!r} is outside the allowed range [{low}, {high}]",

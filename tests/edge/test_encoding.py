@@ -71,6 +71,7 @@ def test_missing_allowed_numeric_is_nan_and_categorical_unknown() -> None:
         ({"tenure": 101}, r"field 'tenure': value 101.0 is outside the allowed range"),
         ({"tenure": math.inf}, "field 'tenure': value is infinite"),
         ({"tenure": math.nan}, "field 'tenure': value is missing"),
+        ({"usage": 1e300}, r"field 'usage': value 1e\+300 is outside the allowed range"),
         ({"contract": 3}, "field 'contract': expected text"),
         ({"contract": None}, "field 'contract': value is missing"),
     ],
@@ -86,6 +87,16 @@ def test_missing_field_is_named() -> None:
     del record["contract"]
     with pytest.raises(RecordError, match="record 0, field 'contract': value is missing"):
         RecordEncoder(SCHEMA).encode([record])
+
+
+def test_unbounded_feature_refuses_what_float32_cannot_hold() -> None:
+    schema = FeatureSchema((NumericFeature("free"),), target="y", classes=("0", "1"))
+    encoder = RecordEncoder(schema)
+    assert encoder.encode_row({"free": -3.0e38}) == [-3.0e38]
+    with pytest.raises(RecordError, match="value is infinite"):
+        encoder.encode_row({"free": math.inf})
+    with pytest.raises(RecordError, match="outside the allowed range"):
+        encoder.encode_row({"free": 1e39})
 
 
 def test_out_of_range_policies() -> None:

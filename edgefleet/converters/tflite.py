@@ -1,0 +1,409 @@
+"""TensorFlow Lite export: the IR written as a ``tf.function`` and converted with
+``TFLiteConverter`` to builtin ops only, with a dynamic batch (DESIGN.md section 4).
+
+The graph takes ``input`` float32 ``[N, F]`` and returns ``probabilities`` float32
+``[N, 2]`` (the signature's output key). Everything the pipeline does happens inside it:
+NaN -> the imputed value, ``(x - offset) / scale``, one-hot by equality with the codes
+``0..k-1`` (so an unknown code, -1, gives all zeros).
+
+Trees are evaluated by gathers, all trees of the ensemble at once, in one of two forms:
+
+* **perfect**: every tree padded to the ensemble's depth D, in heap order (the children
+  of node i are 2i+1 and 2i+2), so a step is ``i = 2i + 1 + (x[feature[i]] > threshold[i])``
+  and needs no child arrays. A leaf above depth D is padded with internal nodes whose
+  threshold is +inf and whose descendant leaves all carry its value, so any path below
+  it ends on that value. Size grows as ``trees * 2**D``.
+* **sparse**: the nodes as scikit-learn stores them plus a child table; a leaf is its own
+  child, so D steps leave every row on its leaf. Size grows with the real node count,
+  but a step needs one gather more.
+
+``choose_form`` compares the two sizes: perfect unless it is bigger than
+``PERFECT_FREE_BYTES`` and more than ``PERFECT_MAX_RATIO`` times the sparse form. Measured
+here (2 cores, 20,000 training rows): the default forest (100 trees, depth 10) is 1.25 MB
+perfect / 1.42 MB sparse (near-full trees), perfect ~10% faster on 5,000 rows and equal on
+one row (20 us); boosting (depth 3-6) is 2x smaller perfect; an unpruned forest (30 trees,
+depth 32) is 3.0 MB sparse where perfect would need 1.5 TB. So boosting and forests up to
+depth ~12 stay perfect, deep trees go sparse instead of exploding.
+
+Parity with scikit-learn depends on the comparisons, not on the arithmetic: one float32
+ulp on the wrong side of a threshold flips a branch. Given float32 input, scikit-learn
+imputes and scales in float32 (``ir.Preprocessing.transform`` reproduces it exactly), so a
+split compares a float32 value with a float64 threshold (trees cast to float32, HGB widens
+to float64: the same thing for a float32 value). Each threshold therefore becomes the
+largest float32 raw value ``T`` whose feature value is ``<= threshold``: for every float32
+``x``, ``x <= T`` exactly when scikit-learn goes left. Without a scaler that is the
+threshold rounded down to float32 (rounding to nearest would send ``x == float32(t) > t``
+left). A scaler is folded into ``T`` the same way instead of being computed in the graph,
+because the converter rewrites ``x / scale`` as ``x * (1 / scale)``, one ulp off
+scikit-learn's division. NaN becomes ``float32(statistic)``, the value scikit-learn's
+imputer writes, before any tree sees it; were a NaN to reach a tree, ``x > T`` is false
+and it would go left, identically in both forms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+from edgefleet.converters.ir import (
+    LinearModel,
+    ModelIR,
+    Preprocessing,
+    Tree,
+    TreeEnsemble,
+)
+from edgefleet.converters.source import ConversionSource
+from edgefleet.edge.backends.tflite import INPUT, PROBABILITIES, TFLiteBackend
+from edgefleet.errors import ConversionError
+
+Form = Literal["perfect", "sparse"]
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+Int32Array = npt.NDArray[np.int32]
+IntArray64 = npt.NDArray[np.int64]
+
+# The perfect form wins on speed (one gather less per level, no child table); it may cost
+# this many times the sparse form's bytes before sparse is chosen ...
+PERFECT_MAX_RATIO = 2.0
+# ... and below this size the choice does not matter for a device, so perfect it is.
+PERFECT_FREE_BYTES = 1024 * 1024
+# Beyond this the perfect form is refused even when asked for (it would not fit in memory).
+PERFECT_MAX_BYTES = 256 * 1024 * 1024
+
+
+# --- thresholds -------------------------------------------------------------------------
+
+_F32_INF_KEY = 0x7F800000  # the order key of float32 +inf (and minus it of -inf)
+
+
+def _from_key(keys: IntArray64) -> Float32Array:
+    """The float32 value of an order key: the bit pattern for keys >= 0, the negated
+    magnitude with the sign bit for keys < 0 (so the integer order is the float order)."""
+    bits = np.where(keys >= 0, keys, (-keys) | 0x80000000).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _feature_value(raw: Float32Array, offset: Float64Array, scale: Float64Array) -> Float64Array:
+    """The feature value a split compares, from a raw (imputed) input value, rounded as
+    ``ir.Preprocessing.transform`` (and scikit-learn on float32 input) rounds it: scaled,
+    where there is a scaler, in float32 with float32 constants."""
+    value = raw.astype(np.float32)
+    scaled = (offset != 0.0) | (scale != 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # +-inf stay +-inf, as in float32
+        single = (value - offset.astype(np.float32)) / scale.astype(np.float32)
+    return np.where(scaled, single, value).astype(np.float64)
+
+
+def raw_thresholds(
+    threshold: Float64Array, offset: Float64Array, scale: Float64Array
+) -> Float32Array:
+    """Per split, the largest float32 raw value ``T`` that the split sends left, so that
+    ``x <= T`` (float32) reproduces its decision for every float32 ``x``.
+
+    Without a scaler this is ``threshold`` rounded down to float32. Found by bisection
+    over the float32 values in order, all splits at once (a float32 subtraction and
+    division by a positive scale never reverse the order of two values).
+    """
+    threshold = np.asarray(threshold, dtype=np.float64)
+    offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), threshold.shape)
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), threshold.shape)
+    if np.isnan(threshold).any() or (scale.astype(np.float32) <= 0).any():
+        raise ConversionError("a tree split has a NaN threshold or a non-positive scale")
+
+    def left(keys: IntArray64) -> npt.NDArray[np.bool_]:
+        return _feature_value(_from_key(keys), offset, scale) <= threshold
+
+    low = np.full(threshold.shape, -_F32_INF_KEY, dtype=np.int64)  # left(-inf) holds
+    high = np.full(threshold.shape, _F32_INF_KEY, dtype=np.int64)
+    everything_left = left(high)
+    # Invariant: left(low) and not left(high); 2**32 keys -> at most 32 halvings.
+    while True:
+        open_ = (high - low > 1) & ~everything_left
+        if not open_.any():
+            break
+        middle = (low + high) // 2
+        goes_left = left(middle)
+        low = np.where(open_ & goes_left, middle, low)
+        high = np.where(open_ & ~goes_left, middle, high)
+    return _from_key(np.where(everything_left, high, low))
+
+
+def tree_thresholds(preprocessing: Preprocessing, ensemble: TreeEnsemble) -> list[Float32Array]:
+    """Per tree, per node, the raw-value threshold (+inf at leaves): the trees read the
+    graph's unscaled feature vector (numeric columns first, then the one-hot blocks)."""
+    n_features = preprocessing.n_outputs
+    offset = np.zeros(n_features)
+    scale = np.ones(n_features)
+    for position, column in enumerate(preprocessing.numeric):
+        offset[position], scale[position] = column.offset, column.scale
+    thresholds = []
+    for tree in ensemble.trees:
+        internal = ~tree.is_leaf
+        feature = tree.feature[internal]
+        if ((feature < 0) | (feature >= n_features)).any():
+            raise ConversionError("a tree splits on a feature the preprocessing does not make")
+        raw = np.full(len(tree.feature), np.inf, dtype=np.float32)
+        raw[internal] = raw_thresholds(tree.threshold[internal], offset[feature], scale[feature])
+        thresholds.append(raw)
+    return thresholds
+
+
+# --- tree forms -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerfectForest:
+    depth: int
+    feature: Int32Array  # [trees, 2**depth - 1]
+    threshold: Float32Array  # [trees, 2**depth - 1]
+    leaf: Float32Array  # [trees, 2**depth]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.feature.nbytes + self.threshold.nbytes + self.leaf.nbytes)
+
+
+@dataclass(frozen=True)
+class SparseForest:
+    depth: int
+    roots: Int32Array  # [trees], index of each tree's root in the node arrays
+    feature: Int32Array  # [nodes]
+    threshold: Float32Array  # [nodes]
+    children: Int32Array  # [2 * nodes]: left of node i at 2i, right at 2i + 1
+    value: Float32Array  # [nodes]
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self.roots.nbytes
+            + self.feature.nbytes
+            + self.threshold.nbytes
+            + self.children.nbytes
+            + self.value.nbytes
+        )
+
+
+def _depths(tree: Tree) -> IntArray64:
+    depth = np.zeros(len(tree.left), dtype=np.int64)
+    leaves = tree.is_leaf
+    frontier = np.array([0])
+    while frontier.size:
+        internal = frontier[~leaves[frontier]]
+        children = np.concatenate([tree.left[internal], tree.right[internal]])
+        depth[children] = np.concatenate([depth[internal] + 1, depth[internal] + 1])
+        frontier = children
+    return depth
+
+
+def ensemble_depth(ensemble: TreeEnsemble) -> int:
+    return max(int(_depths(tree).max()) for tree in ensemble.trees)
+
+
+def perfect_forest(
+    ensemble: TreeEnsemble, thresholds: list[Float32Array], depth: int
+) -> PerfectForest:
+    n_trees, n_internal = len(ensemble.trees), (1 << depth) - 1
+    if perfect_nbytes(n_trees, depth) > PERFECT_MAX_BYTES:
+        raise ConversionError(
+            f"{n_trees} trees of depth {depth} padded to perfect trees would take "
+            f"{perfect_nbytes(n_trees, depth) / 2**20:.0f} MiB; use the sparse form"
+        )
+    feature = np.zeros((n_trees, n_internal), dtype=np.int32)
+    threshold = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
+    leaf = np.zeros((n_trees, 1 << depth), dtype=np.float32)
+    for t, (tree, raw) in enumerate(zip(ensemble.trees, thresholds, strict=True)):
+        leaves = tree.is_leaf
+        nodes, slots, level = np.array([0]), np.array([0]), 0
+        while nodes.size:
+            internal = ~leaves[nodes]
+            # A leaf at this level covers 2**(depth - level) leaves of the padded tree.
+            span = 1 << (depth - level)
+            first = slots[~internal] * span + (span - 1) - n_internal
+            cover = (first[:, None] + np.arange(span)).ravel()
+            leaf[t, cover] = np.repeat(tree.value[nodes[~internal]], span)
+            parents, parent_slots = nodes[internal], slots[internal]
+            feature[t, parent_slots] = tree.feature[parents]
+            threshold[t, parent_slots] = raw[parents]
+            nodes = np.concatenate([tree.left[parents], tree.right[parents]])
+            slots = np.concatenate([2 * parent_slots + 1, 2 * parent_slots + 2])
+            level += 1
+    return PerfectForest(depth, feature, threshold, leaf)
+
+
+def sparse_forest(
+    ensemble: TreeEnsemble, thresholds: list[Float32Array], depth: int
+) -> SparseForest:
+    roots, features, raws, children, values = [], [], [], [], []
+    start = 0
+    for tree, raw in zip(ensemble.trees, thresholds, strict=True):
+        n = len(tree.left)
+        leaves = tree.is_leaf
+        own = np.arange(n)
+        left = np.where(leaves, own, tree.left) + start
+        right = np.where(leaves, own, tree.right) + start
+        roots.append(start)
+        features.append(np.where(leaves, 0, tree.feature))
+        raws.append(np.where(leaves, np.float32(np.inf), raw))
+        children.append(np.column_stack([left, right]).ravel())
+        values.append(tree.value)
+        start += n
+    if start >= 2**30:
+        raise ConversionError(f"the ensemble has {start} nodes; TFLite indices are int32")
+    return SparseForest(
+        depth=depth,
+        roots=np.array(roots, dtype=np.int32),
+        feature=np.concatenate(features).astype(np.int32),
+        threshold=np.concatenate(raws).astype(np.float32),
+        children=np.concatenate(children).astype(np.int32),
+        value=np.concatenate(values).astype(np.float32),
+    )
+
+
+def perfect_nbytes(n_trees: int, depth: int) -> int:
+    return n_trees * (((1 << depth) - 1) * 8 + (1 << depth) * 4)
+
+
+def sparse_nbytes(n_nodes: int, n_trees: int) -> int:
+    return n_nodes * 20 + n_trees * 4
+
+
+def choose_form(ensemble: TreeEnsemble, depth: int) -> Form:
+    perfect = perfect_nbytes(len(ensemble.trees), depth)
+    sparse = sparse_nbytes(sum(len(t.left) for t in ensemble.trees), len(ensemble.trees))
+    if perfect <= PERFECT_FREE_BYTES or perfect <= PERFECT_MAX_RATIO * sparse:
+        return "perfect"
+    return "sparse"
+
+
+# --- the TensorFlow graph ---------------------------------------------------------------
+
+
+def _graph(ir: ModelIR, form: Form | None) -> tuple[Any, Any]:
+    """The model as a tf.function of one float32 ``[None, F]`` input; returns it with the
+    module that owns it (the converter wants both)."""
+    prep = ir.preprocessing
+    n_inputs = prep.n_inputs
+    numeric_columns = [c.input_index for c in prep.numeric]
+    onehot_columns = [c.input_index for c in prep.categorical for _ in range(c.categories)]
+    onehot_codes = [float(k) for c in prep.categorical for k in range(c.categories)]
+    model = ir.model
+
+    # float32(impute) is the value scikit-learn's imputer writes into float32 input.
+    impute = np.array([c.impute for c in prep.numeric], dtype=np.float32)
+    if isinstance(model, LinearModel):
+        if model.coefficients.shape != (prep.n_outputs,):
+            raise ConversionError(
+                f"the linear model has {model.coefficients.size} coefficients for "
+                f"{prep.n_outputs} features"
+            )
+    else:
+        thresholds = tree_thresholds(prep, model)
+        depth = ensemble_depth(model)
+        chosen = form or choose_form(model, depth)
+        forest: PerfectForest | SparseForest = (
+            perfect_forest(model, thresholds, depth)
+            if chosen == "perfect"
+            else sparse_forest(model, thresholds, depth)
+        )
+
+    def features(x: Any, scaled: bool) -> Any:
+        parts = []
+        if numeric_columns:
+            values = tf.gather(x, numeric_columns, axis=1)
+            values = tf.where(tf.math.is_nan(values), tf.constant(impute)[None, :], values)
+            if scaled:
+                offset = np.array([c.offset for c in prep.numeric], dtype=np.float32)
+                scale = np.array([c.scale for c in prep.numeric], dtype=np.float32)
+                values = (values - offset) / scale
+            parts.append(values)
+        if onehot_columns:
+            codes = tf.gather(x, onehot_columns, axis=1)
+            parts.append(
+                tf.cast(tf.equal(codes, tf.constant(onehot_codes, tf.float32)), tf.float32)
+            )
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+    def linear(x: Any) -> Any:
+        assert isinstance(model, LinearModel)
+        # The converter turns the division by the constant scale into a multiplication by
+        # its reciprocal: harmless for a linear model (~1e-7 on the logit), and the reason
+        # trees never see scaled values (their scaling is folded into the thresholds).
+        weights = tf.constant(model.coefficients.astype(np.float32)[:, None])
+        logit = tf.matmul(features(x, scaled=True), weights) + np.float32(model.intercept)
+        return tf.sigmoid(logit)
+
+    def trees(x: Any) -> Any:
+        assert isinstance(model, TreeEnsemble)
+        values = features(x, scaled=False)
+        n_features = prep.n_outputs
+        # Rows are read through one flat gather: [N * F] at row * F + feature.
+        flat = tf.reshape(values, [-1])
+        row_base = tf.range(tf.shape(values)[0], dtype=tf.int32)[:, None] * n_features
+        n_trees = len(model.trees)
+        if isinstance(forest, PerfectForest):
+            n_internal = (1 << forest.depth) - 1
+            node_feature = tf.constant(forest.feature.ravel())
+            node_threshold = tf.constant(forest.threshold.ravel())
+            tree_base = tf.constant(np.arange(n_trees, dtype=np.int32) * n_internal)
+            slot = tf.zeros_like(row_base) + tf.zeros([n_trees], tf.int32)  # [N, trees]
+            for _ in range(forest.depth):
+                node = slot + tree_base
+                value = tf.gather(flat, row_base + tf.gather(node_feature, node))
+                right = tf.cast(value > tf.gather(node_threshold, node), tf.int32)
+                slot = 2 * slot + 1 + right
+            leaf_base = tf.constant(np.arange(n_trees, dtype=np.int32) * (n_internal + 1))
+            leaf = tf.gather(tf.constant(forest.leaf.ravel()), slot - n_internal + leaf_base)
+        else:
+            node_feature = tf.constant(forest.feature)
+            node_threshold = tf.constant(forest.threshold)
+            children = tf.constant(forest.children)
+            node = tf.zeros_like(row_base) + tf.constant(forest.roots)[None, :]
+            for _ in range(forest.depth):
+                value = tf.gather(flat, row_base + tf.gather(node_feature, node))
+                right = tf.cast(value > tf.gather(node_threshold, node), tf.int32)
+                node = tf.gather(children, 2 * node + right)
+            leaf = tf.gather(tf.constant(forest.value), node)
+        total = tf.reduce_sum(leaf, axis=1, keepdims=True)
+        if model.aggregation == "average_probability":
+            return total / np.float32(n_trees)
+        return tf.sigmoid(total + np.float32(model.base))
+
+    body = linear if isinstance(model, LinearModel) else trees
+
+    def serve(x: Any) -> dict[str, Any]:
+        positive = body(x)
+        return {PROBABILITIES: tf.concat([1.0 - positive, positive], axis=1)}
+
+    # The converter reads signatures (input and output names) from a trackable owner.
+    module = tf.Module()
+    module.serve = tf.function(
+        serve, input_signature=[tf.TensorSpec([None, n_inputs], tf.float32, name=INPUT)]
+    )
+    return module.serve.get_concrete_function(), module
+
+
+def convert_ir(ir: ModelIR, form: Form | None = None) -> bytes:
+    """The .tflite bytes of ``ir``; ``form`` forces a tree form (default: ``choose_form``)."""
+    function, module = _graph(ir, form)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    # Builtins only: a Flex (select TF) op would need the TensorFlow runtime on the device.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        artifact: bytes = converter.convert()
+    except Exception as error:  # the converter raises its own untyped errors
+        raise ConversionError(
+            f"TFLiteConverter could not convert the {ir.family} model: {error}"
+        ) from None
+    return artifact
+
+
+def convert(source: ConversionSource) -> bytes:
+    return convert_ir(source.ir)
+
+
+def predict(artifact: bytes, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+    return TFLiteBackend(artifact).predict_proba(inputs)
