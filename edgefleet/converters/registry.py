@@ -100,8 +100,8 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
         ),
     )
 }
-# Formats whose converters are complete; issue 3 widens this to every format.
-DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "tflite", "web")
+# Every format, unless --formats chooses.
+DEFAULT_FORMATS: tuple[str, ...] = tuple(EXPORT_FORMATS)
 
 
 def export_format(name: str) -> ExportFormat:

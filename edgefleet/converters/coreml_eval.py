@@ -1,0 +1,580 @@
+"""An evaluator of the Core ML classic model spec, for the model types edgefleet emits.
+
+Core ML runs only on Apple platforms, so the parity gate checks an exported ``.mlmodel``
+against scikit-learn with this evaluator instead (DESIGN.md section 4). It reads the spec
+(``coremltools.proto.Model_pb2.Model``) and computes, batched with numpy, what the proto
+documentation (``mlmodel/format/*.proto``) and coremltools' own tree-ensemble checker
+(``mlmodel/src/TreeEnsembleCommon.cpp``) say the model computes:
+
+- ``pipeline`` / ``pipelineClassifier``: the models run in order; each reads features by name
+  from the pipeline's inputs or from the outputs of the models before it.
+- ``imputer``: values equal to ``replaceDoubleValue`` (NaN when unset, and NaN matches NaN)
+  are replaced by ``imputedDoubleValue`` or, element-wise, by ``imputedDoubleArray``.
+- ``scaler``: ``scaleValue * (x + shiftValue)``; one value broadcasts over an array, none means
+  scale 1 and shift 0.
+- ``arrayFeatureExtractor``: the elements at ``extractIndex``, typed as the output declares.
+- ``oneHotEncoder`` (int64 categories): a 1 at the position of the input in
+  ``int64Categories``, all zeros for an unknown value with ``IgnoreUnknown``; the sparse form is
+  a dictionary ``{position: 1.0}``.
+- ``featureVectorizer``: the inputs concatenated in ``inputList`` order, each taking
+  ``inputDimensions`` slots; a dictionary fills the slots its keys name.
+- ``glmClassifier``: ``z = w . x + offset``; with one weight row and two class labels,
+  P(labels[1]) = logistic(z) and P(labels[0]) = 1 - P(labels[1]) (both class encodings; the
+  validator allows one row for two classes in each).
+- ``treeEnsembleClassifier``: every tree is walked from its root (the node no other node names
+  as a child); a branch goes to ``trueChildNodeId`` when ``x[branchFeatureIndex] <op>
+  branchFeatureValue`` holds, compared in double precision; a leaf adds its evaluation values
+  to ``basePredictionValue``. Then ``postEvaluationTransform``. One prediction dimension with two
+  class labels is binary mode (the score is P(labels[1])); ``n`` dimensions with ``n`` labels is
+  multiclass mode.
+
+Where the documentation is silent, this evaluator assumes, and says so:
+
+- A NaN feature reaching a branch is a missing value and goes to the true child exactly when
+  ``missingValueTracksTrueChild`` is set, for every branch mode (the flag's documented purpose).
+- A double converted to an int64 feature is truncated toward zero (C++ ``static_cast``);
+  a non-finite value has no defined conversion and is refused.
+- ``classLabel`` is the label of the largest probability, the first one on a tie.
+- ``Classification_SoftMaxWithZeroClassReference`` in binary mode is the softmax of
+  ``[0, v]``, i.e. logistic(v); plain ``Classification_SoftMax`` of a single score is refused.
+
+Anything else (another model type, string features, probit links, ...) raises
+:class:`~edgefleet.errors.ConversionError` naming what is not supported, so a spec this
+evaluator cannot vouch for never passes the parity gate by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from coremltools.proto import Model_pb2
+
+from edgefleet.errors import ConversionError
+
+Float64Array = npt.NDArray[np.float64]
+Int64Array = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+# TreeEnsembleParameters.TreeNode.TreeNodeBehavior
+LESS_THAN_EQUAL, LESS_THAN, GREATER_THAN_EQUAL, GREATER_THAN, EQUAL, NOT_EQUAL, LEAF = range(7)
+# TreeEnsemblePostEvaluationTransform
+NO_TRANSFORM, SOFTMAX, LOGISTIC, SOFTMAX_ZERO_REFERENCE = range(4)
+_TRANSFORM_NAMES = (
+    "NoTransform",
+    "Classification_SoftMax",
+    "Regression_Logistic",
+    "Classification_SoftMaxWithZeroClassReference",
+)
+
+
+@dataclass(frozen=True)
+class DictBatch:
+    """A batch of dictionary features: row ``i`` maps ``keys[j]`` to ``values[i, j]`` wherever
+    ``present[i, j]`` (Core ML dictionaries are sparse; a batch shares one key list)."""
+
+    keys: tuple[int, ...]
+    values: Float64Array
+    present: BoolArray
+
+    def dense(self, keys: Sequence[int]) -> Float64Array:
+        """The values of ``keys`` as columns; every row must hold every key."""
+        columns = []
+        for key in keys:
+            if key not in self.keys:
+                raise ConversionError(f"the dictionary output has no key {key}")
+            j = self.keys.index(key)
+            if not self.present[:, j].all():
+                raise ConversionError(f"the dictionary output lacks key {key} in some rows")
+            columns.append(self.values[:, j])
+        return np.column_stack(columns).astype(np.float64)
+
+
+Feature = npt.NDArray[Any] | DictBatch
+Features = dict[str, Feature]
+_Handler = Callable[[Model_pb2.Model, Features], Features]
+
+
+def evaluate(spec: Model_pb2.Model, inputs: Mapping[str, Feature]) -> Features:
+    """Run ``spec`` on a batch and return its declared outputs by name.
+
+    Batches: a multiArray ``[D]`` feature is a float64 ``[N, D]`` array, a double or int64
+    feature an ``[N]`` array, a dictionary a :class:`DictBatch`.
+    """
+    produced = _run(spec, dict(inputs))
+    missing = [f.name for f in spec.description.output if f.name not in produced]
+    if missing:
+        raise ConversionError(f"the model declares outputs it never produces: {missing}")
+    return {f.name: produced[f.name] for f in spec.description.output}
+
+
+def _check_declared_input(kind: str, declared: Any, features: Features) -> None:
+    if declared.name not in features:
+        raise ConversionError(
+            f"{kind} reads the feature {declared.name!r}, which neither "
+            "the caller nor an earlier model of the pipeline provides"
+        )
+    value = features[declared.name]
+    declared_kind = declared.type.WhichOneof("Type")
+    if declared_kind == "dictionaryType":
+        fits = isinstance(value, DictBatch)
+    elif isinstance(value, DictBatch):
+        fits = False
+    elif declared_kind == "multiArrayType":
+        width = int(np.prod(declared.type.multiArrayType.shape))
+        fits = value.ndim == 2 and value.shape[1] == width
+    elif declared_kind == "int64Type":
+        fits = value.ndim == 1 and np.issubdtype(value.dtype, np.integer)
+    else:
+        fits = declared_kind == "doubleType" and value.ndim == 1
+    if not fits:
+        raise ConversionError(
+            f"{kind}: the feature {declared.name!r} does not match its "
+            f"declared type {declared_kind}"
+        )
+
+
+def _run(model: Model_pb2.Model, features: Features) -> Features:
+    kind = model.WhichOneof("Type")
+    handler = _HANDLERS.get(kind or "")
+    if handler is None:
+        raise ConversionError(
+            f"the Core ML evaluator does not know the model type {kind!r}; "
+            f"it evaluates: {', '.join(sorted(_HANDLERS))}"
+        )
+    for declared in model.description.input:
+        _check_declared_input(str(kind), declared, features)
+    return handler(model, features)
+
+
+def _pipeline(model: Model_pb2.Model, features: Features) -> Features:
+    kind = model.WhichOneof("Type")
+    stages = model.pipeline if kind == "pipeline" else getattr(model, kind).pipeline
+    if not stages.models:
+        raise ConversionError(f"the {kind} holds no models")
+    available = dict(features)
+    for stage in stages.models:
+        available.update(_run(stage, available))
+    return available
+
+
+def _single_input(model: Model_pb2.Model, features: Features) -> npt.NDArray[Any]:
+    if len(model.description.input) != 1:
+        raise ConversionError(f"{model.WhichOneof('Type')} takes exactly one input")
+    value = features[model.description.input[0].name]
+    if isinstance(value, DictBatch):
+        raise ConversionError(f"{model.WhichOneof('Type')} does not take a dictionary here")
+    return value
+
+
+def _output_name(model: Model_pb2.Model) -> str:
+    if len(model.description.output) != 1:
+        raise ConversionError(f"{model.WhichOneof('Type')} has exactly one output")
+    return str(model.description.output[0].name)
+
+
+def _imputer(model: Model_pb2.Model, features: Features) -> Features:
+    spec = model.imputer
+    x = np.asarray(_single_input(model, features), dtype=np.float64)
+    replace_kind = spec.WhichOneof("ReplaceValue")
+    if replace_kind not in (None, "replaceDoubleValue"):
+        raise ConversionError(f"the evaluator's imputer does not support {replace_kind}")
+    # An unset replace value means NaN, the only missing marker a double array can carry.
+    replace = float(spec.replaceDoubleValue) if replace_kind else float("nan")
+    missing = np.isnan(x) if np.isnan(replace) else x == replace
+    imputed_kind = spec.WhichOneof("ImputedValue")
+    if imputed_kind == "imputedDoubleArray":
+        values = np.asarray(spec.imputedDoubleArray.vector, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(values):
+            raise ConversionError(
+                f"imputedDoubleArray has {len(values)} values for an input "
+                f"of shape {list(x.shape[1:])}"
+            )
+        return {_output_name(model): np.where(missing, values[None, :], x)}
+    if imputed_kind == "imputedDoubleValue":
+        return {_output_name(model): np.where(missing, float(spec.imputedDoubleValue), x)}
+    raise ConversionError(f"the evaluator's imputer does not support {imputed_kind}")
+
+
+def _broadcast(values: Sequence[float], width: int, default: float, what: str) -> Float64Array:
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        return np.full(width, default)
+    if array.size == 1 or array.size == width:
+        return np.broadcast_to(array, (width,)).astype(np.float64)
+    raise ConversionError(f"scaler: {array.size} {what} values for {width} inputs")
+
+
+def _scaler(model: Model_pb2.Model, features: Features) -> Features:
+    x = np.asarray(_single_input(model, features), dtype=np.float64)
+    width = x.shape[1] if x.ndim == 2 else 1
+    shift = _broadcast(model.scaler.shiftValue, width, 0.0, "shift")
+    scale = _broadcast(model.scaler.scaleValue, width, 1.0, "scale")
+    if x.ndim == 1:
+        return {_output_name(model): scale[0] * (x + shift[0])}
+    return {_output_name(model): scale * (x + shift)}
+
+
+def _to_int64(values: Float64Array) -> Int64Array:
+    if not np.isfinite(values).all():
+        raise ConversionError("a non-finite value cannot become an int64 feature")
+    return np.trunc(values).astype(np.int64)
+
+
+def _array_feature_extractor(model: Model_pb2.Model, features: Features) -> Features:
+    x = np.asarray(_single_input(model, features), dtype=np.float64)
+    indices = [int(i) for i in model.arrayFeatureExtractor.extractIndex]
+    if x.ndim != 2 or not indices or max(indices) >= x.shape[1]:
+        raise ConversionError(
+            f"arrayFeatureExtractor indices {indices} do not fit an input "
+            f"of shape {list(x.shape[1:])}"
+        )
+    picked = x[:, indices]
+    kind = model.description.output[0].type.WhichOneof("Type")
+    if kind == "multiArrayType":
+        return {_output_name(model): picked}
+    if len(indices) != 1:
+        raise ConversionError(f"arrayFeatureExtractor: a {kind} output takes one index")
+    if kind == "doubleType":
+        return {_output_name(model): picked[:, 0]}
+    if kind == "int64Type":
+        return {_output_name(model): _to_int64(picked[:, 0])}
+    raise ConversionError(f"arrayFeatureExtractor: the evaluator does not support {kind} output")
+
+
+def _one_hot_encoder(model: Model_pb2.Model, features: Features) -> Features:
+    spec = model.oneHotEncoder
+    if spec.WhichOneof("CategoryType") != "int64Categories":
+        raise ConversionError("the evaluator's oneHotEncoder supports int64 categories only")
+    codes = _single_input(model, features)
+    if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer):
+        raise ConversionError("oneHotEncoder takes an int64 feature")
+    categories = np.asarray(spec.int64Categories.vector, dtype=np.int64)
+    hot = codes[:, None] == categories[None, :]
+    unknown = ~hot.any(axis=1)
+    if spec.handleUnknown != spec.IgnoreUnknown and unknown.any():
+        raise ConversionError(
+            f"oneHotEncoder (ErrorOnUnknown) got the unknown value {int(codes[unknown][0])}"
+        )
+    declared = model.description.output[0].type.WhichOneof("Type")
+    expected = "dictionaryType" if spec.outputSparse else "multiArrayType"
+    if declared != expected:
+        raise ConversionError(
+            f"oneHotEncoder with outputSparse={spec.outputSparse} must "
+            f"declare a {expected} output, not {declared}"
+        )
+    if spec.outputSparse:
+        batch = DictBatch(tuple(range(len(categories))), np.ones(hot.shape), hot)
+        return {_output_name(model): batch}
+    return {_output_name(model): hot.astype(np.float64)}
+
+
+def _vectorize(value: Feature, width: int, name: str) -> Float64Array:
+    if isinstance(value, DictBatch):
+        out = np.zeros((value.values.shape[0], width))
+        for j, key in enumerate(value.keys):
+            used = value.present[:, j]
+            if not used.any():
+                continue
+            if not 0 <= key < width:
+                raise ConversionError(
+                    f"featureVectorizer: key {key} of {name!r} is outside its {width} dimensions"
+                )
+            out[used, key] = value.values[used, j]
+        return out
+    array = np.asarray(value, dtype=np.float64)
+    array = array[:, None] if array.ndim == 1 else array
+    if array.shape[1] != width:
+        raise ConversionError(
+            f"featureVectorizer: {name!r} has {array.shape[1]} values, inputDimensions says {width}"
+        )
+    return array
+
+
+def _feature_vectorizer(model: Model_pb2.Model, features: Features) -> Features:
+    declared = {f.name for f in model.description.input}
+    blocks = []
+    for column in model.featureVectorizer.inputList:
+        if column.inputColumn not in declared:
+            raise ConversionError(
+                f"featureVectorizer reads {column.inputColumn!r}, which it "
+                "does not declare as an input"
+            )
+        blocks.append(
+            _vectorize(
+                features[column.inputColumn], int(column.inputDimensions), column.inputColumn
+            )
+        )
+    if not blocks:
+        raise ConversionError("featureVectorizer has an empty inputList")
+    return {_output_name(model): np.concatenate(blocks, axis=1)}
+
+
+def _input_matrix(model: Model_pb2.Model, features: Features) -> Float64Array:
+    """A model's inputs side by side: feature indices count through them in order."""
+    columns = []
+    for declared in model.description.input:
+        value = features[declared.name]
+        if isinstance(value, DictBatch):
+            raise ConversionError(
+                f"{model.WhichOneof('Type')}: dictionary inputs are not supported by the evaluator"
+            )
+        array = np.asarray(value, dtype=np.float64)
+        columns.append(array[:, None] if array.ndim == 1 else array)
+    if not columns:
+        raise ConversionError(f"{model.WhichOneof('Type')} declares no input")
+    return np.concatenate(columns, axis=1)
+
+
+def _class_labels(spec: Any, n_default: int) -> tuple[int, ...]:
+    kind = spec.WhichOneof("ClassLabels")
+    if kind == "int64ClassLabels":
+        return tuple(int(v) for v in spec.int64ClassLabels.vector)
+    if kind is None:
+        # TreeEnsembleCommon.cpp: no labels means 0/1 in binary mode, else 0..n-1.
+        return (0, 1) if n_default == 1 else tuple(range(n_default))
+    raise ConversionError("the evaluator supports int64 class labels only")
+
+
+def _logistic(z: Float64Array) -> Float64Array:
+    with np.errstate(over="ignore"):
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+
+def _softmax(z: Float64Array) -> Float64Array:
+    shifted = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def _classifier_outputs(
+    model: Model_pb2.Model, labels: tuple[int, ...], probabilities: Float64Array
+) -> Features:
+    description = model.description
+    if not description.predictedFeatureName:
+        raise ConversionError(f"{model.WhichOneof('Type')} names no predictedFeatureName")
+    winners = np.asarray(labels, dtype=np.int64)[probabilities.argmax(axis=1)]
+    outputs: Features = {description.predictedFeatureName: winners}
+    if description.predictedProbabilitiesName:
+        outputs[description.predictedProbabilitiesName] = DictBatch(
+            labels, probabilities, np.ones(probabilities.shape, dtype=bool)
+        )
+    return outputs
+
+
+def _glm_classifier(model: Model_pb2.Model, features: Features) -> Features:
+    spec = model.glmClassifier
+    x = _input_matrix(model, features)
+    if spec.postEvaluationTransform != spec.Logit:
+        raise ConversionError("the evaluator's glmClassifier supports the Logit link only")
+    weights = [np.asarray(row.value, dtype=np.float64) for row in spec.weights]
+    labels = _class_labels(spec, len(weights))
+    if len(weights) != 1 or len(labels) != 2 or len(spec.offset) != 1:
+        raise ConversionError(
+            f"the evaluator's glmClassifier is binary: one weight row and "
+            f"offset for two labels, got {len(weights)} rows, "
+            f"{len(spec.offset)} offsets, {len(labels)} labels"
+        )
+    if len(weights[0]) != x.shape[1]:
+        raise ConversionError(
+            f"glmClassifier has {len(weights[0])} weights for {x.shape[1]} input values"
+        )
+    positive = _logistic(x @ weights[0] + float(spec.offset[0]))
+    return _classifier_outputs(model, labels, np.column_stack([1.0 - positive, positive]))
+
+
+@dataclass(frozen=True)
+class _Forest:
+    """Every tree of an ensemble in one node table (rows follow the spec's node order)."""
+
+    behavior: Int64Array
+    feature: Int64Array
+    value: Float64Array
+    true_child: Int64Array
+    false_child: Int64Array
+    missing_true: BoolArray
+    leaf_values: Float64Array  # [nodes, dimensions]
+    roots: Int64Array
+    base: Float64Array
+
+
+def _node_table(nodes: Any, dimensions: int) -> tuple[dict[tuple[int, int], int], Float64Array]:
+    index: dict[tuple[int, int], int] = {}
+    leaf_values = np.zeros((len(nodes), dimensions))
+    for row, node in enumerate(nodes):
+        key = (int(node.treeId), int(node.nodeId))
+        if key in index:
+            raise ConversionError(f"tree node (tree {key[0]}, node {key[1]}) is duplicated")
+        index[key] = row
+        behavior = int(node.nodeBehavior)
+        if behavior == LEAF:
+            _read_leaf(node, leaf_values[row], key)
+        elif behavior not in range(LEAF):
+            raise ConversionError(f"tree node {key} has the unknown behavior {behavior}")
+    return index, leaf_values
+
+
+def _read_leaf(node: Any, out: Float64Array, key: tuple[int, int]) -> None:
+    if not node.evaluationInfo:
+        raise ConversionError(f"leaf {key} has no evaluation value")
+    seen: set[int] = set()
+    for info in node.evaluationInfo:
+        dimension = int(info.evaluationIndex)
+        if dimension >= len(out) or dimension in seen:
+            raise ConversionError(
+                f"leaf {key} writes dimension {dimension} twice or out of "
+                f"range (the ensemble has {len(out)})"
+            )
+        seen.add(dimension)
+        out[dimension] = float(info.evaluationValue)
+
+
+def _link_children(nodes: Any, index: dict[tuple[int, int], int]) -> tuple[Int64Array, Int64Array]:
+    true_child = np.full(len(nodes), -1, dtype=np.int64)
+    false_child = np.full(len(nodes), -1, dtype=np.int64)
+    parent = np.full(len(nodes), -1, dtype=np.int64)
+    for row, node in enumerate(nodes):
+        if int(node.nodeBehavior) == LEAF:
+            continue
+        for child_id, out in (
+            (node.trueChildNodeId, true_child),
+            (node.falseChildNodeId, false_child),
+        ):
+            child = index.get((int(node.treeId), int(child_id)))
+            if child is None or child == row or parent[child] >= 0:
+                raise ConversionError(
+                    f"tree {node.treeId} node {node.nodeId}: child {child_id} "
+                    "is missing, itself, or already another node's child"
+                )
+            parent[child] = row
+            out[row] = child
+    return true_child, false_child
+
+
+def _roots(nodes: Any, true_child: Int64Array, false_child: Int64Array) -> Int64Array:
+    has_parent = np.zeros(len(nodes), dtype=bool)
+    has_parent[true_child[true_child >= 0]] = True
+    has_parent[false_child[false_child >= 0]] = True
+    roots = np.flatnonzero(~has_parent)
+    trees = [int(nodes[int(r)].treeId) for r in roots]
+    if len(set(trees)) != len(trees):
+        raise ConversionError("a tree has more than one root node")
+    reached = np.zeros(len(nodes), dtype=bool)
+    stack = [int(r) for r in roots]
+    while stack:
+        row = stack.pop()
+        reached[row] = True
+        stack.extend(int(c) for c in (true_child[row], false_child[row]) if c >= 0)
+    if not reached.all():
+        raise ConversionError("some tree nodes are not connected to a root (a cycle)")
+    return roots.astype(np.int64)
+
+
+def _read_forest(params: Any, n_inputs: int) -> _Forest:
+    dimensions = int(params.numPredictionDimensions)
+    if dimensions == 0:
+        raise ConversionError("the tree ensemble has 0 prediction dimensions")
+    base = np.asarray(params.basePredictionValue, dtype=np.float64)
+    if base.size not in (0, dimensions):
+        raise ConversionError(f"{base.size} base prediction values for {dimensions} dimensions")
+    nodes = params.nodes
+    if not nodes:
+        raise ConversionError("the tree ensemble has no nodes")
+    index, leaf_values = _node_table(nodes, dimensions)
+    true_child, false_child = _link_children(nodes, index)
+    behavior = np.array([int(n.nodeBehavior) for n in nodes], dtype=np.int64)
+    feature = np.array([int(n.branchFeatureIndex) for n in nodes], dtype=np.int64)
+    if (feature[behavior != LEAF] >= n_inputs).any():
+        raise ConversionError(f"a branch reads a feature index beyond the {n_inputs} inputs")
+    return _Forest(
+        behavior=behavior,
+        feature=np.where(behavior == LEAF, 0, feature),
+        value=np.array([float(n.branchFeatureValue) for n in nodes], dtype=np.float64),
+        true_child=true_child,
+        false_child=false_child,
+        missing_true=np.array([bool(n.missingValueTracksTrueChild) for n in nodes]),
+        leaf_values=leaf_values,
+        roots=_roots(nodes, true_child, false_child),
+        base=base if base.size else np.zeros(dimensions),
+    )
+
+
+def _branch_holds(behavior: Int64Array, x: Float64Array, value: Float64Array) -> BoolArray:
+    outcomes = {
+        LESS_THAN_EQUAL: x <= value,
+        LESS_THAN: x < value,
+        GREATER_THAN_EQUAL: x >= value,
+        GREATER_THAN: x > value,
+        EQUAL: x == value,
+        NOT_EQUAL: x != value,
+    }
+    chosen = np.select([behavior == mode for mode in outcomes], list(outcomes.values()), False)
+    return np.asarray(chosen, dtype=bool)
+
+
+def _walk(forest: _Forest, x: Float64Array) -> Float64Array:
+    """Sum of the leaf values each row reaches, all trees walked together."""
+    node = np.broadcast_to(forest.roots, (len(x), len(forest.roots))).copy()
+    rows = np.broadcast_to(np.arange(len(x))[:, None], node.shape)
+    for _ in range(len(forest.behavior)):
+        active = forest.behavior[node] != LEAF
+        if not active.any():
+            break
+        at = node[active]
+        values = x[rows[active], forest.feature[at]]
+        holds = np.where(
+            np.isnan(values),
+            forest.missing_true[at],
+            _branch_holds(forest.behavior[at], values, forest.value[at]),
+        )
+        node[active] = np.where(holds, forest.true_child[at], forest.false_child[at])
+    return np.asarray(forest.leaf_values[node].sum(axis=1), dtype=np.float64)
+
+
+def _tree_probabilities(raw: Float64Array, transform: int, n_labels: int) -> Float64Array:
+    name = _TRANSFORM_NAMES[transform] if transform < len(_TRANSFORM_NAMES) else str(transform)
+    dimensions = raw.shape[1]
+    if dimensions == 1 and n_labels == 2:
+        if transform == NO_TRANSFORM:
+            positive = raw[:, 0]
+        elif transform in (LOGISTIC, SOFTMAX_ZERO_REFERENCE):
+            positive = _logistic(raw[:, 0])
+        else:
+            raise ConversionError(f"{name} is not defined for a single-score binary ensemble")
+        return np.column_stack([1.0 - positive, positive])
+    if dimensions == n_labels and dimensions >= 2:
+        if transform == NO_TRANSFORM:
+            return raw
+        if transform == SOFTMAX:
+            return _softmax(raw)
+        if transform == LOGISTIC:
+            return _logistic(raw)
+        raise ConversionError(f"{name} is not defined for {dimensions} scores and classes")
+    raise ConversionError(
+        f"the tree ensemble has {dimensions} prediction dimensions for {n_labels} class labels"
+    )
+
+
+def _tree_ensemble_classifier(model: Model_pb2.Model, features: Features) -> Features:
+    spec = model.treeEnsembleClassifier
+    x = _input_matrix(model, features)
+    forest = _read_forest(spec.treeEnsemble, x.shape[1])
+    raw = forest.base[None, :] + _walk(forest, x)
+    labels = _class_labels(spec, raw.shape[1])
+    probabilities = _tree_probabilities(raw, int(spec.postEvaluationTransform), len(labels))
+    return _classifier_outputs(model, labels, probabilities)
+
+
+_HANDLERS: dict[str, _Handler] = {
+    "pipeline": _pipeline,
+    "pipelineClassifier": _pipeline,
+    "imputer": _imputer,
+    "scaler": _scaler,
+    "arrayFeatureExtractor": _array_feature_extractor,
+    "oneHotEncoder": _one_hot_encoder,
+    "featureVectorizer": _feature_vectorizer,
+    "glmClassifier": _glm_classifier,
+    "treeEnsembleClassifier": _tree_ensemble_classifier,
+}
