@@ -67,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_native_logs() -> None:
+    """TensorFlow and LiteRT log from C++ at import (CPU features, MLIR passes); on a
+    terminal that buries edgefleet's own progress lines. A user's own setting wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_native_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.home is None:

@@ -60,10 +60,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from coremltools.proto import FeatureTypes_pb2, Model_pb2, TreeEnsemble_pb2
 from google.protobuf.message import DecodeError
 
 from edgefleet.converters import coreml_eval
+from edgefleet.converters.coreml_proto import FeatureTypes_pb2, Model_pb2, TreeEnsemble_pb2
 from edgefleet.converters.ir import (
     LinearModel,
     ModelIR,

@@ -51,8 +51,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from coremltools.proto import Model_pb2
 
+from edgefleet.converters.coreml_proto import Model_pb2
 from edgefleet.errors import ConversionError
 
 Float64Array = npt.NDArray[np.float64]
