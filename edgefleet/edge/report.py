@@ -1,0 +1,639 @@
+"""The report message a device publishes per window (DESIGN.md section 5), and the aggregate
+the central side merges reports into.
+
+A :class:`Report` is compact JSON (UTF-8, no spaces), a few KB for the 17-feature churn
+schema. :meth:`Report.decode` trusts nothing: the payload arrives from the network, so it
+checks the size before parsing, refuses NaN, Infinity and duplicate keys, unknown and missing
+fields, any other ``schema_version``, ints that are floats or booleans, negative or oversized
+counts, histograms of the wrong length, more than :data:`MAX_FEATURES` features, identifiers
+outside ``[A-Za-z0-9_.-]`` (they end up in MQTT topics, file names and dashboards) and counts
+that do not add up (every feature sketch and the score histogram total ``scored``). Every
+refusal is an :class:`edgefleet.errors.InputError` naming the field.
+
+Shape (abridged; times are Unix epoch seconds)::
+
+    {"schema_version": 1, "fleet": "acme", "device_id": "pos-0042", "sequence": 17,
+     "window_start": 1718000000.0, "window_end": 1718000060.0,
+     "model_name": "churn", "model_version": "1.3.0", "cohort": "canary",
+     "device_group": "stores-eu", "scored": 980, "failed": 2, "dropped_reports": 0,
+     "features": [
+       {"name": "tenure_months", "kind": "numeric", "bins": [98, 101, ...],
+        "missing": 0, "out_of_range": 1},
+       {"name": "contract", "kind": "categorical", "bins": [540, 250, 190],
+        "missing": 0, "unknown": 0}, ...],
+     "scores": {"counts": [100 ints], "by_label": [[100 ints], [100 ints]]},
+     "outcomes": {"counts": [...], "by_label": [[...], [...]]},
+     "latency": {"counts": [164 ints]}}
+
+Merging: :func:`merge` and :func:`merge_all` turn reports of one fleet and model version
+into an :class:`Aggregate`: sketches and counts summed, the window widened to cover all of
+them, the device identity reduced to the set of devices, cohorts and groups. Summing is
+associative and commutative. Counting each report once is the caller's job: deduplicate on
+``(device_id, sequence)`` before merging, since QoS 1 delivers at least once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
+
+from edgefleet.edge.manifest import parse_version
+from edgefleet.edge.sketch import (
+    LATENCY_BUCKETS,
+    MAX_BINS,
+    SCORE_BINS,
+    FeatureSketch,
+    Histogram,
+    LatencySketch,
+    ReportBody,
+    ScoreSketch,
+    check_count,
+    check_name,
+)
+from edgefleet.errors import InputError
+
+__all__ = [
+    "COHORTS",
+    "MAX_FEATURES",
+    "MAX_REPORT_BYTES",
+    "SCHEMA_VERSION",
+    "Aggregate",
+    "Cohort",
+    "Report",
+    "check_identifier",
+    "merge",
+    "merge_all",
+]
+
+SCHEMA_VERSION = 1
+MAX_REPORT_BYTES = 262_144
+MAX_FEATURES = 256
+MAX_TIME = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: a later window end is a corrupt clock or a hostile report."""
+
+COHORTS = ("stable", "canary")
+Cohort = Literal["stable", "canary"]
+
+# Fleet, device and group names go into MQTT topics (no '/', '+', '#'), file names (no
+# leading dot, so never '.' or '..') and HTML: a conservative ASCII set.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+_FIELDS = (
+    "schema_version",
+    "fleet",
+    "device_id",
+    "sequence",
+    "window_start",
+    "window_end",
+    "model_name",
+    "model_version",
+    "cohort",
+    "device_group",
+    "scored",
+    "failed",
+    "dropped_reports",
+    "features",
+    "scores",
+    "outcomes",
+    "latency",
+)
+
+
+def check_identifier(value: Any, field: str) -> str:
+    """``value`` if it is 1 to 64 characters of ``[A-Za-z0-9_.-]`` starting with a letter or
+    digit (a fleet, device or group name); :class:`InputError` naming ``field`` otherwise."""
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be text, not {type(value).__name__}")
+    if not _IDENTIFIER.fullmatch(value):
+        raise InputError(
+            f"{field} must be 1 to 64 characters of A-Z a-z 0-9 _ . - starting with a letter "
+            f"or digit, not {value[:40]!r}{'...' if len(value) > 40 else ''}"
+        )
+    return value
+
+
+def _check_time(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{field} must be a number of seconds since the epoch")
+    number = float(value)
+    if not (math.isfinite(number) and 0.0 <= number <= MAX_TIME):
+        raise InputError(f"{field} must be a finite time between 1970 and 9999, not {value!r}")
+    return number
+
+
+def _check_features(features: Any, where: str) -> None:
+    if not isinstance(features, tuple) or not all(isinstance(f, FeatureSketch) for f in features):
+        raise InputError(f"{where}: features must be a tuple of FeatureSketch")
+    if not 0 < len(features) <= MAX_FEATURES:
+        raise InputError(f"{where}: has {len(features)} features; 1 to {MAX_FEATURES} allowed")
+    names = [f.name for f in features]
+    if len(set(names)) != len(names):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"{where}: duplicate features {', '.join(map(repr, duplicates))}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """One device's measurements over one window, with who measured them."""
+
+    schema_version: int = SCHEMA_VERSION
+    fleet: str
+    device_id: str
+    sequence: int
+    window_start: float
+    window_end: float
+    model_name: str
+    model_version: str
+    cohort: Cohort
+    device_group: str
+    scored: int
+    failed: int
+    features: tuple[FeatureSketch, ...]
+    scores: ScoreSketch
+    outcomes: ScoreSketch
+    latency: LatencySketch
+    dropped_reports: int = 0
+
+    def __post_init__(self) -> None:
+        if type(self.schema_version) is not int or self.schema_version != SCHEMA_VERSION:
+            raise InputError(
+                f"report schema_version {self.schema_version!r} is not {SCHEMA_VERSION}, the "
+                "one this edgefleet reads: upgrade the side that is older"
+            )
+        check_identifier(self.fleet, "report field 'fleet'")
+        check_identifier(self.device_id, "report field 'device_id'")
+        check_identifier(self.device_group, "report field 'device_group'")
+        check_count(self.sequence, "report field 'sequence'")
+        start = _check_time(self.window_start, "report field 'window_start'")
+        end = _check_time(self.window_end, "report field 'window_end'")
+        if start > end:
+            raise InputError("report field 'window_end' is before 'window_start'")
+        check_name(self.model_name, "report field 'model_name'")
+        if not isinstance(self.model_version, str):
+            raise InputError("report field 'model_version' must be text")
+        try:
+            parse_version(self.model_version)
+        except InputError as error:
+            raise InputError(f"report field 'model_version': {error}") from None
+        if self.cohort not in COHORTS:
+            raise InputError(f"report field 'cohort' must be one of {', '.join(COHORTS)}")
+        check_count(self.scored, "report field 'scored'")
+        check_count(self.failed, "report field 'failed'")
+        check_count(self.dropped_reports, "report field 'dropped_reports'")
+        _check_features(self.features, "report")
+        for name, value, kind in (
+            ("scores", self.scores, ScoreSketch),
+            ("outcomes", self.outcomes, ScoreSketch),
+            ("latency", self.latency, LatencySketch),
+        ):
+            if not isinstance(value, kind):
+                raise InputError(f"report field {name!r} must be a {kind.__name__}")
+        # Every scored row is counted once per feature and once in the score histogram:
+        # a report whose totals disagree is corrupt, and would skew every merge it joins.
+        for feature in self.features:
+            if feature.total != self.scored:
+                raise InputError(
+                    f"report field 'features': feature {feature.name!r} counts "
+                    f"{feature.total} rows but the report scored {self.scored}"
+                )
+        if self.scores.total != self.scored:
+            raise InputError(
+                f"report field 'scores': {self.scores.total} scores but {self.scored} scored"
+            )
+
+    @classmethod
+    def from_body(
+        cls,
+        body: ReportBody,
+        *,
+        fleet: str,
+        device_id: str,
+        sequence: int,
+        cohort: Cohort,
+        device_group: str,
+        dropped_reports: int = 0,
+    ) -> Report:
+        """A report of what a :class:`SketchBuilder` measured, from this device."""
+        return cls(
+            fleet=fleet,
+            device_id=device_id,
+            sequence=sequence,
+            window_start=body.window_start,
+            window_end=body.window_end,
+            model_name=body.model_name,
+            model_version=body.model_version,
+            cohort=cohort,
+            device_group=device_group,
+            scored=body.scored,
+            failed=body.failed,
+            features=body.features,
+            scores=body.scores,
+            outcomes=body.outcomes,
+            latency=body.latency,
+            dropped_reports=dropped_reports,
+        )
+
+    def feature(self, name: str) -> FeatureSketch:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise InputError(f"the report has no feature {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "fleet": self.fleet,
+            "device_id": self.device_id,
+            "sequence": self.sequence,
+            "window_start": float(self.window_start),
+            "window_end": float(self.window_end),
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "cohort": self.cohort,
+            "device_group": self.device_group,
+            "scored": self.scored,
+            "failed": self.failed,
+            "dropped_reports": self.dropped_reports,
+            "features": [f.to_dict() for f in self.features],
+            "scores": self.scores.to_dict(),
+            "outcomes": self.outcomes.to_dict(),
+            "latency": self.latency.to_dict(),
+        }
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON; :class:`InputError` if it would exceed MAX_REPORT_BYTES (a
+        schema too large to report on), since no receiver would accept it."""
+        payload = json.dumps(
+            self.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+        if len(payload) > MAX_REPORT_BYTES:
+            raise InputError(
+                f"the report encodes to {len(payload)} bytes, over the {MAX_REPORT_BYTES} "
+                "receivers accept: fewer features or bins"
+            )
+        return payload
+
+    @classmethod
+    def decode(
+        cls, payload: bytes | bytearray | memoryview, *, max_bytes: int = MAX_REPORT_BYTES
+    ) -> Report:
+        """Parse and validate a report from the network (see the module docstring)."""
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise InputError(f"a report payload is bytes, not {type(payload).__name__}")
+        if len(payload) > max_bytes:
+            raise InputError(f"report payload of {len(payload)} bytes exceeds {max_bytes}")
+        try:
+            text = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"report payload is not UTF-8 text (byte {error.start})") from None
+        try:
+            raw = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_repeats)
+        except _RefusedJSONError as error:
+            raise InputError(f"report payload: {error}") from None
+        except json.JSONDecodeError as error:
+            raise InputError(
+                f"report payload is not JSON: {error.msg} at character {error.pos}"
+            ) from None
+        except (ValueError, RecursionError) as error:
+            # ValueError: an integer of more digits than Python converts; RecursionError:
+            # arrays nested thousands deep.
+            raise InputError(f"report payload is not usable JSON: {type(error).__name__}") from None
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Report:
+        """Validate a parsed report (a dict as JSON gives it)."""
+        if not isinstance(raw, dict):
+            raise InputError(f"a report is a JSON object, not {_json_type(raw)}")
+        if "schema_version" not in raw:
+            raise InputError("report lacks the field 'schema_version'")
+        version = raw["schema_version"]
+        if type(version) is not int or version != SCHEMA_VERSION:
+            # Checked first: a newer report may have other fields, and this is the real cause.
+            raise InputError(
+                f"report schema_version {version!r} is not {SCHEMA_VERSION}, the one this "
+                "edgefleet reads: upgrade the side that is older"
+            )
+        _exact_keys(raw, _FIELDS, "report")
+        return cls(
+            schema_version=version,
+            fleet=raw["fleet"],
+            device_id=raw["device_id"],
+            sequence=raw["sequence"],
+            window_start=_check_time(raw["window_start"], "report field 'window_start'"),
+            window_end=_check_time(raw["window_end"], "report field 'window_end'"),
+            model_name=raw["model_name"],
+            model_version=raw["model_version"],
+            cohort=raw["cohort"],
+            device_group=raw["device_group"],
+            scored=raw["scored"],
+            failed=raw["failed"],
+            dropped_reports=raw["dropped_reports"],
+            features=_features_from_json(raw["features"]),
+            scores=_scores_from_json(raw["scores"], "scores"),
+            outcomes=_scores_from_json(raw["outcomes"], "outcomes"),
+            latency=_latency_from_json(raw["latency"]),
+        )
+
+
+class _RefusedJSONError(ValueError):
+    """JSON that parses but that a report never holds."""
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise _RefusedJSONError(f"{name} is not a number a report may hold")
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key is read differently by different parsers: refuse the ambiguity.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _RefusedJSONError(f"the key {key[:40]!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _exact_keys(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise InputError(f"{where} lacks the field {missing[0]!r}")
+    unknown = [k for k in raw if k not in keys]
+    if unknown:
+        raise InputError(f"{where} has an unknown field {unknown[0][:40]!r}")
+
+
+def _dict(raw: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InputError(f"report field {where!r} must be an object, not {_json_type(raw)}")
+    _exact_keys(raw, keys, f"report field {where!r}")
+    return raw
+
+
+def _histogram(values: Any, field: str, *, exact: int | None = None) -> Histogram:
+    field = f"report field {field!r}"
+    if not isinstance(values, list):
+        raise InputError(f"{field} must be an array of counts, not {_json_type(values)}")
+    if exact is not None and len(values) != exact:
+        raise InputError(f"{field} must have {exact} bins, not {len(values)}")
+    if not 0 < len(values) <= MAX_BINS:
+        raise InputError(f"{field} must have 1 to {MAX_BINS} bins, not {len(values)}")
+    for i, value in enumerate(values):
+        check_count(value, f"{field}[{i}]")
+    return Histogram(tuple(values))
+
+
+def _scores_from_json(raw: Any, where: str) -> ScoreSketch:
+    sketch = _dict(raw, ("counts", "by_label"), where)
+    by_label = sketch["by_label"]
+    if not isinstance(by_label, list) or len(by_label) != 2:
+        raise InputError(f"report field '{where}.by_label' must be an array of two histograms")
+    counts = _histogram(sketch["counts"], f"{where}.counts", exact=SCORE_BINS)
+    negative = _histogram(by_label[0], f"{where}.by_label[0]", exact=SCORE_BINS)
+    positive = _histogram(by_label[1], f"{where}.by_label[1]", exact=SCORE_BINS)
+    try:
+        return ScoreSketch(counts=counts, by_label=(negative, positive))
+    except InputError as error:
+        raise InputError(f"report field {where!r}: {error}") from None
+
+
+def _latency_from_json(raw: Any) -> LatencySketch:
+    sketch = _dict(raw, ("counts",), "latency")
+    return LatencySketch(_histogram(sketch["counts"], "latency.counts", exact=LATENCY_BUCKETS))
+
+
+def _features_from_json(raw: Any) -> tuple[FeatureSketch, ...]:
+    if not isinstance(raw, list):
+        raise InputError(f"report field 'features' must be an array, not {_json_type(raw)}")
+    if not 0 < len(raw) <= MAX_FEATURES:
+        raise InputError(f"report field 'features' has {len(raw)} features; 1 to {MAX_FEATURES}")
+    features: list[FeatureSketch] = []
+    for i, item in enumerate(raw):
+        where = f"features[{i}]"
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind == "numeric":
+            sketch = _dict(item, ("name", "kind", "bins", "missing", "out_of_range"), where)
+        elif kind == "categorical":
+            sketch = _dict(item, ("name", "kind", "bins", "missing", "unknown"), where)
+        else:
+            raise InputError(
+                f"report field {where!r} must be an object of kind 'numeric' or 'categorical'"
+            )
+        name = check_name(sketch["name"], f"report field '{where}.name'")
+        bins = _histogram(sketch["bins"], f"{where}.bins")
+        counts = {
+            key: check_count(sketch.get(key, 0), f"report field '{where}.{key}'")
+            for key in ("missing", "out_of_range", "unknown")
+        }
+        try:
+            features.append(FeatureSketch(name=name, kind=kind, bins=bins, **counts))
+        except InputError as error:
+            raise InputError(f"report field {where!r}: {error}") from None
+    return tuple(features)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Aggregate:
+    """Reports of one fleet and model version, merged. ``reports`` counts the reports in it,
+    ``devices`` are the distinct devices that sent them (a set, so that merging aggregates
+    that share devices still counts each device once)."""
+
+    fleet: str
+    model_name: str
+    model_version: str
+    window_start: float
+    window_end: float
+    reports: int
+    devices: frozenset[str]
+    cohorts: frozenset[str]
+    device_groups: frozenset[str]
+    scored: int
+    failed: int
+    dropped_reports: int
+    features: tuple[FeatureSketch, ...]
+    scores: ScoreSketch
+    outcomes: ScoreSketch
+    latency: LatencySketch
+
+    @classmethod
+    def of(cls, report: Report) -> Aggregate:
+        return cls(
+            fleet=report.fleet,
+            model_name=report.model_name,
+            model_version=report.model_version,
+            window_start=report.window_start,
+            window_end=report.window_end,
+            reports=1,
+            devices=frozenset((report.device_id,)),
+            cohorts=frozenset((report.cohort,)),
+            device_groups=frozenset((report.device_group,)),
+            scored=report.scored,
+            failed=report.failed,
+            dropped_reports=report.dropped_reports,
+            features=report.features,
+            scores=report.scores,
+            outcomes=report.outcomes,
+            latency=report.latency,
+        )
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+    def merge(self, other: Report | Aggregate) -> Aggregate:
+        return merge(self, other)
+
+    def feature(self, name: str) -> FeatureSketch:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise InputError(f"the aggregate has no feature {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fleet": self.fleet,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "reports": self.reports,
+            "devices": sorted(self.devices),
+            "cohorts": sorted(self.cohorts),
+            "device_groups": sorted(self.device_groups),
+            "scored": self.scored,
+            "failed": self.failed,
+            "dropped_reports": self.dropped_reports,
+            "features": [f.to_dict() for f in self.features],
+            "scores": self.scores.to_dict(),
+            "outcomes": self.outcomes.to_dict(),
+            "latency": self.latency.to_dict(),
+        }
+
+
+def merge(a: Report | Aggregate, b: Report | Aggregate) -> Aggregate:
+    """Two reports (or aggregates) of the same fleet and model version, summed."""
+    total = _Sum(a)
+    total.add(b)
+    return total.freeze()
+
+
+def merge_all(items: Iterable[Report | Aggregate]) -> Aggregate:
+    """Many reports (or aggregates) summed in one pass: the way to fold a window of a fleet,
+    several times faster than merging pairwise (no intermediate frozen values)."""
+    iterator = iter(items)
+    first = next(iterator, None)
+    if first is None:
+        raise InputError("merge_all needs at least one report")
+    total = _Sum(first)
+    for item in iterator:
+        total.add(item)
+    return total.freeze()
+
+
+def _as_aggregate(item: Report | Aggregate) -> Aggregate:
+    if isinstance(item, Report):
+        return Aggregate.of(item)
+    if isinstance(item, Aggregate):
+        return item
+    raise InputError(f"can only merge reports and aggregates, not {type(item).__name__}")
+
+
+class _Sum:
+    """A mutable running sum of aggregates, in Python ints (exact, never overflowing)."""
+
+    def __init__(self, first: Report | Aggregate):
+        start = _as_aggregate(first)
+        self.key = (start.fleet, start.model_name, start.model_version)
+        self.layout = [(f.name, f.kind, f.bins.bins) for f in start.features]
+        self.window = [start.window_start, start.window_end]
+        self.reports = start.reports
+        self.devices = set(start.devices)
+        self.cohorts = set(start.cohorts)
+        self.groups = set(start.device_groups)
+        self.totals = [start.scored, start.failed, start.dropped_reports]
+        # One flat list per feature: bins, then missing, out_of_range, unknown.
+        self.features = [
+            [*f.bins.counts, f.missing, f.out_of_range, f.unknown] for f in start.features
+        ]
+        self.histograms = [list(h.counts) for h in _histograms(start)]
+
+    def add(self, item: Report | Aggregate) -> None:
+        other = _as_aggregate(item)
+        key = (other.fleet, other.model_name, other.model_version)
+        if key != self.key:
+            raise InputError(
+                "cannot merge reports of fleet {!r} model {} {} with fleet {!r} model {} {}: "
+                "merge only one fleet and model version at a time".format(*self.key, *key)
+            )
+        layout = [(f.name, f.kind, f.bins.bins) for f in other.features]
+        if layout != self.layout:
+            raise InputError(
+                f"cannot merge reports of model {self.key[1]} {self.key[2]} whose features "
+                "differ (names, kinds or bins): the reports disagree about the schema"
+            )
+        self.window[0] = min(self.window[0], other.window_start)
+        self.window[1] = max(self.window[1], other.window_end)
+        self.reports += other.reports
+        self.devices |= other.devices
+        self.cohorts |= other.cohorts
+        self.groups |= other.device_groups
+        for i, value in enumerate((other.scored, other.failed, other.dropped_reports)):
+            self.totals[i] += value
+        for counts, feature in zip(self.features, other.features, strict=True):
+            extra = (*feature.bins.counts, feature.missing, feature.out_of_range, feature.unknown)
+            for i, value in enumerate(extra):
+                counts[i] += value
+        for counts, histogram in zip(self.histograms, _histograms(other), strict=True):
+            for i, value in enumerate(histogram.counts):
+                counts[i] += value
+
+    def freeze(self) -> Aggregate:
+        features = tuple(
+            FeatureSketch(
+                name=name,
+                kind=kind,
+                bins=Histogram(tuple(counts[:bins])),
+                missing=counts[bins],
+                out_of_range=counts[bins + 1],
+                unknown=counts[bins + 2],
+            )
+            for (name, kind, bins), counts in zip(self.layout, self.features, strict=True)
+        )
+        h = [Histogram(tuple(counts)) for counts in self.histograms]
+        return Aggregate(
+            fleet=self.key[0],
+            model_name=self.key[1],
+            model_version=self.key[2],
+            window_start=self.window[0],
+            window_end=self.window[1],
+            reports=self.reports,
+            devices=frozenset(self.devices),
+            cohorts=frozenset(self.cohorts),
+            device_groups=frozenset(self.groups),
+            scored=self.totals[0],
+            failed=self.totals[1],
+            dropped_reports=self.totals[2],
+            features=features,
+            scores=ScoreSketch(counts=h[0], by_label=(h[1], h[2])),
+            outcomes=ScoreSketch(counts=h[3], by_label=(h[4], h[5])),
+            latency=LatencySketch(h[6]),
+        )
+
+
+def _histograms(aggregate: Aggregate) -> tuple[Histogram, ...]:
+    return (
+        aggregate.scores.counts,
+        *aggregate.scores.by_label,
+        aggregate.outcomes.counts,
+        *aggregate.outcomes.by_label,
+        aggregate.latency.counts,
+    )
