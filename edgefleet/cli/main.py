@@ -26,6 +26,9 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_bundle",
     "edgefleet.cli.cmd_score",
     "edgefleet.cli.cmd_demo",
+    "edgefleet.cli.cmd_broker",
+    "edgefleet.cli.cmd_fleet",
+    "edgefleet.cli.cmd_agent",
 )
 
 DESCRIPTION = """\

@@ -16,6 +16,8 @@ back and remembered as failed, so the device does not loop on it.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
@@ -97,6 +99,17 @@ class UpdateRecord:
             error=raw.get("error"),
             failed=tuple(raw.get("failed", ())),
         )
+
+
+FAULT_ENVIRONMENT = "EDGEFLEET_FAULT_KILL_AT"
+"""Fault injection for the crash tests: when set to a state's name, the process sends
+itself SIGKILL as that step begins (after its record was saved). A real SIGKILL at an
+exact point of the lifecycle, instead of a timer that races the step."""
+
+
+def _maybe_kill_self(state: State) -> None:
+    if os.environ.get(FAULT_ENVIRONMENT) == state.value:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 Step = Callable[[Target], None]
@@ -195,6 +208,7 @@ class UpdateMachine:
             assert target is not None  # every non-idle record names its target
             state = self.record.state
             error: str | None = None
+            _maybe_kill_self(state)
             try:
                 self.steps.for_state(state)(target)
                 event = Event.OK

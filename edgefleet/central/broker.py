@@ -1,0 +1,334 @@
+"""A local Mosquitto broker as a child process, with a generated configuration: the broker
+of the tests and of ``edgefleet broker`` (DESIGN.md section 5).
+
+The configuration is chosen so that nothing is lost without a trace:
+
+- ``max_queued_messages 0``: Mosquitto's default of 1000 silently drops QoS 1 messages for a
+  subscriber that is slow or away (a monitor catching up, a device offline for a day);
+- ``persistence true`` in the data folder: retained messages (rollout state, models) and
+  the sessions with their queued QoS 1 messages survive a restart. Mosquitto writes its
+  database on a clean stop and every ``autosave_interval`` seconds, so a crash (``kill``)
+  loses at most that many seconds;
+- one listener on the loopback address with anonymous access: a development broker that
+  nobody else on the network can reach. A networked broker needs TLS and passwords, which
+  is a deployment's configuration, not this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from edgefleet.edge.mqtt import BrokerAddress, BrokerError
+from edgefleet.errors import InputError
+
+CONFIG_NAME = "mosquitto.conf"
+LOG_NAME = "mosquitto.log"
+OUTPUT_NAME = "mosquitto.out"
+DATABASE_NAME = "mosquitto.db"
+INSTALL_HINT = "install the Debian package mosquitto (scripts/setup does)"
+
+
+def find_mosquitto() -> Path:
+    """The mosquitto binary on PATH or in /usr/sbin (Debian installs it there, outside a
+    normal user's PATH); :class:`BrokerError` if there is none."""
+    found = shutil.which("mosquitto")
+    if found:
+        return Path(found)
+    for candidate in (Path("/usr/sbin/mosquitto"), Path("/usr/local/sbin/mosquitto")):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerError(f"the mosquitto broker is not installed: {INSTALL_HINT}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MosquittoBroker:
+    """Mosquitto on ``host:port`` keeping its state in ``data_dir``.
+
+    ``port=0`` picks a free port once; :meth:`restart` keeps it, so clients reconnect to
+    the same address. Use as a context manager, or :meth:`start` / :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        max_queued_messages: int = 0,
+        max_inflight_messages: int = 100,
+        autosave_interval: int = 5,
+        max_packet_size: int = 0,
+        extra_config: Sequence[str] = (),
+        echo_log: bool = False,
+        binary: str | Path | None = None,
+        startup_timeout: float = 10.0,
+    ):
+        if not _is_loopback(host):
+            raise InputError(
+                f"the generated broker allows anonymous clients, so it listens only on a "
+                f"loopback address, not {host!r}. For a networked broker, configure Mosquitto "
+                "with TLS and passwords and pass its URL with --broker"
+            )
+        if not 0 <= port <= 65535:
+            raise InputError(f"port {port} is not between 0 and 65535")
+        self.data_dir = Path(data_dir).resolve()
+        # Mosquitto takes a path to the end of its line; a line break would end it early
+        # (and inject configuration).
+        if any(ch in str(self.data_dir) for ch in "\r\n"):
+            raise InputError(f"the broker data folder {self.data_dir!r} contains a line break")
+        self.host = host
+        self.port = port or free_port(host)
+        self.max_queued_messages = max_queued_messages
+        self.max_inflight_messages = max_inflight_messages
+        self.autosave_interval = autosave_interval
+        self.max_packet_size = max_packet_size
+        self.extra_config = tuple(extra_config)
+        self.echo_log = echo_log
+        self.binary = Path(binary) if binary else None
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- paths and configuration --------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / LOG_NAME
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / DATABASE_NAME
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+    @property
+    def address(self) -> BrokerAddress:
+        return BrokerAddress(host=self.host, port=self.port)
+
+    def config_text(self) -> str:
+        lines = [
+            "# Generated by edgefleet (edgefleet/central/broker.py); rewritten on every start.",
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "",
+            "# Retained messages and sessions (with their queued QoS 1 messages) survive a",
+            "# restart; written on a clean stop and every autosave_interval seconds.",
+            "persistence true",
+            f"persistence_location {self.data_dir}/",
+            f"persistence_file {DATABASE_NAME}",
+            f"autosave_interval {self.autosave_interval}",
+            "",
+            "# 0 = unbounded: the default 1000 silently drops QoS 1 messages for slow or",
+            "# offline subscribers.",
+            f"max_queued_messages {self.max_queued_messages}",
+            "# In flight per client; also the Receive Maximum announced to MQTT 5 clients.",
+            f"max_inflight_messages {self.max_inflight_messages}",
+            "set_tcp_nodelay true",
+            "",
+            f"log_dest file {self.log_path}",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            "connection_messages true",
+        ]
+        if self.max_packet_size:
+            # Announced to MQTT 5 clients, who must not send more. (message_size_limit
+            # would be the other way, but Mosquitto 2.0 disconnects an MQTT 5 client that
+            # exceeds it, and paho re-sends the message after every reconnect.)
+            lines.append(f"max_packet_size {self.max_packet_size}")
+        if self.echo_log:
+            lines.append("log_dest stderr")
+        if os.geteuid() == 0:
+            # As root, Mosquitto switches to the user 'mosquitto', which cannot write a data
+            # folder made by root; staying the current user keeps persistence working.
+            lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+        lines.extend(self.extra_config)
+        return "\n".join(lines) + "\n"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> MosquittoBroker:
+        if self.running:
+            return self
+        binary = self.binary or find_mosquitto()
+        self._check_port_free()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        output = None if self.echo_log else (self.data_dir / OUTPUT_NAME).open("ab")
+        try:
+            self._process = subprocess.Popen(
+                [str(binary), "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                # Its own process group: a Ctrl-C meant for `edgefleet broker` reaches the
+                # broker only through our stop(), which lets it save its database.
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise BrokerError(f"cannot run {binary}: {error.strerror}. {INSTALL_HINT}") from None
+        finally:
+            if output is not None:
+                output.close()
+        self._wait_until_listening(log_offset)
+        return self
+
+    def _check_port_free(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As Mosquitto binds: a port in TIME_WAIT after a restart counts as free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as error:
+                raise BrokerError(
+                    f"cannot start mosquitto on {self.host}:{self.port}: {error.strerror} "
+                    "(another broker, or 'edgefleet broker' running already?). Pass another "
+                    "--port, or use the running broker with --broker"
+                ) from None
+
+    def _started_in_log(self, offset: int) -> bool:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return b" running" in log.read()
+        except OSError:
+            return False
+
+    def _wait_until_listening(self, log_offset: int) -> None:
+        # Both the log line and a connection: the port alone could be another process's
+        # (taken between our check and Mosquitto's bind), the log alone precedes accept().
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._process = None
+                raise BrokerError(
+                    f"mosquitto exited with status {code} while starting on "
+                    f"{self.host}:{self.port} (is the port in use?).\n{self.log_tail()}"
+                )
+            if self._started_in_log(log_offset):
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=0.5):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        self.kill()
+        raise BrokerError(
+            f"mosquitto did not accept connections on {self.host}:{self.port} within "
+            f"{self.startup_timeout:g} s.\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: Mosquitto saves its database and exits. SIGKILL if it takes longer
+        than ``timeout``."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power cut would: whatever was not autosaved is lost."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        self._process = None
+
+    def restart(self) -> None:
+        """Stop cleanly and start again on the same port with the same database."""
+        self.stop()
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the broker keeps its connections but answers nothing, like a broker
+        that is overloaded or behind a stalled network (for backpressure tests)."""
+        if self._process is not None and self.running:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        if self._process is not None and self.running:
+            self._process.send_signal(signal.SIGCONT)
+
+    def save(self) -> None:
+        """Ask Mosquitto to write its database now (SIGUSR1), as autosave would."""
+        if self._process is not None and self.running:
+            self._process.send_signal(signal.SIGUSR1)
+
+    def wait(self) -> int:
+        """Block until the broker exits; its exit status."""
+        if self._process is None:
+            return 0
+        return self._process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = ""
+        for path in (self.log_path, self.data_dir / OUTPUT_NAME):
+            with contextlib.suppress(OSError):
+                text += path.read_text(errors="replace")
+        tail = text.strip().splitlines()[-lines:]
+        return "mosquitto log:\n  " + "\n  ".join(tail) if tail else "(mosquitto wrote no log)"
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

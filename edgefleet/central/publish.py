@@ -1,0 +1,511 @@
+"""Publish signed bundles to a fleet over MQTT and steer its rollout (DESIGN.md section 5).
+
+``publish`` verifies the bundle (signature and every artifact) before it connects, so a
+tampered bundle never reaches the broker. It then sends the manifest, its signature and
+each artifact retained at QoS 1 on content-addressed topics (``models/{sha256}`` of the
+bytes), waits until the broker has acknowledged all of them, and only then publishes the
+new signed :class:`RolloutState` retained on ``rollout``: a device never sees a state that
+points at bytes the broker does not hold yet.
+
+Every change (publish, promote, rollback) takes the newest of two copies of the state, the
+one retained on the broker and the one in the local state file
+(``HOME/fleets/FLEET.json``), verifies its signature, and writes ``sequence + 1`` to both.
+So a lost state file is recovered from the broker, and a broker that lost its database gets
+the newest state back at the next change. The state file also remembers every model
+published to the fleet, which ``rollback --to VERSION`` needs (the broker keeps only the
+current state).
+
+Version rules: a new stable version must be higher than the current one (a lower one is a
+rollback: ``rollback --to``), and a canary must be higher than stable. A canary republished
+with another percentage keeps its ``rollout_id``, so raising the percentage only adds
+devices. Dropping a canary is a rollback too: its devices go down to the stable version,
+which the signed ``rollback`` flag allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgefleet.edge.bundle import SIGNATURE_FILE, VerifiedBundle, open_bundle
+from edgefleet.edge.manifest import parse_version
+from edgefleet.edge.mqtt import BrokerAddress, BrokerError, MqttClient, PublishHandle
+from edgefleet.edge.rollout import (
+    ModelRef,
+    RolloutError,
+    RolloutState,
+    sign_rollout,
+    verify_rollout,
+)
+from edgefleet.edge.signing import TrustedKey
+from edgefleet.edge.topics import DEFAULT_PREFIX, Topics
+from edgefleet.errors import EdgefleetError, InputError
+
+Progress = Callable[[str], None]
+STATE_FORMAT = 1
+# Per byte of payload on top of a fixed wait: a slow link still gets its big artifacts
+# acknowledged, a dead one fails in reasonable time.
+_ACK_SECONDS = 30.0
+_ACK_SECONDS_PER_MB = 2.0
+
+
+def state_file_for(home: Path, fleet: str) -> Path:
+    """``HOME/fleets/FLEET.json``: the local copy of a fleet's rollout state."""
+    Topics(fleet)  # validates the name before it becomes a file name
+    return Path(home) / "fleets" / f"{fleet}.json"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    model: ModelRef
+    state: RolloutState
+    bytes_sent: int
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Content:
+    label: str
+    data: bytes
+    sha256: str
+
+
+def model_ref(bundle: VerifiedBundle) -> tuple[ModelRef, list[_Content]]:
+    """The reference of a verified bundle and the bytes to publish for it (deduplicated:
+    two formats with identical bytes share one topic)."""
+    signature = (bundle.root / SIGNATURE_FILE).read_bytes()
+    contents = [
+        _Content("manifest.json", bundle.manifest_bytes, _sha256(bundle.manifest_bytes)),
+        _Content(SIGNATURE_FILE, signature, _sha256(signature)),
+    ]
+    for artifact in bundle.manifest.artifacts:
+        # open_bundle checked every artifact against the manifest a moment ago.
+        data = (bundle.root / artifact.path).read_bytes()
+        contents.append(_Content(f"{artifact.format} {artifact.path}", data, artifact.sha256))
+    ref = ModelRef(
+        name=bundle.manifest.name,
+        version=bundle.manifest.version,
+        manifest_sha256=contents[0].sha256,
+        signature_sha256=contents[1].sha256,
+        artifacts={a.format: a.sha256 for a in bundle.manifest.artifacts},
+    )
+    unique = list({c.sha256: c for c in contents}.values())
+    return ref, unique
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class FleetControl:
+    """A connection to one fleet's topics with the publisher's key; the functions below
+    open one per command."""
+
+    def __init__(
+        self,
+        fleet: str,
+        broker: BrokerAddress,
+        private_key: Ed25519PrivateKey,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        state_file: Path | None = None,
+        progress: Progress = lambda _: None,
+        timeout: float = 10.0,
+    ):
+        self.topics = Topics(fleet, prefix)
+        self.fleet = fleet
+        self.broker = broker
+        self.private_key = private_key
+        self.trusted = [TrustedKey.from_public_key(private_key.public_key())]
+        self.state_file = state_file
+        self.progress = progress
+        self.timeout = timeout
+        self._client: MqttClient | None = None
+
+    @contextmanager
+    def connected(self) -> Iterator[FleetControl]:
+        # A publisher only sends and reads retained state: no session to keep.
+        client = MqttClient(
+            self.broker,
+            f"edgefleet-publish-{uuid.uuid4().hex[:12]}",
+            clean_start=True,
+            connect_timeout=self.timeout,
+        )
+        client.connect()
+        self._client = client
+        try:
+            yield self
+        finally:
+            self._client = None
+            client.disconnect()
+
+    @property
+    def client(self) -> MqttClient:
+        if self._client is None:
+            raise BrokerError("not connected: use 'with control.connected():'")
+        return self._client
+
+    # -- state --------------------------------------------------------------------------------
+
+    def retained_state(self) -> RolloutState | None:
+        payload = self.client.read_retained(self.topics.rollout, self.timeout)
+        if payload is None:
+            return None
+        try:
+            return verify_rollout(payload, self.trusted, fleet=self.fleet)
+        except EdgefleetError as error:
+            raise RolloutError(
+                f"the rollout state retained on {self.topics.rollout} cannot be trusted: "
+                f"{error}. Nothing was changed"
+            ) from None
+
+    def _local(self) -> tuple[RolloutState | None, dict[str, ModelRef]]:
+        if self.state_file is None or not self.state_file.exists():
+            return None, {}
+        try:
+            raw = json.loads(self.state_file.read_text())
+            if raw.get("format") != STATE_FORMAT:
+                raise RolloutError(f"format {raw.get('format')!r} is not {STATE_FORMAT}")
+            envelope = raw["rollout"]
+            state = (
+                None
+                if envelope is None
+                else verify_rollout(envelope.encode("ascii"), self.trusted, fleet=self.fleet)
+            )
+            models = {key: ModelRef.from_dict(value) for key, value in raw["models"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError, EdgefleetError) as error:
+            raise RolloutError(
+                f"the rollout state file {self.state_file} is unusable ({error}); move it "
+                "away and the state is recovered from the broker"
+            ) from None
+        return state, models
+
+    def current(self) -> tuple[RolloutState | None, dict[str, ModelRef]]:
+        """The newest trusted state (broker or state file) and the known models."""
+        retained = self.retained_state()
+        local, models = self._local()
+        for state in (retained, local):
+            for ref in (state.stable, state.canary) if state else ():
+                if ref is not None:
+                    models.setdefault(_model_key(ref), ref)
+        if local is not None and (retained is None or local.sequence > retained.sequence):
+            old = "nothing" if retained is None else f"sequence {retained.sequence}"
+            self.progress(
+                f"the broker holds {old} for fleet {self.fleet}, the state file sequence "
+                f"{local.sequence}: continuing from the state file (the broker lost its data?)"
+            )
+            return local, models
+        return retained, models
+
+    def commit(
+        self,
+        previous: RolloutState | None,
+        models: Mapping[str, ModelRef],
+        *,
+        stable: ModelRef | None,
+        canary: ModelRef | None,
+        canary_percent: int,
+        rollback: bool,
+        rollout_id: str | None = None,
+    ) -> RolloutState:
+        """Sign and publish the next state, retained; then write the state file."""
+        state = RolloutState(
+            fleet=self.fleet,
+            rollout_id=rollout_id or (previous.rollout_id if previous else _rollout_id()),
+            sequence=(previous.sequence if previous else 0) + 1,
+            stable=stable,
+            canary=canary,
+            canary_percent=canary_percent,
+            rollback=rollback,
+            issued=_now(),
+        )
+        envelope = sign_rollout(state, self.private_key)
+        self.client.publish(self.topics.rollout, envelope, retain=True).wait(_ACK_SECONDS)
+        self._save(envelope, models, state)
+        return state
+
+    def _save(self, envelope: bytes, models: Mapping[str, ModelRef], state: RolloutState) -> None:
+        if self.state_file is None:
+            return
+        known = dict(models)
+        for ref in (state.stable, state.canary):
+            if ref is not None:
+                known.setdefault(_model_key(ref), ref)
+        document = {
+            "format": STATE_FORMAT,
+            "fleet": self.fleet,
+            "rollout": envelope.decode("ascii"),
+            "models": {key: ref.to_dict() for key, ref in sorted(known.items())},
+        }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside and renamed: a crash leaves the old file or the new, never half.
+        handle, temporary = tempfile.mkstemp(prefix=".state-", dir=self.state_file.parent)
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(document, out, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.state_file)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    # -- content ------------------------------------------------------------------------------
+
+    def send_contents(self, contents: list[_Content]) -> tuple[int, tuple[str, ...]]:
+        """Publish every content retained at QoS 1 and wait for all acknowledgements."""
+        handles: list[tuple[_Content, PublishHandle]] = []
+        total = sum(len(c.data) for c in contents)
+        self.progress(f"sending {len(contents)} files, {total:,} bytes, to {self.broker.display}")
+        for content in contents:
+            topic = self.topics.model(content.sha256)
+            handles.append((content, self.client.publish(topic, content.data, retain=True)))
+        sent = 0
+        for content, handle in handles:
+            handle.wait(_ACK_SECONDS + _ACK_SECONDS_PER_MB * len(content.data) / 1e6)
+            sent += len(content.data)
+            self.progress(
+                f"  {content.label:28} {len(content.data):>12,} bytes  "
+                f"models/{content.sha256[:12]}  acknowledged ({sent:,}/{total:,})"
+            )
+        return sent, tuple(h.topic for _, h in handles)
+
+    def require_content(self, ref: ModelRef) -> None:
+        """Refuse to point the fleet at a model whose manifest the broker no longer holds."""
+        payload = self.client.read_retained(self.topics.model(ref.manifest_sha256), self.timeout)
+        if payload is None or _sha256(payload) != ref.manifest_sha256:
+            raise InputError(
+                f"the broker no longer holds the manifest of {ref.label}: publish its bundle "
+                "again (edgefleet publish BUNDLE --fleet ...) before pointing the fleet at it"
+            )
+
+
+def _model_key(ref: ModelRef) -> str:
+    return f"{ref.name}@{ref.version}"
+
+
+def _rollout_id() -> str:
+    return secrets.token_hex(6)
+
+
+def describe_state(state: RolloutState | None) -> str:
+    """A few lines for humans."""
+    if state is None:
+        return "no rollout state published"
+    stable = state.stable.label if state.stable else "none"
+    lines = [
+        f"fleet {state.fleet}: sequence {state.sequence}, issued {state.issued}",
+        f"  stable  {stable}",
+    ]
+    if state.canary is not None:
+        lines.append(
+            f"  canary  {state.canary.label} on {state.canary_percent}% of devices "
+            f"(rollout {state.rollout_id})"
+        )
+    else:
+        lines.append("  canary  none")
+    if state.rollback:
+        lines.append("  rollback allowed: devices may move to a lower version")
+    return "\n".join(lines)
+
+
+def publish(
+    bundle_dir: str | Path,
+    fleet: str,
+    broker: BrokerAddress,
+    private_key: Ed25519PrivateKey,
+    *,
+    canary_percent: int | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    state_file: Path | None = None,
+    progress: Progress = lambda _: None,
+) -> PublishResult:
+    """Publish a bundle to ``fleet``: as the new stable model, or with ``canary_percent``
+    as the canary for that share of the devices (stable stays)."""
+    if canary_percent is not None and (
+        type(canary_percent) is not int or not 1 <= canary_percent <= 100
+    ):
+        raise InputError(f"--canary must be a percentage from 1 to 100, not {canary_percent!r}")
+    control = FleetControl(
+        fleet, broker, private_key, prefix=prefix, state_file=state_file, progress=progress
+    )
+    # Everything is checked before the first byte goes out: signature by our key, then
+    # each artifact's size and sha256.
+    bundle = open_bundle(bundle_dir, control.trusted)
+    ref, contents = model_ref(bundle)
+    progress(f"{ref.label}: signature and {len(ref.artifacts)} artifact(s) verified")
+    with control.connected():
+        current, models = control.current()
+        stable = current.stable if current else None
+        _check_order(ref, stable, canary=canary_percent is not None)
+        sent, topics = control.send_contents(contents)
+        models = {**models, _model_key(ref): ref}
+        if canary_percent is None:
+            state = control.commit(
+                current, models, stable=ref, canary=None, canary_percent=0, rollback=False
+            )
+        else:
+            same_canary = (
+                current is not None
+                and current.canary is not None
+                and current.canary.manifest_sha256 == ref.manifest_sha256
+            )
+            state = control.commit(
+                current,
+                models,
+                stable=stable,
+                canary=ref,
+                canary_percent=canary_percent,
+                rollback=False,
+                rollout_id=None if same_canary else _rollout_id(),
+            )
+    progress(f"rollout state {state.sequence} published on {control.topics.rollout}")
+    return PublishResult(model=ref, state=state, bytes_sent=sent, topics=topics)
+
+
+def _check_order(ref: ModelRef, stable: ModelRef | None, *, canary: bool) -> None:
+    if stable is None:
+        if canary:
+            raise InputError(
+                f"fleet has no stable model yet: publish {ref.label} without --canary first"
+            )
+        return
+    if ref.version_tuple < stable.version_tuple:
+        raise InputError(
+            f"{ref.label} is lower than the stable {stable.label}: to go back, run "
+            f"'edgefleet rollout rollback --to {ref.version}'"
+        )
+    if ref.version_tuple == stable.version_tuple and ref.manifest_sha256 != stable.manifest_sha256:
+        raise InputError(
+            f"{stable.label} is stable already, with another manifest: devices running it "
+            "would not update. Export the model as a new version"
+        )
+    if canary and ref.version_tuple == stable.version_tuple:
+        raise InputError(f"{ref.label} is the stable version; a canary must be higher")
+
+
+def rollout_status(
+    fleet: str,
+    broker: BrokerAddress,
+    trusted_keys: list[TrustedKey],
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    timeout: float = 10.0,
+) -> RolloutState | None:
+    """The verified state retained for ``fleet``, or None if none was published."""
+    topics = Topics(fleet, prefix)
+    client = MqttClient(
+        broker,
+        f"edgefleet-status-{uuid.uuid4().hex[:12]}",
+        clean_start=True,
+        connect_timeout=timeout,
+    )
+    with client:
+        payload = client.read_retained(topics.rollout, timeout)
+    if payload is None:
+        return None
+    return verify_rollout(payload, trusted_keys, fleet=fleet)
+
+
+def promote(
+    fleet: str,
+    broker: BrokerAddress,
+    private_key: Ed25519PrivateKey,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    state_file: Path | None = None,
+    progress: Progress = lambda _: None,
+) -> RolloutState:
+    """The canary becomes stable on every device."""
+    control = FleetControl(
+        fleet, broker, private_key, prefix=prefix, state_file=state_file, progress=progress
+    )
+    with control.connected():
+        current, models = control.current()
+        if current is None or current.canary is None:
+            raise InputError(f"fleet {fleet} has no canary to promote")
+        progress(f"promoting {current.canary.label} from {current.canary_percent}% to stable")
+        return control.commit(
+            current, models, stable=current.canary, canary=None, canary_percent=0, rollback=False
+        )
+
+
+def rollback(
+    fleet: str,
+    broker: BrokerAddress,
+    private_key: Ed25519PrivateKey,
+    *,
+    to_version: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    state_file: Path | None = None,
+    progress: Progress = lambda _: None,
+) -> RolloutState:
+    """Without ``to_version``: drop the canary, its devices return to stable. With it:
+    stable becomes that (lower) version, published before to this fleet. Either way the
+    state carries the signed permission to go down a version."""
+    if to_version is not None:
+        parse_version(to_version)
+    control = FleetControl(
+        fleet, broker, private_key, prefix=prefix, state_file=state_file, progress=progress
+    )
+    with control.connected():
+        current, models = control.current()
+        if current is None:
+            raise InputError(f"fleet {fleet} has no rollout state to roll back")
+        if to_version is None:
+            if current.canary is None:
+                raise InputError(
+                    f"fleet {fleet} has no canary; to re-point stable, pass --to VERSION"
+                )
+            progress(f"dropping canary {current.canary.label}; its devices return to stable")
+            return control.commit(
+                current,
+                models,
+                stable=current.stable,
+                canary=None,
+                canary_percent=0,
+                rollback=True,
+            )
+        target = _find_version(models, to_version, current)
+        stable = current.stable
+        if stable is not None and target.version_tuple >= stable.version_tuple:
+            raise InputError(
+                f"{target.label} is not lower than the stable {stable.label}: publish or "
+                "promote to go up; rollback goes down"
+            )
+        control.require_content(target)
+        progress(f"re-pointing stable to {target.label} (signed rollback)")
+        return control.commit(
+            current, models, stable=target, canary=None, canary_percent=0, rollback=True
+        )
+
+
+def _find_version(models: Mapping[str, ModelRef], version: str, current: RolloutState) -> ModelRef:
+    running = current.stable or current.canary
+    matches = [
+        ref
+        for ref in models.values()
+        if ref.version == version and (running is None or ref.name == running.name)
+    ]
+    if not matches:
+        known = ", ".join(sorted({ref.version for ref in models.values()}, key=parse_version))
+        raise InputError(
+            f"version {version} was never published to this fleet from this home (known: "
+            f"{known or 'none'}); publish its bundle first"
+        )
+    return matches[0]

@@ -1,0 +1,476 @@
+"""The edge agent: one device of a fleet.
+
+It follows the fleet's signed rollout state (retained on ``.../rollout``), works out its
+own target (stable or canary, by the deterministic rule), installs it through the update
+lifecycle, and scores locally with the active model whatever the network does. Every
+window (``report_seconds`` or ``report_records``, whichever comes first) it rolls its
+sketches into a report and puts it in the on-disk outbox; a sender thread publishes the
+outbox in order at QoS 1 and removes each message only once the broker acknowledged it,
+so nothing is lost while the broker or the network is away, nor when the agent dies.
+
+Threads: paho's network thread only enqueues (rollout messages); one update thread runs
+installs; one sender thread drains the outbox; one timer thread closes report windows.
+Scoring runs on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.edge.agent.installer import ActiveModel, Installer
+from edgefleet.edge.agent.lifecycle import State, Target, UpdateMachine, UpdateRecord
+from edgefleet.edge.agent.store import ModelStore, atomic_write
+from edgefleet.edge.backends.base import choose_format
+from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.mqtt import BrokerAddress, BrokerError, MqttClient, Will
+from edgefleet.edge.outbox import Outbox
+from edgefleet.edge.report import Report
+from edgefleet.edge.rollout import (
+    Cohort,
+    ModelRef,
+    RolloutState,
+    check_sequence,
+    check_version,
+    target_for,
+    verify_rollout,
+)
+from edgefleet.edge.signing import TrustedKey
+from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.topics import Topics, validate_device_id
+from edgefleet.errors import EdgefleetError, InputError, RecordError
+
+logger = logging.getLogger("edgefleet.agent")
+
+PREDICTION_MEMORY = 50_000
+"""Predictions remembered for outcome feedback; older ones can no longer get a label."""
+
+
+class NoModelError(EdgefleetError):
+    """The agent has no verified model to score with yet."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    fleet: str
+    device_id: str
+    state_dir: Path
+    trusted_keys: tuple[TrustedKey, ...]
+    broker: BrokerAddress
+    prefix: str = "edgefleet"
+    device_group: str = "default"
+    format: str | None = None
+    report_seconds: float = 30.0
+    report_records: int = 5000
+    fetch_timeout: float = 60.0
+    outbox_messages: int = 10_000
+    outbox_bytes: int = 50 * 1024 * 1024
+    outbox_ttl_seconds: float = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: str
+    probability: float
+    label: str
+    model_version: str
+
+
+@dataclass
+class _Window:
+    """The open report window: the sketches of the active model since the last report."""
+
+    builder: SketchBuilder
+    manifest: Manifest
+    cohort: Cohort
+    records: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig):
+        validate_device_id(config.device_id)
+        self.config = config
+        self.topics = Topics(config.fleet, config.prefix)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ModelStore(config.state_dir)
+        self.outbox = Outbox(
+            config.state_dir / "outbox.db",
+            max_messages=config.outbox_messages,
+            max_bytes=config.outbox_bytes,
+            ttl_seconds=config.outbox_ttl_seconds,
+        )
+        self.installer = Installer(
+            self.store, config.trusted_keys, self._fetch, on_activate=self._on_activate
+        )
+        self.machine = UpdateMachine(
+            config.state_dir / "update.json",
+            self.installer.steps(),
+            observer=self._on_update_record,
+        )
+        self._state_path = config.state_dir / "agent.json"
+        saved = self._load_state()
+        self._sequence: int = saved.get("sequence", 0)
+        self._applied_rollout: int | None = saved.get("applied_rollout")
+        self._cohort: Cohort = "canary" if saved.get("cohort") == "canary" else "stable"
+        self.last_problem: str | None = None
+        self._window: _Window | None = None
+        self._window_lock = threading.Lock()
+        self._predictions: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._rollouts: queue.Queue[bytes | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._outbox_ready = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.client = MqttClient(
+            config.broker,
+            f"edgefleet-{config.fleet}-{config.device_id}",
+            will=Will(
+                self.topics.status(config.device_id),
+                json.dumps({"device_id": config.device_id, "state": "offline"}).encode(),
+            ),
+            on_connected=lambda _: self._outbox_ready.set(),
+        )
+        problem = self.installer.load_active(self._format_for)
+        if problem is not None and self.store.pointer().active is not None:
+            self.last_problem = f"stored model unusable: {problem}"
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            loaded: dict[str, Any] = json.loads(self._state_path.read_text())
+            return loaded
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_state(self) -> None:
+        atomic_write(
+            self._state_path,
+            json.dumps(
+                {
+                    "sequence": self._sequence,
+                    "applied_rollout": self._applied_rollout,
+                    "cohort": self._cohort,
+                }
+            ).encode(),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (retrying in the background while the broker is away), follow the
+        rollout, and start reporting. Scoring works before and without a connection."""
+        for target in (self._connect_loop, self._update_loop, self._send_loop, self._window_loop):
+            thread = threading.Thread(
+                target=target, name=f"{target.__name__}-{self.config.device_id}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, *, flush_timeout: float = 5.0) -> None:
+        """Close the report window into the outbox, try to send it, disconnect cleanly."""
+        self.close_window()
+        deadline = time.monotonic() + flush_timeout
+        while (
+            self.outbox.stats().pending and time.monotonic() < deadline and self.client.is_connected
+        ):
+            self._outbox_ready.set()
+            time.sleep(0.05)
+        self._stop.set()
+        self._rollouts.put(None)
+        self._outbox_ready.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.client.is_connected:
+            self._publish_status("offline")
+        with contextlib.suppress(BrokerError):
+            self.client.disconnect()
+        self.outbox.close()
+
+    def _connect_loop(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self.client.connect(timeout=10)
+                break
+            except BrokerError as error:
+                self.last_problem = str(error)
+                logger.info(
+                    "%s: broker unreachable, retrying in %.1f s", self.config.device_id, delay
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 15.0)
+        if self._stop.is_set():
+            return
+        self.client.subscribe(self.topics.rollout, self._on_rollout_message)
+        self._publish_status("online")
+
+    def _on_rollout_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        self._rollouts.put(payload)  # never verify or download on the network thread
+
+    def _update_loop(self) -> None:
+        if self.machine.record.state is not State.IDLE:
+            self.machine.resume()  # an update interrupted by a crash
+        while not self._stop.is_set():
+            payload = self._rollouts.get()
+            if payload is None:
+                return
+            try:
+                self._follow(verify_rollout(payload, self.config.trusted_keys))
+            except EdgefleetError as error:
+                self.last_problem = f"rollout message ignored: {error}"
+                logger.warning("%s: %s", self.config.device_id, self.last_problem)
+                self._publish_status("online")
+
+    def _format_for(self, manifest: Manifest | ModelRef) -> str:
+        formats = (
+            manifest.formats() if isinstance(manifest, Manifest) else tuple(manifest.artifacts)
+        )
+        return choose_format(formats, self.config.format)
+
+    def _follow(self, state: RolloutState) -> None:
+        if state.fleet != self.config.fleet:
+            raise InputError(f"the rollout is for fleet {state.fleet!r}, not {self.config.fleet!r}")
+        if not check_sequence(state, self._applied_rollout):
+            return  # the same state again (retained, re-delivered on reconnect)
+        ref, cohort = target_for(state, self.config.device_id)
+        self._cohort = cohort
+        active = self.installer.active
+        if ref is not None and (active is None or active.manifest_sha256 != ref.manifest_sha256):
+            # Refuse a downgrade before downloading anything (verify checks it again on
+            # the signed manifest itself).
+            check_version(state, ref, active.scorer.manifest.version if active else None)
+            fmt = self._format_for(ref)
+            target = Target(
+                name=ref.name,
+                version=ref.version,
+                format=fmt,
+                manifest_sha256=ref.manifest_sha256,
+                signature_sha256=ref.signature_sha256,
+                artifact_sha256=ref.artifacts[fmt],
+                rollback_allowed=state.rollback,
+            )
+            if not self.machine.has_failed(target):
+                self.machine.start(target)
+        self._applied_rollout = state.sequence
+        self._save_state()
+        self._publish_status("online")
+
+    def _fetch(self, sha256: str) -> bytes:
+        data = self.client.read_retained(
+            self.topics.model(sha256), timeout=self.config.fetch_timeout
+        )
+        if data is None:
+            raise BrokerError(f"nothing is published under {self.topics.model(sha256)}")
+        return data
+
+    def _on_update_record(self, record: UpdateRecord) -> None:
+        if record.error:
+            self.last_problem = (
+                f"update of {record.target.version if record.target else '?'}"
+                f" failed: {record.error}"
+            )
+        if record.state in (State.IDLE, State.ROLLBACK) and self.client.is_connected:
+            self._publish_status("online")
+
+    def _on_activate(self, old: ActiveModel | None, new: ActiveModel) -> None:
+        self.close_window()
+        with self._window_lock:
+            self._window = _Window(
+                SketchBuilder.from_manifest(new.scorer.manifest), new.scorer.manifest, self._cohort
+            )
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    @property
+    def model(self) -> ActiveModel | None:
+        return self.installer.active
+
+    def score(self, records: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        """Score one record or many with the active model; raises :class:`RecordError`
+        naming the record and field of a bad one (and counts it as failed)."""
+        active = self.installer.active
+        if active is None:
+            raise NoModelError(
+                "no verified model is installed yet: the agent is waiting for the fleet's rollout"
+            )
+        batch = [records] if isinstance(records, Mapping) else list(records)
+        scorer = active.scorer
+        started = time.perf_counter()
+        try:
+            encoded = scorer.encoder.encode(batch)
+        except RecordError:
+            self._count_failed(len(batch))
+            raise
+        probabilities = scorer.backend.predict_proba(encoded)[:, 1]
+        latency = time.perf_counter() - started
+        manifest = scorer.manifest
+        positive, negative = manifest.schema.classes[1], manifest.schema.classes[0]
+        predictions = []
+        for p in probabilities:
+            identifier = uuid.uuid4().hex
+            predictions.append(
+                Prediction(
+                    identifier, float(p), positive if p >= 0.5 else negative, manifest.version
+                )
+            )
+            self._predictions[identifier] = (float(p), manifest.version)
+        while len(self._predictions) > PREDICTION_MEMORY:
+            self._predictions.popitem(last=False)
+        self._add_to_window(encoded, probabilities, latency)
+        return predictions
+
+    def outcome(self, prediction_id: str, label: str | int | bool) -> None:
+        """Attach the true label to an earlier prediction (the customer did churn)."""
+        remembered = self._predictions.pop(prediction_id, None)
+        if remembered is None:
+            raise InputError(f"no recent prediction has id {prediction_id!r}")
+        score, version = remembered
+        active = self.installer.active
+        if active is None or active.scorer.manifest.version != version:
+            return  # the model changed since; its window is reported already
+        classes = active.scorer.manifest.schema.classes
+        if isinstance(label, bool) or label in (0, 1):
+            value = int(label)
+        elif label in classes:
+            value = classes.index(str(label))
+        else:
+            raise InputError(f"label {label!r} is not one of {list(classes)} (or 0/1)")
+        with self._window_lock:
+            if self._window is not None:
+                self._window.builder.add_outcome(score, value)
+
+    def _add_to_window(
+        self, encoded: np.ndarray[Any, Any], probabilities: np.ndarray[Any, Any], latency: float
+    ) -> None:
+        full = False
+        with self._window_lock:
+            if self._window is not None:
+                self._window.builder.add(encoded, probabilities, latency)
+                self._window.records += len(encoded)
+                full = self._window.records >= self.config.report_records
+        if full:
+            self.close_window()
+
+    def _count_failed(self, count: int) -> None:
+        with self._window_lock:
+            if self._window is not None:
+                self._window.builder.add(
+                    np.zeros((0, self._window.manifest.schema.n_features), dtype=np.float32),
+                    np.zeros(0, dtype=np.float32),
+                    None,
+                    n_failed=count,
+                )
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def close_window(self) -> int | None:
+        """Roll the open window into a report in the outbox; its sequence number, or None
+        when the window was empty."""
+        with self._window_lock:
+            window = self._window
+            if window is None:
+                return None
+            body = window.builder.roll()
+            window.records = 0
+            window.started = time.monotonic()
+            cohort = window.cohort
+        if body.scored == 0 and body.failed == 0 and body.outcomes.total == 0:
+            return None
+        self._sequence += 1
+        sequence = self._sequence
+        self._save_state()
+
+        def build(dropped: int) -> bytes:
+            return Report.from_body(
+                body,
+                fleet=self.config.fleet,
+                device_id=self.config.device_id,
+                sequence=sequence,
+                cohort=cohort,
+                device_group=self.config.device_group,
+                dropped_reports=dropped,
+            ).encode()
+
+        self.outbox.put_report(self.topics.report(self.config.device_id), build)
+        self._outbox_ready.set()
+        return sequence
+
+    def _window_loop(self) -> None:
+        while not self._stop.wait(min(1.0, self.config.report_seconds)):
+            with self._window_lock:
+                due = (
+                    self._window is not None
+                    and time.monotonic() - self._window.started >= self.config.report_seconds
+                )
+            if due:
+                self.close_window()
+
+    def _send_loop(self) -> None:
+        """Publish the outbox in order; ack (delete) each message only after the broker's
+        PUBACK, so a crash or a lost connection re-sends instead of losing."""
+        while not self._stop.is_set():
+            self._outbox_ready.wait(1.0)
+            self._outbox_ready.clear()
+            while not self._stop.is_set() and self.client.is_connected:
+                items = self.outbox.peek(50)
+                if not items:
+                    break
+                try:
+                    handles = [
+                        (item.id, self.client.publish(item.topic, item.payload, qos=1))
+                        for item in items
+                    ]
+                    for identifier, handle in handles:
+                        handle.wait(timeout=30)
+                        self.outbox.ack(identifier)
+                except BrokerError as error:
+                    logger.info("%s: sending paused: %s", self.config.device_id, error)
+                    self._stop.wait(0.5)
+                    break
+
+    def status(self) -> dict[str, Any]:
+        active = self.installer.active
+        record = self.machine.record
+        stats = self.outbox.stats()
+        return {
+            "device_id": self.config.device_id,
+            "fleet": self.config.fleet,
+            "state": "online" if self.client.is_connected else "offline",
+            "model": active.scorer.manifest.label if active else None,
+            "model_version": active.scorer.manifest.version if active else None,
+            "format": active.scorer.format if active else None,
+            "cohort": self._cohort,
+            "device_group": self.config.device_group,
+            "update_state": record.state.value,
+            "problem": self.last_problem,
+            "rollout_sequence": self._applied_rollout,
+            "reports_sent": self._sequence - stats.pending,
+            "outbox_pending": stats.pending,
+            "outbox_dropped": stats.dropped_overflow + stats.dropped_expired,
+            "time": time.time(),
+        }
+
+    def _publish_status(self, state: str) -> None:
+        status = {**self.status(), "state": state}
+        try:
+            self.client.publish(
+                self.topics.status(self.config.device_id),
+                json.dumps(status).encode(),
+                qos=1,
+                retain=True,
+            )
+        except BrokerError as error:
+            logger.info("%s: status not published: %s", self.config.device_id, error)

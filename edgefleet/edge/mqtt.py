@@ -1,0 +1,785 @@
+"""A small MQTT client for devices and the central side: one wrapper over paho-mqtt 2.x in the
+style of aiomqtt, where paho's return codes and exceptions become edgefleet errors at the
+boundary and nothing is dropped without the caller hearing about it.
+
+Protocol: MQTT 5, because
+
+- a broker's refusal of a publish (message too large, quota exceeded, not authorised) comes
+  back as a PUBACK reason code; MQTT 3.1.1 has no way to say it, so such messages vanish;
+- a persistent session states its lifetime (Session Expiry Interval) instead of living
+  forever on the broker;
+- "retain handling" lets a re-subscription after a reconnect skip retained messages the
+  session has already seen, while a first subscription still gets them;
+- the broker announces its Receive Maximum (the in-flight window it accepts) and its Maximum
+  Packet Size; paho heeds neither, this wrapper does both.
+
+Backpressure: paho keeps unacknowledged QoS 1 messages in memory and its ``publish()``
+returns ``MQTT_ERR_QUEUE_SIZE`` (rc 15) without raising once 65,535 are outstanding.
+:meth:`MqttClient.publish` keeps its own window of ``max_pending`` unacknowledged messages:
+when it is full, ``publish`` waits up to ``timeout`` for acknowledgements and then raises
+:class:`BackpressureError`. paho's in-flight limit is set before ``connect`` (paho refuses
+it later) and lowered to the broker's Receive Maximum when the broker announces a smaller
+one: paho ignores that announcement, and a broker disconnects a client that exceeds it.
+
+Threads: paho runs the network loop on its own thread (``loop_start``), which reconnects
+with exponential backoff and calls every callback: message callbacks, ``on_connected`` and
+``on_disconnected``. ``publish``, ``subscribe``, ``unsubscribe``, ``read_retained`` and
+``disconnect`` may be called from any thread. A callback must return quickly (while it runs
+no other message, and no acknowledgement of your own publishes, is processed) and must not
+wait for the network: :meth:`PublishHandle.wait`, ``subscribe``'s wait for the broker's
+answer and ``read_retained`` raise :class:`BrokerError` when called from a callback instead
+of deadlocking. An exception escaping a message callback is logged on the
+``edgefleet.mqtt`` logger and counted in :attr:`MqttClient.callback_errors`; the message is
+acknowledged all the same (QoS 1 is at-least-once, not "until my code succeeds").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgefleet.errors import EdgefleetError, InputError
+
+logger = logging.getLogger("edgefleet.mqtt")
+
+DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+DEFAULT_BROKER_URL = "mqtt://127.0.0.1:1883"
+START_HINT = "Start one with 'edgefleet broker' or pass --broker mqtt://host:port"
+DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
+"""Seconds a persistent session (and the QoS 1 messages queued for it) outlives a
+disconnection: a device may be away for a week and still get every message."""
+
+MessageCallback = Callable[[str, bytes, bool], None]
+"""``callback(topic, payload, retained)``; ``retained`` is True for a message the broker
+had stored and sends because of the subscription, False for a live one."""
+
+
+class BrokerError(EdgefleetError):
+    """The MQTT broker is unreachable, refused us, or did not acknowledge in time.
+
+    To move into edgefleet/errors.py (a direct child of EdgefleetError)."""
+
+
+class BackpressureError(BrokerError):
+    """Too many messages wait for the broker's acknowledgement: the caller must slow down
+    (or keep the message, e.g. in an outbox) instead of queueing without bound."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is and how to talk to it. The password never shows in ``repr``
+    or :attr:`url`."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+    @classmethod
+    def parse(
+        cls,
+        url: str,
+        *,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        insecure: bool = False,
+    ) -> BrokerAddress:
+        """``mqtt://[user:pass@]host[:1883]`` or ``mqtts://[user:pass@]host[:8883]``; the
+        TLS options need ``mqtts``. :class:`InputError` says what is wrong."""
+        shape = "mqtt://host:port or mqtts://host:port"
+        parts = urlsplit(url.strip()) if isinstance(url, str) else None
+        if parts is None or parts.scheme.lower() not in ("mqtt", "mqtts") or not parts.netloc:
+            raise InputError(f"broker URL {url!r} must look like {shape}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise InputError(f"broker URL {url!r} has a path or query; it must look like {shape}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise InputError(f"broker URL {url!r} has an invalid port") from None
+        if not parts.hostname:
+            raise InputError(f"broker URL {url!r} names no host; it must look like {shape}")
+        tls = parts.scheme.lower() == "mqtts"
+        files = {"--ca-file": ca_file, "--cert-file": cert_file, "--key-file": key_file}
+        if not tls and (any(files.values()) or insecure):
+            given = ", ".join(k for k, v in files.items() if v) or "--insecure"
+            raise InputError(f"{given} need(s) an mqtts:// broker URL, not {url!r}")
+        if key_file and not cert_file:
+            raise InputError("--key-file needs --cert-file (the client certificate)")
+        return cls(
+            host=parts.hostname,
+            port=port if port is not None else (DEFAULT_TLS_PORT if tls else DEFAULT_PORT),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            ca_file=Path(ca_file) if ca_file else None,
+            cert_file=Path(cert_file) if cert_file else None,
+            key_file=Path(key_file) if key_file else None,
+            insecure=insecure,
+        )
+
+    @property
+    def display(self) -> str:
+        """``host:port`` (IPv6 in brackets), for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.display}"
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for us if we vanish without disconnecting."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+class PublishHandle:
+    """A message handed to the client. :meth:`wait` returns once the broker acknowledged it
+    (QoS 1) or it was written to the socket (QoS 0), and raises :class:`BrokerError` if the
+    broker refused it, the connection lost it (QoS 0), or ``timeout`` passed."""
+
+    def __init__(self, owner: MqttClient, topic: str, qos: int, info: paho.MQTTMessageInfo):
+        self._owner = owner
+        self.topic = topic
+        self.qos = qos
+        self._info = info
+        self._failure: str | None = None
+
+    @property
+    def mid(self) -> int:
+        return self._info.mid
+
+    @property
+    def done(self) -> bool:
+        """Acknowledged (or, for QoS 0, written or lost); never blocks."""
+        return self._published()
+
+    def _published(self) -> bool:
+        try:
+            return self._info.is_published()
+        except (RuntimeError, ValueError):
+            # paho raises when rc says the message failed: it is settled, as a failure.
+            return True
+
+    def _settle(self) -> None:
+        failure = self._owner._take_failure(self.mid)
+        if failure is not None:
+            self._failure = failure
+
+    def wait(self, timeout: float | None = 30.0) -> None:
+        self._owner._forbid_in_network_thread("wait for the broker to acknowledge a message")
+        # paho raises when the message settled with a failing rc: reported below.
+        with contextlib.suppress(RuntimeError, ValueError):
+            self._info.wait_for_publish(timeout)
+        if not self._published():
+            raise BrokerError(
+                f"the MQTT broker at {self._owner.address.display} did not acknowledge "
+                f"the message on {self.topic}{_after(timeout)}"
+            )
+        if self._info.rc == paho.MQTT_ERR_CONN_LOST:
+            raise BrokerError(f"the QoS 0 message on {self.topic} was lost with the connection")
+        self._settle()
+        if self._failure is not None:
+            raise BrokerError(
+                f"the MQTT broker at {self._owner.address.display} refused the message on "
+                f"{self.topic}: {self._failure}"
+            )
+
+
+class MqttClient:
+    """One connection to a broker. See the module docstring for threads and backpressure.
+
+    ``clean_start=False`` (the default) keeps a persistent session: the broker remembers
+    the subscriptions and queues QoS 1 messages for ``session_expiry`` seconds while we are
+    away, so ``client_id`` must be stable and unique. ``clean_start=True`` starts afresh on
+    every connection (a publisher that only sends). ``will`` is published by the broker if
+    the connection dies without :meth:`disconnect`.
+
+    Use as a context manager (``with MqttClient(...) as client:``) or call :meth:`connect`
+    and :meth:`disconnect`.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        will: Will | tuple[str, bytes, bool] | None = None,
+        clean_start: bool = False,
+        session_expiry: int = DEFAULT_SESSION_EXPIRY,
+        keepalive: int = 30,
+        max_inflight: int = 20,
+        max_pending: int = 1000,
+        reconnect_delay: tuple[int, int] = (1, 30),
+        connect_timeout: float = 10.0,
+        on_connected: Callable[[bool], None] | None = None,
+        on_disconnected: Callable[[str], None] | None = None,
+    ):
+        if not isinstance(client_id, str) or not 1 <= len(client_id) <= 128:
+            raise InputError(f"MQTT client id {client_id!r} must have 1 to 128 characters")
+        if not 1 <= max_inflight <= 65535:
+            raise InputError(f"max_inflight must be 1..65535, not {max_inflight}")
+        # Far below paho's 65,535 message ids, so an id is never reused while we still
+        # track the message that had it.
+        if not 1 <= max_pending <= 30000:
+            raise InputError(f"max_pending must be 1..30000, not {max_pending}")
+        self.address = address
+        self.client_id = client_id
+        self.clean_start = clean_start
+        self.session_expiry = 0 if clean_start else session_expiry
+        self.keepalive = keepalive
+        self.max_inflight = max_inflight
+        self.max_pending = max_pending
+        self.connect_timeout = connect_timeout
+        self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.callback_errors = 0
+        self.server_receive_maximum: int | None = None
+        self.server_maximum_packet_size: int | None = None
+        self._will = Will(*will) if isinstance(will, tuple) else will
+        self._reconnect_delay = reconnect_delay
+        self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._lock = threading.Lock()
+        self._window = threading.Condition()
+        self._pending: deque[PublishHandle] = deque()
+        self._reserved = 0
+        self._failures: dict[int, str] = {}
+        self._subacks: dict[int, list[ReasonCode]] = {}
+        self._subacks_changed = threading.Condition(self._lock)
+        self._background_mids: set[int] = set()
+        self._connack = threading.Event()
+        self._connack_error: str | None = None
+        self._network_thread: int | None = None
+        self._started = False
+        # True while connect() may still redo the connection with a smaller window: the
+        # hooks should see one connection, not the rehearsal.
+        self._connecting = False
+        self._client = self._make_client()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+        )
+        # paho refuses to change this once connected: it has to happen here.
+        client.max_inflight_messages_set(self.max_inflight)
+        client.reconnect_delay_set(*self._reconnect_delay)
+        if self.address.username is not None:
+            client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls:
+            try:
+                client.tls_set(
+                    ca_certs=str(self.address.ca_file) if self.address.ca_file else None,
+                    certfile=str(self.address.cert_file) if self.address.cert_file else None,
+                    keyfile=str(self.address.key_file) if self.address.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError, ValueError) as error:
+                raise InputError(
+                    f"cannot use the TLS files for {self.address.url}: {error}"
+                ) from None
+            # --insecure skips only the host name check; the chain is still verified.
+            client.tls_insecure_set(self.address.insecure)
+        if self._will is not None:
+            client.will_set(
+                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def __enter__(self) -> MqttClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.disconnect()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client.is_connected()
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Connect, or raise :class:`BrokerError` with the reason and what to do. After
+        this, lost connections are re-established in the background."""
+        if self._started:
+            raise BrokerError(f"client {self.client_id} is connected already")
+        timeout = self.connect_timeout if timeout is None else timeout
+        self._connecting = True
+        try:
+            self._connect_once(timeout)
+            if self._receive_maximum() < self.max_inflight:
+                # The broker disconnects a client that exceeds its window (Mosquitto does
+                # for QoS 2 and for resends); paho cannot change the window while connected.
+                # QoS 1 messages of a persistent session that arrived in between come again
+                # after the reconnect: at least once, as QoS 1 promises.
+                logger.info(
+                    "broker %s accepts %d messages in flight; reconnecting with that window",
+                    self.address.display,
+                    self._receive_maximum(),
+                )
+                self._stop()
+                self.max_inflight = self._receive_maximum()
+                self._client.max_inflight_messages_set(self.max_inflight)
+                self._connect_once(timeout)
+        finally:
+            self._connecting = False
+
+    def _receive_maximum(self) -> int:
+        # MQTT 5: no Receive Maximum in CONNACK means 65,535.
+        return self.server_receive_maximum or 65535
+
+    def _connect_once(self, timeout: float) -> None:
+        self._connack.clear()
+        self._connack_error = None
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.session_expiry
+        self._client.connect_timeout = timeout
+        try:
+            self._client.connect(
+                self.address.host,
+                self.address.port,
+                keepalive=self.keepalive,
+                clean_start=self.clean_start,
+                properties=properties,
+            )
+        except (OSError, ValueError) as error:
+            raise BrokerError(self._unreachable(_reason(error))) from None
+        self._client.loop_start()
+        self._started = True
+        if not self._connack.wait(timeout):
+            self._stop()
+            raise BrokerError(
+                self._unreachable(f"no MQTT answer within {timeout:g} s (is it an MQTT broker?)")
+            )
+        if self._connack_error is not None:
+            reason = self._connack_error
+            self._stop()
+            raise BrokerError(
+                f"the MQTT broker at {self.address.display} refused the connection: {reason}. "
+                "Check the user name and password in --broker, and the TLS options"
+            )
+
+    def _unreachable(self, reason: str) -> str:
+        return f"cannot reach the MQTT broker at {self.address.display}: {reason}. {START_HINT}"
+
+    def _stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._started = False
+        # A later thread may get the dead loop thread's id.
+        self._network_thread = None
+
+    def disconnect(self, flush_timeout: float = 5.0) -> int:
+        """Wait up to ``flush_timeout`` for unacknowledged messages, then disconnect
+        cleanly (no will). Returns how many messages were still unacknowledged and are
+        abandoned (logged as a warning when not 0)."""
+        if not self._started:
+            return 0
+        left = 0
+        if not self._in_network_thread():
+            left = self.flush(flush_timeout)
+        if left:
+            logger.warning(
+                "disconnecting from %s with %d unacknowledged message(s)",
+                self.address.display,
+                left,
+            )
+        self._stop()
+        with self._window:
+            self._pending.clear()
+        return left
+
+    # -- callbacks (network thread) ----------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._network_thread = threading.get_ident()
+        if reason.is_failure:
+            self._connack_error = str(reason)
+            self._connack.set()
+            logger.warning("broker %s refused the connection: %s", self.address.display, reason)
+            return
+        self.server_receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        self.server_maximum_packet_size = getattr(properties, "MaximumPacketSize", None)
+        if self._connecting and self._receive_maximum() < self.max_inflight:
+            self._connack.set()  # connect() reconnects with a smaller window: stay quiet
+            return
+        with self._lock:
+            subscriptions = list(self._subscriptions.items())
+        if subscriptions:
+            # Retain handling 1: retained messages only for subscriptions the session lacks,
+            # so a reconnect does not replay what this session has already seen.
+            rc, mid = client.subscribe(
+                [
+                    (topic, SubscribeOptions(qos=qos, retainHandling=1))
+                    for topic, (qos, _) in subscriptions
+                ]
+            )
+            if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+                with self._lock:
+                    self._background_mids.add(mid)
+        self._connack.set()
+        self._call_hook(self.on_connected, bool(flags.session_present))
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._connecting:
+            return  # the rehearsal connection of connect(), or its failure: raised there
+        self._call_hook(self.on_disconnected, str(reason))
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Only failures are recorded (paho's message info tracks completion); the handle
+        # picks its failure up by message id once it sees itself acknowledged.
+        if reason.is_failure:
+            with self._lock:
+                self._failures[mid] = str(reason)
+        with self._window:
+            self._window.notify_all()
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            if mid in self._background_mids:
+                self._background_mids.discard(mid)
+                for reason in reasons:
+                    if reason.is_failure:
+                        logger.error("re-subscription refused by the broker: %s", reason)
+                return
+            self._subacks[mid] = reasons
+            self._subacks_changed.notify_all()
+
+    def _call_hook(self, hook: Callable[[Any], None] | None, argument: object) -> None:
+        if hook is None:
+            return
+        try:
+            hook(argument)
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("connection hook %r failed", hook)
+
+    def _dispatcher(self, callback: MessageCallback) -> Callable[..., None]:
+        def deliver(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+            try:
+                callback(message.topic, bytes(message.payload), bool(message.retain))
+            except Exception:
+                self.callback_errors += 1
+                logger.exception("message callback for %r failed", message.topic)
+
+        return deliver
+
+    def _in_network_thread(self) -> bool:
+        return threading.get_ident() == self._network_thread
+
+    def _forbid_in_network_thread(self, what: str) -> None:
+        if self._in_network_thread():
+            raise BrokerError(
+                f"cannot {what} inside an MQTT callback: the callback runs on the thread "
+                "that would receive the answer. Hand the work to another thread"
+            )
+
+    def _take_failure(self, mid: int) -> str | None:
+        with self._lock:
+            return self._failures.pop(mid, None)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 30.0,
+    ) -> PublishHandle:
+        """Hand ``payload`` to the broker; ``handle.wait()`` for the acknowledgement.
+
+        QoS 1 messages count against the window of ``max_pending`` unacknowledged ones:
+        when it is full, this waits up to ``timeout`` s and then raises
+        :class:`BackpressureError`. A QoS 1 message given while the connection is down is
+        kept and sent on reconnect; a QoS 0 one raises :class:`BrokerError` (paho would
+        drop it)."""
+        if qos not in (0, 1):
+            raise InputError(f"QoS must be 0 or 1, not {qos!r} (edgefleet does not use QoS 2)")
+        if not self._started:
+            raise BrokerError(f"client {self.client_id} is not connected: call connect() first")
+        limit = self.server_maximum_packet_size
+        if limit is not None and (size := _packet_size(topic, payload, qos)) > limit:
+            # paho would send it anyway; the broker would drop the connection, and paho
+            # would re-send the same message after every reconnect.
+            raise BrokerError(
+                f"the message on {topic} makes a packet of {size:,} bytes; the MQTT broker "
+                f"at {self.address.display} accepts at most {limit:,}"
+            )
+        if qos == 1:
+            self._reserve(topic, timeout)
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        except (ValueError, TypeError) as error:
+            if qos == 1:
+                self._release(None)
+            raise InputError(f"cannot publish on {topic!r}: {error}") from None
+        rc = info.rc
+        if rc == paho.MQTT_ERR_QUEUE_SIZE:
+            self._release(None)  # only QoS 1 gets here
+            raise BackpressureError(
+                f"paho holds 65,535 unacknowledged messages for {self.address.display}: "
+                "slow down until the broker catches up"
+            )
+        if rc == paho.MQTT_ERR_NO_CONN and qos == 1:
+            # paho keeps the message and re-sends it after reconnecting, but leaves rc at
+            # NO_CONN, which would make is_published() raise forever (client.py,
+            # _handle_connack). The message is queued, not failed: say so.
+            info.rc = paho.MQTT_ERR_SUCCESS
+        elif rc != paho.MQTT_ERR_SUCCESS:
+            if qos == 1:
+                self._release(None)
+            if rc == paho.MQTT_ERR_NO_CONN:
+                raise BrokerError(
+                    f"not connected to the MQTT broker at {self.address.display}: the QoS 0 "
+                    f"message on {topic} was not sent"
+                )
+            raise BrokerError(f"cannot publish on {topic}: {paho.error_string(rc)}")
+        handle = PublishHandle(self, topic, qos, info)
+        if qos == 1:
+            self._release(handle)
+        return handle
+
+    def _reserve(self, topic: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._window:
+            while self._unacknowledged() + self._reserved >= self.max_pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._in_network_thread():
+                    raise BackpressureError(
+                        f"{self.max_pending} messages to {self.address.display} are still "
+                        f"waiting for the broker's acknowledgement{_after(timeout)}; the "
+                        f"message on {topic} was not sent. The broker is slow or unreachable"
+                    )
+                # Polled as well as notified: paho marks a message published only after
+                # the callback that notifies us has returned.
+                self._window.wait(min(remaining, 0.02))
+            self._reserved += 1
+
+    def _release(self, handle: PublishHandle | None) -> None:
+        with self._window:
+            self._reserved = max(0, self._reserved - 1)
+            if handle is not None:
+                self._pending.append(handle)
+            self._window.notify_all()
+
+    def _unacknowledged(self) -> int:
+        """Messages in the window, after dropping the acknowledged ones at its head (the
+        broker acknowledges in order, so the head is where they are)."""
+        while self._pending and self._pending[0].done:
+            self._pending.popleft()._settle()
+        return len(self._pending)
+
+    @property
+    def pending(self) -> int:
+        """QoS 1 messages not yet acknowledged by the broker."""
+        with self._window:
+            self._unacknowledged()
+            return sum(1 for handle in self._pending if not handle.done)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until every QoS 1 message is acknowledged, at most ``timeout`` s; returns
+        how many are still unacknowledged."""
+        self._forbid_in_network_thread("wait for acknowledgements")
+        deadline = time.monotonic() + timeout
+        while (left := self.pending) and time.monotonic() < deadline:
+            with self._window:
+                self._window.wait(0.02)
+        return left
+
+    # -- subscribing -------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic_filter: str,
+        callback: MessageCallback,
+        *,
+        qos: int = 1,
+        timeout: float = 10.0,
+    ) -> None:
+        """Call ``callback(topic, payload, retained)`` for every message matching
+        ``topic_filter``, from now on and after every reconnect. Retained messages are
+        delivered at once. Raises :class:`BrokerError` if the broker refuses. One
+        callback per filter: subscribing the same filter again replaces it."""
+        if qos not in (0, 1):
+            raise InputError(f"QoS must be 0 or 1, not {qos!r}")
+        if not isinstance(topic_filter, str) or not topic_filter:
+            raise InputError("a topic filter must be a non-empty string")
+        with self._lock:
+            self._subscriptions[topic_filter] = (qos, callback)
+        self._client.message_callback_add(topic_filter, self._dispatcher(callback))
+        if not self._started:
+            return  # sent by _on_connect when the connection comes up
+        try:
+            rc, mid = self._client.subscribe(
+                (topic_filter, SubscribeOptions(qos=qos, retainHandling=0))
+            )
+        except ValueError as error:
+            self._forget(topic_filter)
+            raise InputError(f"cannot subscribe to {topic_filter!r}: {error}") from None
+        if rc == paho.MQTT_ERR_NO_CONN:
+            return  # re-subscribed on reconnect
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            self._forget(topic_filter)
+            raise BrokerError(f"cannot subscribe to {topic_filter}: {paho.error_string(rc)}")
+        if self._in_network_thread():
+            with self._lock:
+                self._background_mids.add(mid)
+            return
+        reasons = self._wait_suback(mid, topic_filter, timeout)
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            self._forget(topic_filter)
+            raise BrokerError(
+                f"the MQTT broker at {self.address.display} refused the subscription to "
+                f"{topic_filter}: {failed[0]}"
+            )
+
+    def _wait_suback(self, mid: int, topic_filter: str, timeout: float) -> list[ReasonCode]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while mid not in self._subacks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerError(
+                        f"the MQTT broker at {self.address.display} did not answer the "
+                        f"subscription to {topic_filter} within {timeout:g} s"
+                    )
+                self._subacks_changed.wait(remaining)
+            return self._subacks.pop(mid)
+
+    def _forget(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subscriptions.pop(topic_filter, None)
+        self._client.message_callback_remove(topic_filter)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self._forget(topic_filter)
+        if self._started:
+            self._client.unsubscribe(topic_filter)
+
+    def read_retained(self, topic: str, timeout: float = 10.0) -> bytes | None:
+        """The message retained on ``topic``, or None if there is none.
+
+        MQTT has no "nothing retained" answer, so after subscribing we publish a marker on
+        a private topic we also subscribe to: the broker sends a subscriber's messages in
+        order (Mosquitto queues the retained message when it handles the SUBSCRIBE), so
+        when the marker arrives, a retained message would have arrived before it."""
+        self._forbid_in_network_thread("read a retained message")
+        if not self._started:
+            raise BrokerError(f"client {self.client_id} is not connected: call connect() first")
+        with self._lock:
+            if topic in self._subscriptions:
+                raise InputError(f"{topic} is subscribed already; its callback gets the value")
+        marker = f"{topic}/.marker/{uuid.uuid4().hex}"
+        values: list[bytes] = []
+        arrived = threading.Event()
+
+        def on_value(_: str, payload: bytes, retained: bool) -> None:
+            if retained and payload:
+                values.append(payload)
+
+        def on_marker(*_: object) -> None:
+            arrived.set()
+
+        deadline = time.monotonic() + timeout
+        try:
+            self.subscribe(topic, on_value, timeout=timeout)
+            self.subscribe(marker, on_marker, timeout=max(0.1, deadline - time.monotonic()))
+            self.publish(marker, b"", qos=1).wait(max(0.1, deadline - time.monotonic()))
+            if not arrived.wait(max(0.1, deadline - time.monotonic())):
+                raise BrokerError(
+                    f"the MQTT broker at {self.address.display} did not return the retained "
+                    f"message of {topic} within {timeout:g} s"
+                )
+        finally:
+            self.unsubscribe(marker)
+            self.unsubscribe(topic)
+        return values[-1] if values else None
+
+
+def _packet_size(topic: str, payload: bytes, qos: int) -> int:
+    """Bytes of the PUBLISH packet paho builds (MQTT 5, no properties)."""
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + len(payload)
+    length_bytes = (
+        1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
+    )
+    return 1 + length_bytes + remaining
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed ({error.reason or error})"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def _after(timeout: float | None) -> str:
+    return f" within {timeout:g} s" if timeout else ""

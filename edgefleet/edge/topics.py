@@ -1,0 +1,127 @@
+"""MQTT topic names of a fleet (DESIGN.md section 5), spoken by devices and the central side.
+
+::
+
+    {prefix}/{fleet}/rollout                 retained, signed rollout state
+    {prefix}/{fleet}/models/{sha256}         retained manifest, signature or artifact bytes
+    {prefix}/{fleet}/devices/{id}/report     QoS 1 report aggregates
+    {prefix}/{fleet}/devices/{id}/status     retained status; the last will says "offline"
+
+Every name that goes into a topic is validated here, once: a fleet or device name holding
+``+``, ``#`` or ``/`` would turn a topic into a wildcard or shift its levels, so that a
+device could publish as another one or a subscription could match more than intended.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from edgefleet.errors import InputError
+
+DEFAULT_PREFIX = "edgefleet"
+MAX_NAME_LENGTH = 64
+"""Longest fleet name or prefix; short enough that every topic stays far below MQTT's
+65,535 byte limit and readable in a broker's log."""
+
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Control characters and the MQTT wildcards/level separator never belong in a name.
+_FORBIDDEN = re.compile(r"[+#/\x00-\x1f\x7f]")
+
+
+def validate_device_id(device_id: str) -> str:
+    """``device_id`` if it is 1..64 characters of ``[A-Za-z0-9._-]``; :class:`InputError`
+    otherwise. The narrow charset keeps ids safe in topics, file names and SQL alike."""
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+        raise InputError(
+            f"device id {device_id!r} must be 1 to 64 characters of letters, digits, "
+            "'.', '_' or '-'"
+        )
+    return device_id
+
+
+def validate_name(kind: str, value: str) -> str:
+    """A fleet name or topic prefix: non-empty, at most :data:`MAX_NAME_LENGTH`
+    characters, without MQTT wildcards, ``/``, control characters or a leading ``$``
+    (brokers reserve ``$`` topics, and wildcard subscriptions never match them)."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{kind} must be a non-empty string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InputError(f"{kind} {value[:20]!r}... is longer than {MAX_NAME_LENGTH} characters")
+    bad = _FORBIDDEN.search(value)
+    if bad:
+        raise InputError(
+            f"{kind} {value!r} contains {bad.group()!r}: MQTT wildcards ('+', '#'), '/' "
+            "and control characters are not allowed"
+        )
+    if value.startswith("$"):
+        raise InputError(f"{kind} {value!r} starts with '$', which brokers reserve")
+    return value
+
+
+def validate_sha256(digest: str) -> str:
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise InputError(f"{digest!r} is not a sha256 (64 lowercase hex digits)")
+    return digest
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one fleet. ``Topics("shop")`` -> ``edgefleet/shop/...``."""
+
+    fleet: str
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        validate_name("fleet name", self.fleet)
+        validate_name("topic prefix", self.prefix)
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.fleet}"
+
+    @property
+    def rollout(self) -> str:
+        return f"{self.base}/rollout"
+
+    def model(self, sha256: str) -> str:
+        """Where the bytes whose sha256 is ``sha256`` are retained (content-addressed:
+        the same bytes always land on the same topic, so publishing twice is harmless)."""
+        return f"{self.base}/models/{validate_sha256(sha256)}"
+
+    @property
+    def all_models(self) -> str:
+        return f"{self.base}/models/+"
+
+    def report(self, device_id: str) -> str:
+        return f"{self.base}/devices/{validate_device_id(device_id)}/report"
+
+    def status(self, device_id: str) -> str:
+        return f"{self.base}/devices/{validate_device_id(device_id)}/status"
+
+    @property
+    def all_reports(self) -> str:
+        return f"{self.base}/devices/+/report"
+
+    @property
+    def all_status(self) -> str:
+        return f"{self.base}/devices/+/status"
+
+    def device_id_from(self, topic: str) -> str:
+        """The device id of a report or status topic of this fleet; :class:`InputError`
+        for any other topic (a message on a foreign topic is never attributed)."""
+        head = f"{self.base}/devices/"
+        if topic.startswith(head):
+            device_id, _, kind = topic[len(head) :].partition("/")
+            if kind in ("report", "status") and _DEVICE_ID.fullmatch(device_id):
+                return device_id
+        raise InputError(f"{topic!r} is not a device report or status topic of {self.base}")
+
+    def sha256_from(self, topic: str) -> str:
+        """The content hash of a ``models/{sha256}`` topic of this fleet."""
+        head = f"{self.base}/models/"
+        digest = topic[len(head) :] if topic.startswith(head) else ""
+        if not _SHA256.fullmatch(digest):
+            raise InputError(f"{topic!r} is not a model topic of {self.base}")
+        return digest
