@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_broker",
     "edgefleet.cli.cmd_fleet",
     "edgefleet.cli.cmd_agent",
+    "edgefleet.cli.cmd_simulate",
 )
 
 DESCRIPTION = """\

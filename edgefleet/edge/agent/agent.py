@@ -261,6 +261,7 @@ class Agent:
                 signature_sha256=ref.signature_sha256,
                 artifact_sha256=ref.artifacts[fmt],
                 rollback_allowed=state.rollback,
+                rollout_sequence=state.sequence,
             )
             if not self.machine.has_failed(target):
                 self.machine.start(target)

@@ -72,6 +72,12 @@ class Target:
     signature_sha256: str
     artifact_sha256: str
     rollback_allowed: bool = False
+    # The rollout state that asked for it: a failure is remembered for this state only.
+    rollout_sequence: int = 0
+
+    @property
+    def failure_key(self) -> str:
+        return f"{self.manifest_sha256}@{self.rollout_sequence}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ class UpdateRecord:
     target: Target | None = None
     attempts: int = 0
     error: str | None = None
-    # Manifest sha256s of targets that failed: not retried until a new rollout names them.
+    # Targets that failed, as failure keys: not retried under the same rollout state (a
+    # model that kills the process must not loop), retried when a new state names them.
     failed: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
@@ -173,7 +180,7 @@ class UpdateMachine:
         self.observer(record)
 
     def has_failed(self, target: Target) -> bool:
-        return target.manifest_sha256 in self.record.failed
+        return target.failure_key in self.record.failed
 
     def start(self, target: Target) -> None:
         """Begin installing ``target`` (only from Idle) and run it to the end."""
@@ -222,7 +229,7 @@ class UpdateMachine:
                 error=error if error is not None else self.record.error,
             )
             if state is State.ROLLBACK:
-                failed = (*self.record.failed, target.manifest_sha256)[-self.FAILED_MEMORY :]
+                failed = (*self.record.failed, target.failure_key)[-self.FAILED_MEMORY :]
                 record = replace(record, target=None, failed=failed)
             elif state is State.COMMIT and event is Event.OK:
                 record = replace(record, target=None, error=None)

@@ -48,7 +48,8 @@ class Pointer:
 
 class ModelStore:
     def __init__(self, root: Path):
-        self.root = Path(root) / "models"
+        # Resolved: the escape check in write() compares resolved paths.
+        self.root = Path(root).resolve() / "models"
         self.root.mkdir(parents=True, exist_ok=True)
         self._pointer_path = self.root / "pointer.json"
 
