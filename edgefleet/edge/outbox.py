@@ -43,7 +43,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -221,9 +221,17 @@ class Outbox:
     def ack(self, item_id: int) -> bool:
         """Remove a message the broker acknowledged; False if it was no longer queued
         (acked before, or dropped meanwhile: then its drop was counted)."""
+        return self.ack_many([item_id]) == 1
+
+    def ack_many(self, item_ids: Sequence[int]) -> int:
+        """:meth:`ack` for a batch in one transaction: one fsync instead of one a message,
+        which is what bounds a sender's rate. Returns how many were still queued."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            return self._db.execute("DELETE FROM messages WHERE id = ?", (item_id,)).rowcount == 1
+            return sum(
+                self._db.execute("DELETE FROM messages WHERE id = ?", (item_id,)).rowcount
+                for item_id in item_ids
+            )
 
     def purge_expired(self) -> int:
         """Drop the messages older than the TTL now; returns how many."""

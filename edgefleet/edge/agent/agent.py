@@ -429,6 +429,7 @@ class Agent:
                 items = self.outbox.peek(50)
                 if not items:
                     break
+                acknowledged: list[int] = []
                 try:
                     handles = [
                         (item.id, self.client.publish(item.topic, item.payload, qos=1))
@@ -436,8 +437,10 @@ class Agent:
                     ]
                     for identifier, handle in handles:
                         handle.wait(timeout=30)
-                        self.outbox.ack(identifier)
+                        acknowledged.append(identifier)
+                    self.outbox.ack_many(acknowledged)
                 except BrokerError as error:
+                    self.outbox.ack_many(acknowledged)
                     logger.info("%s: sending paused: %s", self.config.device_id, error)
                     self._stop.wait(0.5)
                     break
