@@ -315,6 +315,9 @@ class MqttClient:
             client.will_set(
                 self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
             )
+        # A client rebuilt after a failed connect keeps the subscriptions' callbacks.
+        for topic_filter, (_, callback) in self._subscriptions.items():
+            client.message_callback_add(topic_filter, self._dispatcher(callback))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -377,17 +380,18 @@ class MqttClient:
                 properties=properties,
             )
         except (OSError, ValueError) as error:
+            self._reset()
             raise BrokerError(self._unreachable(_reason(error))) from None
         self._client.loop_start()
         self._started = True
         if not self._connack.wait(timeout):
-            self._stop()
+            self._reset()
             raise BrokerError(
                 self._unreachable(f"no MQTT answer within {timeout:g} s (is it an MQTT broker?)")
             )
         if self._connack_error is not None:
             reason = self._connack_error
-            self._stop()
+            self._reset()
             raise BrokerError(
                 f"the MQTT broker at {self.address.display} refused the connection: {reason}. "
                 "Check the user name and password in --broker, and the TLS options"
@@ -395,6 +399,13 @@ class MqttClient:
 
     def _unreachable(self, reason: str) -> str:
         return f"cannot reach the MQTT broker at {self.address.display}: {reason}. {START_HINT}"
+
+    def _reset(self) -> None:
+        """After a failed attempt: a new paho client. The old one may still finish its
+        handshake in the background (a broker slow to answer under load), and paho then
+        refuses to be reconfigured for the next attempt."""
+        self._stop()
+        self._client = self._make_client()
 
     def _stop(self) -> None:
         self._client.disconnect()

@@ -205,7 +205,11 @@ class Agent:
             try:
                 self.client.connect(timeout=10)
                 break
-            except BrokerError as error:
+            except Exception as error:  # noqa: BLE001 - this thread must outlive any failure
+                # BrokerError is the expected case; anything else is logged with its
+                # traceback, and the device keeps trying rather than stay offline for good.
+                if not isinstance(error, BrokerError):
+                    logger.exception("%s: unexpected connect failure", self.config.device_id)
                 self.last_problem = str(error)
                 logger.info(
                     "%s: broker unreachable, retrying in %.1f s", self.config.device_id, delay
