@@ -205,7 +205,7 @@ class Agent:
             try:
                 self.client.connect(timeout=10)
                 break
-            except Exception as error:  # noqa: BLE001 - this thread must outlive any failure
+            except Exception as error:
                 # BrokerError is the expected case; anything else is logged with its
                 # traceback, and the device keeps trying rather than stay offline for good.
                 if not isinstance(error, BrokerError):
