@@ -13,11 +13,14 @@ message and exit status 2 instead of a traceback::
     │   ├── SignatureError      unsigned, wrongly signed, or signed by a key we do not trust
     │   ├── ArtifactError       an artifact missing, of the wrong size, or with a hash mismatch
     │   ├── DowngradeError      a version lower than the running one without a signed rollback
+    │   ├── RolloutError        a rollout message that must not be followed (malformed, stale)
     │   └── SelfTestError       the model does not reproduce its golden vectors
     ├── ConversionError         a fitted model that cannot be exported
     │   ├── UnsupportedModelError   no converter for this estimator and format
     │   └── ParityError         an exported artifact disagrees with scikit-learn
     ├── RuntimeUnavailableError no installed runtime can run any artifact of the bundle
+    ├── BrokerError             the MQTT broker is unreachable, refused, or did not answer
+    │   └── BackpressureError   too many messages await the broker's acknowledgement
     ├── RegistryError           unknown model version, corrupt registry
     └── KeyFileError            a signing or public key that cannot be read
 
@@ -78,6 +81,11 @@ class DowngradeError(BundleError):
     """A bundle older than the running model, without a signed rollback."""
 
 
+class RolloutError(BundleError):
+    """A rollout message that must not be followed: malformed, oversize, for another
+    fleet, or older than the state already applied."""
+
+
 class SelfTestError(BundleError):
     """The model does not reproduce the golden vectors of its manifest."""
 
@@ -96,6 +104,14 @@ class ParityError(ConversionError):
 
 class RuntimeUnavailableError(EdgefleetError):
     """No installed runtime can run any artifact of the bundle."""
+
+
+class BrokerError(EdgefleetError):
+    """The MQTT broker is unreachable, refused us, or did not answer in time."""
+
+
+class BackpressureError(BrokerError):
+    """Too many published messages await the broker's acknowledgement; retry later."""
 
 
 class RegistryError(EdgefleetError):

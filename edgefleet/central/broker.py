@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from edgefleet.edge.mqtt import BrokerAddress, BrokerError
-from edgefleet.errors import InputError
+from edgefleet.edge.mqtt import BrokerAddress
+from edgefleet.errors import BrokerError, InputError
 
 CONFIG_NAME = "mosquitto.conf"
 LOG_NAME = "mosquitto.log"

@@ -40,17 +40,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.edge.bundle import SIGNATURE_FILE, VerifiedBundle, open_bundle
 from edgefleet.edge.manifest import parse_version
-from edgefleet.edge.mqtt import BrokerAddress, BrokerError, MqttClient, PublishHandle
+from edgefleet.edge.mqtt import BrokerAddress, MqttClient, PublishHandle
 from edgefleet.edge.rollout import (
     ModelRef,
-    RolloutError,
     RolloutState,
     sign_rollout,
     verify_rollout,
 )
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.topics import DEFAULT_PREFIX, Topics
-from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.errors import BrokerError, EdgefleetError, InputError, RolloutError
 
 Progress = Callable[[str], None]
 STATE_FORMAT = 1

@@ -74,13 +74,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run_broker(args: argparse.Namespace) -> int:
     from edgefleet.central.broker import MosquittoBroker
-    from edgefleet.edge.mqtt import BrokerError
+    from edgefleet.errors import BrokerError
 
     broker = MosquittoBroker(
         args.data_dir or Path(args.home) / "broker", port=args.port, host=args.host, echo_log=True
     )
-    # `kill` (SIGTERM) should stop the broker as cleanly as Ctrl-C: it saves its database.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # `kill` (SIGTERM) stops the broker as cleanly as Ctrl-C: it saves its database. SIGINT
+    # is installed too because a shell starts background jobs with it ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         broker.start()
         say(f"broker listening on {broker.url}, data in {broker.data_dir}; Ctrl-C stops it")
@@ -91,4 +92,5 @@ def run_broker(args: argparse.Namespace) -> int:
         return 0
     finally:
         broker.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

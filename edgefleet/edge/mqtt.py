@@ -55,7 +55,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.errors import BackpressureError, BrokerError, InputError
 
 logger = logging.getLogger("edgefleet.mqtt")
 
@@ -70,17 +70,6 @@ disconnection: a device may be away for a week and still get every message."""
 MessageCallback = Callable[[str, bytes, bool], None]
 """``callback(topic, payload, retained)``; ``retained`` is True for a message the broker
 had stored and sends because of the subscription, False for a live one."""
-
-
-class BrokerError(EdgefleetError):
-    """The MQTT broker is unreachable, refused us, or did not acknowledge in time.
-
-    To move into edgefleet/errors.py (a direct child of EdgefleetError)."""
-
-
-class BackpressureError(BrokerError):
-    """Too many messages wait for the broker's acknowledgement: the caller must slow down
-    (or keep the message, e.g. in an outbox) instead of queueing without bound."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.edge.manifest import FORMATS, parse_version
 from edgefleet.edge.signing import TrustedKey, sign, verify
 from edgefleet.edge.topics import validate_device_id, validate_name, validate_sha256
-from edgefleet.errors import BundleError, DowngradeError, InputError, SignatureError
+from edgefleet.errors import DowngradeError, InputError, RolloutError, SignatureError
 
 ROLLOUT_FORMAT = 1
 MAX_ROLLOUT_BYTES = 65536
@@ -44,13 +44,6 @@ MAX_ROLLOUT_BYTES = 65536
 device should not spend memory parsing it."""
 
 Cohort = Literal["stable", "canary"]
-
-
-class RolloutError(BundleError):
-    """A rollout message that must not be followed: malformed, oversize, for another
-    fleet, or older than the state already applied.
-
-    To move into edgefleet/errors.py (under BundleError, beside ManifestError)."""
 
 
 @dataclass(frozen=True)

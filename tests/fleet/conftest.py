@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.central.broker import MosquittoBroker, find_mosquitto
-from edgefleet.edge.mqtt import BrokerError
+from edgefleet.errors import BrokerError
 
 
 def _require_mosquitto() -> None:

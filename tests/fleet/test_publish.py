@@ -33,10 +33,10 @@ from edgefleet.cli.main import main
 from edgefleet.edge.bundle import open_bundle
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.mqtt import MqttClient
-from edgefleet.edge.rollout import RolloutError, RolloutState, sign_rollout, verify_rollout
+from edgefleet.edge.rollout import RolloutState, sign_rollout, verify_rollout
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 from edgefleet.edge.topics import Topics
-from edgefleet.errors import ArtifactError, InputError, SignatureError
+from edgefleet.errors import ArtifactError, InputError, RolloutError, SignatureError
 
 
 @pytest.fixture(scope="module")

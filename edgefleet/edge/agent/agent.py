@@ -35,7 +35,7 @@ from edgefleet.edge.agent.lifecycle import State, Target, UpdateMachine, UpdateR
 from edgefleet.edge.agent.store import ModelStore, atomic_write
 from edgefleet.edge.backends.base import choose_format
 from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.mqtt import BrokerAddress, BrokerError, MqttClient, Will
+from edgefleet.edge.mqtt import BrokerAddress, MqttClient, Will
 from edgefleet.edge.outbox import Outbox
 from edgefleet.edge.report import Report
 from edgefleet.edge.rollout import (
@@ -50,7 +50,7 @@ from edgefleet.edge.rollout import (
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.sketch import SketchBuilder
 from edgefleet.edge.topics import Topics, validate_device_id
-from edgefleet.errors import EdgefleetError, InputError, RecordError
+from edgefleet.errors import BrokerError, EdgefleetError, InputError, RecordError
 
 logger = logging.getLogger("edgefleet.agent")
 
@@ -201,6 +201,7 @@ class Agent:
 
     def _connect_loop(self) -> None:
         delay = 0.5
+        failure: str | None = None
         while not self._stop.is_set():
             try:
                 self.client.connect(timeout=10)
@@ -210,7 +211,7 @@ class Agent:
                 # traceback, and the device keeps trying rather than stay offline for good.
                 if not isinstance(error, BrokerError):
                     logger.exception("%s: unexpected connect failure", self.config.device_id)
-                self.last_problem = str(error)
+                self.last_problem = failure = str(error)
                 logger.info(
                     "%s: broker unreachable, retrying in %.1f s", self.config.device_id, delay
                 )
@@ -218,6 +219,8 @@ class Agent:
                 delay = min(delay * 2, 15.0)
         if self._stop.is_set():
             return
+        if failure is not None and self.last_problem == failure:
+            self.last_problem = None  # connected now: "unreachable" is no longer true
         self.client.subscribe(self.topics.rollout, self._on_rollout_message)
         self._publish_status("online")
 
@@ -249,6 +252,8 @@ class Agent:
             raise InputError(f"the rollout is for fleet {state.fleet!r}, not {self.config.fleet!r}")
         if not check_sequence(state, self._applied_rollout):
             return  # the same state again (retained, re-delivered on reconnect)
+        # A new state: the problems of earlier messages are history; this one's follow.
+        self.last_problem = None
         ref, cohort = target_for(state, self.config.device_id)
         self._cohort = cohort
         active = self.installer.active
@@ -267,7 +272,14 @@ class Agent:
                 rollback_allowed=state.rollback,
                 rollout_sequence=state.sequence,
             )
-            if not self.machine.has_failed(target):
+            if self.machine.has_failed(target):
+                # Abandoned under this state (e.g. it kept killing the process): say so,
+                # the device does not run what the fleet asks for.
+                self.last_problem = (
+                    f"update of {target.version} abandoned under rollout {state.sequence}: "
+                    f"{self.machine.record.error or 'it failed before'}"
+                )
+            else:
                 self.machine.start(target)
         self._applied_rollout = state.sequence
         self._save_state()
@@ -282,11 +294,12 @@ class Agent:
         return data
 
     def _on_update_record(self, record: UpdateRecord) -> None:
-        if record.error:
-            self.last_problem = (
-                f"update of {record.target.version if record.target else '?'}"
-                f" failed: {record.error}"
-            )
+        # The record after a rollback no longer names its target: the problem set while
+        # it did (with the version) stands.
+        if record.error and record.target is not None:
+            self.last_problem = f"update of {record.target.version} failed: {record.error}"
+            if record.state is State.ROLLBACK:
+                logger.warning("%s: %s", self.config.device_id, self.last_problem)
         if record.state in (State.IDLE, State.ROLLBACK) and self.client.is_connected:
             self._publish_status("online")
 
