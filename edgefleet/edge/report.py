@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 from edgefleet.edge.manifest import parse_version
+from edgefleet.edge.rollout import Cohort
 from edgefleet.edge.sketch import (
     LATENCY_BUCKETS,
     MAX_BINS,
@@ -54,6 +54,7 @@ from edgefleet.edge.sketch import (
     check_count,
     check_name,
 )
+from edgefleet.edge.topics import check_identifier
 from edgefleet.errors import InputError
 
 __all__ = [
@@ -76,11 +77,9 @@ MAX_TIME = 253_402_300_799.0
 """9999-12-31T23:59:59Z: a later window end is a corrupt clock or a hostile report."""
 
 COHORTS = ("stable", "canary")
-Cohort = Literal["stable", "canary"]
 
 # Fleet, device and group names go into MQTT topics (no '/', '+', '#'), file names (no
 # leading dot, so never '.' or '..') and HTML: a conservative ASCII set.
-_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 _FIELDS = (
     "schema_version",
@@ -101,19 +100,6 @@ _FIELDS = (
     "outcomes",
     "latency",
 )
-
-
-def check_identifier(value: Any, field: str) -> str:
-    """``value`` if it is 1 to 64 characters of ``[A-Za-z0-9_.-]`` starting with a letter or
-    digit (a fleet, device or group name); :class:`InputError` naming ``field`` otherwise."""
-    if not isinstance(value, str):
-        raise InputError(f"{field} must be text, not {type(value).__name__}")
-    if not _IDENTIFIER.fullmatch(value):
-        raise InputError(
-            f"{field} must be 1 to 64 characters of A-Z a-z 0-9 _ . - starting with a letter "
-            f"or digit, not {value[:40]!r}{'...' if len(value) > 40 else ''}"
-        )
-    return value
 
 
 def _check_time(value: Any, field: str) -> float:

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.edge.manifest import FORMATS, parse_version
 from edgefleet.edge.signing import TrustedKey, sign, verify
-from edgefleet.edge.topics import validate_device_id, validate_name, validate_sha256
+from edgefleet.edge.topics import check_identifier, validate_device_id, validate_sha256
 from edgefleet.errors import DowngradeError, InputError, RolloutError, SignatureError
 
 ROLLOUT_FORMAT = 1
@@ -133,7 +133,7 @@ class RolloutState:
 
     def __post_init__(self) -> None:
         try:
-            validate_name("fleet name", self.fleet)
+            check_identifier(self.fleet, "fleet name")
             validate_device_id(self.rollout_id)
         except InputError as error:
             raise RolloutError(f"invalid rollout state: {error}") from None

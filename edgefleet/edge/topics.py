@@ -24,21 +24,29 @@ MAX_NAME_LENGTH = 64
 """Longest fleet name or prefix; short enough that every topic stays far below MQTT's
 65,535 byte limit and readable in a broker's log."""
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Fleets, devices and device groups appear in topics, file names, SQL and HTML alike: one
+# narrow rule for all of them, starting with a letter or digit so "." and ".." never pass.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Control characters and the MQTT wildcards/level separator never belong in a name.
 _FORBIDDEN = re.compile(r"[+#/\x00-\x1f\x7f]")
 
 
-def validate_device_id(device_id: str) -> str:
-    """``device_id`` if it is 1..64 characters of ``[A-Za-z0-9._-]``; :class:`InputError`
-    otherwise. The narrow charset keeps ids safe in topics, file names and SQL alike."""
-    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+def check_identifier(value: object, field: str) -> str:
+    """``value`` if it is 1 to 64 characters of ``[A-Za-z0-9_.-]`` starting with a letter or
+    digit (a fleet, device or group name); :class:`InputError` naming ``field`` otherwise."""
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be text, not {type(value).__name__}")
+    if not _IDENTIFIER.fullmatch(value):
         raise InputError(
-            f"device id {device_id!r} must be 1 to 64 characters of letters, digits, "
-            "'.', '_' or '-'"
+            f"{field} must be 1 to 64 characters of A-Z a-z 0-9 _ . - starting with a letter "
+            f"or digit, not {value[:40]!r}{'...' if len(value) > 40 else ''}"
         )
-    return device_id
+    return value
+
+
+def validate_device_id(device_id: str) -> str:
+    return check_identifier(device_id, "device id")
 
 
 def validate_name(kind: str, value: str) -> str:
@@ -74,7 +82,7 @@ class Topics:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        validate_name("fleet name", self.fleet)
+        check_identifier(self.fleet, "fleet name")
         validate_name("topic prefix", self.prefix)
 
     @property
@@ -114,7 +122,7 @@ class Topics:
         head = f"{self.base}/devices/"
         if topic.startswith(head):
             device_id, _, kind = topic[len(head) :].partition("/")
-            if kind in ("report", "status") and _DEVICE_ID.fullmatch(device_id):
+            if kind in ("report", "status") and _IDENTIFIER.fullmatch(device_id):
                 return device_id
         raise InputError(f"{topic!r} is not a device report or status topic of {self.base}")
 
