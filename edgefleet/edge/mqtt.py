@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import ssl
 import threading
 import time
@@ -58,6 +59,48 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edgefleet.errors import BackpressureError, BrokerError, InputError
 
 logger = logging.getLogger("edgefleet.mqtt")
+
+
+class _PollSelect:
+    """What paho's network loop calls as ``select.select``, built on ``poll()``.
+
+    ``select()`` refuses file descriptors >= 1024 (FD_SETSIZE), and paho reads the
+    ``ValueError`` as a lost connection: a process with many open files (a simulated fleet
+    of 200 agents, each with its socket, paho's wake-up pair and SQLite files) loses its
+    high-numbered clients silently, their CONNACK never read (paho issues #183 and #819,
+    where the maintainers agree select() should go). ``poll()`` has no such limit and
+    the same contract for sockets, so it stands in for ``select.select`` inside paho only.
+    """
+
+    @staticmethod
+    def select(
+        rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None = None
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        poller = select.poll()
+        owners: dict[int, Any] = {}
+        masks: dict[int, int] = {}
+        for objects, mask in ((rlist, select.POLLIN), (wlist, select.POLLOUT)):
+            for item in objects:
+                descriptor = item if isinstance(item, int) else item.fileno()
+                if descriptor < 0:
+                    raise ValueError("file descriptor cannot be a negative integer")
+                owners[descriptor] = item
+                masks[descriptor] = masks.get(descriptor, 0) | mask
+        for descriptor, mask in masks.items():
+            poller.register(descriptor, mask)
+        ready = poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
+        readable, writable = [], []
+        errors = select.POLLERR | select.POLLHUP | select.POLLNVAL
+        for descriptor, events in ready:
+            # An error or hang-up reads as readable, as with select(): recv() reports it.
+            if events & (select.POLLIN | errors) and masks[descriptor] & select.POLLIN:
+                readable.append(owners[descriptor])
+            if events & (select.POLLOUT | errors) and masks[descriptor] & select.POLLOUT:
+                writable.append(owners[descriptor])
+        return readable, writable, []
+
+
+paho.select = _PollSelect  # type: ignore[attr-defined,assignment]
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883

@@ -3,10 +3,12 @@ restarts, no silent drop for slow subscribers, and backpressure."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -381,3 +383,30 @@ def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_connects_with_file_descriptors_above_1024(broker: MosquittoBroker) -> None:
+    """Regression: paho's select() loop cannot watch descriptors >= 1024 and silently
+    never read the CONNACK; a simulated fleet of 200 agents in one process hit it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1300:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = [open(os.devnull) for _ in range(1100)]  # noqa: SIM115 - held open on purpose
+    try:
+        client = MqttClient(broker.address, f"high-fd-{uuid.uuid4().hex[:8]}", clean_start=True)
+        client.connect(timeout=10)
+        assert client._client.socket().fileno() >= 1024  # type: ignore[union-attr]
+        got: list[bytes] = []
+        topic = f"test/highfd/{uuid.uuid4().hex}"
+        client.subscribe(topic, lambda t, payload, r: got.append(payload))
+        client.publish(topic, b"hello", qos=1).wait(10)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [b"hello"]
+        client.disconnect()
+    finally:
+        for handle in held:
+            handle.close()
