@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
+from edgefleet.cli.cmd_watch import add_decisions_command
 from edgefleet.cli.progress import say
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def register(subparsers: Any) -> None:
     _signing_key(rollback)
     _fleet_options(rollback)
     rollback.set_defaults(handler=run_rollback)
+    add_decisions_command(actions, "history")
 
 
 def _private_key(args: argparse.Namespace) -> Ed25519PrivateKey:

@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_fleet",
     "edgefleet.cli.cmd_agent",
     "edgefleet.cli.cmd_simulate",
+    "edgefleet.cli.cmd_monitor",
+    "edgefleet.cli.cmd_watch",
 )
 
 DESCRIPTION = """\

@@ -255,6 +255,13 @@ class Agent:
         # A new state: the problems of earlier messages are history; this one's follow.
         self.last_problem = None
         ref, cohort = target_for(state, self.config.device_id)
+        if cohort != self._cohort:
+            # A promotion moves a device from canary to stable without a new model: the
+            # reports so far belong to the old cohort, the next ones to the new.
+            self.close_window()
+            with self._window_lock:
+                if self._window is not None:
+                    self._window.cohort = cohort
         self._cohort = cohort
         active = self.installer.active
         if ref is not None and (active is None or active.manifest_sha256 != ref.manifest_sha256):

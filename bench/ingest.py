@@ -1,0 +1,374 @@
+"""Ingest throughput: reports per second stored (committed) by `edgefleet monitor`, against
+raw Mosquitto throughput measured in the same run. Target: at least 5,000 reports/s with one
+monitor.
+
+Every consumer drains the same backlog: N valid reports (default 50,000, ~3.5 KB each, real
+sketches of the 17-feature churn schema from a few hundred devices) published by a paho
+publisher at QoS 1 into the persistent session of the consumer while it is away, then the
+consumer is started and timed until the last one is in. A backlog, not a live stream, so
+that on a 2-core machine the publisher does not take the CPU the consumer needs (in
+production the devices publish from elsewhere); the publish rate is printed too.
+
+(i)   raw: a paho MQTT 5 subscriber (QoS 1, the same shared subscription) that only counts;
+(ii)  one `edgefleet monitor` process storing into a SQLite file (WAL, synchronous=NORMAL);
+(iii) two `edgefleet monitor` processes of one group (the broker splits the backlog between
+      their sessions), storing into the same SQLite file (or --db).
+
+The monitors are the real command, as separate processes, with their defaults (on 2 cores
+or more: one helper process validating reports while the monitor receives and stores;
+`--monitor-workers 0` measures a single process); the rate counts rows committed to the
+database (polled), from the first commit to the last. Why a helper: a 3.7 KB report costs
+~50 us to parse (json), ~30 us to check, ~20 us to insert and ~70 us to receive through
+paho, and one Python process runs one thread at a time.
+
+    .venv/bin/python -m bench.ingest [--reports 50000] [--devices 300] [--db URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgefleet.central.broker import MosquittoBroker
+from edgefleet.central.data.generator import generate
+from edgefleet.central.data.loader import encode_features, load_training_table
+from edgefleet.central.monitor.ingest import share_filter
+from edgefleet.central.monitor.store import MonitorStore
+from edgefleet.central.trainer import reference_profile
+from edgefleet.edge.report import Report
+from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.topics import Topics
+
+TARGET_REPORTS_PER_SECOND = 5000.0
+FLEET = "bench"
+DISTINCT_BODIES = 200
+
+
+def make_payloads(n: int, devices: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` valid report messages of ``devices`` devices: real sketches (a SketchBuilder
+    over generated churn rows) with distinct device ids and sequence numbers."""
+    rng = np.random.default_rng(seed)
+    data = generate(4000, seed=seed)
+    table = load_training_table(data.frame, "churn", schema=data.schema)
+    rows = encode_features(table.features, table.schema)
+    reference = reference_profile(table.schema, rows, rng.random(len(rows)), table.labels)
+    bodies = []
+    for i in range(DISTINCT_BODIES):
+        builder = SketchBuilder(
+            table.schema,
+            reference,
+            model_name="churn",
+            model_version="1.0.0",
+            clock=functools.partial(float, 1_750_000_000.0 + 60.0 * i),
+        )
+        size = int(rng.integers(100, 2000))
+        builder.add(
+            rows[rng.integers(0, len(rows), size)], rng.random(size), rng.random(size) / 100
+        )
+        labelled = int(rng.integers(0, 50))
+        builder.add_outcomes(rng.random(labelled), rng.integers(0, 2, labelled))
+        report = Report.from_body(
+            builder.snapshot(),
+            fleet=FLEET,
+            device_id="dev-0000",
+            sequence=0,
+            cohort="stable",
+            device_group="g0",
+        )
+        bodies.append(report.to_dict())
+    topics = Topics(FLEET)
+    payloads = []
+    for k in range(n):
+        body = dict(bodies[k % DISTINCT_BODIES])
+        device = f"dev-{k % devices:04d}"
+        body.update(
+            device_id=device,
+            sequence=k // devices,
+            device_group=f"g{k % devices % 5}",
+            cohort="canary" if k % 10 == 0 else "stable",
+        )
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        payloads.append((topics.report(device), payload))
+    return payloads
+
+
+def publish_all(broker: MosquittoBroker, payloads: list[tuple[str, bytes]]) -> float:
+    """Publish at QoS 1 as fast as the broker acknowledges; reports/s."""
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(*_: Any) -> None:
+        acked[0] += 1
+        if acked[0] == len(payloads):
+            done.set()
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=paho.MQTTv5
+    )
+    client.max_inflight_messages_set(100)  # the broker's Receive Maximum (MosquittoBroker)
+    client.on_publish = on_publish
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    started = time.perf_counter()
+    for topic, payload in payloads:
+        client.publish(topic, payload, qos=1)
+    if not done.wait(600):
+        raise RuntimeError(f"only {acked[0]} of {len(payloads)} publishes acknowledged")
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return len(payloads) / elapsed
+
+
+# -- (i) the raw subscriber, run as its own process --------------------------------------------
+
+
+def raw_subscriber(port: int, client_id: str, group: str, count: int) -> None:
+    """Connect with a persistent session, print READY once subscribed; on the second run
+    (the backlog waits) count ``count`` messages and print the times of the first and last."""
+    first: list[float] = []
+    received = [0]
+    finished = threading.Event()
+
+    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if not first:
+            first.append(time.time())
+        received[0] += 1
+        if received[0] >= count:
+            finished.set()
+
+    subscribed = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+    client.subscribe((share_filter(group, FLEET), SubscribeOptions(qos=1)))
+    client.loop_start()
+    subscribed.wait(10)
+    print("READY", flush=True)
+    if count:
+        finished.wait(600)
+        print(f"RESULT {first[0]!r} {time.time()!r} {received[0]}", flush=True)
+        # Done for good: the session must stop collecting the later phases' reports.
+        client.unsubscribe(share_filter(group, FLEET))
+        time.sleep(0.2)
+    else:
+        sys.stdin.readline()
+    client.disconnect()
+    client.loop_stop()
+
+
+def spawn_raw(port: int, group: str, count: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.ingest", "--raw-subscriber", str(port), group, str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if line.strip() != "READY":
+        raise RuntimeError(f"the raw subscriber did not start: {line!r}")
+    return process
+
+
+def bench_raw(broker: MosquittoBroker, payloads: list[tuple[str, bytes]]) -> tuple[float, float]:
+    """(raw reports/s, publish reports/s)."""
+    group = "raw"
+    first = spawn_raw(broker.port, group, 0)
+    assert first.stdin is not None
+    first.stdin.write("\n")
+    first.stdin.close()
+    first.wait(30)
+    publish_rate = publish_all(broker, payloads)
+    second = spawn_raw(broker.port, group, len(payloads))
+    assert second.stdout is not None
+    result = second.stdout.readline().split()
+    second.wait(30)
+    if not result or result[0] != "RESULT":
+        raise RuntimeError(f"the raw subscriber failed: {result!r}")
+    start, end, received = float(result[1]), float(result[2]), int(result[3])
+    return received / (end - start), publish_rate
+
+
+# -- (ii), (iii) monitors ----------------------------------------------------------------------
+
+
+def spawn_monitor(
+    broker: MosquittoBroker,
+    db: str,
+    home: Path,
+    group: str,
+    client_id: str,
+    log: Path,
+    *,
+    leave: bool = False,
+    workers: int | None = None,
+) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "edgefleet.cli.main",
+        "--home",
+        str(home),
+        "monitor",
+        "--fleet",
+        FLEET,
+        "--db",
+        db,
+        "--group",
+        group,
+        "--client-id",
+        client_id,
+        "--broker",
+        broker.url,
+        "--every",
+        "2",
+        *(["--leave"] if leave else []),
+        *([] if workers is None else ["--workers", str(workers)]),
+    ]
+    with log.open("a") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, text=True, cwd=home
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "Ctrl-C stops it" in log.read_text():
+            return process
+        if process.poll() is not None:
+            raise RuntimeError(f"the monitor exited:\n{log.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the monitor did not subscribe within 60 s:\n{log.read_text()}")
+
+
+def stop_monitor(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def bench_monitors(
+    broker: MosquittoBroker,
+    payloads: list[tuple[str, bytes]],
+    db: str,
+    work: Path,
+    monitors: int,
+    workers: int | None,
+) -> float:
+    """Reports/s committed by ``monitors`` monitor processes draining the backlog."""
+    group = f"bench-{monitors}"
+    ids = [f"bench-monitor-{monitors}-{i}" for i in range(monitors)]
+    logs = [work / f"{client_id}.log" for client_id in ids]
+    # First start: the sessions and their share of the subscription; then away.
+    for process in [
+        spawn_monitor(broker, db, work, group, c, lg, workers=workers)
+        for c, lg in zip(ids, logs, strict=True)
+    ]:
+        stop_monitor(process)
+    publish_all(broker, payloads)
+    store = MonitorStore(db)
+    before = store.report_count(FLEET)
+    # Measured start; --leave: once stopped, the sessions stop collecting later phases' share.
+    processes = [
+        spawn_monitor(broker, db, work, group, c, lg, leave=True, workers=workers)
+        for c, lg in zip(ids, logs, strict=True)
+    ]
+    want = before + len(payloads)
+    first_time: float | None = None
+    first_count = 0
+    deadline = time.monotonic() + 900
+    try:
+        while True:
+            count = store.report_count(FLEET)
+            now = time.perf_counter()
+            if first_time is None and count > before:
+                first_time, first_count = now, count
+            if count >= want:
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError(
+                    f"stored {count - before} of {len(payloads)}: "
+                    + "; ".join(lg.read_text()[-500:] for lg in logs)
+                )
+            time.sleep(0.02)
+    finally:
+        for process in processes:
+            stop_monitor(process)
+    assert first_time is not None
+    quarantined = store.quarantine_count(FLEET)
+    final = store.report_count(FLEET)
+    store.close()
+    if final != want or quarantined:
+        raise RuntimeError(f"expected {want} reports and no quarantine; {final}, {quarantined}")
+    return (want - first_count) / (now - first_time)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reports", type=int, default=50_000)
+    parser.add_argument("--devices", type=int, default=300)
+    parser.add_argument("--db", help="database URL for the monitors (default: a SQLite file)")
+    parser.add_argument(
+        "--monitor-workers",
+        type=int,
+        help="--workers of each monitor (default: the command's own default)",
+    )
+    parser.add_argument("--raw-subscriber", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.raw_subscriber:
+        port, group, count = args.raw_subscriber
+        raw_subscriber(int(port), f"bench-raw-{group}", group, int(count))
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-ingest-"))
+    started = time.perf_counter()
+    payloads = make_payloads(args.reports, args.devices)
+    size = sum(len(p) for _, p in payloads) / len(payloads)
+    print(
+        f"{len(payloads):,} reports of {args.devices} devices, {size:,.0f} bytes on average "
+        f"(made in {time.perf_counter() - started:.1f} s); {os.cpu_count()} cores"
+    )
+    with MosquittoBroker(work / "broker") as broker:
+        raw, publish_rate = bench_raw(broker, payloads)
+        print(f"publish (paho, QoS 1):           {publish_rate:9,.0f} reports/s")
+        print(f"(i)   raw subscriber (paho):     {raw:9,.0f} reports/s")
+        results = {}
+        for monitors in (1, 2):
+            db = args.db or f"sqlite:///{work / f'monitor-{monitors}.db'}"
+            rate = bench_monitors(broker, payloads, db, work, monitors, args.monitor_workers)
+            results[monitors] = rate
+            label = "(ii)  one monitor" if monitors == 1 else "(iii) two monitors"
+            print(f"{label + ' (stored):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw")
+    print(f"two monitors / one monitor: {results[2] / results[1]:.2f}")
+    ok = results[1] >= TARGET_REPORTS_PER_SECOND
+    print(
+        f"{'PASS' if ok else 'FAIL'}: one monitor stores {results[1]:,.0f} reports/s "
+        f"(target {TARGET_REPORTS_PER_SECOND:,.0f})"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

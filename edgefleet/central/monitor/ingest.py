@@ -1,0 +1,602 @@
+"""Ingest: a fleet's reports from MQTT into the :class:`MonitorStore`, each counted once.
+
+::
+
+    broker --$share/{group}/{prefix}/{fleet}/devices/+/report--> network thread (paho)
+        -> bounded queue -> writer thread: store.ingest_many(batch) -> commit -> PUBACK
+
+- **Shared subscription** (MQTT 5): every monitor of one ``group`` subscribes to
+  ``$share/{group}/...``, and the broker hands each report to one of them, so several
+  monitor processes split a fleet. They may write to the same database: the store's
+  ``INSERT ... ON CONFLICT DO NOTHING`` keeps a report that reaches two of them (a device's
+  retry, a redelivery after a reconnect) to one row.
+- **Acknowledged after the commit**: paho runs with manual acknowledgements, and a report's
+  PUBACK goes out only once the transaction holding it committed (in the order the reports
+  arrived, as MQTT requires). A monitor that crashes, loses its database or its connection
+  leaves its unacknowledged reports with the broker, which redelivers them when the session
+  reconnects; the store counts any it had already kept as duplicates.
+- **Persistent session** with a stable client id (the caller's): the subscription and the
+  reports queued for it outlive a restart. Mosquitto also gives an *offline* member of a
+  shared subscription its share, queued until it returns (or its session expires), so a
+  monitor that is retired for good should be stopped with ``stop(leave=True)``, which
+  unsubscribes first.
+- **Backpressure**: Mosquitto 2.0 stops honouring the client's Receive Maximum after the
+  first acknowledgement (measured here: with 50 announced, it sent all 300 queued), so the
+  bound is ours: at most ``max_queued`` reports wait in memory; past that the network thread
+  waits, TCP pushes back, and the broker queues (it is configured without a limit).
+- **Never stops**: a report that fails validation is quarantined by the store; a failing
+  database is retried with backoff (nothing is acknowledged meanwhile); a batch that fails
+  three times is stored one report at a time, and a report the database refuses on its own is
+  quarantined with the database's reason, so one poisonous message cannot stall a fleet.
+- **Decode workers** (``workers=N``): validating a report (JSON parse and every check)
+  costs about as much CPU as receiving and storing it, and one Python process runs one
+  thread at a time; with workers, batch k+1 is validated in a worker process (spawned: this
+  process already runs paho's thread) while batch k is committed here, in arrival order.
+  The registry check stays here (the callback need not cross processes). If the workers
+  die, validation falls back to this process. ``edgefleet monitor`` uses one worker on a
+  machine of two cores or more.
+- paho's ``message_callback_add`` never matches ``$share/...`` filters (paho issue 472),
+  which is why this uses paho's plain ``on_message`` and not
+  :class:`edgefleet.edge.mqtt.MqttClient`, which also acknowledges before the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import ssl
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgefleet.central.monitor.store import (
+    IngestCounts,
+    KnownVersion,
+    MonitorStore,
+    PreparedBatch,
+    prepare,
+)
+from edgefleet.edge.mqtt import DEFAULT_SESSION_EXPIRY, START_HINT, BrokerAddress
+from edgefleet.edge.topics import DEFAULT_PREFIX, Topics, validate_name
+from edgefleet.errors import BrokerError, InputError
+
+__all__ = ["DEFAULT_GROUP", "CachedVersions", "Monitor", "MonitorStats", "share_filter"]
+
+logger = logging.getLogger("edgefleet.monitor")
+
+DEFAULT_GROUP = "edgefleet-monitor"
+_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_ONE_BY_ONE_AFTER = 3
+
+
+def share_filter(group: str, fleet: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """``$share/{group}/{prefix}/{fleet}/devices/+/report``."""
+    validate_name("shared subscription group", group)
+    return f"$share/{group}/{Topics(fleet, prefix).all_reports}"
+
+
+@dataclass(frozen=True)
+class MonitorStats:
+    """Counters since the monitor started. ``received`` counts deliveries (a redelivered
+    report twice); stored + duplicates + quarantined is what has been committed."""
+
+    received: int
+    stored: int
+    duplicates: int
+    quarantined: int
+    store_errors: int
+    queued: int
+    connected: bool
+
+    @property
+    def processed(self) -> int:
+        return self.stored + self.duplicates + self.quarantined
+
+    def line(self) -> str:
+        return (
+            f"received {self.received:,}  stored {self.stored:,}  duplicates "
+            f"{self.duplicates:,}  quarantined {self.quarantined:,}  queued {self.queued:,}"
+            + (f"  database errors {self.store_errors:,}" if self.store_errors else "")
+            + ("" if self.connected else "  (broker disconnected)")
+        )
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    generation: int  # which connection delivered it: a PUBACK only makes sense on that one
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+class CachedVersions:
+    """A ``known_version`` callback over a slow source (the registry): answers from a cached
+    set, and reloads it when asked about a version it lacks, at most every
+    ``refresh_seconds``, so a version registered after the monitor started is learnt."""
+
+    def __init__(
+        self, load: Callable[[], set[tuple[str, str]]], *, refresh_seconds: float = 10.0
+    ) -> None:
+        self._load = load
+        self._refresh_seconds = refresh_seconds
+        self._known = load()
+        self._loaded = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, model_name: str, model_version: str) -> bool:
+        key = (model_name, model_version)
+        if key in self._known:
+            return True
+        with self._lock:
+            if time.monotonic() - self._loaded >= self._refresh_seconds:
+                self._known = self._load()
+                self._loaded = time.monotonic()
+        return key in self._known
+
+
+class Monitor:
+    """Subscribes to a fleet's reports and stores them; see the module docstring.
+
+    ``client_id`` names the persistent session: give each monitor process its own, the same
+    across restarts. Without one, a random id and a session that ends with the connection.
+    ``batch`` reports (or whatever arrived within ``flush_seconds`` of the first) go to the
+    database per transaction.
+    """
+
+    def __init__(
+        self,
+        fleet: str,
+        broker_address: BrokerAddress,
+        store: MonitorStore,
+        *,
+        group: str = DEFAULT_GROUP,
+        batch: int = 500,
+        flush_seconds: float = 0.2,
+        known_version: KnownVersion | None = None,
+        client_id: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        max_queued: int | None = None,
+        session_expiry: int = DEFAULT_SESSION_EXPIRY,
+        keepalive: int = 30,
+        connect_timeout: float = 10.0,
+        workers: int = 0,
+    ) -> None:
+        if not 1 <= batch <= 100_000:
+            raise InputError(f"batch must be 1 to 100,000 reports, not {batch}")
+        if not 0 < flush_seconds <= 60:
+            raise InputError(f"flush_seconds must be above 0 and at most 60, not {flush_seconds}")
+        self.fleet = fleet
+        self.topics = Topics(fleet, prefix)
+        self.filter = share_filter(group, fleet, prefix)
+        self.address = broker_address
+        self.store = store
+        self.group = group
+        self.batch = batch
+        self.flush_seconds = flush_seconds
+        self.known_version = known_version
+        self.client_id = client_id or f"edgefleet-monitor-{uuid.uuid4().hex[:12]}"
+        self.session_expiry = session_expiry if client_id else 0
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        if not 0 <= workers <= 64:
+            raise InputError(f"workers must be 0 to 64, not {workers}")
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self.max_queued = max_queued or 4 * batch
+        # A deque and an event rather than queue.Queue: appending takes no lock and wakes
+        # nobody, and the writer is woken once per batch instead of once per report (at
+        # thousands of reports per second the per-item handshake cost a third of the time).
+        self._pending: deque[_Delivery] = deque()
+        self._batch_ready = threading.Event()
+        self._generation = 0
+        self._connected = threading.Event()
+        self._connack_error: str | None = None
+        self._subscribed = threading.Event()
+        self._closing = threading.Event()  # no new deliveries are taken
+        self._abandon = threading.Event()  # the writer gives up (stop timed out)
+        self._writer: threading.Thread | None = None
+        self._client: paho.Client | None = None
+        self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)
+        self._received = 0
+        self._counts = IngestCounts()
+        self._store_errors = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Monitor:
+        """Connect, subscribe and start storing; :class:`BrokerError` if the broker cannot
+        be reached or refuses the subscription."""
+        if self._client is not None:
+            return self
+        client = self._make_client()
+        self._client = client
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.session_expiry
+        try:
+            client.connect(
+                self.address.host,
+                self.address.port,
+                keepalive=self.keepalive,
+                clean_start=self.session_expiry == 0,
+                properties=properties,
+            )
+        except (OSError, ValueError) as error:
+            self._client = None
+            raise BrokerError(
+                f"cannot reach the MQTT broker at {self.address.display}: {error}. {START_HINT}"
+            ) from None
+        client.loop_start()
+        if not self._subscribed.wait(self.connect_timeout) or self._connack_error:
+            reason = self._connack_error or (
+                "no CONNACK" if not self._connected.is_set() else "no SUBACK"
+            )
+            client.disconnect()
+            client.loop_stop()
+            self._client = None
+            raise BrokerError(
+                f"the MQTT broker at {self.address.display} did not let the monitor "
+                f"subscribe to {self.filter} within {self.connect_timeout:g} s: {reason}"
+            )
+        if self.workers:
+            # spawn, not fork: this process already runs paho's thread.
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"monitor-writer-{self.fleet}", daemon=True
+        )
+        self._writer.start()
+        logger.info("monitor %s subscribed to %s", self.client_id, self.filter)
+        return self
+
+    def stop(self, timeout: float = 30.0, *, leave: bool = False) -> MonitorStats:
+        """Store and acknowledge every report received so far, then disconnect. Reports
+        arriving meanwhile are left unacknowledged: the broker keeps them for this session.
+        ``leave=True`` first unsubscribes, so the session stops collecting a share of the
+        fleet (for a monitor retired for good)."""
+        client = self._client
+        if client is None:
+            return self.stats
+        if leave:
+            with contextlib.suppress(Exception):
+                client.unsubscribe(self.filter)
+        self._closing.set()
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+            if writer.is_alive():
+                logger.warning(
+                    "monitor %s: the database did not take the last %d report(s) within "
+                    "%g s; they stay unacknowledged and come back on the next start",
+                    self.client_id,
+                    len(self._pending),
+                    timeout,
+                )
+                self._abandon.set()
+                writer.join(5.0)
+        client.disconnect()
+        client.loop_stop()
+        self._client = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._connected.clear()
+        return self.stats
+
+    def run_until(self, stop_event: threading.Event, timeout: float = 30.0) -> MonitorStats:
+        """Start (if need be), run until ``stop_event`` is set, then :meth:`stop`."""
+        self.start()
+        try:
+            while not stop_event.wait(0.5):
+                pass
+        finally:
+            stats = self.stop(timeout)
+        return stats
+
+    def __enter__(self) -> Monitor:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> MonitorStats:
+        with self._lock:
+            return MonitorStats(
+                received=self._received,
+                stored=self._counts.stored,
+                duplicates=self._counts.duplicates,
+                quarantined=self._counts.quarantined,
+                store_errors=self._store_errors,
+                queued=len(self._pending),
+                connected=self._connected.is_set(),
+            )
+
+    def wait_processed(self, count: int, timeout: float = 30.0) -> bool:
+        """Wait until ``count`` deliveries have been committed (stored, duplicate or
+        quarantined); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self._counts.total < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
+        return True
+
+    # -- network thread ------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(1, 30)
+        if self.address.username is not None:
+            client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls:
+            try:
+                client.tls_set(
+                    ca_certs=str(self.address.ca_file) if self.address.ca_file else None,
+                    certfile=str(self.address.cert_file) if self.address.cert_file else None,
+                    keyfile=str(self.address.key_file) if self.address.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError, ValueError) as error:
+                raise InputError(
+                    f"cannot use the TLS files for {self.address.url}: {error}"
+                ) from None
+            client.tls_insecure_set(self.address.insecure)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._connack_error = str(reason)
+            self._subscribed.set()  # wakes start(), which raises
+            logger.warning("broker %s refused the monitor: %s", self.address.display, reason)
+            return
+        self._generation += 1
+        self._connected.set()
+        # Every time, not only without a session: cheap, and it restores a subscription
+        # that a session expiry (or stop(leave=True)) removed.
+        client.subscribe((self.filter, SubscribeOptions(qos=1)))
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            self._connack_error = f"subscription refused: {failed[0]}"
+            logger.error("broker refused the subscription to %s: %s", self.filter, failed[0])
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        if not self._closing.is_set():
+            logger.warning("monitor %s lost the broker (%s); reconnecting", self.client_id, reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._closing.is_set():
+            return  # not acknowledged: the broker redelivers it to this session later
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "(a topic that is not UTF-8)"
+        delivery = _Delivery(
+            self._generation, message.mid, message.qos, topic, bytes(message.payload)
+        )
+        self._received += 1  # written by this thread only
+        pending = self._pending
+        pending.append(delivery)
+        if len(pending) >= self.batch:
+            self._batch_ready.set()
+        # A full queue holds this thread: paho stops reading, TCP pushes back on the broker.
+        while len(pending) >= self.max_queued and not self._abandon.is_set():
+            self._batch_ready.set()
+            time.sleep(0.002)
+
+    # -- writer thread -------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Delivery]:
+        """Up to ``batch`` reports: at once if that many wait, else whatever arrived within
+        ``flush_seconds``."""
+        pending = self._pending
+        if len(pending) < self.batch and not self._closing.is_set():
+            self._batch_ready.wait(self.flush_seconds)
+        # A set() between the wait and this clear() is not lost: the length is checked
+        # before every wait, and a wait ends after flush_seconds anyway.
+        self._batch_ready.clear()
+        popleft = pending.popleft
+        return [popleft() for _ in range(min(self.batch, len(pending)))]
+
+    def _write_loop(self) -> None:
+        if self.workers:
+            self._write_loop_pipelined()
+            return
+        while not self._abandon.is_set():
+            closing = self._closing.is_set()  # read first: then an empty queue is final
+            items = self._take_batch()
+            if not items:
+                if closing:
+                    return
+                continue
+            if not self._store(items):
+                return  # abandoned: nothing acknowledged, the broker keeps them
+            self._acknowledge(items)
+
+    def _write_loop_pipelined(self) -> None:
+        """With decode workers: batch k+1 is validated in a worker process while batch k
+        is committed here, and batches are committed (and acknowledged) in arrival order."""
+        inflight: deque[tuple[list[_Delivery], Future[PreparedBatch] | None]] = deque()
+        while not self._abandon.is_set():
+            closing = self._closing.is_set()
+            items = self._take_batch() if len(inflight) <= self.workers else []
+            if items:
+                inflight.append((items, self._submit(items)))
+            if not inflight:
+                if closing and not items:
+                    return
+                continue
+            head_done = inflight[0][1] is None or inflight[0][1].done()
+            if items and len(inflight) <= self.workers and not head_done:
+                continue  # keep the workers busy; the head is not ready yet
+            batch, future = inflight.popleft()
+            if not self._store(batch, self._prepared(batch, future)):
+                return
+            self._acknowledge(batch)
+
+    def _submit(self, items: list[_Delivery]) -> Future[PreparedBatch] | None:
+        pool = self._pool
+        if pool is None:
+            return None
+        try:
+            return pool.submit(
+                prepare,
+                [(d.topic, d.payload) for d in items],
+                fleet=self.fleet,
+                prefix=self.topics.prefix,
+            )
+        except Exception as error:  # a broken pool: carry on without it
+            self._drop_pool(error)
+            return None
+
+    def _prepared(
+        self, items: list[_Delivery], future: Future[PreparedBatch] | None
+    ) -> PreparedBatch:
+        if future is not None:
+            try:
+                return future.result()
+            except Exception as error:
+                self._drop_pool(error)
+        return prepare(
+            [(d.topic, d.payload) for d in items], fleet=self.fleet, prefix=self.topics.prefix
+        )
+
+    def _drop_pool(self, error: Exception) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            logger.warning(
+                "monitor %s: decode workers failed (%s); decoding in this process",
+                self.client_id,
+                error,
+            )
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _ingest(self, items: list[_Delivery]) -> IngestCounts:
+        return self.store.ingest_many(
+            [(d.topic, d.payload) for d in items],
+            known_version=self.known_version,
+            fleet=self.fleet,
+            prefix=self.topics.prefix,
+        )
+
+    def _count(self, counts: IngestCounts) -> None:
+        with self._progress:
+            self._counts = self._counts + counts
+            self._progress.notify_all()
+
+    def _failed(self, what: str, error: Exception, attempt: int) -> bool:
+        """Log, count and wait before the next attempt; False if abandoned meanwhile."""
+        with self._lock:
+            self._store_errors += 1
+        delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+        logger.warning(
+            "monitor %s: %s failed (%s); retrying in %g s", self.client_id, what, error, delay
+        )
+        return not self._abandon.wait(delay)
+
+    def _store(self, items: list[_Delivery], prepared: PreparedBatch | None = None) -> bool:
+        for attempt in range(_ONE_BY_ONE_AFTER):
+            try:
+                if prepared is None:
+                    self._count(self._ingest(items))
+                else:
+                    counts = self.store.store_prepared(prepared, known_version=self.known_version)
+                    self._count(counts)
+                return True
+            except Exception as error:
+                if not self._failed(f"storing {len(items)} report(s)", error, attempt):
+                    return False
+        # Perhaps one report the database cannot take: find it by going one at a time.
+        return all(self._store_one(item) for item in items)
+
+    def _store_one(self, item: _Delivery) -> bool:
+        attempt = 0
+        while True:
+            refusal: Exception | None = None
+            for _ in range(2):
+                try:
+                    self._count(self._ingest([item]))
+                    return True
+                except Exception as error:
+                    refusal = error
+                    if not self._failed("storing one report", error, attempt):
+                        return False
+                    attempt += 1
+            try:
+                # The database answers but will not take this one report: keep it aside.
+                self.store.quarantine_message(
+                    item.topic,
+                    item.payload,
+                    f"the database refused it: {refusal}",
+                    fleet=self.fleet,
+                )
+                self._count(IngestCounts(quarantined=1))
+                return True
+            except Exception as error:  # the database is down: try the report again
+                if not self._failed("quarantining a report", error, attempt):
+                    return False
+                attempt += 1
+
+    def _acknowledge(self, items: list[_Delivery]) -> None:
+        client = self._client
+        if client is None:
+            return
+        generation = self._generation
+        for item in items:
+            # A delivery of an earlier connection: the broker redelivers it on this one
+            # (persistent session) and it is acknowledged then, as a duplicate.
+            if item.qos and item.generation == generation:
+                client.ack(item.mid, item.qos)

@@ -1,0 +1,352 @@
+"""``edgefleet alerts``, ``decisions``, ``retrain`` and ``watch``: the monitor's alerts, the
+closed loop's decisions, a retrain on demand, and the loop running window after window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
+from edgefleet.cli.progress import say
+
+if TYPE_CHECKING:
+    from edgefleet.central.monitor.alerts import AlertRules
+    from edgefleet.central.monitor.loop import RetrainLoop
+    from edgefleet.central.monitor.store import MonitorStore
+
+DATA_HELP = (
+    "newest labelled data: a folder of .csv/.parquet files (newest first), one file, or "
+    "'package.module:function' returning a pandas DataFrame"
+)
+
+LOOP_EPILOG = """\
+examples:
+  edgefleet retrain --fleet shops --data labelled/
+  edgefleet watch --fleet shops --data labelled/ --window 300
+  edgefleet alerts --fleet shops --open
+  edgefleet decisions --fleet shops
+
+Every step is recorded with its numbers: 'edgefleet decisions --fleet NAME'.
+"""
+
+
+def default_db_url(home: Path) -> str:
+    """``sqlite:///HOME/monitor.db``: the monitor database beside the registry."""
+    return f"sqlite:///{Path(home) / 'monitor.db'}"
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="monitor database: sqlite:///FILE or postgresql://... (default: HOME/monitor.db)",
+    )
+
+
+def _loop_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fleet", required=True, help="fleet name")
+    parser.add_argument("--data", required=True, metavar="SOURCE", help=DATA_HELP)
+    parser.add_argument(
+        "--compare-data",
+        metavar="SOURCE",
+        help="separate labelled data to compare candidate and running model on "
+        "(default: a quarter of the newest rows, held out of training)",
+    )
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        metavar="FILE",
+        help="alert rules (TOML); every key and its default: alerts.example.toml in the "
+        "edgefleet.central.monitor package",
+    )
+    parser.add_argument(
+        "--canary", type=int, default=20, metavar="PERCENT", help="canary share (default 20)"
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="monitoring window (default 60)",
+    )
+    parser.add_argument(
+        "--canary-windows",
+        type=int,
+        default=3,
+        help="windows to watch a canary before promoting it (default 3)",
+    )
+    parser.add_argument(
+        "--max-canary-windows",
+        type=int,
+        default=12,
+        help="windows after which a canary short of evidence is rolled back (default 12)",
+    )
+    parser.add_argument(
+        "--min-canary-reports",
+        type=int,
+        default=5,
+        help="canary reports needed to promote (default 5)",
+    )
+    parser.add_argument(
+        "--max-rows", type=int, default=50_000, help="newest rows to train on (default 50000)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="how much lower the candidate's AUROC/AP may be than the running model's "
+        "(default 0.01)",
+    )
+    parser.add_argument("--formats", help="formats to export (default: all)")
+    parser.add_argument("--key", type=Path, help="signing key (default: HOME/keys/edgefleet.key)")
+    parser.add_argument(
+        "--prefix", default="edgefleet", help="first topic level (default: edgefleet)"
+    )
+    _db_option(parser)
+    add_broker_options(parser)
+
+
+def register(subparsers: Any) -> None:
+    alerts = subparsers.add_parser(
+        "alerts",
+        help="list a fleet's alerts with the numbers that triggered them",
+        description="Alerts raised by the monitor's rules (edgefleet watch), newest last, "
+        "each with its statistic, threshold, scope and counts.",
+    )
+    alerts.add_argument("--fleet", required=True, help="fleet name")
+    alerts.add_argument("--open", action="store_true", help="only alerts still open")
+    alerts.add_argument("--json", action="store_true", help="print JSON")
+    _db_option(alerts)
+    alerts.set_defaults(handler=run_alerts)
+
+    add_decisions_command(subparsers, "decisions")
+
+    retrain = subparsers.add_parser(
+        "retrain",
+        help="retrain on the newest labelled data and publish a canary if it is no worse",
+        description="Check the running model, retrain it (same family and parameters) on the "
+        "newest labelled data, compare candidate and running model on held-out recent data, "
+        "export every format with parity and publish the candidate as a canary. 'edgefleet "
+        "watch' then promotes or rolls it back on the canary's evidence.",
+        epilog=LOOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _loop_options(retrain)
+    retrain.add_argument(
+        "--if-alert",
+        action="store_true",
+        help="retrain only if the last window raises a drift or performance alert",
+    )
+    retrain.set_defaults(handler=run_retrain)
+
+    watch = subparsers.add_parser(
+        "watch",
+        help="monitor a fleet and retrain, canary, promote or roll back automatically",
+        description="Store the fleet's reports and, every window: evaluate the canary if one "
+        "is out (promote or roll back), otherwise measure the stable model at every scope and "
+        "raise alerts; on a drift or performance alert, retrain and publish a canary.",
+        epilog=LOOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _loop_options(watch)
+    watch.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="do not subscribe to reports (another 'edgefleet' monitor stores them)",
+    )
+    watch.add_argument(
+        "--client-id",
+        help="MQTT client id of the report subscription: given, the session persists and "
+        "reports sent while watch is stopped wait for it (default: a fresh session)",
+    )
+    watch.add_argument(
+        "--steps", type=int, help="stop after this many windows (default: until Ctrl-C)"
+    )
+    watch.set_defaults(handler=run_watch)
+
+
+def add_decisions_command(subparsers: Any, name: str = "history") -> None:
+    """The decisions listing as command ``name`` of ``subparsers``: ``edgefleet decisions``
+    here, and ``edgefleet rollout history`` when the rollout group adds it."""
+    decisions = subparsers.add_parser(
+        name,
+        help="list the closed loop's decisions with their evidence",
+        description="What the retrain loop decided (check, retrained, accepted or rejected, "
+        "canary, promoted or rolled_back), oldest first, with the numbers behind each.",
+    )
+    decisions.add_argument("--fleet", required=True, help="fleet name")
+    decisions.add_argument("--json", action="store_true", help="print JSON")
+    decisions.add_argument(
+        "--brief", action="store_true", help="one line per decision, without its evidence"
+    )
+    _db_option(decisions)
+    decisions.set_defaults(handler=run_decisions)
+
+
+def _store(args: argparse.Namespace) -> MonitorStore:
+    from edgefleet.central.monitor.store import MonitorStore
+
+    if args.db is None:
+        Path(args.home).mkdir(parents=True, exist_ok=True)
+    return MonitorStore(args.db or default_db_url(Path(args.home)))
+
+
+def _rules(args: argparse.Namespace) -> AlertRules:
+    from edgefleet.central.monitor.alerts import AlertRules
+
+    return AlertRules.from_toml(args.rules) if args.rules else AlertRules()
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def run_alerts(args: argparse.Namespace) -> int:
+    from edgefleet.central.monitor.alerts import describe
+
+    store = _store(args)
+    found = store.alerts(args.fleet, open_only=args.open)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": a.id,
+                        "created": a.created,
+                        "rule": a.rule,
+                        "scope": a.scope,
+                        "subject": a.subject,
+                        "value": a.value,
+                        "threshold": a.threshold,
+                        "status": a.status,
+                        "evidence": dict(a.evidence),
+                    }
+                    for a in found
+                ],
+                indent=1,
+            )
+        )
+        return 0
+    if not found:
+        print(f"no {'open ' if args.open else ''}alerts for fleet {args.fleet}")
+        return 0
+    for alert in found:
+        print(f"#{alert.id} {_when(alert.created)} [{alert.status}] {describe(alert)}")
+    return 0
+
+
+def run_decisions(args: argparse.Namespace) -> int:
+    store = _store(args)
+    found = store.decisions(args.fleet)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": d.id,
+                        "created": d.created,
+                        "action": d.action,
+                        "model_version": d.model_version,
+                        "reason": d.reason,
+                        "evidence": dict(d.evidence),
+                    }
+                    for d in found
+                ],
+                indent=1,
+            )
+        )
+        return 0
+    if not found:
+        print(f"no decisions recorded for fleet {args.fleet}")
+        return 0
+    for decision in found:
+        print(
+            f"#{decision.id} {_when(decision.created)} {decision.action:13} "
+            f"{decision.model_version:9} {decision.reason}"
+        )
+        if not args.brief:
+            text = json.dumps(dict(decision.evidence), indent=1, sort_keys=True)
+            print("    " + text.replace("\n", "\n    "))
+    return 0
+
+
+def _loop(args: argparse.Namespace, store: MonitorStore) -> RetrainLoop:
+    from edgefleet.central.keys import PRIVATE_NAME, default_key_dir
+    from edgefleet.central.monitor.loop import RetrainLoop
+    from edgefleet.converters.registry import parse_formats
+    from edgefleet.edge.signing import load_private_key
+
+    key = load_private_key(args.key or default_key_dir(Path(args.home)) / PRIVATE_NAME)
+    return RetrainLoop(
+        args.fleet,
+        Path(args.home),
+        store,
+        broker_from_args(args),
+        key,
+        args.data,
+        canary_percent=args.canary,
+        canary_windows=args.canary_windows,
+        max_canary_windows=args.max_canary_windows,
+        min_canary_reports=args.min_canary_reports,
+        window_seconds=args.window,
+        rules=_rules(args),
+        formats=parse_formats(args.formats),
+        max_rows=args.max_rows,
+        compare_source=args.compare_data,
+        tolerance=args.tolerance,
+        prefix=args.prefix,
+        progress=lambda m: say(f"  {m}"),
+    )
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    store = _store(args)
+    loop = _loop(args, store)
+    result = loop.run(force=not args.if_alert)
+    print(f"{result.action}: {result.message}")
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    store = _store(args)
+    loop = _loop(args, store)
+    monitor = None
+    if not args.no_ingest:
+        from edgefleet.central.monitor.ingest import CachedVersions, Monitor
+
+        registry = loop.registry
+        monitor = Monitor(
+            args.fleet,
+            broker_from_args(args),
+            store,
+            # Reports of versions this home never trained are quarantined, not measured.
+            known_version=CachedVersions(
+                lambda: {(v.name, v.version) for v in registry.versions()}
+            ),
+            client_id=args.client_id,
+            prefix=args.prefix,
+        )
+        monitor.start()
+        say(f"storing the reports of fleet {args.fleet}; a step every {args.window:g} s")
+    from edgefleet.errors import EdgefleetError
+
+    try:
+        step = 0
+        while args.steps is None or step < args.steps:
+            time.sleep(loop.window_seconds)
+            step += 1
+            try:
+                result = loop.step()
+            except EdgefleetError as error:
+                # A broker or database away for a window is not the end of watching:
+                # the next window tries again (the decisions so far are recorded).
+                print(f"{_when(time.time())} error: {error}", flush=True)
+                continue
+            print(f"{_when(time.time())} {result.action}: {result.message}", flush=True)
+    finally:
+        if monitor is not None:
+            monitor.stop()
+    return 0
