@@ -97,7 +97,9 @@ class Simulation:
                     state_dir=config.state_root / self.device_id(i),
                     trusted_keys=config.trusted_keys,
                     broker=config.broker,
-                    device_group=f"group-{i % config.groups}",
+                    # Contiguous blocks: the drifting devices (the first ones) share groups, as
+                    # a price increase or an outage hits whole regions, not every n-th device.
+                    device_group=f"group-{i * config.groups // config.devices}",
                     report_seconds=config.report_seconds,
                 )
             )

@@ -1,8 +1,11 @@
-"""``edgefleet demo``: the main job end to end on embedded defaults.
+"""``edgefleet demo``: the whole story on embedded defaults, end to end.
 
-Generate telco-churn data, train, register, export every format with parity checks, sign,
-start a local Mosquitto, publish to a fleet, run simulated devices (a share of them hit by
-a price increase part-way), and show their aggregated reports arriving and what drifted.
+Generate telco-churn data, train, export every format with parity checks and sign; start a
+local Mosquitto and a monitor; publish to a simulated fleet; part of the fleet is hit by a
+drift scenario (a price increase by default); the monitor detects it from the devices'
+aggregated reports alone, the loop retrains on the newest labelled data, releases a canary,
+judges it against the stable cohort and promotes it. Exit status 0 only when the loop closed
+with the new model promoted to every device.
 """
 
 from __future__ import annotations
@@ -11,29 +14,36 @@ import argparse
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgefleet.cli.progress import say, step
 
+FLEET = "demo"
+
 
 def register(subparsers: Any) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="run the main job end to end on generated data",
-        description="Generate data, train, export all formats, start a local Mosquitto, "
-        "publish to a simulated fleet, and watch its reports and drift; in a "
-        "work folder (default ./demo-run, replaced each run).",
+        help="the whole story end to end: train, export, fleet, drift, retrain, update",
+        description="Generate data, train, export all formats, start a local Mosquitto and a "
+        "monitor, publish to a simulated fleet, let part of it drift, and watch "
+        "the closed loop detect, retrain, canary and promote. Everything lives "
+        "in a work folder (default ./demo-run, replaced each run). Exit status 0 "
+        "only when the loop closed.",
+        epilog="example:\n  edgefleet demo --devices 50 --scenario price_increase",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--workdir",
         type=Path,
         default=Path("demo-run"),
-        help="folder for data, registry, keys, bundles and the broker",
+        help="folder for data, registry, keys, bundles, broker and monitor",
     )
     demo.add_argument("--rows", type=int, default=20000, help="training rows (default 20000)")
     demo.add_argument("--model", default="rf", help="model family (default rf)")
-    demo.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
+    demo.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
     demo.add_argument(
         "--scenario",
         default="price_increase",
@@ -43,13 +53,36 @@ def register(subparsers: Any) -> None:
         "--drift-share", type=float, default=0.4, help="share of devices that drift (default 0.4)"
     )
     demo.add_argument(
-        "--duration",
+        "--drift-at",
         type=float,
-        default=24.0,
-        help="seconds the fleet runs (default 24; drift starts at a third)",
+        default=15.0,
+        help="seconds after the fleet starts when the drift begins (default 15)",
+    )
+    demo.add_argument(
+        "--window", type=float, default=5.0, help="monitoring window in seconds (default 5)"
+    )
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=240.0,
+        help="give up if the loop has not closed after this many seconds",
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
+
+
+@dataclass
+class Milestones:
+    """When each step of the story happened, in seconds since the fleet started."""
+
+    drift: float | None = None
+    alert: float | None = None
+    alert_text: str = ""
+    canary: float | None = None
+    canary_version: str = ""
+    promoted: float | None = None
+    everywhere: float | None = None
+    outcome: str = "not closed"
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -58,25 +91,26 @@ def run_demo(args: argparse.Namespace) -> int:
     from edgefleet.central.data.loader import data_sha256, load_training_table, write_table
     from edgefleet.central.export import export_bundle
     from edgefleet.central.keys import generate_keys
-    from edgefleet.central.monitor.drift import DriftDetector
-    from edgefleet.central.publish import publish
+    from edgefleet.central.monitor.alerts import describe
+    from edgefleet.central.monitor.ingest import Monitor
+    from edgefleet.central.monitor.loop import RetrainLoop
+    from edgefleet.central.monitor.store import MonitorStore
+    from edgefleet.central.publish import publish, state_file_for
     from edgefleet.central.registry import Registry
     from edgefleet.central.simulator import Simulation, SimulationConfig
     from edgefleet.central.trainer import train
     from edgefleet.converters.registry import DEFAULT_FORMATS
-    from edgefleet.edge.mqtt import MqttClient
-    from edgefleet.edge.profile import NumericProfile
-    from edgefleet.edge.report import Report, merge_all
     from edgefleet.edge.scorer import Scorer
     from edgefleet.edge.signing import load_private_key, load_public_key
-    from edgefleet.edge.topics import Topics
 
     started = time.perf_counter()
-    work: Path = args.workdir
+    work: Path = args.workdir.resolve()
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     home = work / "home"
+
+    # -- train, export, sign --------------------------------------------------------------
     with step(f"generating {args.rows:,} customers (seed {args.seed})"):
         data = generate(args.rows, seed=args.seed)
         write_table(data.frame, work / "churn.csv")
@@ -94,7 +128,11 @@ def run_demo(args: argparse.Namespace) -> int:
     signing_key = load_private_key(private)
     with step(f"exporting {', '.join(DEFAULT_FORMATS)} with parity checks"):
         result = export_bundle(
-            version, DEFAULT_FORMATS, work / "bundle", signing_key, progress=lambda m: say(f"  {m}")
+            version,
+            DEFAULT_FORMATS,
+            home / "bundles" / "churn-1.0.0",
+            signing_key,
+            progress=lambda m: say(f"  {m}"),
         )
     with step("verifying the bundle as a device would (signature, hashes, golden vectors)"):
         scorer = Scorer.from_bundle(result.bundle, public)
@@ -103,101 +141,193 @@ def run_demo(args: argparse.Namespace) -> int:
         f"{scorer.self_test_error:.2g}"
     )
 
-    fleet = "demo"
-    reports: list[Report] = []
-    lock = threading.Lock()
-
-    def on_report(topic: str, payload: bytes, retained: bool) -> None:
-        with lock:
-            reports.append(Report.decode(payload))
-
+    # -- the fleet, the monitor and the loop ------------------------------------------------
+    labelled = work / "labelled"
+    store = MonitorStore(f"sqlite:///{work / 'monitor.db'}")
+    milestones = Milestones()
     with MosquittoBroker(work / "broker") as broker:
-        say(f"- local Mosquitto running at {broker.url} (config in {broker.config_path})")
-        collector = MqttClient(broker.address, "demo-monitor")
-        collector.connect()
-        collector.subscribe(Topics(fleet).all_reports, on_report)
-        with step(f"publishing {version.label} to fleet {fleet!r}"):
+        say(f"- local Mosquitto at {broker.url} (config {broker.config_path})")
+        with step(f"publishing {version.label} to fleet {FLEET!r}"):
             publish(
                 result.bundle,
-                fleet,
+                FLEET,
                 broker.address,
                 signing_key,
-                state_file=home / "rollout-demo.json",
+                state_file=state_file_for(home, FLEET),
                 progress=lambda m: say(f"  {m}"),
             )
         config = SimulationConfig(
-            fleet=fleet,
+            fleet=FLEET,
             devices=args.devices,
             broker=broker.address,
             trusted_keys=(load_public_key(public),),
             state_root=work / "devices",
             scenario=args.scenario,
             drift_share=args.drift_share,
-            drift_at=args.duration / 3,
-            report_seconds=3.0,
+            drift_at=args.drift_at,
+            report_seconds=args.window / 2,
             seed=args.seed,
         )
-        say(
-            f"- {args.devices} simulated devices; {args.scenario} hits "
-            f"{round(args.devices * args.drift_share)} of them after {config.drift_at:.0f} s"
+        loop = RetrainLoop(
+            FLEET,
+            home,
+            store,
+            broker.address,
+            signing_key,
+            labelled,
+            canary_percent=20,
+            canary_windows=2,
+            max_canary_windows=12,
+            min_canary_reports=5,
+            window_seconds=args.window,
+            seed=args.seed,
+            progress=lambda m: say(f"  loop: {m}"),
         )
-        with Simulation(config) as sim:
-
-            def line(text: str) -> None:
-                with lock:
-                    arrived = len(reports)
-                say(f"  {text}, reports arrived {arrived}")
-
-            sim.run_for(args.duration, progress=line)
-            drifted = sim.drifted
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with lock:
-                devices_heard = {r.device_id for r in reports}
-            if len(devices_heard) >= args.devices:
-                break
-            time.sleep(0.2)
-        collector.disconnect()
-
-    with lock:
-        received = list(reports)
-    if not received:
-        say("no reports arrived: the fleet did not report")
-        return 1
-    say("\nsummary")
-    say(f"  model          {version.label} ({version.family}), AUROC {model.metrics['auroc']:.3f}")
-    for exported in result.formats:
-        parity = exported.parity.max_abs_diff
-        say(f"  {exported.format:14} {exported.bytes:>11,} bytes, parity {parity:.2g}")
-    say(
-        f"  fleet          {len({r.device_id for r in received})} devices, {len(received)} "
-        f"reports, {sum(r.scored for r in received):,} records scored on the devices"
-    )
-    detector = DriftDetector()
-    reference = {f.name: f for f in model.reference.features}
-    for label, group in (
-        ("stable devices", [r for r in received if r.device_id not in drifted]),
-        (f"{args.scenario}", [r for r in received if r.device_id in drifted]),
-    ):
-        if not group:
-            continue
-        merged = merge_all(group)
-        flagged = []
-        for feature in data.schema.features:
-            ref, sketch = reference[feature.name], merged.feature(feature.name)
-            ref_extra = ref.missing if isinstance(ref, NumericProfile) else ref.unknown
-            verdict = detector.assess(
-                feature.name,
-                list(ref.counts),
-                list(sketch.bins.counts),
-                reference_extra=ref_extra,
-                current_extra=sketch.missing + sketch.unknown,
+        drifting = round(args.devices * args.drift_share)
+        say(
+            f"- {args.devices} simulated devices; {args.scenario} hits {drifting} of them "
+            f"(groups group-0..) {args.drift_at:.0f} s after they start"
+        )
+        with Monitor(FLEET, broker.address, store) as monitor, Simulation(config) as sim:
+            stop = threading.Event()
+            feeder = threading.Thread(
+                target=sim.run_for,
+                args=(args.timeout + 60,),
+                kwargs={"step": 0.5, "until": stop.is_set},
+                daemon=True,
             )
-            if verdict.drifted:
-                flagged.append(f"{feature.name} (JS {verdict.js:.2f}, PSI {verdict.psi:.2f})")
-        say(
-            f"  {label:14} {merged.scored:,} records: drift in "
-            f"{', '.join(flagged) if flagged else 'no feature'}"
+            feeder.start()
+            try:
+                _watch(
+                    args, sim, loop, monitor, milestones, labelled, describe, generate, write_table
+                )
+            finally:
+                stop.set()
+                feeder.join(timeout=15)
+            fleet_scored = sim.stats.scored
+        devices_seen = len(store.devices(FLEET))
+        reports = store.report_count(FLEET)
+
+    _summary(
+        args,
+        version,
+        model,
+        result,
+        milestones,
+        devices_seen,
+        reports,
+        fleet_scored,
+        time.perf_counter() - started,
+        work,
+    )
+    return 0 if milestones.outcome == "promoted" else 1
+
+
+def _watch(
+    args: argparse.Namespace,
+    sim: Any,
+    loop: Any,
+    monitor: Any,
+    milestones: Milestones,
+    labelled: Path,
+    describe: Any,
+    generate: Any,
+    write_table: Any,
+) -> None:
+    """Step the loop once a window until the canary is promoted (or rolled back), printing
+    what the monitor sees."""
+    deadline = time.monotonic() + args.timeout
+    next_step = time.monotonic() + args.window
+    window = 0
+    while time.monotonic() < deadline:
+        time.sleep(max(0.0, next_step - time.monotonic()))
+        next_step += args.window
+        window += 1
+        now = sim.elapsed
+        if milestones.drift is None and now >= args.drift_at:
+            milestones.drift = now
+            # The newest labelled data, as a CRM export would bring it: customers from the
+            # whole fleet, the drifted share among them.
+            drifted = generate(
+                int(8000 * args.drift_share), seed=args.seed + 7, scenario=args.scenario
+            ).frame
+            steady = generate(int(8000 * (1 - args.drift_share)), seed=args.seed + 8).frame
+            write_table(drifted, labelled / "drifted-customers.csv")
+            write_table(steady, labelled / "other-customers.csv")
+            say(
+                f"  t={now:5.1f}s drift begins on {len(sim.drifted)} devices; newest labelled "
+                f"data exported to {labelled}"
+            )
+        result = loop.step()
+        models = ", ".join(
+            f"{v or 'none'}: {n}"
+            for v, n in sorted(sim.models().items(), key=lambda item: str(item[0]))
         )
-    say(f"  finished in {time.perf_counter() - started:.1f} s; files in {work}")
-    return 0
+        say(
+            f"  t={now:5.1f}s window {window}: {result.action} - {result.message[:110]} "
+            f"[reports stored {monitor.stats.stored}, models {models}]"
+        )
+        if result.alerts and milestones.alert is None:
+            milestones.alert = now
+            milestones.alert_text = describe(result.alerts[0])
+        if result.action == "canary":
+            milestones.canary, milestones.canary_version = now, result.model_version or ""
+        if result.action in ("promoted", "rolled_back", "rejected"):
+            milestones.outcome = result.action
+            if result.action != "promoted":
+                return
+            milestones.promoted = now
+            target = result.model_version
+            settle = time.monotonic() + 60
+            while time.monotonic() < settle:
+                if sim.models() == {target: len(sim.agents)}:
+                    milestones.everywhere = sim.elapsed
+                    return
+                time.sleep(0.5)
+            milestones.outcome = "promoted, but not every device updated within 60 s"
+            return
+    say(f"  the loop did not close within {args.timeout:.0f} s")
+
+
+def _summary(
+    args: argparse.Namespace,
+    version: Any,
+    model: Any,
+    result: Any,
+    milestones: Milestones,
+    devices_seen: int,
+    reports: int,
+    scored: int,
+    seconds: float,
+    work: Path,
+) -> None:
+    def at(value: float | None) -> str:
+        return "-" if value is None else f"t={value:5.1f}s"
+
+    say("\nsummary")
+    say(
+        f"  {'trained':22} {version.label} ({version.family}), holdout AUROC "
+        f"{model.metrics['auroc']:.3f}"
+    )
+    for exported in result.formats:
+        say(
+            f"  {'export ' + exported.format:22} {exported.bytes:>11,} bytes, parity "
+            f"{exported.parity.max_abs_diff:.2g}"
+        )
+    say(
+        f"  {'fleet':22} {devices_seen} devices reported, {reports:,} reports stored, "
+        f"{scored:,} records scored on the devices"
+    )
+    say(
+        f"  {'drift begins':22} {at(milestones.drift)}  {args.scenario} on "
+        f"{args.drift_share:.0%} of the devices"
+    )
+    say(f"  {'first alert':22} {at(milestones.alert)}  {milestones.alert_text[:80]}")
+    say(f"  {'canary published':22} {at(milestones.canary)}  {milestones.canary_version}")
+    say(f"  {'promoted':22} {at(milestones.promoted)}")
+    say(f"  {'every device updated':22} {at(milestones.everywhere)}")
+    say(
+        f"  {'loop':22} {milestones.outcome}; decisions: edgefleet --home {work / 'home'} "
+        f"rollout history --fleet {FLEET} --db sqlite:///{work / 'monitor.db'}"
+    )
+    say(f"  finished in {seconds:.1f} s; files in {work}")
