@@ -30,6 +30,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,17 +351,21 @@ def main() -> int:
         f"{len(payloads):,} reports of {args.devices} devices, {size:,.0f} bytes on average "
         f"(made in {time.perf_counter() - started:.1f} s); {os.cpu_count()} cores"
     )
-    with MosquittoBroker(work / "broker") as broker:
-        raw, publish_rate = bench_raw(broker, payloads)
-        print(f"publish (paho, QoS 1):           {publish_rate:9,.0f} reports/s")
-        print(f"(i)   raw subscriber (paho):     {raw:9,.0f} reports/s")
-        results = {}
-        for monitors in (1, 2):
-            db = args.db or f"sqlite:///{work / f'monitor-{monitors}.db'}"
-            rate = bench_monitors(broker, payloads, db, work, monitors, args.monitor_workers)
-            results[monitors] = rate
-            label = "(ii)  one monitor" if monitors == 1 else "(iii) two monitors"
-            print(f"{label + ' (stored):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw")
+    # Hundreds of MB of databases and broker state: not left behind.
+    try:
+        with MosquittoBroker(work / "broker") as broker:
+            raw, publish_rate = bench_raw(broker, payloads)
+            print(f"publish (paho, QoS 1):           {publish_rate:9,.0f} reports/s")
+            print(f"(i)   raw subscriber (paho):     {raw:9,.0f} reports/s")
+            results = {}
+            for monitors in (1, 2):
+                db = args.db or f"sqlite:///{work / f'monitor-{monitors}.db'}"
+                rate = bench_monitors(broker, payloads, db, work, monitors, args.monitor_workers)
+                results[monitors] = rate
+                label = "(ii)  one monitor" if monitors == 1 else "(iii) two monitors"
+                print(f"{label + ' (stored):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"two monitors / one monitor: {results[2] / results[1]:.2f}")
     ok = results[1] >= TARGET_REPORTS_PER_SECOND
     print(

@@ -22,6 +22,7 @@ message and exit status 2 instead of a traceback::
     ├── BrokerError             the MQTT broker is unreachable, refused, or did not answer
     │   └── BackpressureError   too many messages await the broker's acknowledgement
     ├── RegistryError           unknown model version, corrupt registry
+    ├── StoreError              the monitor database cannot be opened or written
     └── KeyFileError            a signing or public key that cannot be read
 
 Messages say what was wrong and what to do about it; they never need a traceback to be
@@ -116,6 +117,10 @@ class BackpressureError(BrokerError):
 
 class RegistryError(EdgefleetError):
     """Unknown model version or an unusable registry."""
+
+
+class StoreError(EdgefleetError):
+    """The monitor database cannot be opened or written (down, full, refused)."""
 
 
 class KeyFileError(EdgefleetError):

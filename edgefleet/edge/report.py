@@ -105,6 +105,9 @@ _FIELDS = (
 def _check_time(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"{field} must be a number of seconds since the epoch")
+    # An int too large for a float (a 400-digit "time") must be refused, not overflow.
+    if isinstance(value, int) and not 0 <= value <= MAX_TIME:
+        raise InputError(f"{field} must be a finite time between 1970 and 9999")
     number = float(value)
     if not (math.isfinite(number) and 0.0 <= number <= MAX_TIME):
         raise InputError(f"{field} must be a finite time between 1970 and 9999, not {value!r}")

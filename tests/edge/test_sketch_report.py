@@ -487,6 +487,11 @@ def _delete(key: str) -> Any:
             id="inf",
         ),
         pytest.param(
+            _payload(_set("window_end", 10**400)),
+            "'window_end' must be a finite time",
+            id="huge-int-time",
+        ),
+        pytest.param(
             _payload().replace(b'"failed"', b'"failed": 0, "failed"', 1),
             "the key 'failed' appears twice",
             id="dup-key",

@@ -104,7 +104,7 @@ def test_two_monitors_split_a_fleet_and_store_nothing_twice(
 
 
 def test_decode_workers_validate_while_the_monitor_stores(
-    broker: MosquittoBroker, unique: str, tmp_path: Path
+    broker: MosquittoBroker, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``workers=1``: batches validated in another process, committed here in order; and
     if the workers die, the monitor validates in-process and goes on."""
@@ -134,10 +134,12 @@ def test_decode_workers_validate_while_the_monitor_stores(
         client.flush(30)
         assert monitor.wait_processed(42, timeout=30)
         assert monitor._pool is not None
+        assert "decode workers failed" not in caplog.text
         monitor._pool.shutdown(wait=True)  # the workers are gone: submit() now raises
         publish(client, unique, reports[30:])
         assert monitor.wait_processed(82, timeout=30)
         stats = monitor.stats
+    assert "decode workers failed" in caplog.text
     assert (stats.stored, stats.duplicates, stats.quarantined) == (70, 10, 2)
     assert store.report_count(unique) == 70
     reasons = sorted(q.reason for q in store.quarantined(unique))

@@ -21,15 +21,20 @@ back are exactly the ones this call stored. Rows are inserted in key order, so t
 PostgreSQL transactions of overlapping batches take their row locks in the same order and
 cannot deadlock.
 
+:meth:`MonitorStore.ingest_many` is :func:`prepare` (validation, CPU-bound, no database:
+the monitor may run it in a worker process) followed by :meth:`MonitorStore.store_prepared`
+(the registry check and the transaction).
+
 Validation is :meth:`edgefleet.edge.report.Report.decode`'s, plus: the topic is
 ``{prefix}/{fleet}/devices/{id}/report``, the report's fleet and device are the topic's, and
 the model version is known (when a ``known_version`` callback is given). Decoding a 4 KB
 report through :class:`Report` costs about 330 us, which alone would cap a monitor near
-3,000 reports/s; :func:`_fast_check` checks the same rules on the parsed JSON in bulk
-(type sets, min/max and sums run in C) in about a third of that. It only ever *accepts*:
-anything it doubts goes through ``Report.decode``, which refuses with the exact reason (or
-accepts, if the fast path was merely cautious). ``tests/monitor/test_store.py`` holds the
-two to the same verdicts.
+3,000 reports/s; :func:`_fast_decode` checks the same rules in about a third of that:
+booleans and negative numbers are ruled out on the bytes before parsing, then whole columns
+of the parsed JSON are checked at once by type sets, sums and comparisons that run in C.
+It only ever *accepts*: anything it doubts goes through ``Report.decode``, which refuses
+with the exact reason (or accepts, if the fast path was merely cautious).
+``tests/monitor/test_store.py`` holds the two to the same verdicts.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for an fsync
 of the log. A crash of the monitor loses nothing (the log is in the operating system's
@@ -100,7 +105,7 @@ from edgefleet.edge.sketch import (
     check_name,
 )
 from edgefleet.edge.topics import check_identifier, validate_device_id, validate_name
-from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.errors import InputError, StoreError
 
 __all__ = [
     "EXCERPT_BYTES",
@@ -128,10 +133,6 @@ DEFAULT_QUARANTINE_LIMIT = 100_000
 
 KnownVersion = Callable[[str, str], bool]
 """``known_version(model_name, model_version)``: True if the registry has that version."""
-
-
-class StoreError(EdgefleetError):
-    """The monitor database cannot be opened or written (down, full, refused)."""
 
 
 # -- value objects ---------------------------------------------------------------------------
