@@ -103,21 +103,12 @@ def export_bundle(
             )
             reports.append(FormatReport(name, fmt.filename, len(data), seconds, parity))
             progress(f"{name}: {len(data):,} bytes, max |diff| {parity.max_abs_diff:.2g}")
-        manifest = Manifest(
-            name=version.name,
-            version=version.version,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            model_family=version.family,
-            target=version.target,
-            data_sha256=version.data_sha256,
-            schema=card.schema,
-            metrics=dict(version.metrics),
-            reference=card.reference,
-            golden=card.golden,
+        manifest = version.manifest(
+            card,
             artifacts=tuple(artifacts),
             parity={r.format: r.parity.max_abs_diff for r in reports},
             tolerance=tolerance,
-            params=dict(version.params),
+            created=datetime.now(UTC),
         )
         manifest_bytes = manifest.to_bytes()
         (staging / MANIFEST_FILE).write_bytes(manifest_bytes)

@@ -25,7 +25,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from edgefleet.central.trainer import TrainedModel
-from edgefleet.edge.manifest import GoldenVector, parse_version
+from edgefleet.edge.manifest import (
+    DEFAULT_TOLERANCE,
+    Artifact,
+    GoldenVector,
+    Manifest,
+    parse_version,
+)
 from edgefleet.edge.profile import ReferenceProfile
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.errors import InputError, RegistryError
@@ -75,6 +81,35 @@ class ModelVersion:
 
     def load_pipeline(self) -> Any:
         return joblib.load(self.path / "pipeline.joblib")
+
+    def manifest(
+        self,
+        card: ModelCard | None = None,
+        *,
+        artifacts: tuple[Artifact, ...] = (),
+        parity: Mapping[str, float] | None = None,
+        tolerance: float = DEFAULT_TOLERANCE,
+        created: datetime | None = None,
+    ) -> Manifest:
+        """This version's manifest: what the export signs (with its artifacts and parity),
+        or, with none, what measuring a version needs (schema, profile, metrics)."""
+        card = card or self.load_card()
+        return Manifest(
+            name=self.name,
+            version=self.version,
+            created=(created or self.created).isoformat(timespec="seconds"),
+            model_family=self.family,
+            target=self.target,
+            data_sha256=self.data_sha256,
+            schema=card.schema,
+            metrics=dict(self.metrics),
+            reference=card.reference,
+            golden=card.golden,
+            artifacts=artifacts,
+            parity=dict(parity or {}),
+            tolerance=tolerance,
+            params=dict(self.params),
+        )
 
     def load_card(self) -> ModelCard:
         card = json.loads((self.path / "card.json").read_text())

@@ -81,7 +81,7 @@ COHORTS = ("stable", "canary")
 # Fleet, device and group names go into MQTT topics (no '/', '+', '#'), file names (no
 # leading dot, so never '.' or '..') and HTML: a conservative ASCII set.
 
-_FIELDS = (
+REPORT_FIELDS = (
     "schema_version",
     "fleet",
     "device_id",
@@ -307,7 +307,7 @@ class Report:
                 f"report schema_version {version!r} is not {SCHEMA_VERSION}, the one this "
                 "edgefleet reads: upgrade the side that is older"
             )
-        _exact_keys(raw, _FIELDS, "report")
+        _exact_keys(raw, REPORT_FIELDS, "report")
         return cls(
             schema_version=version,
             fleet=raw["fleet"],

@@ -564,21 +564,7 @@ class RetrainLoop:
                 self._manifests[key] = Manifest.from_bytes(bundle.read_bytes())
             else:
                 version = ref if isinstance(ref, ModelVersion) else self.version_of(ref)
-                card = version.load_card()
-                self._manifests[key] = Manifest(
-                    name=version.name,
-                    version=version.version,
-                    created=version.created.isoformat(timespec="seconds"),
-                    model_family=version.family,
-                    target=version.target,
-                    data_sha256=version.data_sha256,
-                    schema=card.schema,
-                    metrics=dict(version.metrics),
-                    reference=card.reference,
-                    golden=card.golden,
-                    artifacts=(),
-                    params=dict(version.params),
-                )
+                self._manifests[key] = version.manifest()
         return self._manifests[key]
 
     def measure(self, aggregate: Aggregate, ref: ModelRef | ModelVersion) -> Measures:

@@ -88,6 +88,7 @@ from edgefleet.edge.report import (
     MAX_FEATURES,
     MAX_REPORT_BYTES,
     MAX_TIME,
+    REPORT_FIELDS,
     SCHEMA_VERSION,
     Aggregate,
     Report,
@@ -922,27 +923,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-_FIELD_SET = frozenset(
-    (
-        "schema_version",
-        "fleet",
-        "device_id",
-        "sequence",
-        "window_start",
-        "window_end",
-        "model_name",
-        "model_version",
-        "cohort",
-        "device_group",
-        "scored",
-        "failed",
-        "dropped_reports",
-        "features",
-        "scores",
-        "outcomes",
-        "latency",
-    )
-)
+# The fast path accepts exactly the report's fields, no more, no fewer.
+_FIELD_SET = frozenset(REPORT_FIELDS)
 _NUMERIC_KEYS = frozenset(("name", "kind", "bins", "missing", "out_of_range"))
 _CATEGORICAL_KEYS = frozenset(("name", "kind", "bins", "missing", "unknown"))
 _SCORE_KEYS = frozenset(("counts", "by_label"))
