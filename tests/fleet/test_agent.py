@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -15,7 +16,9 @@ import pytest
 from edgefleet.central.broker import MosquittoBroker
 from edgefleet.central.publish import promote, publish
 from edgefleet.central.trainer import TrainedModel
+from edgefleet.edge.agent.agent import Agent
 from edgefleet.edge.agent.http import AgentHTTPServer
+from edgefleet.edge.agent.lifecycle import State, Target, UpdateRecord
 from edgefleet.edge.signing import load_private_key
 from tests.fleet.kit import agent_config, collecting, export_versions, running, wait_for
 
@@ -117,3 +120,46 @@ def _call(url: str, body: Any = None) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def test_interrupted_download_waits_for_the_broker_after_restart(
+    own_broker: MosquittoBroker, bundles: list[Path], keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Regression: an update resumed at start-up ran before the connection was up, failed
+    with "not connected", and was abandoned for good."""
+    fleet = f"f{uuid.uuid4().hex[:8]}"
+    key = load_private_key(keypair[0])
+    state_dir = tmp_path / "dev"
+    config = agent_config(own_broker, keypair, fleet, "dev-resume", state_dir)
+    publish(bundles[0], fleet, own_broker.address, key, state_file=tmp_path / "rollout.json")
+    with running(config) as agent:
+        wait_for(lambda: agent.model is not None, what="1.0.0 installed")
+    second = publish(
+        bundles[1], fleet, own_broker.address, key, state_file=tmp_path / "rollout.json"
+    )
+    ref = second.model
+    # What a process killed during the download of 1.1.0 leaves on disk.
+    record = UpdateRecord(
+        state=State.DOWNLOAD,
+        attempts=1,
+        target=Target(
+            name=ref.name,
+            version=ref.version,
+            format="onnx",
+            manifest_sha256=ref.manifest_sha256,
+            signature_sha256=ref.signature_sha256,
+            artifact_sha256=ref.artifacts["onnx"],
+            rollout_sequence=second.state.sequence,
+        ),
+    )
+    (state_dir / "update.json").write_bytes(record.to_json())
+    own_broker.stop()  # the device restarts while the broker is away
+    agent = Agent(config)
+    agent.start()
+    try:
+        time.sleep(1.5)
+        own_broker.start()
+        wait_for(lambda: agent.status()["model_version"] == "1.1.0", 30, "the resumed 1.1.0")
+        assert agent.status()["problem"] is None
+    finally:
+        agent.stop(flush_timeout=1.0)

@@ -293,6 +293,16 @@ class Agent:
         self._publish_status("online")
 
     def _fetch(self, sha256: str) -> bytes:
+        # An update resumed right after a restart runs before the connect thread got
+        # through: wait for the connection (within the fetch timeout) instead of failing.
+        deadline = time.monotonic() + self.config.fetch_timeout
+        while not self.client.is_connected:
+            if self._stop.is_set() or time.monotonic() > deadline:
+                raise BrokerError(
+                    f"not connected to the broker within {self.config.fetch_timeout:g} s: "
+                    f"cannot fetch {sha256[:12]}..."
+                )
+            self._stop.wait(0.1)
         data = self.client.read_retained(
             self.topics.model(sha256), timeout=self.config.fetch_timeout
         )
