@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.cli.cmd_serve import add_demo_options, finish_demo
 from edgefleet.cli.progress import say, step
 
 FLEET = "demo"
@@ -68,6 +69,7 @@ def register(subparsers: Any) -> None:
         help="give up if the loop has not closed after this many seconds",
     )
     demo.add_argument("--seed", type=int, default=0)
+    add_demo_options(demo)
     demo.set_defaults(handler=run_demo)
 
 
@@ -220,6 +222,7 @@ def run_demo(args: argparse.Namespace) -> int:
         time.perf_counter() - started,
         work,
     )
+    finish_demo(args, work, FLEET)
     return 0 if milestones.outcome == "promoted" else 1
 
 
