@@ -40,3 +40,4 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "every device updated   t=" in summary
     for fmt in ("onnx", "tflite", "web", "coreml"):
         assert f"export {fmt}" in summary
+    assert "dashboard: http://127.0.0.1:8050/fleets/demo/" in summary
