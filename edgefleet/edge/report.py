@@ -536,10 +536,64 @@ def _as_aggregate(item: Report | Aggregate) -> Aggregate:
     raise InputError(f"can only merge reports and aggregates, not {type(item).__name__}")
 
 
-class _Sum:
-    """A mutable running sum of aggregates, in Python ints (exact, never overflowing)."""
+class SketchSums:
+    """Running sums of reports' counts in exact Python ints, frozen into an
+    :class:`Aggregate`: the state behind :func:`merge_all`, shared with the monitor
+    store's merge of stored report JSON. One flat list per feature: its bins, then missing,
+    out_of_range, unknown; histograms in the order of :func:`_histograms`."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str, str] | None = None
+        self.layout: list[tuple[str, str, int]] = []
+        self.window = [math.inf, -math.inf]
+        self.reports = 0
+        self.devices: set[str] = set()
+        self.cohorts: set[str] = set()
+        self.groups: set[str] = set()
+        self.totals = [0, 0, 0]
+        self.features: list[list[int]] = []
+        self.histograms: list[list[int]] = []
+
+    def freeze(self) -> Aggregate:
+        if self.key is None:
+            raise InputError("nothing to merge: no report was added")
+        features = tuple(
+            FeatureSketch(
+                name=name,
+                kind="numeric" if kind == "numeric" else "categorical",
+                bins=Histogram(tuple(counts[:bins])),
+                missing=counts[bins],
+                out_of_range=counts[bins + 1],
+                unknown=counts[bins + 2],
+            )
+            for (name, kind, bins), counts in zip(self.layout, self.features, strict=True)
+        )
+        h = [Histogram(tuple(counts)) for counts in self.histograms]
+        return Aggregate(
+            fleet=self.key[0],
+            model_name=self.key[1],
+            model_version=self.key[2],
+            window_start=float(self.window[0]),
+            window_end=float(self.window[1]),
+            reports=self.reports,
+            devices=frozenset(self.devices),
+            cohorts=frozenset(self.cohorts),
+            device_groups=frozenset(self.groups),
+            scored=self.totals[0],
+            failed=self.totals[1],
+            dropped_reports=self.totals[2],
+            features=features,
+            scores=ScoreSketch(counts=h[0], by_label=(h[1], h[2])),
+            outcomes=ScoreSketch(counts=h[3], by_label=(h[4], h[5])),
+            latency=LatencySketch(h[6]),
+        )
+
+
+class _Sum(SketchSums):
+    """The running sum of :func:`merge_all`, over reports and aggregates."""
 
     def __init__(self, first: Report | Aggregate):
+        super().__init__()
         start = _as_aggregate(first)
         self.key = (start.fleet, start.model_name, start.model_version)
         self.layout = [(f.name, f.kind, f.bins.bins) for f in start.features]
@@ -549,7 +603,6 @@ class _Sum:
         self.cohorts = set(start.cohorts)
         self.groups = set(start.device_groups)
         self.totals = [start.scored, start.failed, start.dropped_reports]
-        # One flat list per feature: bins, then missing, out_of_range, unknown.
         self.features = [
             [*f.bins.counts, f.missing, f.out_of_range, f.unknown] for f in start.features
         ]
@@ -561,7 +614,9 @@ class _Sum:
         if key != self.key:
             raise InputError(
                 "cannot merge reports of fleet {!r} model {} {} with fleet {!r} model {} {}: "
-                "merge only one fleet and model version at a time".format(*self.key, *key)
+                "merge only one fleet and model version at a time".format(
+                    *(self.key or ("?", "?", "?")), *key
+                )
             )
         layout = [(f.name, f.kind, f.bins.bins) for f in other.features]
         if layout != self.layout:
@@ -584,38 +639,6 @@ class _Sum:
         for counts, histogram in zip(self.histograms, _histograms(other), strict=True):
             for i, value in enumerate(histogram.counts):
                 counts[i] += value
-
-    def freeze(self) -> Aggregate:
-        features = tuple(
-            FeatureSketch(
-                name=name,
-                kind=kind,
-                bins=Histogram(tuple(counts[:bins])),
-                missing=counts[bins],
-                out_of_range=counts[bins + 1],
-                unknown=counts[bins + 2],
-            )
-            for (name, kind, bins), counts in zip(self.layout, self.features, strict=True)
-        )
-        h = [Histogram(tuple(counts)) for counts in self.histograms]
-        return Aggregate(
-            fleet=self.key[0],
-            model_name=self.key[1],
-            model_version=self.key[2],
-            window_start=self.window[0],
-            window_end=self.window[1],
-            reports=self.reports,
-            devices=frozenset(self.devices),
-            cohorts=frozenset(self.cohorts),
-            device_groups=frozenset(self.groups),
-            scored=self.totals[0],
-            failed=self.totals[1],
-            dropped_reports=self.totals[2],
-            features=features,
-            scores=ScoreSketch(counts=h[0], by_label=(h[1], h[2])),
-            outcomes=ScoreSketch(counts=h[3], by_label=(h[4], h[5])),
-            latency=LatencySketch(h[6]),
-        )
 
 
 def _histograms(aggregate: Aggregate) -> tuple[Histogram, ...]:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +91,7 @@ from edgefleet.edge.report import (
     SCHEMA_VERSION,
     Aggregate,
     Report,
+    SketchSums,
 )
 from edgefleet.edge.sketch import (
     LATENCY_BUCKETS,
@@ -99,10 +99,6 @@ from edgefleet.edge.sketch import (
     MAX_COUNT,
     MAX_NAME_LENGTH,
     SCORE_BINS,
-    FeatureSketch,
-    Histogram,
-    LatencySketch,
-    ScoreSketch,
     check_name,
 )
 from edgefleet.edge.topics import check_identifier, validate_device_id, validate_name
@@ -1150,22 +1146,10 @@ def _quarantine_row(
 # -- merging stored reports ------------------------------------------------------------------
 
 
-class _BodySum:
+class _BodySum(SketchSums):
     """:func:`edgefleet.edge.report.merge_all` over stored report JSON, without building a
     :class:`Report` per row (validated at ingest; the totals are validated once, when frozen
     into an :class:`Aggregate`). Exact Python ints, summed in C by ``map(operator.add)``."""
-
-    def __init__(self) -> None:
-        self.key: tuple[str, str, str] | None = None
-        self.layout: list[tuple[str, str, int]] = []
-        self.window = [math.inf, -math.inf]
-        self.reports = 0
-        self.devices: set[str] = set()
-        self.cohorts: set[str] = set()
-        self.groups: set[str] = set()
-        self.totals = [0, 0, 0]
-        self.features: list[list[int]] = []
-        self.histograms: list[list[int]] = []
 
     def add(self, body: str, device: str, cohort: str, group: str) -> bool:
         """Add one stored report; False if it is of another model or version."""
@@ -1212,36 +1196,5 @@ class _BodySum:
         self.groups.add(group)
         return True
 
-    def freeze(self) -> Aggregate | None:
-        if self.key is None:
-            return None
-        features = tuple(
-            FeatureSketch(
-                name=name,
-                kind="numeric" if kind == "numeric" else "categorical",
-                bins=Histogram(tuple(counts[:bins])),
-                missing=counts[bins],
-                out_of_range=counts[bins + 1],
-                unknown=counts[bins + 2],
-            )
-            for (name, kind, bins), counts in zip(self.layout, self.features, strict=True)
-        )
-        h = [Histogram(tuple(counts)) for counts in self.histograms]
-        return Aggregate(
-            fleet=self.key[0],
-            model_name=self.key[1],
-            model_version=self.key[2],
-            window_start=float(self.window[0]),
-            window_end=float(self.window[1]),
-            reports=self.reports,
-            devices=frozenset(self.devices),
-            cohorts=frozenset(self.cohorts),
-            device_groups=frozenset(self.groups),
-            scored=self.totals[0],
-            failed=self.totals[1],
-            dropped_reports=self.totals[2],
-            features=features,
-            scores=ScoreSketch(counts=h[0], by_label=(h[1], h[2])),
-            outcomes=ScoreSketch(counts=h[3], by_label=(h[4], h[5])),
-            latency=LatencySketch(h[6]),
-        )
+    def freeze(self) -> Aggregate | None:  # type: ignore[override]
+        return None if self.key is None else super().freeze()
