@@ -812,12 +812,8 @@ class Dashboard:
             )
             assert state.stable is not None
             # As the closed loop does: the alerts about the replaced model are answered.
-            closed = []
             replaced = before.stable.version if before.stable else None
-            for alert in self.store.alerts(fleet, open_only=True):
-                if alert.id is not None and alert.evidence.get("model_version") == replaced:
-                    self.store.close_alert(alert.id)
-                    closed.append(alert.id)
+            closed = self.store.close_alerts_for(fleet, replaced)
             return self._record(
                 fleet,
                 "promoted",

@@ -876,10 +876,7 @@ class RetrainLoop:
             progress=self.progress,
         )
         self._decide("promoted", canary.version, reason, evidence)
-        # The alerts about the replaced model are answered.
-        for alert in self.store.alerts(self.fleet, open_only=True):
-            if alert.id is not None and alert.evidence.get("model_version") == stable.version:
-                self.store.close_alert(alert.id)
+        self.store.close_alerts_for(self.fleet, stable.version)
         return StepResult("promoted", canary.version, f"{canary.label} promoted: {reason}")
 
     def _roll_back(self, canary: ModelRef, reason: str, evidence: Mapping[str, Any]) -> StepResult:

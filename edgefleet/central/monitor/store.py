@@ -731,6 +731,16 @@ class MonitorStore:
             for r in self._rows(query)
         ]
 
+    def close_alerts_for(self, fleet: str, model_version: str | None) -> list[int]:
+        """Close the open alerts raised about ``model_version`` (it was replaced: they are
+        answered); the ids closed."""
+        closed = []
+        for alert in self.alerts(fleet, open_only=True):
+            if alert.id is not None and alert.evidence.get("model_version") == model_version:
+                self.close_alert(alert.id)
+                closed.append(alert.id)
+        return closed
+
     def close_alert(self, alert_id: int) -> None:
         """Close an alert; :class:`InputError` if there is no alert of that id."""
         try:
