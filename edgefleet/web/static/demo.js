@@ -85,44 +85,6 @@ async function verifiedManifest(base) {
   return JSON.parse(new TextDecoder().decode(bytes));
 }
 
-// A string guaranteed not to be in the vocabulary: "other / unknown" scores as an unseen
-// category (code -1), exactly as a device would score it.
-function otherValue(vocabulary) {
-  let other = '(other)';
-  while (vocabulary.includes(other)) other += '*';
-  return other;
-}
-
-function buildForm(schema, example) {
-  const form = $('form');
-  const readers = [];
-  for (const feature of schema.features) {
-    let control;
-    let kind;
-    const start = example?.[feature.name];
-    if (feature.kind === 'categorical') {
-      const other = otherValue(feature.vocabulary);
-      control = el('select', { name: feature.name },
-        ...feature.vocabulary.map((v) => el('option', { value: v }, v)),
-        el('option', { value: other }, 'other / unknown'));
-      control.value = feature.vocabulary.includes(start) ? start : feature.vocabulary[0];
-      kind = `one of ${feature.vocabulary.length}`;
-      readers.push([feature.name, () => control.value]);
-    } else {
-      control = el('input', { type: 'number', name: feature.name, step: 'any' });
-      if (feature.minimum !== null && feature.minimum !== undefined) control.min = feature.minimum;
-      if (feature.maximum !== null && feature.maximum !== undefined) control.max = feature.maximum;
-      if (typeof start === 'number') control.value = String(start);
-      if (feature.allow_missing) control.placeholder = 'empty = missing';
-      kind = feature.allow_missing ? 'number, may be empty' : 'number';
-      // An empty box is a missing value (allowed or not: the encoder decides, as on a device).
-      readers.push([feature.name, () => (control.value === '' ? null : Number(control.value))]);
-    }
-    form.append(el('label', {}, el('span', {}, feature.name.replaceAll('_', ' ')),
-      control, el('span', { className: 'kind' }, kind)));
-  }
-  return () => Object.fromEntries(readers.map(([name, read]) => [name, read()]));
-}
 
 function showScore(manifest, probability) {
   const percent = probability * 100;
@@ -187,7 +149,7 @@ async function main() {
   detail('runtime', `onnxruntime-web ${bundle.ort.env.versions?.web ?? ''} (WebAssembly)`);
 
   // The form starts on the first golden record: a real holdout customer.
-  const readRecord = buildForm(manifest.schema, manifest.golden?.[0]?.record);
+  const readRecord = ef.buildForm($('form'), manifest.schema, manifest.golden?.[0]?.record);
   let latest = 0;
   const update = async () => {
     const ticket = ++latest;

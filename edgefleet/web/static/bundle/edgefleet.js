@@ -305,3 +305,54 @@ export async function selfTest(bundle) {
   }
   return { vectors: golden.length, worst };
 }
+
+// -- a form for one record ---------------------------------------------------------------
+
+function element(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children); // strings become text nodes, never markup
+  return node;
+}
+
+// A string guaranteed not to be in the vocabulary: the "other / unknown" choice scores as
+// an unseen category (code -1), exactly as a device would score it.
+function otherValue(vocabulary) {
+  let other = '(other)';
+  while (vocabulary.includes(other)) other += '*';
+  return other;
+}
+
+/**
+ * Fill `form` with one labelled control per feature of `schema`, starting from the values
+ * of `example` (a record), and return a function that reads the record the form now holds.
+ * Every label and value comes from the manifest, so all of it goes in as text.
+ */
+export function buildForm(form, schema, example) {
+  const readers = [];
+  for (const feature of schema.features) {
+    let control;
+    let kind;
+    const start = example?.[feature.name];
+    if (feature.kind === 'categorical') {
+      const other = otherValue(feature.vocabulary);
+      control = element('select', { name: feature.name },
+        ...feature.vocabulary.map((v) => element('option', { value: v }, v)),
+        element('option', { value: other }, 'other / unknown'));
+      control.value = feature.vocabulary.includes(start) ? start : feature.vocabulary[0];
+      kind = `one of ${feature.vocabulary.length}`;
+      readers.push([feature.name, () => control.value]);
+    } else {
+      control = element('input', { type: 'number', name: feature.name, step: 'any' });
+      if (feature.minimum !== null && feature.minimum !== undefined) control.min = feature.minimum;
+      if (feature.maximum !== null && feature.maximum !== undefined) control.max = feature.maximum;
+      if (typeof start === 'number') control.value = String(start);
+      if (feature.allow_missing) control.placeholder = 'empty = missing';
+      kind = feature.allow_missing ? 'number, may be empty' : 'number';
+      // An empty box is a missing value (allowed or not: the encoder decides, as on a device).
+      readers.push([feature.name, () => (control.value === '' ? null : Number(control.value))]);
+    }
+    form.append(element('label', {}, element('span', {}, feature.name.replaceAll('_', ' ')),
+      control, element('span', { className: 'kind' }, kind)));
+  }
+  return () => Object.fromEntries(readers.map(([name, read]) => [name, read()]));
+}
