@@ -1,10 +1,18 @@
-"""The device's outbox: outgoing MQTT messages queued on disk while the broker is away.
+"""The device's outbox: reports queued on disk until a monitor has stored them.
 
 One SQLite file in WAL mode (stdlib ``sqlite3``). The agent ``put``s messages; the network
-side ``peek``s them in FIFO order, publishes, and ``ack``s each one once the broker has
-acknowledged it (QoS 1 PUBACK). A message stays queued until acked, so a crash or a lost
-connection means it is sent again: delivery is at least once, and the central side removes
-duplicates by ``(device_id, sequence)``.
+side takes the ones that are :meth:`Outbox.due` in FIFO order, publishes them and marks them
+sent. A report (a message with a ``sequence``) leaves the outbox only when a monitor's
+end-to-end acknowledgement names its sequence (:meth:`Outbox.ack_sequences`, see
+:mod:`edgefleet.edge.ack`): the broker's PUBACK is not storage, and a broker that dies
+before writing its database loses what it acknowledged. A sent report that is not
+acknowledged becomes due again after a timeout that doubles with every attempt (with
+jitter, so a fleet that lost its broker does not re-send in lock-step), so delivery is at
+least once, and the central side counts each ``(device_id, sequence)`` once. A message
+without a sequence is removed on the broker's PUBACK (:meth:`Outbox.ack`).
+
+Rows: pending (never sent) -> sent (``attempts`` > 0, waiting for the ack; due again at
+``due``) -> deleted on the ack.
 
 Policy (bounded, never silent):
 
@@ -69,12 +77,27 @@ _SCHEMA = (
         created REAL NOT NULL,
         size INTEGER NOT NULL,
         carried INTEGER NOT NULL,
-        payload BLOB NOT NULL
+        payload BLOB NOT NULL,
+        sequence INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due REAL NOT NULL DEFAULT 0
     )""",
     # Covers the TTL scan and the byte total without reading payload pages.
     "CREATE INDEX IF NOT EXISTS messages_created ON messages (created, size)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
+# Indexes on columns an outbox of an earlier edgefleet lacks: created after _MIGRATIONS.
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS messages_sequence ON messages (sequence)",
+    "CREATE INDEX IF NOT EXISTS messages_due ON messages (due, id)",
+)
+# Columns added since the first outbox: an existing device file gains them on open.
+_MIGRATIONS = {
+    "sequence": "ALTER TABLE messages ADD COLUMN sequence INTEGER",
+    "attempts": "ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    "due": "ALTER TABLE messages ADD COLUMN due REAL NOT NULL DEFAULT 0",
+}
+_ITEM_COLUMNS = "id, topic, payload, qos, created, carried, sequence, attempts"
 # SQLite result codes (sqlite3.h) that mean the file itself is damaged, unlike "locked".
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
@@ -89,17 +112,24 @@ class OutboxItem:
     created: float
     carried_drops: int
     """Drops this message reports (its ``dropped_reports``), 0 for a plain ``put``."""
+    sequence: int | None = None
+    """The report's sequence, which an end-to-end ack names; None for a plain message."""
+    attempts: int = 0
+    """How often it was sent without an acknowledgement so far."""
 
 
 @dataclass(frozen=True)
 class OutboxStats:
     pending: int
+    """Messages in the outbox: never sent, or sent and waiting for the acknowledgement."""
     bytes: int
     dropped_overflow: int
     dropped_expired: int
     unreported_drops: int
     """Drops no queued report carries yet: the next :meth:`Outbox.put_report` takes them."""
     corrupt_resets: int
+    awaiting_ack: int = 0
+    """Of ``pending``, those sent at least once and not yet acknowledged."""
 
 
 class Outbox:
@@ -164,13 +194,31 @@ class Outbox:
         """Queue a message; returns its id once it is on disk."""
         return self._put(topic, lambda _: payload, qos, carry=False)
 
-    def put_report(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int:
+    def put_report(
+        self,
+        topic: str,
+        build: Callable[[int], bytes],
+        qos: int = 1,
+        *,
+        sequence: int | None = None,
+    ) -> int:
         """Queue a report that carries the drops not yet reported: ``build(dropped)`` makes
         the payload (a report whose ``dropped_reports`` is ``dropped``). Taking the count and
-        storing the report are one transaction; if ``build`` raises, nothing changes."""
-        return self._put(topic, build, qos, carry=True)
+        storing the report are one transaction; if ``build`` raises, nothing changes. With a
+        ``sequence``, the report stays until an end-to-end ack names it."""
+        if sequence is not None and (type(sequence) is not int or sequence < 0):
+            raise InputError(f"a report sequence is an integer from 0, not {sequence!r}")
+        return self._put(topic, build, qos, carry=True, sequence=sequence)
 
-    def _put(self, topic: str, build: Callable[[int], bytes], qos: int, *, carry: bool) -> int:
+    def _put(
+        self,
+        topic: str,
+        build: Callable[[int], bytes],
+        qos: int,
+        *,
+        carry: bool,
+        sequence: int | None = None,
+    ) -> int:
         if not isinstance(topic, str) or not topic:
             raise InputError("an outbox message needs a topic")
         if qos not in (0, 1, 2):
@@ -194,9 +242,9 @@ class Outbox:
             # next report carries them.
             self._make_room(size)
             cursor = db.execute(
-                "INSERT INTO messages (topic, qos, created, size, carried, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (topic, qos, now, size, carried, payload),
+                "INSERT INTO messages (topic, qos, created, size, carried, payload, sequence) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (topic, qos, now, size, carried, payload, sequence),
             )
             if carried:
                 self._add("unreported_drops", -carried)
@@ -212,11 +260,56 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             self._expire(self._clock())
             rows = self._db.execute(
-                "SELECT id, topic, payload, qos, created, carried FROM messages "
-                "WHERE id > ? ORDER BY id LIMIT ?",
+                f"SELECT {_ITEM_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
                 (-1 if after is None else after, n),
             ).fetchall()
         return [OutboxItem(*row) for row in rows]
+
+    def due(self, n: int = 1) -> list[OutboxItem]:
+        """Up to ``n`` of the oldest messages to send now: never sent, or sent and not
+        acknowledged by their due time. Taking them removes nothing."""
+        if type(n) is not int or n < 1:
+            raise InputError(f"due takes a positive count, not {n!r}")
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            now = self._clock()
+            self._expire(now)
+            rows = self._db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM messages WHERE due <= ? ORDER BY id LIMIT ?",
+                (now, n),
+            ).fetchall()
+        return [OutboxItem(*row) for row in rows]
+
+    def mark_sent(self, items: Sequence[OutboxItem], retry_after: Callable[[int], float]) -> None:
+        """Record that ``items`` were handed to the broker: each is due again
+        ``retry_after(attempts)`` seconds from now unless an ack removes it first."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            now = self._clock()
+            self._db.executemany(
+                "UPDATE messages SET attempts = attempts + 1, due = ? WHERE id = ?",
+                [(now + retry_after(item.attempts + 1), item.id) for item in items],
+            )
+
+    def next_due(self) -> float | None:
+        """Seconds until the next message is due (0 if one is due now), None if empty."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(due) FROM messages").fetchone()
+        return None if row[0] is None else max(0.0, row[0] - self._clock())
+
+    def ack_sequences(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Remove the reports whose sequences fall in the inclusive ``ranges``, which a
+        monitor has stored; returns how many were still queued."""
+        if not ranges:
+            return 0
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            return sum(
+                self._db.execute(
+                    "DELETE FROM messages WHERE sequence BETWEEN ? AND ?", pair
+                ).rowcount
+                for pair in ranges
+            )
 
     def ack(self, item_id: int) -> bool:
         """Remove a message the broker acknowledged; False if it was no longer queued
@@ -244,8 +337,16 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             self._expire(self._clock())
             pending, size = self._totals()
+            (sent,) = self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE attempts > 0"
+            ).fetchone()
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-        return OutboxStats(pending=pending, bytes=size, **{k: counters[k] for k in _COUNTERS})
+        return OutboxStats(
+            pending=pending,
+            bytes=size,
+            awaiting_ack=int(sent),
+            **{k: counters[k] for k in _COUNTERS},
+        )
 
     # The helpers below run inside a transaction the caller opened, under the lock.
 
@@ -312,6 +413,12 @@ def _connect(path: Path) -> sqlite3.Connection:
         with db:
             db.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
+                db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            for column, statement in _MIGRATIONS.items():
+                if column not in columns:
+                    db.execute(statement)
+            for statement in _INDEXES:
                 db.execute(statement)
             db.executemany(
                 "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",

@@ -38,7 +38,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.rollout import Cohort
@@ -55,6 +55,7 @@ from edgefleet.edge.sketch import (
     check_name,
 )
 from edgefleet.edge.topics import check_identifier
+from edgefleet.edge.wirejson import exact_keys, json_type, loads_strict
 from edgefleet.errors import InputError
 
 __all__ = [
@@ -271,33 +272,14 @@ class Report:
         cls, payload: bytes | bytearray | memoryview, *, max_bytes: int = MAX_REPORT_BYTES
     ) -> Report:
         """Parse and validate a report from the network (see the module docstring)."""
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise InputError(f"a report payload is bytes, not {type(payload).__name__}")
-        if len(payload) > max_bytes:
-            raise InputError(f"report payload of {len(payload)} bytes exceeds {max_bytes}")
-        try:
-            text = bytes(payload).decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise InputError(f"report payload is not UTF-8 text (byte {error.start})") from None
-        try:
-            raw = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_repeats)
-        except _RefusedJSONError as error:
-            raise InputError(f"report payload: {error}") from None
-        except json.JSONDecodeError as error:
-            raise InputError(
-                f"report payload is not JSON: {error.msg} at character {error.pos}"
-            ) from None
-        except (ValueError, RecursionError) as error:
-            # ValueError: an integer of more digits than Python converts; RecursionError:
-            # arrays nested thousands deep.
-            raise InputError(f"report payload is not usable JSON: {type(error).__name__}") from None
+        raw = loads_strict(payload, max_bytes=max_bytes, what="report")
         return cls.from_dict(raw)
 
     @classmethod
     def from_dict(cls, raw: Any) -> Report:
         """Validate a parsed report (a dict as JSON gives it)."""
         if not isinstance(raw, dict):
-            raise InputError(f"a report is a JSON object, not {_json_type(raw)}")
+            raise InputError(f"a report is a JSON object, not {json_type(raw)}")
         if "schema_version" not in raw:
             raise InputError("report lacks the field 'schema_version'")
         version = raw["schema_version"]
@@ -307,7 +289,7 @@ class Report:
                 f"report schema_version {version!r} is not {SCHEMA_VERSION}, the one this "
                 "edgefleet reads: upgrade the side that is older"
             )
-        _exact_keys(raw, REPORT_FIELDS, "report")
+        exact_keys(raw, REPORT_FIELDS, "report")
         return cls(
             schema_version=version,
             fleet=raw["fleet"],
@@ -329,49 +311,17 @@ class Report:
         )
 
 
-class _RefusedJSONError(ValueError):
-    """JSON that parses but that a report never holds."""
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise _RefusedJSONError(f"{name} is not a number a report may hold")
-
-
-def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A repeated key is read differently by different parsers: refuse the ambiguity.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _RefusedJSONError(f"the key {key[:40]!r} appears twice in one object")
-        result[key] = value
-    return result
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
-
-
-def _exact_keys(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
-    missing = [k for k in keys if k not in raw]
-    if missing:
-        raise InputError(f"{where} lacks the field {missing[0]!r}")
-    unknown = [k for k in raw if k not in keys]
-    if unknown:
-        raise InputError(f"{where} has an unknown field {unknown[0][:40]!r}")
-
-
 def _dict(raw: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise InputError(f"report field {where!r} must be an object, not {_json_type(raw)}")
-    _exact_keys(raw, keys, f"report field {where!r}")
+        raise InputError(f"report field {where!r} must be an object, not {json_type(raw)}")
+    exact_keys(raw, keys, f"report field {where!r}")
     return raw
 
 
 def _histogram(values: Any, field: str, *, exact: int | None = None) -> Histogram:
     field = f"report field {field!r}"
     if not isinstance(values, list):
-        raise InputError(f"{field} must be an array of counts, not {_json_type(values)}")
+        raise InputError(f"{field} must be an array of counts, not {json_type(values)}")
     if exact is not None and len(values) != exact:
         raise InputError(f"{field} must have {exact} bins, not {len(values)}")
     if not 0 < len(values) <= MAX_BINS:
@@ -402,7 +352,7 @@ def _latency_from_json(raw: Any) -> LatencySketch:
 
 def _features_from_json(raw: Any) -> tuple[FeatureSketch, ...]:
     if not isinstance(raw, list):
-        raise InputError(f"report field 'features' must be an array, not {_json_type(raw)}")
+        raise InputError(f"report field 'features' must be an array, not {json_type(raw)}")
     if not 0 < len(raw) <= MAX_FEATURES:
         raise InputError(f"report field 'features' has {len(raw)} features; 1 to {MAX_FEATURES}")
     features: list[FeatureSketch] = []

@@ -108,6 +108,10 @@ class Topics:
     def status(self, device_id: str) -> str:
         return f"{self.base}/devices/{validate_device_id(device_id)}/status"
 
+    def ack(self, device_id: str) -> str:
+        """Where monitors tell a device which of its reports are stored (QoS 1)."""
+        return f"{self.base}/devices/{validate_device_id(device_id)}/ack"
+
     @property
     def all_reports(self) -> str:
         return f"{self.base}/devices/+/report"
@@ -115,6 +119,10 @@ class Topics:
     @property
     def all_status(self) -> str:
         return f"{self.base}/devices/+/status"
+
+    @property
+    def all_acks(self) -> str:
+        return f"{self.base}/devices/+/ack"
 
     def device_id_from(self, topic: str) -> str:
         """The device id of a report or status topic of this fleet; :class:`InputError`

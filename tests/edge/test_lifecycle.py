@@ -18,6 +18,7 @@ from edgefleet.edge.agent.lifecycle import (
     Target,
     UpdateMachine,
 )
+from edgefleet.errors import BrokerError
 
 TARGET = Target("churn", "1.1.0", "onnx", "a" * 64, "b" * 64, "c" * 64)
 
@@ -133,3 +134,72 @@ def test_only_idle_starts_an_update(tmp_path: Path) -> None:
         machine.start(TARGET)
     with pytest.raises(RuntimeError, match="already in state verify"):
         machine.start(TARGET)
+
+
+# -- transient faults: waited out, never counted -----------------------------------------------
+
+
+class Flaky(Recorder):
+    """Download raises BrokerError ``times`` times, then works."""
+
+    def __init__(self, times: int):
+        super().__init__()
+        self.times = times
+
+    def step(self, state: State):  # type: ignore[no-untyped-def]
+        inner = super().step(state)
+
+        def run(target: Target) -> None:
+            if state is State.DOWNLOAD and self.times > 0:
+                self.times -= 1
+                self.calls.append(state)
+                raise BrokerError("client x is not connected: call connect() first")
+            inner(target)
+
+        return run
+
+
+def test_a_transient_failure_waits_and_retries_instead_of_rolling_back(tmp_path: Path) -> None:
+    recorder = Flaky(times=5)
+    machine = UpdateMachine(tmp_path / "update.json", recorder.steps(), first_retry_delay=2.0)
+    machine.start(TARGET)
+    assert machine.record.state is State.DOWNLOAD
+    assert machine.waiting
+    assert "not connected" in str(machine.record.error)
+    delay = machine.seconds_until_retry()
+    assert delay is not None
+    assert 1.0 < delay <= 2.4
+    for _ in range(4):
+        machine.retry()
+        assert machine.waiting
+    assert machine.record.waits == 5
+    assert machine.seconds_until_retry() is not None
+    assert machine.seconds_until_retry() > 10  # type: ignore[operator]  # doubled 4 times
+    machine.retry()
+    assert recorder.calls == [State.DOWNLOAD] * 6 + HAPPY[1:]
+    assert machine.record.state is State.IDLE
+    assert not machine.waiting
+    assert machine.record.failed == ()  # nothing was held against the target
+
+
+def test_a_restart_while_waiting_does_not_count_toward_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "update.json"
+    UpdateMachine(path, Flaky(times=1).steps(), max_attempts=1).start(TARGET)
+    for _ in range(3):  # three restarts while the broker stays away
+        machine = UpdateMachine(path, Flaky(times=1).steps(), max_attempts=1)
+        machine.resume()
+        assert machine.waiting
+        assert machine.record.attempts == 1
+    machine = UpdateMachine(path, Recorder().steps(), max_attempts=1)
+    machine.resume()
+    assert machine.record.state is State.IDLE
+    assert machine.record.failed == ()
+
+
+def test_a_waiting_target_the_rollout_left_is_abandoned_not_failed(tmp_path: Path) -> None:
+    machine = UpdateMachine(tmp_path / "update.json", Flaky(times=1).steps())
+    machine.start(TARGET)
+    machine.abandon()
+    assert machine.record.state is State.IDLE
+    assert machine.record.target is None
+    assert not machine.has_failed(TARGET)

@@ -339,3 +339,78 @@ def test_durability_settings(tmp_path: Path) -> None:
         db = box._db
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+
+
+# -- end-to-end acks: pending -> sent -> deleted on the monitor's ack -------------------------
+
+
+def _report(box: Outbox, sequence: int) -> int:
+    return box.put_report("r", lambda dropped: b"report %d" % sequence, sequence=sequence)
+
+
+def test_a_sent_report_stays_until_its_ack_and_is_due_again_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    with Outbox(tmp_path / "out.db", clock=clock) as box:
+        for sequence in (1, 2, 3):
+            _report(box, sequence)
+        items = box.due(10)
+        assert [i.sequence for i in items] == [1, 2, 3]
+        box.mark_sent(items, lambda attempts: 10.0 * attempts)
+        assert box.due(10) == []  # sent, waiting for the ack
+        assert box.stats().pending == 3
+        assert box.stats().awaiting_ack == 3
+        assert box.next_due() == pytest.approx(10.0)
+        assert box.ack_sequences([(1, 1), (3, 7)]) == 2
+        clock.now += 10.0
+        (again,) = box.due(10)
+        assert (again.sequence, again.attempts) == (2, 1)
+        box.mark_sent([again], lambda attempts: 10.0 * attempts)
+        clock.now += 19.0
+        assert box.due(10) == []  # the second wait doubled
+        clock.now += 1.0
+        assert [i.attempts for i in box.due(10)] == [2]
+        assert box.ack_sequences([(2, 2)]) == 1
+        assert box.ack_sequences([(2, 2)]) == 0  # a repeated ack is harmless
+        assert box.stats().pending == 0
+        assert box.next_due() is None
+
+
+def test_sent_state_survives_reopening(tmp_path: Path) -> None:
+    clock = Clock()
+    with Outbox(tmp_path / "out.db", clock=clock) as box:
+        _report(box, 1)
+        box.mark_sent(box.due(1), lambda attempts: 30.0)
+    with Outbox(tmp_path / "out.db", clock=clock) as box:
+        assert box.due(1) == []
+        assert box.stats().awaiting_ack == 1
+        clock.now += 30.0
+        assert [i.sequence for i in box.due(1)] == [1]
+
+
+def test_an_outbox_of_the_first_format_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+        "qos INTEGER NOT NULL, created REAL NOT NULL, size INTEGER NOT NULL, "
+        "carried INTEGER NOT NULL, payload BLOB NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO messages (topic, qos, created, size, carried, payload) "
+        "VALUES ('t', 1, ?, 5, 0, x'6f6c6421')",
+        (time.time(),),
+    )
+    db.commit()
+    db.close()
+    with Outbox(path) as box:
+        (item,) = box.due(5)
+        assert (item.payload, item.sequence, item.attempts) == (b"old!", None, 0)
+        _report(box, 7)
+        assert [i.sequence for i in box.due(5)] == [None, 7]
+
+
+def test_report_sequences_are_checked(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "out.db") as box, pytest.raises(InputError, match="sequence"):
+        box.put_report("r", lambda dropped: b"x", sequence=-1)

@@ -10,11 +10,15 @@
   monitor processes split a fleet. They may write to the same database: the store's
   ``INSERT ... ON CONFLICT DO NOTHING`` keeps a report that reaches two of them (a device's
   retry, a redelivery after a reconnect) to one row.
-- **Acknowledged after the commit**: paho runs with manual acknowledgements, and a report's
-  PUBACK goes out only once the transaction holding it committed (in the order the reports
-  arrived, as MQTT requires). A monitor that crashes, loses its database or its connection
-  leaves its unacknowledged reports with the broker, which redelivers them when the session
-  reconnects; the store counts any it had already kept as duplicates.
+- **Acknowledged after the commit, end to end**: after each commit the monitor tells every
+  device of the batch which of its sequences are now in the store, on the device's ``ack``
+  topic (:mod:`edgefleet.edge.ack`: one message per device per batch, ranges merged), and
+  only then sends the broker its PUBACKs (manual acknowledgements, in arrival order, as MQTT
+  requires). The device deletes a report from its outbox on that ack alone, so a broker
+  that dies with reports it had acknowledged, or a monitor that dies between its commit and
+  its acks, loses nothing: the device re-sends, the store counts a duplicate, and the
+  duplicate is acknowledged. Several monitors on one database agree, since each acknowledges
+  what it found in the store, stored by itself or by another.
 - **Persistent session** with a stable client id (the caller's): the subscription and the
   reports queued for it outlive a restart. Mosquitto also gives an *offline* member of a
   shared subscription its share, queued until it returns (or its session expires), so a
@@ -45,11 +49,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import signal
 import ssl
 import threading
 import time
 import uuid
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +75,7 @@ from edgefleet.central.monitor.store import (
     PreparedBatch,
     prepare,
 )
+from edgefleet.edge.ack import Ack
 from edgefleet.edge.mqtt import DEFAULT_SESSION_EXPIRY, START_HINT, BrokerAddress
 from edgefleet.edge.topics import DEFAULT_PREFIX, Topics, validate_name
 from edgefleet.errors import BrokerError, InputError
@@ -78,6 +85,10 @@ __all__ = ["DEFAULT_GROUP", "CachedVersions", "Monitor", "MonitorStats", "share_
 logger = logging.getLogger("edgefleet.monitor")
 
 DEFAULT_GROUP = "edgefleet-monitor"
+FAULT_KILL_AFTER_COMMITS = "EDGEFLEET_FAULT_MONITOR_KILL_AFTER_COMMITS"
+"""Fault injection for the crash tests: when set to N, the monitor sends itself SIGKILL
+right after its N-th commit, before any ack or PUBACK of that batch went out: the worst
+moment, with reports stored that nobody was told about."""
 _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _ONE_BY_ONE_AFTER = 3
 
@@ -100,6 +111,8 @@ class MonitorStats:
     store_errors: int
     queued: int
     connected: bool
+    acks_sent: int = 0
+    """Ack messages sent to devices (one per device per committed batch, at least)."""
 
     @property
     def processed(self) -> int:
@@ -215,6 +228,10 @@ class Monitor:
         self._received = 0
         self._counts = IngestCounts()
         self._store_errors = 0
+        self._acks_sent = 0
+        self._commits = 0
+        # What the batch being written found in the store (writer thread only).
+        self._committed: list[tuple[str, str, int]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -327,6 +344,7 @@ class Monitor:
                 store_errors=self._store_errors,
                 queued=len(self._pending),
                 connected=self._connected.is_set(),
+                acks_sent=self._acks_sent,
             )
 
     def wait_processed(self, count: int, timeout: float = 30.0) -> bool:
@@ -533,6 +551,7 @@ class Monitor:
         )
 
     def _count(self, counts: IngestCounts) -> None:
+        self._committed.extend(counts.committed)
         with self._progress:
             self._counts = self._counts + counts
             self._progress.notify_all()
@@ -591,12 +610,42 @@ class Monitor:
                 attempt += 1
 
     def _acknowledge(self, items: list[_Delivery]) -> None:
+        self._commits += 1
+        if os.environ.get(FAULT_KILL_AFTER_COMMITS) == str(self._commits):
+            os.kill(os.getpid(), signal.SIGKILL)
+        committed, self._committed = self._committed, []
         client = self._client
         if client is None:
             return
+        try:
+            self._send_acks(client, committed)
+        except Exception:  # never stop storing over an ack: the devices re-send
+            logger.exception("monitor %s: sending acks failed", self.client_id)
         generation = self._generation
         for item in items:
             # A delivery of an earlier connection: the broker redelivers it on this one
             # (persistent session) and it is acknowledged then, as a duplicate.
             if item.qos and item.generation == generation:
                 client.ack(item.mid, item.qos)
+
+    def _send_acks(self, client: paho.Client, committed: list[tuple[str, str, int]]) -> None:
+        """Tell each device which of its reports the store now holds. An ack that paho
+        cannot take is only logged: the device re-sends, and the re-send is acknowledged."""
+        by_device: defaultdict[str, list[int]] = defaultdict(list)
+        for _, device_id, sequence in committed:
+            by_device[device_id].append(sequence)
+        sent = 0
+        for device_id, sequences in by_device.items():
+            for ack in Ack.from_sequences(device_id, sequences):
+                info = client.publish(self.topics.ack(device_id), ack.encode(), qos=1)
+                if info.rc == paho.MQTT_ERR_SUCCESS or info.rc == paho.MQTT_ERR_NO_CONN:
+                    sent += 1
+                else:
+                    logger.warning(
+                        "monitor %s: ack to %s not sent: %s",
+                        self.client_id,
+                        device_id,
+                        paho.error_string(info.rc),
+                    )
+        with self._lock:
+            self._acks_sent += sent

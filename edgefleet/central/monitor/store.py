@@ -143,6 +143,10 @@ class IngestCounts:
     stored: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    committed: tuple[tuple[str, str, int], ...] = field(default=(), compare=False, repr=False)
+    """``(fleet, device_id, sequence)`` of every report this call found in the store after
+    its commit (stored now or before): what the monitor acknowledges to the devices. Sums
+    of counts leave it out."""
 
     def __add__(self, other: IngestCounts) -> IngestCounts:
         return IngestCounts(
@@ -442,7 +446,9 @@ class MonitorStore:
                     self._add_quarantine(connection, refused)
         except SQLAlchemyError as error:
             raise StoreError(f"cannot store reports in {self.display}: {error}") from None
-        return IngestCounts(stored, len(rows) - stored + repeated, len(refused))
+        return IngestCounts(
+            stored, len(rows) - stored + repeated, len(refused), committed=tuple(rows)
+        )
 
     def quarantine_message(
         self, topic: str, payload: bytes, reason: str, *, fleet: str | None = None

@@ -5,12 +5,16 @@ own target (stable or canary, by the deterministic rule), installs it through th
 lifecycle, and scores locally with the active model whatever the network does. Every
 window (``report_seconds`` or ``report_records``, whichever comes first) it rolls its
 sketches into a report and puts it in the on-disk outbox; a sender thread publishes the
-outbox in order at QoS 1 and removes each message only once the broker acknowledged it,
-so nothing is lost while the broker or the network is away, nor when the agent dies.
+outbox in order at QoS 1, and a report leaves the outbox only when a monitor acknowledges
+that it is *stored* (:mod:`edgefleet.edge.ack`, on the device's ``ack`` topic). A report
+not acknowledged within ``ack_timeout`` is sent again, with the timeout doubling (up to
+``ack_timeout_max``) and jittered. So nothing is lost while the broker or the network is
+away, nor when the broker dies with reports it had acknowledged, nor when the agent dies.
 
-Threads: paho's network thread only enqueues (rollout messages); one update thread runs
-installs; one sender thread drains the outbox; one timer thread closes report windows.
-Scoring runs on the caller's thread.
+Threads: paho's network thread only enqueues (rollout messages, acks); one update thread
+runs installs; one sender thread drains the outbox and applies acks; one timer thread
+closes report windows and refreshes the retained status. Scoring runs on the caller's
+thread.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import contextlib
 import json
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.edge.ack import Ack
 from edgefleet.edge.agent.installer import ActiveModel, Installer
 from edgefleet.edge.agent.lifecycle import State, Target, UpdateMachine, UpdateRecord
 from edgefleet.edge.agent.store import ModelStore, atomic_write
 from edgefleet.edge.backends.base import choose_format
 from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.mqtt import BrokerAddress, MqttClient, Will
-from edgefleet.edge.outbox import Outbox
+from edgefleet.edge.mqtt import BrokerAddress, MqttClient, PublishHandle, Will
+from edgefleet.edge.outbox import Outbox, OutboxItem
 from edgefleet.edge.report import Report
 from edgefleet.edge.rollout import (
     Cohort,
@@ -78,6 +84,12 @@ class AgentConfig:
     outbox_messages: int = 10_000
     outbox_bytes: int = 50 * 1024 * 1024
     outbox_ttl_seconds: float = 7 * 24 * 3600
+    ack_timeout: float = 30.0
+    """Seconds a sent report waits for a monitor's ack before it is sent again."""
+    ack_timeout_max: float = 600.0
+    """The cap of the doubling re-send timeout."""
+    status_seconds: float = 60.0
+    """How often the retained status is refreshed (outbox counts change between events)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,9 @@ class Agent:
         self._rollouts: queue.Queue[bytes | None] = queue.Queue()
         self._stop = threading.Event()
         self._outbox_ready = threading.Event()
+        # Acks received on the network thread, applied to the outbox by the sender thread.
+        self._acks: deque[tuple[tuple[int, int], ...]] = deque(maxlen=10_000)
+        self.acks_refused = 0
         self._threads: list[threading.Thread] = []
         self.client = MqttClient(
             config.broker,
@@ -221,17 +236,34 @@ class Agent:
             return
         if failure is not None and self.last_problem == failure:
             self.last_problem = None  # connected now: "unreachable" is no longer true
+        self.client.subscribe(self.topics.ack(self.config.device_id), self._on_ack_message)
         self.client.subscribe(self.topics.rollout, self._on_rollout_message)
         self._publish_status("online")
 
     def _on_rollout_message(self, topic: str, payload: bytes, retained: bool) -> None:
         self._rollouts.put(payload)  # never verify or download on the network thread
 
+    def _on_ack_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            ack = Ack.decode(payload)
+            if ack.device_id != self.config.device_id:
+                raise InputError(f"the ack names device {ack.device_id!r}")
+        except InputError as error:
+            self.acks_refused += 1
+            logger.warning("%s: ack ignored: %s", self.config.device_id, error)
+            return
+        self._acks.append(ack.ranges)
+        self._outbox_ready.set()
+
     def _update_loop(self) -> None:
         if self.machine.record.state is not State.IDLE:
-            self.machine.resume()  # an update interrupted by a crash
+            self.machine.resume()  # an update interrupted by a crash, or waiting to retry
         while not self._stop.is_set():
-            payload = self._rollouts.get()
+            try:
+                payload = self._rollouts.get(timeout=self.machine.seconds_until_retry())
+            except queue.Empty:
+                self.machine.retry()  # a transient fault (the broker away) may have passed
+                continue
             if payload is None:
                 return
             try:
@@ -263,8 +295,13 @@ class Agent:
                 if self._window is not None:
                     self._window.cohort = cohort
         self._cohort = cohort
+        self._settle_waiting(ref)
         active = self.installer.active
-        if ref is not None and (active is None or active.manifest_sha256 != ref.manifest_sha256):
+        if (
+            not self.machine.waiting
+            and ref is not None
+            and (active is None or active.manifest_sha256 != ref.manifest_sha256)
+        ):
             # Refuse a downgrade before downloading anything (verify checks it again on
             # the signed manifest itself).
             check_version(state, ref, active.scorer.manifest.version if active else None)
@@ -292,6 +329,17 @@ class Agent:
         self._save_state()
         self._publish_status("online")
 
+    def _settle_waiting(self, ref: ModelRef | None) -> None:
+        """A new rollout state while an update waits out a transient fault: retry it now
+        if the state still names that model, else abandon it for what the state says."""
+        waiting = self.machine.record.target if self.machine.waiting else None
+        if waiting is None:
+            return
+        if ref is not None and ref.manifest_sha256 == waiting.manifest_sha256:
+            self.machine.retry()
+        else:
+            self.machine.abandon()
+
     def _fetch(self, sha256: str) -> bytes:
         # An update resumed right after a restart runs before the connect thread got
         # through: wait for the connection (within the fetch timeout) instead of failing.
@@ -312,8 +360,11 @@ class Agent:
 
     def _on_update_record(self, record: UpdateRecord) -> None:
         # The record after a rollback no longer names its target: the problem set while
-        # it did (with the version) stands.
-        if record.error and record.target is not None:
+        # it did (with the version) stands. A wait for the broker is not a failure:
+        # status() words it with the time of the next try.
+        if record.retry_at is not None:
+            self._publish_status_soon()
+        elif record.error and record.target is not None:
             self.last_problem = f"update of {record.target.version} failed: {record.error}"
             if record.state is State.ROLLBACK:
                 logger.warning("%s: %s", self.config.device_id, self.last_problem)
@@ -439,11 +490,12 @@ class Agent:
                 dropped_reports=dropped,
             ).encode()
 
-        self.outbox.put_report(self.topics.report(self.config.device_id), build)
+        self.outbox.put_report(self.topics.report(self.config.device_id), build, sequence=sequence)
         self._outbox_ready.set()
         return sequence
 
     def _window_loop(self) -> None:
+        last_status = time.monotonic()
         while not self._stop.wait(min(1.0, self.config.report_seconds)):
             with self._window_lock:
                 due = (
@@ -452,32 +504,80 @@ class Agent:
                 )
             if due:
                 self.close_window()
+            if time.monotonic() - last_status >= self.config.status_seconds:
+                last_status = time.monotonic()
+                if self.client.is_connected:
+                    self._publish_status("online")
 
     def _send_loop(self) -> None:
-        """Publish the outbox in order; ack (delete) each message only after the broker's
-        PUBACK, so a crash or a lost connection re-sends instead of losing."""
+        """Publish what the outbox says is due, in order; apply the monitors' acks."""
         while not self._stop.is_set():
-            self._outbox_ready.wait(1.0)
+            next_due = self.outbox.next_due()
+            self._outbox_ready.wait(1.0 if next_due is None else min(1.0, next_due))
             self._outbox_ready.clear()
+            self._apply_acks()
             while not self._stop.is_set() and self.client.is_connected:
-                items = self.outbox.peek(50)
-                if not items:
+                items = self.outbox.due(50)
+                if not items or not self._send(items):
                     break
-                acknowledged: list[int] = []
-                try:
-                    handles = [
-                        (item.id, self.client.publish(item.topic, item.payload, qos=1))
-                        for item in items
-                    ]
-                    for identifier, handle in handles:
-                        handle.wait(timeout=30)
-                        acknowledged.append(identifier)
-                    self.outbox.ack_many(acknowledged)
-                except BrokerError as error:
-                    self.outbox.ack_many(acknowledged)
-                    logger.info("%s: sending paused: %s", self.config.device_id, error)
-                    self._stop.wait(0.5)
-                    break
+                self._apply_acks()
+
+    def _apply_acks(self) -> None:
+        ranges: list[tuple[int, int]] = []
+        while self._acks:
+            ranges.extend(self._acks.popleft())
+        if ranges:
+            self.outbox.ack_sequences(ranges)
+
+    def _send(self, items: list[OutboxItem]) -> bool:
+        """Hand ``items`` to the broker and mark them sent; False when sending must pause.
+        Reports wait for a monitor's ack; a message without a sequence goes on PUBACK."""
+        handles = []
+        error: BrokerError | None = None
+        try:
+            for item in items:
+                handles.append((item, self.client.publish(item.topic, item.payload, qos=1)))
+        except BrokerError as failure:
+            error = failure
+        if handles:
+            self.outbox.mark_sent([item for item, _ in handles], self._retry_after)
+        try:
+            self._remove_on_puback([(i.id, h) for i, h in handles if i.sequence is None])
+        except BrokerError as failure:
+            error = error or failure
+        if error is not None:
+            logger.info("%s: sending paused: %s", self.config.device_id, error)
+            self._stop.wait(0.5)
+        return error is None
+
+    def _remove_on_puback(self, handles: list[tuple[int, PublishHandle]]) -> None:
+        acknowledged: list[int] = []
+        try:
+            for identifier, handle in handles:
+                handle.wait(timeout=30)
+                acknowledged.append(identifier)
+        finally:
+            self.outbox.ack_many(acknowledged)
+
+    def _retry_after(self, attempts: int) -> float:
+        # Doubling, capped, with jitter: devices that lost one broker together must not
+        # all re-send in the same second when it comes back.
+        base = min(self.config.ack_timeout_max, self.config.ack_timeout * 2.0 ** (attempts - 1))
+        return base * random.uniform(0.8, 1.2)
+
+    def _publish_status_soon(self) -> None:
+        if self.client.is_connected:
+            self._publish_status("online")
+
+    def _problem(self) -> str | None:
+        record = self.machine.record
+        wait = self.machine.seconds_until_retry()
+        if wait is None or record.target is None:
+            return self.last_problem
+        return (
+            f"update of {record.target.version} waiting for the broker, retry in "
+            f"{wait:.0f} s ({record.error})"
+        )
 
     def status(self) -> dict[str, Any]:
         active = self.installer.active
@@ -493,10 +593,11 @@ class Agent:
             "cohort": self._cohort,
             "device_group": self.config.device_group,
             "update_state": record.state.value,
-            "problem": self.last_problem,
+            "problem": self._problem(),
             "rollout_sequence": self._applied_rollout,
-            "reports_sent": self._sequence - stats.pending,
+            "reports_stored": self._sequence - stats.pending,
             "outbox_pending": stats.pending,
+            "outbox_awaiting_ack": stats.awaiting_ack,
             "outbox_dropped": stats.dropped_overflow + stats.dropped_expired,
             "time": time.time(),
         }

@@ -11,13 +11,23 @@ resumes from the step it was in: downloads are content-addressed and skip comple
 verification and self-test are pure, activation re-points the same pointer. A target that
 keeps failing (``max_attempts`` starts, e.g. a model that crashes the process) is rolled
 back and remembered as failed, so the device does not loop on it.
+
+Transient failures are not failures: a step that raises :class:`TRANSIENT` (the broker is
+away, not connected, did not answer in time, or no longer holds a model it will get back)
+leaves the record in its state with ``retry_at`` set, and :meth:`UpdateMachine.retry` runs
+it again after a doubling, jittered delay (up to ``max_retry_delay``). Only deterministic
+failures (hash, signature, downgrade, self-test) and process deaths count toward
+``max_attempts``. Whoever drives the machine abandons a waiting target (:meth:`abandon`)
+when the rollout no longer names it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
@@ -25,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.edge.agent.store import atomic_write
+from edgefleet.errors import BrokerError
+
+TRANSIENT: tuple[type[Exception], ...] = (BrokerError,)
+"""Step failures that say nothing about the model: retried, never counted."""
 
 
 class State(StrEnum):
@@ -89,6 +103,10 @@ class UpdateRecord:
     # Targets that failed, as failure keys: not retried under the same rollout state (a
     # model that kills the process must not loop), retried when a new state names them.
     failed: tuple[str, ...] = ()
+    # Set while the step of ``state`` waits to be retried after a transient failure: the
+    # wall-clock time of the next try, and how many tries in a row have failed so.
+    retry_at: float | None = None
+    waits: int = 0
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = asdict(self)
@@ -105,6 +123,8 @@ class UpdateRecord:
             attempts=int(raw["attempts"]),
             error=raw.get("error"),
             failed=tuple(raw.get("failed", ())),
+            retry_at=raw.get("retry_at"),
+            waits=int(raw.get("waits", 0)),
         )
 
 
@@ -158,10 +178,14 @@ class UpdateMachine:
         *,
         max_attempts: int = 3,
         observer: Observer = lambda _: None,
+        first_retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
     ):
         self.path = Path(path)
         self.steps = steps
         self.max_attempts = max_attempts
+        self.first_retry_delay = first_retry_delay
+        self.max_retry_delay = max_retry_delay
         self.observer = observer
         self.record = self._load()
 
@@ -190,10 +214,36 @@ class UpdateMachine:
         self._save(replace(self.record, state=state, target=target, attempts=1, error=None))
         self.run()
 
+    @property
+    def waiting(self) -> bool:
+        """True while a step waits to be retried after a transient failure."""
+        return self.record.retry_at is not None
+
+    def seconds_until_retry(self) -> float | None:
+        """Seconds until :meth:`retry` is due (0 if overdue), None when not waiting."""
+        retry_at = self.record.retry_at
+        return None if retry_at is None else max(0.0, retry_at - time.time())
+
+    def retry(self) -> None:
+        """Run the waiting step again now."""
+        if self.waiting:
+            self._save(replace(self.record, retry_at=None, error=None))
+            self.run()
+
+    def abandon(self) -> None:
+        """Drop a target that waits for a transient fault to pass (the rollout moved on):
+        back to Idle, not remembered as failed, since nothing said it was bad."""
+        if self.waiting:
+            self._save(replace(self.record, state=State.IDLE, target=None, retry_at=None, waits=0))
+
     def resume(self) -> None:
         """After a restart: continue an interrupted update, or give up on one that has been
-        started too often (it may be what killed the process)."""
+        started too often (it may be what killed the process). A step that was waiting
+        out a transient fault did not kill anything: its retry does not count."""
         if self.record.state is State.IDLE or self.record.target is None:
+            return
+        if self.waiting:
+            self.retry()
             return
         attempts = self.record.attempts + 1
         if attempts > self.max_attempts and self.record.state is not State.ROLLBACK:
@@ -219,6 +269,9 @@ class UpdateMachine:
             try:
                 self.steps.for_state(state)(target)
                 event = Event.OK
+            except TRANSIENT as failure:
+                self._wait(f"{state.value}: {failure}")
+                return
             except Exception as failure:  # a step's failure of any kind is the FAILURE event
                 event = Event.FAILURE
                 error = f"{state.value}: {failure}"
@@ -227,6 +280,7 @@ class UpdateMachine:
                 self.record,
                 state=next_state,
                 error=error if error is not None else self.record.error,
+                waits=0,
             )
             if state is State.ROLLBACK:
                 failed = (*self.record.failed, target.failure_key)[-self.FAILED_MEMORY :]
@@ -234,3 +288,9 @@ class UpdateMachine:
             elif state is State.COMMIT and event is Event.OK:
                 record = replace(record, target=None, error=None)
             self._save(record)
+
+    def _wait(self, error: str) -> None:
+        waits = self.record.waits + 1
+        delay = min(self.max_retry_delay, self.first_retry_delay * 2.0 ** (waits - 1))
+        delay *= random.uniform(0.8, 1.2)  # a fleet that lost its broker retries spread out
+        self._save(replace(self.record, error=error, retry_at=time.time() + delay, waits=waits))
