@@ -13,7 +13,9 @@ one retained on the broker and the one in the local state file
 So a lost state file is recovered from the broker, and a broker that lost its database gets
 the newest state back at the next change. The state file also remembers every model
 published to the fleet, which ``rollback --to VERSION`` needs (the broker keeps only the
-current state).
+current state), and every published file is kept content-addressed beside it
+(``HOME/fleets/content/{sha256}``), so :mod:`edgefleet.central.keeper` can put the retained
+state and models back on a broker that lost them.
 
 Version rules: a new stable version must be higher than the current one (a lower one is a
 rollback: ``rollback --to``), and a canary must be higher than stable. A canary republished
@@ -63,6 +65,26 @@ def state_file_for(home: Path, fleet: str) -> Path:
     """``HOME/fleets/FLEET.json``: the local copy of a fleet's rollout state."""
     Topics(fleet)  # validates the name before it becomes a file name
     return Path(home) / "fleets" / f"{fleet}.json"
+
+
+def content_dir_for(state_file: Path) -> Path:
+    """Where the files published beside ``state_file`` are kept, named by sha256."""
+    return state_file.parent / "content"
+
+
+def atomic_save(path: Path, data: bytes) -> None:
+    """Write beside and rename: a crash leaves the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".part-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -251,23 +273,14 @@ class FleetControl:
             "rollout": envelope.decode("ascii"),
             "models": {key: ref.to_dict() for key, ref in sorted(known.items())},
         }
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside and renamed: a crash leaves the old file or the new, never half.
-        handle, temporary = tempfile.mkstemp(prefix=".state-", dir=self.state_file.parent)
-        try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(document, out, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.state_file)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_save(self.state_file, json.dumps(document, indent=1).encode())
 
     # -- content ------------------------------------------------------------------------------
 
     def send_contents(self, contents: list[_Content]) -> tuple[int, tuple[str, ...]]:
-        """Publish every content retained at QoS 1 and wait for all acknowledgements."""
+        """Publish every content retained at QoS 1 and wait for all acknowledgements;
+        keep a copy of each beside the state file for the keeper."""
+        self._keep(contents)
         handles: list[tuple[_Content, PublishHandle]] = []
         total = sum(len(c.data) for c in contents)
         self.progress(f"sending {len(contents)} files, {total:,} bytes, to {self.broker.display}")
@@ -283,6 +296,14 @@ class FleetControl:
                 f"models/{content.sha256[:12]}  acknowledged ({sent:,}/{total:,})"
             )
         return sent, tuple(h.topic for _, h in handles)
+
+    def _keep(self, contents: list[_Content]) -> None:
+        if self.state_file is None:
+            return
+        folder = content_dir_for(self.state_file)
+        for content in contents:
+            if not (folder / content.sha256).is_file():
+                atomic_save(folder / content.sha256, content.data)
 
     def require_content(self, ref: ModelRef) -> None:
         """Refuse to point the fleet at a model whose manifest the broker no longer holds."""

@@ -87,6 +87,20 @@ def register(subparsers: Any) -> None:
     _signing_key(rollback)
     _fleet_options(rollback)
     rollback.set_defaults(handler=run_rollback)
+    restore = actions.add_parser(
+        "restore",
+        help="put the rollout state and models back on a broker that lost them",
+        description="Compare what the broker retains for the fleet with the state file "
+        "(HOME/fleets/FLEET.json) and the published files kept beside it, and re-publish "
+        "the signed rollout state and the files of its models where the broker lost them "
+        "(e.g. restarted without its database). Signs nothing. 'edgefleet watch' does this "
+        "every --keep-seconds on its own.",
+    )
+    restore.add_argument(
+        "--key", type=Path, help="trusted public key (default: HOME/keys/edgefleet.pub)"
+    )
+    _fleet_options(restore)
+    restore.set_defaults(handler=run_restore)
     add_decisions_command(actions, "history")
 
 
@@ -162,6 +176,34 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         say("signature OK")
         print(describe_state(state))
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    from edgefleet.central.keeper import RetainedKeeper
+    from edgefleet.edge.scorer import trusted_keys_from
+    from edgefleet.errors import InputError
+
+    public = args.key or Path(args.home) / "keys" / "edgefleet.pub"
+    state_file = _state_file(args)
+    if not state_file.is_file():
+        raise InputError(
+            f"no state file {state_file}: this home never published to fleet {args.fleet}"
+        )
+    keeper = RetainedKeeper(
+        args.fleet,
+        broker_from_args(args),
+        trusted_keys_from(public),
+        state_file,
+        prefix=args.prefix,
+        progress=say,
+    )
+    keeper.connect()
+    try:
+        restored = keeper.check()
+    finally:
+        keeper.stop()
+    print(f"restored {len(restored)} retained message(s)" if restored else "nothing was missing")
     return 0
 
 

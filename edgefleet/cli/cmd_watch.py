@@ -13,6 +13,7 @@ from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
 from edgefleet.cli.progress import say
 
 if TYPE_CHECKING:
+    from edgefleet.central.keeper import RetainedKeeper
     from edgefleet.central.monitor.alerts import AlertRules
     from edgefleet.central.monitor.loop import RetrainLoop
     from edgefleet.central.monitor.store import MonitorStore
@@ -164,6 +165,13 @@ def register(subparsers: Any) -> None:
     )
     watch.add_argument(
         "--steps", type=int, help="stop after this many windows (default: until Ctrl-C)"
+    )
+    watch.add_argument(
+        "--keep-seconds",
+        type=float,
+        default=30.0,
+        help="how often to check that the broker still holds the fleet's rollout state and "
+        "models, re-publishing what it lost (default: 30; 0 turns it off)",
     )
     watch.set_defaults(handler=run_watch)
 
@@ -331,6 +339,7 @@ def run_watch(args: argparse.Namespace) -> int:
         )
         monitor.start()
         say(f"storing the reports of fleet {args.fleet}; a step every {args.window:g} s")
+    keeper = _keeper(args, loop)
     from edgefleet.errors import EdgefleetError
 
     try:
@@ -349,4 +358,25 @@ def run_watch(args: argparse.Namespace) -> int:
     finally:
         if monitor is not None:
             monitor.stop()
+        if keeper is not None:
+            keeper.stop()
     return 0
+
+
+def _keeper(args: argparse.Namespace, loop: RetrainLoop) -> RetainedKeeper | None:
+    from edgefleet.central.keeper import RetainedKeeper
+    from edgefleet.central.publish import state_file_for
+    from edgefleet.edge.signing import TrustedKey
+
+    if not args.keep_seconds > 0:
+        return None
+    trusted = [TrustedKey.from_public_key(loop.private_key.public_key())]
+    return RetainedKeeper(
+        args.fleet,
+        broker_from_args(args),
+        trusted,
+        state_file_for(Path(args.home), args.fleet),
+        prefix=args.prefix,
+        interval=args.keep_seconds,
+        progress=say,
+    ).start()

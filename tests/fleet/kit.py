@@ -9,8 +9,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from edgefleet.central.broker import MosquittoBroker
 from edgefleet.central.export import export_bundle
+from edgefleet.central.monitor.ingest import Monitor
+from edgefleet.central.monitor.store import MonitorStore, reports
 from edgefleet.central.registry import Registry
 from edgefleet.central.trainer import TrainedModel
 from edgefleet.edge.agent.agent import Agent, AgentConfig
@@ -18,6 +22,9 @@ from edgefleet.edge.mqtt import MqttClient
 from edgefleet.edge.report import Report
 from edgefleet.edge.signing import load_private_key, load_public_key
 from edgefleet.edge.topics import Topics
+
+Record = Callable[..., None]
+"""``record_counts(scenario, **counts)`` (the fixture in tests/fleet/conftest.py)."""
 
 
 def export_versions(
@@ -113,3 +120,50 @@ def collecting(broker: MosquittoBroker, fleet: str, client_id: str) -> Iterator[
         yield collector
     finally:
         client.disconnect()
+
+
+def stored_keys(store: MonitorStore, fleet: str) -> set[tuple[str, int]]:
+    """``(device_id, sequence)`` of every report of ``fleet`` in the store."""
+    with store.engine.connect() as connection:
+        rows = connection.execute(
+            select(reports.c.device_id, reports.c.sequence).where(reports.c.fleet == fleet)
+        ).all()
+    return {(device, sequence) for device, sequence in rows}
+
+
+@dataclass
+class Stored:
+    """A real monitor (ingest + store) of a fleet, as the fault tests count with it."""
+
+    monitor: Monitor
+    store: MonitorStore
+    fleet: str
+
+    def key_set(self) -> set[tuple[str, int]]:
+        return stored_keys(self.store, self.fleet)
+
+    def rows(self) -> int:
+        return self.store.report_count(self.fleet)
+
+    def dropped(self) -> int:
+        with self.store.engine.connect() as connection:
+            total = connection.execute(
+                select(func.sum(reports.c.dropped_reports)).where(reports.c.fleet == self.fleet)
+            ).scalar_one()
+        return int(total or 0)
+
+
+@contextmanager
+def monitoring(broker: MosquittoBroker, fleet: str, database: Path) -> Iterator[Stored]:
+    """A monitor with a persistent session storing ``fleet``'s reports in a SQLite file,
+    acknowledging them to the devices after each commit."""
+    store = MonitorStore(f"sqlite:///{database}")
+    monitor = Monitor(
+        fleet, broker.address, store, client_id=f"monitor-{fleet}", flush_seconds=0.05
+    )
+    monitor.start()
+    try:
+        yield Stored(monitor, store, fleet)
+    finally:
+        monitor.stop()
+        store.close()

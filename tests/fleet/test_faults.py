@@ -1,7 +1,7 @@
-"""Fault tests of the fleet against a real Mosquitto: a broker killed while devices report,
-agents killed in the middle of an update, refused rollouts, an outbox that overflows, and
-hostile messages. Every test counts what was sent and what arrived, asserts the counts,
-prints them (``pytest -s``) and appends them as JSON lines to
+"""Fault tests of the fleet's updates against a real Mosquitto: agents killed in the middle
+of an update, refused rollouts, and hostile messages (reports through broker and monitor
+crashes: tests/fleet/test_delivery.py). Every test counts what happened, asserts the
+counts, prints them (``pytest -s``) and appends them as JSON lines to
 ``test-artifacts/fault-counts.jsonl``.
 """
 
@@ -12,15 +12,13 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.central.broker import MosquittoBroker, free_port
 from edgefleet.central.publish import model_ref, publish
-from edgefleet.central.trainer import TrainedModel
 from edgefleet.edge.agent.agent import Agent
 from edgefleet.edge.agent.lifecycle import FAULT_ENVIRONMENT
 from edgefleet.edge.bundle import MANIFEST_FILE, SIGNATURE_FILE, open_bundle
@@ -39,46 +36,12 @@ from edgefleet.edge.mqtt import MqttClient
 from edgefleet.edge.rollout import ModelRef, RolloutState, sign_rollout
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key, sign
 from edgefleet.edge.topics import Topics
-from tests.fleet.kit import agent_config, collecting, export_versions, running, wait_for
+from tests.fleet.kit import Record, agent_config, running, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-COUNTS_FILE = REPO / "test-artifacts" / "fault-counts.jsonl"
-
-Record = Callable[..., None]
 
 
 # -- shared fixtures and helpers ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bundles(
-    trained: Callable[[str], TrainedModel],
-    keypair: tuple[Path, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> list[Path]:
-    """churn 1.0.0 (decision tree) and 1.1.0 (logistic regression), signed by ``keypair``."""
-    return export_versions(trained, keypair, tmp_path_factory.mktemp("faults-home"))
-
-
-@pytest.fixture(scope="module")
-def counts_file() -> Path:
-    COUNTS_FILE.parent.mkdir(exist_ok=True)
-    COUNTS_FILE.write_text("")
-    return COUNTS_FILE
-
-
-@pytest.fixture
-def record_counts(counts_file: Path, request: pytest.FixtureRequest) -> Record:
-    """``record_counts(scenario, sent=..., received=...)``: print the counts and append
-    them to the JSON lines file."""
-
-    def record(scenario: str, **counts: object) -> None:
-        line = json.dumps({"test": request.node.name, "scenario": scenario, **counts})
-        print(f"\nfault counts: {line}")
-        with counts_file.open("a") as out:
-            out.write(line + "\n")
-
-    return record
 
 
 def _records(bundle: Path, count: int = 3) -> list[dict[str, Any]]:
@@ -245,153 +208,6 @@ def _assert_follows(publisher: Publisher, agent: Agent, bundle: Path, **rollout:
     _wait_installed(agent, ref, publisher.sequence)
     assert agent.status()["problem"] is None, agent.status()["problem"]
     assert agent.score(_records(bundle, 1))[0].model_version == ref.version
-
-
-# -- 1. the broker killed while 20 agents report --------------------------------------------
-
-AGENTS = 20
-TICK = 0.05
-"""Each agent scores a record and closes a report window every TICK seconds."""
-
-
-def _saved(broker: MosquittoBroker) -> None:
-    """Make Mosquitto write its database now and wait until it did (the autosave that a
-    broker running for a while would have done: the collector's session is on disk)."""
-
-    def stamp() -> tuple[int, int, int] | None:
-        try:
-            info = broker.database_path.stat()
-        except FileNotFoundError:
-            return None
-        return info.st_ino, info.st_mtime_ns, info.st_size
-
-    before = stamp()
-    broker.save()
-    wait_for(lambda: stamp() != before, what="mosquitto to write its database")
-
-
-def test_broker_killed_and_restarted_while_20_agents_report(
-    own_broker: MosquittoBroker,
-    bundles: list[Path],
-    keypair: tuple[Path, Path],
-    tmp_path: Path,
-    record_counts: Record,
-) -> None:
-    """20 in-process agents score and close a report window every 50 ms; the broker is
-    SIGKILLed, stays down while ~40 windows per agent close, and restarts on the same port
-    from its database. Every (device, sequence) arrives; duplicates are counted apart."""
-    fleet = _fleet()
-    publish(bundles[0], fleet, own_broker.address, load_private_key(keypair[0]))
-    record = _records(bundles[0], 1)[0]
-    closed: dict[str, list[int]] = {f"dev-{i:02d}": [] for i in range(AGENTS)}
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def produce(agent: Agent) -> None:
-        sequences = closed[agent.config.device_id]
-        try:
-            while not stop.is_set():
-                agent.score(record)
-                sequence = agent.close_window()
-                assert sequence is not None
-                sequences.append(sequence)
-                stop.wait(TICK)
-        except BaseException as error:
-            errors.append(error)
-
-    def total() -> int:
-        return sum(len(sequences) for sequences in closed.values())
-
-    with (
-        collecting(own_broker, fleet, f"collector-{fleet}") as collector,
-        ExitStack() as stack,
-    ):
-        agents = [
-            stack.enter_context(
-                running(agent_config(own_broker, keypair, fleet, device, tmp_path / device))
-            )
-            for device in closed
-        ]
-        wait_for(
-            lambda: all(a.model is not None and a.client.is_connected for a in agents),
-            timeout=60,
-            what="every agent to install 1.0.0",
-        )
-        _saved(own_broker)
-        threads = [threading.Thread(target=produce, args=(a,), daemon=True) for a in agents]
-        for thread in threads:
-            thread.start()
-        try:
-            wait_for(lambda: total() >= AGENTS * 10, what="reports before the crash")
-            own_broker.kill()
-            at_kill = total()
-            wait_for(
-                lambda: not any(a.client.is_connected for a in agents),
-                what="the agents to notice",
-            )
-            # About 2 s of reports (40 windows per agent) while the broker is down.
-            wait_for(lambda: total() >= at_kill + AGENTS * 40, what="reports while down")
-            own_broker.start()
-            at_restart = total()
-            wait_for(
-                lambda: all(a.client.is_connected for a in agents),
-                timeout=60,
-                what="the agents to reconnect",
-            )
-            wait_for(lambda: total() >= at_restart + AGENTS * 10, what="reports after")
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
-        assert not errors, errors
-        # Every agent numbered its windows 1, 2, 3, ... without a gap.
-        for device, sequences in closed.items():
-            assert sequences == list(range(1, len(sequences) + 1)), device
-        expected = {(device, s) for device, sequences in closed.items() for s in sequences}
-        sent = total()
-        assert len(expected) == sent
-        timed_out = None
-        try:
-            wait_for(
-                lambda: all(a.outbox.stats().pending == 0 for a in agents),
-                timeout=60,
-                what="every outbox to drain",
-            )
-            wait_for(lambda: collector.unique >= sent, timeout=60, what="every report to arrive")
-        except AssertionError as error:
-            timed_out = str(error)  # the counts below say what is missing
-        with collector.lock:
-            seen = dict(collector.seen)
-            received = len(collector.reports)
-            dropped = sum(r.dropped_reports for r in collector.reports)
-        pending = {a.config.device_id: a.outbox.stats().pending for a in agents}
-        offline = [a.config.device_id for a in agents if not a.client.is_connected]
-    missing = expected - set(seen)
-    extra = set(seen) - expected
-    duplicates = sum(n - 1 for n in seen.values())
-    record_counts(
-        "broker SIGKILL and restart, 20 agents",
-        agents=AGENTS,
-        sent=sent,
-        sent_before_kill=at_kill,
-        sent_while_down=at_restart - at_kill,
-        sent_after_restart=sent - at_restart,
-        received=received,
-        unique=len(seen),
-        duplicates=duplicates,
-        missing=len(missing),
-        dropped=dropped,
-    )
-    assert timed_out is None, (
-        f"{timed_out}: missing {sorted(missing)[:10]}, still in outboxes "
-        f"{ {d: n for d, n in pending.items() if n} }, offline {offline}\n"
-        f"{own_broker.log_tail(40)}"
-    )
-    assert not missing, sorted(missing)[:10]
-    assert not extra, sorted(extra)[:10]
-    assert len(seen) == sent
-    assert received == sent + duplicates
-    assert dropped == 0  # the outbox never overflowed
 
 
 # -- 2. an agent killed during an update ----------------------------------------------------
@@ -799,104 +615,6 @@ def test_refuses_a_replayed_older_rollout(
         assert agent.status()["rollout_sequence"] == 2
         _assert_follows(pub, agent, bundles[0], rollback=True)
     record_counts("replayed rollout", refused=1, followed_after=1, problem=problem)
-
-
-# -- 4. the broker away longer than the outbox holds -----------------------------------------
-
-
-def _outbox_file_bytes(agent: Agent) -> int:
-    path = agent.outbox.path
-    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
-
-
-def _checkpointed_size(path: Path) -> int:
-    """The database file's size after moving its WAL into it (from a second connection,
-    as any SQLite reader may)."""
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    return path.stat().st_size
-
-
-def test_outbox_overflow_while_the_broker_is_away_is_counted(
-    own_broker: MosquittoBroker,
-    bundles: list[Path],
-    keypair: tuple[Path, Path],
-    tmp_path: Path,
-    record_counts: Record,
-) -> None:
-    """outbox_messages=5 and 20 report windows closed while the broker is stopped (the
-    device restarting half-way): 5 kept, 15 dropped, and the drops counted in reports."""
-    fleet = _fleet()
-    publish(bundles[0], fleet, own_broker.address, load_private_key(keypair[0]))
-    records = _records(bundles[0])
-    config = agent_config(own_broker, keypair, fleet, "dev-1", tmp_path / "d", outbox_messages=5)
-    sizes: list[int] = []
-
-    def close_windows(agent: Agent, windows: range) -> None:
-        for window in windows:
-            agent.score(records)
-            assert agent.close_window() == window
-            sizes.append(_outbox_file_bytes(agent))
-
-    with collecting(own_broker, fleet, f"collector-{fleet}") as collector:
-        with running(config) as agent:
-            wait_for(
-                lambda: agent.model is not None and agent.client.is_connected,
-                what="1.0.0 installed",
-            )
-            own_broker.stop()
-            wait_for(lambda: not agent.client.is_connected, what="the agent to notice")
-            close_windows(agent, range(1, 11))
-        # The device restarts while the broker is still away: it scores with its stored
-        # model, and its outbox and drop counters carry on from disk.
-        with running(config) as agent:
-            _wait_problem(agent, "cannot reach the MQTT broker", "the connect failure")
-            close_windows(agent, range(11, 21))
-            stats = agent.outbox.stats()
-            assert (stats.pending, stats.dropped_overflow, stats.dropped_expired) == (5, 15, 0)
-            assert agent.status()["outbox_dropped"] == 15
-            report_bytes = stats.bytes // stats.pending
-            # Bounded: it holds 5 reports, and the file, once its WAL is checkpointed, is
-            # smaller than the 20 reports that went through it.
-            database_bytes = _checkpointed_size(agent.outbox.path)
-            assert database_bytes < 20 * report_bytes
-
-            own_broker.start()
-            wait_for(lambda: collector.unique == 5, timeout=30, what="the 5 kept reports")
-            wait_for(lambda: agent.outbox.stats().pending == 0, what="the outbox to drain")
-            # Connected again: the status no longer says the broker is unreachable.
-            wait_for(lambda: agent.status()["problem"] is None, what="the problem to clear")
-            kept = sorted(collector.reports, key=lambda r: r.sequence)
-            assert [r.sequence for r in kept] == [16, 17, 18, 19, 20]
-            carried_by_kept = sum(r.dropped_reports for r in kept)
-            # A report takes the count when it is put; the drop its own put causes is
-            # carried by the next report (edgefleet/edge/outbox.py): one more window.
-            unreported = agent.outbox.stats().unreported_drops
-            assert carried_by_kept + unreported == 15
-            close_windows(agent, range(21, 22))
-            wait_for(lambda: collector.unique == 6, what="the next report")
-            assert agent.outbox.stats().unreported_drops == 0
-        with collector.lock:
-            received = len(collector.reports)
-            reported_drops = sum(r.dropped_reports for r in collector.reports)
-            duplicates = sum(n - 1 for n in collector.seen.values())
-    record_counts(
-        "outbox overflow while the broker is away",
-        sent=21,
-        kept_while_away=5,
-        dropped=15,
-        received=received,
-        unique=6,
-        duplicates=duplicates,
-        dropped_carried_by_kept=carried_by_kept,
-        dropped_carried_by_next=reported_drops - carried_by_kept,
-        report_bytes=report_bytes,
-        outbox_file_bytes_after_5=sizes[4],
-        outbox_file_bytes_after_20=sizes[19],
-        outbox_database_bytes_checkpointed=database_bytes,
-    )
-    assert reported_drops == 15
-    assert received == 6 + duplicates
 
 
 # -- 5. malformed and hostile messages ------------------------------------------------------

@@ -289,3 +289,56 @@ def test_monitor_and_quarantine_commands(
     out = capsys.readouterr().out
     assert "1 quarantined report(s)" in out
     assert "lacks the field 'schema_version'" in out
+
+
+def test_a_resumed_session_with_more_queued_reports_than_the_queue_holds_starts(
+    broker: MosquittoBroker, unique: str, tmp_path: Path
+) -> None:
+    """Regression: a monitor restarted on a persistent session that the broker had queued
+    300 reports for, with room for 20 in memory, hung in start() (the network thread waited
+    for a writer that was only started after the SUBACK)."""
+    store = MonitorStore(f"sqlite:///{tmp_path / 'm.db'}")
+    first = Monitor(unique, broker.address, store, client_id=f"{unique}-m", max_queued=20)
+    first.start()
+    first.stop()
+    reports = [make_report(f"d{i % 10}", i // 10, fleet=unique, rows=3) for i in range(300)]
+    with publisher(broker, unique) as client:
+        publish(client, unique, reports)
+    second = Monitor(unique, broker.address, store, client_id=f"{unique}-m", max_queued=20)
+    with second:
+        assert second.wait_processed(300, timeout=120), second.stats
+    assert store.report_count(unique) == 300
+    store.close()
+
+
+def test_the_monitor_acknowledges_what_the_store_holds_to_each_device(
+    broker: MosquittoBroker, unique: str, tmp_path: Path
+) -> None:
+    """After each commit, one ack per device on its own topic names the sequences stored,
+    re-sent ones included (a duplicate is stored: acknowledged again)."""
+    from edgefleet.edge.ack import Ack
+
+    store = MonitorStore(f"sqlite:///{tmp_path / 'm.db'}")
+    acks: list[Ack] = []
+    listener = MqttClient(broker.address, f"{unique}-acks", clean_start=True)
+    listener.connect()
+    listener.subscribe(Topics(unique).all_acks, lambda t, p, r: acks.append(Ack.decode(p)))
+    reports = [make_report(f"d{i % 3}", i // 3 + 1, fleet=unique, rows=3) for i in range(30)]
+    with Monitor(unique, broker.address, store, flush_seconds=0.05) as monitor:
+        with publisher(broker, unique) as client:
+            publish(client, unique, [*reports, reports[4]])
+        assert monitor.wait_processed(31, timeout=60)
+        wait_for(
+            lambda: (
+                {a.device_id for a in acks} == {"d0", "d1", "d2"}
+                and all(
+                    all(any(a.covers(s) for a in acks if a.device_id == d) for s in range(1, 11))
+                    for d in ("d0", "d1", "d2")
+                )
+            ),
+            timeout=30,
+            what="acks covering sequences 1..10 of each device",
+        )
+        assert monitor.stats.acks_sent >= 3
+    listener.disconnect()
+    store.close()

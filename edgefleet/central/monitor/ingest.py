@@ -242,6 +242,32 @@ class Monitor:
             return self
         client = self._make_client()
         self._client = client
+        if self.workers:
+            # spawn, not fork: this process already runs paho's thread.
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        # The writer runs before the connection: a persistent session may bring more
+        # queued reports than max_queued before the SUBACK, and the network thread waits
+        # for the writer to make room.
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"monitor-writer-{self.fleet}", daemon=True
+        )
+        self._writer.start()
+        try:
+            self._connect(client)
+        except BaseException:
+            self._abandon.set()
+            self._writer.join(5.0)
+            self._client = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            raise
+        logger.info("monitor %s subscribed to %s", self.client_id, self.filter)
+        return self
+
+    def _connect(self, client: paho.Client) -> None:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.session_expiry
         try:
@@ -253,7 +279,6 @@ class Monitor:
                 properties=properties,
             )
         except (OSError, ValueError) as error:
-            self._client = None
             raise BrokerError(
                 f"cannot reach the MQTT broker at {self.address.display}: {error}. {START_HINT}"
             ) from None
@@ -264,22 +289,10 @@ class Monitor:
             )
             client.disconnect()
             client.loop_stop()
-            self._client = None
             raise BrokerError(
                 f"the MQTT broker at {self.address.display} did not let the monitor "
                 f"subscribe to {self.filter} within {self.connect_timeout:g} s: {reason}"
             )
-        if self.workers:
-            # spawn, not fork: this process already runs paho's thread.
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        self._writer = threading.Thread(
-            target=self._write_loop, name=f"monitor-writer-{self.fleet}", daemon=True
-        )
-        self._writer.start()
-        logger.info("monitor %s subscribed to %s", self.client_id, self.filter)
-        return self
 
     def stop(self, timeout: float = 30.0, *, leave: bool = False) -> MonitorStats:
         """Store and acknowledge every report received so far, then disconnect. Reports
