@@ -47,6 +47,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from edgefleet.edge.jsonbody import parse_json
 from edgefleet.edge.topics import check_identifier
 from edgefleet.errors import InputError
 from edgefleet.web.context import actor, dashboard, fleet_or_404, state
@@ -129,10 +130,15 @@ def demo(fleet: str) -> Response:
     return jsonify(document)
 
 
+# The write bodies are flat objects; deeper is an attack on the parser, not a request.
+MAX_DEPTH = 4
+
+
 def _body() -> dict[str, Any]:
-    if not request.get_data():
+    data = request.get_data()  # Flask refuses more than MAX_CONTENT_LENGTH (413)
+    if not data:
         return {}
-    body = request.get_json(silent=True)
+    body = parse_json(data, MAX_DEPTH)
     if not isinstance(body, dict):
         raise InputError("the request body must be a JSON object")
     unknown = sorted(set(body) - {"expect_sequence", "to_version"})
