@@ -143,7 +143,10 @@ def _body() -> dict[str, Any]:
         raise InputError("the request body must be a JSON object")
     unknown = sorted(set(body) - {"expect_sequence", "to_version"})
     if unknown:
-        raise InputError(f"unknown field(s) {', '.join(unknown)}")
+        # Named, but never echoed back whole: the body may be 64 KiB of made-up names.
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        named = ", ".join(name[:40] for name in unknown[:5])
+        raise InputError(f"unknown field(s) {named}{more}")
     return body
 
 
