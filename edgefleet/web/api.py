@@ -4,7 +4,8 @@ Every response is JSON (``Cache-Control: no-store``); numbers that do not exist 
 with too little data) are ``null``, never NaN. Times are seconds since the epoch (UTC).
 An error is ``{"error": MESSAGE, "status": CODE}`` with the same HTTP status: 400 bad
 input, 403 refused, 404 unknown fleet/device/version, 405 wrong method, 409 the action
-does not fit the fleet's state, 502 the broker failed. Full shapes: ``edgefleet/web/API.md``.
+does not fit the fleet's state, 413 a body over 64 KiB, 502 the broker failed. Full
+shapes: ``edgefleet/web/API.md``.
 
 Read (GET)::
 
