@@ -116,6 +116,23 @@ def closed_by_server(sock: socket.socket, deadline: float = DEADLINE) -> bool:
     return False
 
 
+def trickled_until_closed(port: int, start: bytes, pause: float) -> bool:
+    """Send ``start`` and then a header one byte every ``pause`` seconds (never silent
+    long enough for the idle timeout, never ending the headers); whether the server closes
+    the connection within the deadline."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        sock.sendall(start + b"X-Slow: ")
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            if select.select([sock], [], [], pause)[0]:
+                return closed_by_server(sock)
+            try:
+                sock.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                return True
+    return False
+
+
 @contextmanager
 def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
     """``count`` connections that send nothing."""

@@ -25,8 +25,8 @@ example:
 
 The local API listens on loopback only and refuses, with a JSON error, what would flood
 the device: bodies over --http-max-body, batches over --http-max-records, JSON nested
-over --http-max-depth; it drops connections silent for --http-timeout seconds and holds
-at most --http-connections open.
+over --http-max-depth; it drops connections silent (or a request still arriving) for
+--http-timeout seconds and holds at most --http-connections open.
 
 The agent keeps scoring with its installed model while the broker is away; reports wait
 in STATE_DIR/outbox.db (bounded: 10,000 reports or 50 MB, 7 days; the oldest are dropped
@@ -118,8 +118,8 @@ def add_http_limit_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=default.timeout,
         metavar="SECONDS",
-        help="close a connection that sends nothing for this long, idle or mid-request "
-        f"(default {default.timeout})",
+        help="close a connection that sends nothing for this long, or whose request has "
+        f"not all arrived this long after it began (default {default.timeout})",
     )
     limits.add_argument(
         "--http-connections",

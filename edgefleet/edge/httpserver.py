@@ -8,7 +8,9 @@ What waitress enforces for us, from :class:`ServerLimits`:
   limit; a negative or non-numeric ``Content-Length`` is answered 400;
 - the request line and headers (431 past ``max_header``);
 - ``timeout``: a connection silent for that long, idle or halfway through a request, is
-  closed (waitress's ``channel_timeout``);
+  closed (waitress's ``channel_timeout``); so is one whose request has not all arrived
+  ``timeout`` seconds after its first byte (added here: a client that trickles a byte now
+  and then is never silent, and would hold its connection for ever);
 - ``connections``: past that many open connections the server stops accepting; the next
   ones wait in the kernel's backlog until a slot frees up (``connection_limit``);
 - ``threads``: requests served at once.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +111,12 @@ class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
 
 class _JsonChannel(HTTPChannel):  # type: ignore[misc]
     error_task_class = _JsonErrorTask
+    request_began = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:  # these bytes begin a request
+            self.request_began = time.time()
+        return bool(super().received(data))
 
 
 class _Server(TcpWSGIServer):  # type: ignore[misc]
@@ -116,6 +125,16 @@ class _Server(TcpWSGIServer):  # type: ignore[misc]
     def __init__(self, app: WsgiApp, limits: ServerLimits, adj: Adjustments) -> None:
         self.limits = limits
         super().__init__(app, map={}, adj=adj)
+
+    def maintenance(self, now: float) -> None:
+        """waitress closes the silent connections; this also closes those whose request
+        has been arriving for longer than the timeout."""
+        super().maintenance(now)
+        cutoff = now - self.limits.timeout
+        for channel in self.active_channels.values():
+            arriving = channel.request is not None and not channel.requests
+            if arriving and channel.request_began < cutoff:
+                channel.will_close = True
 
 
 class HttpServer:

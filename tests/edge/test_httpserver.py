@@ -11,7 +11,7 @@ import pytest
 
 from edgefleet.edge.httpserver import HttpServer, ServerLimits
 from edgefleet.errors import InputError
-from tests.http_attacks import exchange, head
+from tests.http_attacks import exchange, head, trickled_until_closed
 
 
 def _failing(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -64,3 +64,15 @@ def test_limits_must_be_positive_whole_numbers(field: str) -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InputError, match=field):
             ServerLimits(**{field: bad})
+
+
+def test_a_request_that_trickles_in_is_cut_off_at_the_timeout() -> None:
+    """Never silent for the idle timeout, but the whole request must arrive within it."""
+    server = HttpServer(_hello, "127.0.0.1", 0, ServerLimits(timeout=2)).start()
+    try:
+        start = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        assert trickled_until_closed(server.port, start, pause=0.25)
+        answer = exchange(server.port, head("POST", "/", Content_Length=2) + b"ok")
+        assert (answer.status, answer.json()) == (200, {"body": "ok"})
+    finally:
+        server.stop()

@@ -34,6 +34,7 @@ from tests.http_attacks import (
     filler,
     head,
     idle_connections,
+    trickled_until_closed,
 )
 
 MiB = 1 << 20
@@ -360,3 +361,11 @@ class _Peak:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
+
+
+def test_a_request_that_trickles_in_is_cut_off_at_the_timeout(
+    server: AgentHTTPServer, bundle: Path
+) -> None:
+    start = b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    assert trickled_until_closed(server.port, start, pause=LIMITS.timeout / 8)
+    _still_scores(server.port, bundle)

@@ -25,6 +25,7 @@ from tests.http_attacks import (
     filler,
     head,
     idle_connections,
+    trickled_until_closed,
 )
 
 TOKEN = "test-write-token-0123456789"
@@ -167,4 +168,10 @@ def test_more_connections_than_the_limit_wait_and_the_dashboard_goes_on(
     with idle_connections(server.port, 3 * LIMITS.connections) as flood:
         _still_answers(server.port)
         assert all(closed_by_server(sock) for sock in flood)
+    _still_answers(server.port)
+
+
+def test_a_request_that_trickles_in_is_cut_off_at_the_timeout(server: HttpServer) -> None:
+    start = b"GET /api/fleets HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    assert trickled_until_closed(server.port, start, pause=LIMITS.timeout / 8)
     _still_answers(server.port)
