@@ -7,7 +7,8 @@ message and exit status 2 instead of a traceback::
     EdgefleetError
     ├── InputError              bad input from a user: data files, options, records
     │   ├── DataError           a data file or table that cannot be used for training
-    │   └── RecordError         a record to score that does not fit the feature schema
+    │   ├── RecordError         a record to score that does not fit the feature schema
+    │   └── RequestError        an HTTP request refused as it stands: oversize, too deep, malformed
     ├── BundleError             a model bundle that must not be used
     │   ├── ManifestError       manifest.json missing, truncated or not a valid manifest
     │   ├── SignatureError      unsigned, wrongly signed, or signed by a key we do not trust
@@ -60,6 +61,18 @@ class RecordError(InputError):
         super().__init__(prefix + message)
         self.record = record
         self.field = field
+
+
+class RequestError(InputError):
+    """An HTTP request refused before it reaches the product: a body over the limit, JSON
+    nested too deeply, too many records, no Content-Length.
+
+    ``status`` is the HTTP status to answer with (400, 411, 413).
+    """
+
+    def __init__(self, message: str, *, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class BundleError(EdgefleetError):

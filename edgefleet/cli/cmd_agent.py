@@ -6,10 +6,13 @@ import argparse
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
 from edgefleet.cli.progress import say
+
+if TYPE_CHECKING:
+    from edgefleet.edge.agent.http import ApiLimits
 
 EPILOG = """\
 example:
@@ -19,6 +22,11 @@ example:
   curl -s localhost:8765/health
   curl -s -XPOST localhost:8765/score -d '{"record": {"tenure_months": 3, ...}}'
   curl -s -XPOST localhost:8765/outcome -d '{"id": "<prediction id>", "label": "Yes"}'
+
+The local API listens on loopback only and refuses, with a JSON error, what would flood
+the device: bodies over --http-max-body, batches over --http-max-records, JSON nested
+over --http-max-depth; it drops connections silent (or a request still arriving) for
+--http-timeout seconds and holds at most --http-connections open.
 
 The agent keeps scoring with its installed model while the broker is away; reports wait
 in STATE_DIR/outbox.db (bounded: 10,000 reports or 50 MB, 7 days; the oldest are dropped
@@ -56,6 +64,7 @@ def register(subparsers: Any) -> None:
     agent.add_argument(
         "--http-port", type=int, help="serve the local scoring API on 127.0.0.1:PORT"
     )
+    add_http_limit_options(agent)
     agent.add_argument(
         "--report-seconds",
         type=float,
@@ -70,6 +79,77 @@ def register(subparsers: Any) -> None:
     )
     add_broker_options(agent)
     agent.set_defaults(handler=run_agent)
+
+
+def add_http_limit_options(parser: argparse.ArgumentParser) -> None:
+    """What one client of the local API may cost: each limit answered with a JSON error."""
+    from edgefleet.edge.agent.http import ApiLimits
+
+    default = ApiLimits()
+    limits = parser.add_argument_group(
+        "local API limits",
+        "A request over a limit is refused with a JSON error; the agent goes on scoring.",
+    )
+    limits.add_argument(
+        "--http-max-body",
+        type=int,
+        default=default.max_body,
+        metavar="BYTES",
+        help="largest request body, counted on the bytes received, chunked or not (413 "
+        f"beyond; default {default.max_body})",
+    )
+    limits.add_argument(
+        "--http-max-records",
+        type=int,
+        default=default.max_records,
+        metavar="N",
+        help=f"most records in one /score request (413 beyond; default {default.max_records})",
+    )
+    limits.add_argument(
+        "--http-max-depth",
+        type=int,
+        default=default.max_depth,
+        metavar="N",
+        help='deepest JSON nesting of a body; {"records": [{...}]} is 3 (400 beyond; '
+        f"default {default.max_depth}, at most 200)",
+    )
+    limits.add_argument(
+        "--http-timeout",
+        type=int,
+        default=default.timeout,
+        metavar="SECONDS",
+        help="close a connection that sends nothing for this long, or whose request has "
+        f"not all arrived this long after it began (default {default.timeout})",
+    )
+    limits.add_argument(
+        "--http-connections",
+        type=int,
+        default=default.connections,
+        metavar="N",
+        help="most open connections; further clients wait until one closes "
+        f"(default {default.connections})",
+    )
+    limits.add_argument(
+        "--http-threads",
+        type=int,
+        default=default.threads,
+        metavar="N",
+        help=f"requests scored at once (default {default.threads})",
+    )
+
+
+def http_limits_from(args: argparse.Namespace) -> ApiLimits:
+    """The :class:`ApiLimits` of the ``--http-*`` flags."""
+    from edgefleet.edge.agent.http import ApiLimits
+
+    return ApiLimits(
+        max_body=args.http_max_body,
+        max_depth=args.http_max_depth,
+        max_records=args.http_max_records,
+        timeout=args.http_timeout,
+        connections=args.http_connections,
+        threads=args.http_threads,
+    )
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -90,11 +170,18 @@ def run_agent(args: argparse.Namespace) -> int:
             report_records=args.report_records,
         )
     )
+    # A bad flag or a port in use fails before the agent starts anything.
+    server = (
+        AgentHTTPServer(agent, args.http_port, http_limits_from(args))
+        if args.http_port is not None
+        else None
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     agent.start()
-    server = AgentHTTPServer(agent, args.http_port).start() if args.http_port is not None else None
+    if server:
+        server.start()
     say(
         f"agent {args.device_id} of fleet {args.fleet} started; state in {args.state_dir}"
         + (f"; scoring API on {server.url}" if server else "")

@@ -151,31 +151,23 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def serve_app(app: Flask, host: str, port: int, *, path: str = "") -> None:
-    """Serve ``app`` with threads until Ctrl-C or SIGTERM, printing its address (with
-    ``path``) first."""
-    from werkzeug.serving import make_server
+    """Serve ``app`` under waitress, within the dashboard's limits, until Ctrl-C or
+    SIGTERM, printing its address (with ``path``) first."""
+    from edgefleet.web.server import dashboard_server
 
-    from edgefleet.errors import InputError
-
-    try:
-        server = make_server(host, port, app, threaded=True)
-    except OSError as error:
-        raise InputError(
-            f"cannot listen on {host}:{port} ({error.strerror}): choose another port"
-        ) from None
+    server = dashboard_server(app, host, port)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     if ":" in shown:
         shown = f"[{shown}]"
-    address = f"http://{shown}:{server.server_port}/"
+    address = f"http://{shown}:{server.port}/"
     say(f"dashboard: {address}{path}  (browser demo: {address}demo; Ctrl-C stops)")
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.serve_forever()  # Werkzeug's returns on KeyboardInterrupt (Ctrl-C, SIGTERM)
+        server.serve_forever()  # closes every connection when Ctrl-C or SIGTERM ends it
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        server.server_close()
     say("dashboard stopped")
 
 

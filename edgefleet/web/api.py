@@ -4,7 +4,8 @@ Every response is JSON (``Cache-Control: no-store``); numbers that do not exist 
 with too little data) are ``null``, never NaN. Times are seconds since the epoch (UTC).
 An error is ``{"error": MESSAGE, "status": CODE}`` with the same HTTP status: 400 bad
 input, 403 refused, 404 unknown fleet/device/version, 405 wrong method, 409 the action
-does not fit the fleet's state, 502 the broker failed. Full shapes: ``edgefleet/web/API.md``.
+does not fit the fleet's state, 413 a body over 64 KiB, 502 the broker failed. Full
+shapes: ``edgefleet/web/API.md``.
 
 Read (GET)::
 
@@ -47,6 +48,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from edgefleet.edge.jsonbody import parse_json
 from edgefleet.edge.topics import check_identifier
 from edgefleet.errors import InputError
 from edgefleet.web.context import actor, dashboard, fleet_or_404, state
@@ -129,15 +131,23 @@ def demo(fleet: str) -> Response:
     return jsonify(document)
 
 
+# The write bodies are flat objects; deeper is an attack on the parser, not a request.
+MAX_DEPTH = 4
+
+
 def _body() -> dict[str, Any]:
-    if not request.get_data():
+    data = request.get_data()  # Flask refuses more than MAX_CONTENT_LENGTH (413)
+    if not data:
         return {}
-    body = request.get_json(silent=True)
+    body = parse_json(data, MAX_DEPTH)
     if not isinstance(body, dict):
         raise InputError("the request body must be a JSON object")
     unknown = sorted(set(body) - {"expect_sequence", "to_version"})
     if unknown:
-        raise InputError(f"unknown field(s) {', '.join(unknown)}")
+        # Named, but never echoed back whole: the body may be 64 KiB of made-up names.
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        named = ", ".join(name[:40] for name in unknown[:5])
+        raise InputError(f"unknown field(s) {named}{more}")
     return body
 
 

@@ -36,6 +36,7 @@ from edgefleet.web import api, demo, devices, drift, models, overview, rollouts,
 from edgefleet.web.config import WebConfig
 from edgefleet.web.context import EXTENSION, WebState, status_of
 from edgefleet.web.dashboard import Dashboard
+from edgefleet.web.server import MAX_BODY
 
 __all__ = ["WebConfig", "create_app"]
 
@@ -57,7 +58,7 @@ def create_app(config: WebConfig | Mapping[str, Any]) -> Flask:
     app.config.update(
         SECRET_KEY=settings.secret_key or secrets.token_hex(32),
         TRUSTED_HOSTS=None if settings.trusted_hosts is None else list(settings.trusted_hosts),
-        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_CONTENT_LENGTH=MAX_BODY,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     security.install(app)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app, request
 
-from edgefleet.errors import BrokerError, EdgefleetError, InputError, RolloutError
+from edgefleet.errors import BrokerError, EdgefleetError, InputError, RequestError, RolloutError
 from edgefleet.web.config import WebConfig
 from edgefleet.web.dashboard import ConflictError, Dashboard, NotFoundError
 
@@ -51,7 +51,9 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
 
 def status_of(error: Exception) -> int:
     """The HTTP status of an edgefleet error: 404 unknown, 409 does not fit the state, 400
-    bad input, 502 the broker failed."""
+    bad input (413 too large), 502 the broker failed."""
+    if isinstance(error, RequestError):
+        return error.status
     for kind, status in _STATUS:
         if isinstance(error, kind):
             return status

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 import pytest
-from werkzeug.serving import make_server
 
 from edgefleet.central import publish as publish_module
 from edgefleet.central.broker import MosquittoBroker
@@ -48,6 +47,7 @@ from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 from edgefleet.edge.sketch import SketchBuilder
 from edgefleet.edge.topics import Topics
 from edgefleet.web.app import create_app
+from edgefleet.web.server import dashboard_server
 from tests.fleet.conftest import broker  # noqa: F401
 from tests.fleet.kit import wait_for
 from tests.web.test_browser_bundle import (
@@ -293,15 +293,12 @@ def base_url(site: Site) -> Iterator[str]:
             "online_seconds": 3600.0,
         }
     )
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    # The production server, as `edgefleet serve` runs it.
+    server = dashboard_server(app, "127.0.0.1", 0).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield server.url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        server.stop()
 
 
 @contextmanager
