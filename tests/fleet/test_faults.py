@@ -455,6 +455,72 @@ def test_agent_killed_during_download_or_activation_resumes_with_a_verified_mode
     assert [code for _, code in devices["at-download"].runs] == [0, -9, 0]
 
 
+def test_agent_killed_in_each_lifecycle_state_restarts_verified_and_completes(
+    broker: MosquittoBroker,
+    bundles: list[Path],
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    record_counts: Record,
+) -> None:
+    """Five device processes, each SIGKILLed once as one step of the update to 1.1.0
+    begins (download, verify, self-test, activate, commit). Restarted without the hook,
+    each scores at once with a verified model and then completes the update."""
+    fleet = _fleet()
+    key = load_private_key(keypair[0])
+    state_file = tmp_path / "rollout.json"
+    states = ("download", "verify", "self_test", "activate", "commit")
+    devices = {s: AgentProcess(broker, keypair[1], fleet, f"at-{s}", tmp_path / s) for s in states}
+    record = _records(bundles[0], 1)[0]
+    on_restart: dict[str, str] = {}
+    try:
+        publish(bundles[0], fleet, broker.address, key, state_file=state_file)
+        for device in devices.values():
+            device.start()
+        for device in devices.values():
+            device.wait_status("1.0.0 installed", model_version="1.0.0", state="online")
+            device.stop()
+        for state, device in devices.items():
+            device.start(kill_at=state)
+        for device in devices.values():
+            device.wait_status("online on 1.0.0", model_version="1.0.0", state="online")
+        v2 = publish(bundles[1], fleet, broker.address, key, state_file=state_file).model
+        for state, device in devices.items():
+            device.wait_killed()
+            assert device.update_record()["state"] == state
+        for device in devices.values():
+            device.start()
+        for state, device in devices.items():
+            # Scoring right away, with whichever model the pointer holds, verified.
+            body = _score_when_up(device, record)
+            on_restart[state] = body["predictions"][0]["model_version"]
+            status = device.wait_status(
+                "1.1.0 after the restart", model_version="1.1.0", update_state="idle"
+            )
+            assert status["problem"] is None, status["problem"]
+            assert device.verified_active(status["format"]) == (v2.manifest_sha256, "1.1.0")
+            device.stop()
+    finally:
+        for device in devices.values():
+            device.abandon()
+    record_counts(
+        "agent SIGKILL in each lifecycle state",
+        **{
+            state: {"version_right_after_restart": on_restart[state], "completed": "1.1.0"}
+            for state in states
+        },
+    )
+    # Killed before activation: the old model scores on restart; from activation on, the
+    # new one may already be the pointer's: either is verified, never none.
+    assert all(version in ("1.0.0", "1.1.0") for version in on_restart.values())
+
+
+def _score_when_up(device: AgentProcess, record: dict[str, Any]) -> Any:
+    wait_for(lambda: device.health() is not None, timeout=60, what=f"{device.device_id} up")
+    code, body = device.call("/score", {"record": record})
+    assert code == 200, body
+    return body
+
+
 # -- 3. refusals ----------------------------------------------------------------------------
 
 
