@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import ModelRef, RolloutState, verify_rollout
 from edgefleet.edge.schema import CategoricalFeature
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
+from edgefleet.edge.status import DeviceStatus
 from edgefleet.edge.topics import DEFAULT_PREFIX, check_identifier
 from edgefleet.errors import EdgefleetError, InputError
 
@@ -234,9 +235,13 @@ class Dashboard:
 
     # -- devices ---------------------------------------------------------------------------
 
-    def _device(self, summary: DeviceSummary, now: float) -> dict[str, Any]:
+    def _device(
+        self, summary: DeviceSummary, now: float, status: DeviceStatus | None
+    ) -> dict[str, Any]:
         age = max(0.0, now - summary.last_seen)
         return {
+            # From the device's retained status (None until the monitor saw one).
+            "status": None if status is None else asdict(status),
             "device_id": summary.device_id,
             "device_group": summary.device_group,
             "model_name": summary.model_name,
@@ -254,7 +259,10 @@ class Dashboard:
 
     def devices(self, fleet: str) -> dict[str, Any]:
         now = self.clock()
-        devices = [self._device(s, now) for s in self.store.devices(fleet)]
+        statuses = self.store.statuses(fleet)
+        devices = [
+            self._device(s, now, statuses.get(s.device_id)) for s in self.store.devices(fleet)
+        ]
         return cleaned(
             {
                 "fleet": fleet,
@@ -295,7 +303,7 @@ class Dashboard:
         return cleaned(
             {
                 "fleet": fleet,
-                "device": self._device(summary, now),
+                "device": self._device(summary, now, self.store.statuses(fleet).get(device_id)),
                 "measures": None if measures is None else _measures_summary(measures),
                 "features": [] if measures is None else _feature_rows(measures),
                 "score": None
@@ -312,7 +320,7 @@ class Dashboard:
     def overview(self, fleet: str) -> dict[str, Any]:
         now = self.clock()
         summaries = self.store.devices(fleet)
-        devices = [self._device(s, now) for s in summaries]
+        devices = [self._device(s, now, None) for s in summaries]
         online = sum(1 for d in devices if d["online"])
         rollout = self.rollout(fleet)
         state = rollout["state"] or {}

@@ -342,3 +342,33 @@ def test_the_monitor_acknowledges_what_the_store_holds_to_each_device(
         assert monitor.stats.acks_sent >= 3
     listener.disconnect()
     store.close()
+
+
+def test_device_statuses_are_kept_per_device_and_bad_ones_counted(
+    broker: MosquittoBroker, unique: str, tmp_path: Path
+) -> None:
+    store = MonitorStore(f"sqlite:///{tmp_path / 'm.db'}")
+    topics = Topics(unique)
+    good = {"device_id": "d1", "state": "online", "outbox_pending": 3, "outbox_awaiting_ack": 2}
+    with Monitor(unique, broker.address, store, flush_seconds=0.05) as monitor:
+        with publisher(broker, unique) as client:
+            for topic, payload in [
+                (topics.status("d1"), json.dumps({**good, "outbox_pending": 1}).encode()),
+                (topics.status("d1"), json.dumps(good).encode()),
+                (topics.status("d2"), json.dumps(good).encode()),  # names another device
+                (topics.status("d3"), b"\xff not json"),
+                (topics.status("d4"), json.dumps({**good, "device_id": "d4", "state": 1}).encode()),
+            ]:
+                client.publish(topic, payload, retain=True).wait()
+        wait_for(
+            lambda: (
+                monitor.stats.statuses_refused == 3
+                and store.statuses(unique).get("d1") is not None
+                and store.statuses(unique)["d1"].outbox_pending == 3
+            ),
+            timeout=30,
+            what="the latest status of d1 stored, three refused",
+        )
+    assert set(store.statuses(unique)) == {"d1"}
+    assert store.statuses(unique)["d1"].outbox_awaiting_ack == 2
+    store.close()

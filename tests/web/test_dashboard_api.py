@@ -789,3 +789,26 @@ def test_the_demo_ends_with_the_dashboard_address(
     printed = capsys.readouterr().err
     assert "dashboard: http://127.0.0.1:8050/fleets/demo/" in printed
     assert f"serve --db sqlite:///{tmp_path / 'run' / 'monitor.db'}" in printed
+
+
+def test_a_devices_outbox_waiting_for_acks_shows_from_its_status(seeded: Seeded) -> None:
+    from edgefleet.central.monitor.store import MonitorStore
+    from edgefleet.edge.status import DeviceStatus
+
+    store = MonitorStore(seeded.db)
+    store.put_statuses(
+        seeded.fleet,
+        [DeviceStatus("pos-1", "online", "1.0.0", "idle", None, 7, 5, 2)],
+    )
+    store.close()
+    client = create_app(seeded.config()).test_client()
+    devices = {
+        d["device_id"]: d for d in get(client, f"/api/fleets/{seeded.fleet}/devices")["devices"]
+    }
+    assert devices["pos-1"]["status"]["outbox_awaiting_ack"] == 5
+    assert devices["pos-1"]["status"]["outbox_pending"] == 7
+    assert devices["pos-2"]["status"] is None
+    page = client.get(f"/fleets/{seeded.fleet}/devices").get_data(as_text=True)
+    assert "5 / 7" in page
+    one = client.get(f"/fleets/{seeded.fleet}/devices/pos-1").get_data(as_text=True)
+    assert "5 sent, waiting for an ack; 2 dropped" in one

@@ -39,6 +39,11 @@
   The registry check stays here (the callback need not cross processes). If the workers
   die, validation falls back to this process. ``edgefleet monitor`` uses one worker on a
   machine of two cores or more.
+- **Device status**: the monitor also reads every device's retained status (a plain
+  subscription: each monitor keeps all of them) and keeps the latest per device in the
+  store, for the dashboard (how many reports wait for an ack, the update state, the
+  problem). A status is checked like a report (:class:`edgefleet.edge.status.DeviceStatus`)
+  and a bad one only counted; losing one costs nothing, the device refreshes it.
 - paho's ``message_callback_add`` never matches ``$share/...`` filters (paho issue 472),
   which is why this uses paho's plain ``on_message`` and not
   :class:`edgefleet.edge.mqtt.MqttClient`, which also acknowledges before the commit.
@@ -77,6 +82,7 @@ from edgefleet.central.monitor.store import (
 )
 from edgefleet.edge.ack import Ack
 from edgefleet.edge.mqtt import DEFAULT_SESSION_EXPIRY, START_HINT, BrokerAddress
+from edgefleet.edge.status import DeviceStatus
 from edgefleet.edge.topics import DEFAULT_PREFIX, Topics, validate_name
 from edgefleet.errors import BrokerError, InputError
 
@@ -90,6 +96,8 @@ FAULT_KILL_AFTER_COMMITS = "EDGEFLEET_FAULT_MONITOR_KILL_AFTER_COMMITS"
 right after its N-th commit, before any ack or PUBACK of that batch went out: the worst
 moment, with reports stored that nobody was told about."""
 _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_MAX_STATUSES = 100_000
+"""Statuses held between two writes; more are refused (a flood of made-up devices)."""
 _ONE_BY_ONE_AFTER = 3
 
 
@@ -113,6 +121,8 @@ class MonitorStats:
     connected: bool
     acks_sent: int = 0
     """Ack messages sent to devices (one per device per committed batch, at least)."""
+    statuses_refused: int = 0
+    """Device status messages that were malformed or named another device."""
 
     @property
     def processed(self) -> int:
@@ -230,6 +240,8 @@ class Monitor:
         self._store_errors = 0
         self._acks_sent = 0
         self._commits = 0
+        self._statuses: dict[str, DeviceStatus] = {}
+        self._statuses_refused = 0
         # What the batch being written found in the store (writer thread only).
         self._committed: list[tuple[str, str, int]] = []
 
@@ -358,6 +370,7 @@ class Monitor:
                 queued=len(self._pending),
                 connected=self._connected.is_set(),
                 acks_sent=self._acks_sent,
+                statuses_refused=self._statuses_refused,
             )
 
     def wait_processed(self, count: int, timeout: float = 30.0) -> bool:
@@ -419,8 +432,13 @@ class Monitor:
         self._generation += 1
         self._connected.set()
         # Every time, not only without a session: cheap, and it restores a subscription
-        # that a session expiry (or stop(leave=True)) removed.
-        client.subscribe((self.filter, SubscribeOptions(qos=1)))
+        # that a session expiry, stop(leave=True) or a broker that lost it removed.
+        client.subscribe(
+            [
+                (self.filter, SubscribeOptions(qos=1)),
+                (self.topics.all_status, SubscribeOptions(qos=1)),
+            ]
+        )
 
     def _on_subscribe(
         self,
@@ -455,6 +473,9 @@ class Monitor:
             topic = message.topic
         except UnicodeDecodeError:
             topic = "(a topic that is not UTF-8)"
+        if topic.endswith("/status"):
+            self._on_status(client, message, topic)
+            return
         delivery = _Delivery(
             self._generation, message.mid, message.qos, topic, bytes(message.payload)
         )
@@ -468,11 +489,34 @@ class Monitor:
             self._batch_ready.set()
             time.sleep(0.002)
 
+    def _on_status(self, client: paho.Client, message: paho.MQTTMessage, topic: str) -> None:
+        try:
+            device_id = self.topics.device_id_from(topic)
+            status = DeviceStatus.decode(bytes(message.payload), device_id)
+            if len(self._statuses) >= _MAX_STATUSES and device_id not in self._statuses:
+                raise InputError("too many device statuses waiting to be written")
+            self._statuses[device_id] = status
+        except InputError as error:
+            self._statuses_refused += 1
+            logger.debug("monitor %s: status on %s refused: %s", self.client_id, topic, error)
+        if message.qos:
+            client.ack(message.mid, message.qos)
+
     # -- writer thread -------------------------------------------------------------------
+
+    def _write_statuses(self) -> None:
+        if not self._statuses:
+            return
+        statuses, self._statuses = self._statuses, {}
+        try:
+            self.store.put_statuses(self.fleet, list(statuses.values()))
+        except Exception as error:  # a status is refreshed by its device: not worth a retry
+            logger.warning("monitor %s: device status not stored: %s", self.client_id, error)
 
     def _take_batch(self) -> list[_Delivery]:
         """Up to ``batch`` reports: at once if that many wait, else whatever arrived within
         ``flush_seconds``."""
+        self._write_statuses()
         pending = self._pending
         if len(pending) < self.batch and not self._closing.is_set():
             self._batch_ready.wait(self.flush_seconds)

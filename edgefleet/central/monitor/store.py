@@ -52,7 +52,7 @@ import logging
 import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from typing import Any, Literal
 
@@ -101,6 +101,7 @@ from edgefleet.edge.sketch import (
     SCORE_BINS,
     check_name,
 )
+from edgefleet.edge.status import DeviceStatus
 from edgefleet.edge.topics import check_identifier, validate_device_id, validate_name
 from edgefleet.errors import InputError, StoreError
 
@@ -266,6 +267,22 @@ quarantine = Table(
     Column("payload_sha256", String(64), nullable=False),
     Column("excerpt", Text, nullable=False),
     Index("ix_monitor_quarantine_fleet", "fleet", "id"),
+)
+
+# The latest retained status of each device (one row per device, overwritten).
+device_status = Table(
+    "monitor_device_status",
+    _metadata,
+    Column("fleet", String(64), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Column("received", Double, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("model_version", String(64), nullable=True),
+    Column("update_state", String(32), nullable=True),
+    Column("problem", Text, nullable=True),
+    Column("outbox_pending", BigInteger, nullable=False),
+    Column("outbox_awaiting_ack", BigInteger, nullable=False),
+    Column("outbox_dropped", BigInteger, nullable=False),
 )
 
 alerts = Table(
@@ -697,6 +714,36 @@ class MonitorStore:
         if fleet is not None:
             query = query.where(quarantine.c.fleet == fleet)
         return int(self._scalar(query))
+
+    # -- device status -------------------------------------------------------------------
+
+    def put_statuses(self, fleet: str, statuses: Sequence[DeviceStatus]) -> None:
+        """Keep each device's latest status (one row per device, replaced)."""
+        if not statuses:
+            return
+        now = time.time()
+        rows = [{"fleet": fleet, "received": now, **asdict(s)} for s in statuses]
+        statement = self._insert(device_status)
+        columns = {c: statement.excluded[c] for c in rows[0] if c not in ("fleet", "device_id")}
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["fleet", "device_id"], set_=columns
+                    ),
+                    rows,
+                )
+        except SQLAlchemyError as error:
+            raise StoreError(f"cannot store device status in {self.display}: {error}") from None
+
+    def statuses(self, fleet: str) -> dict[str, DeviceStatus]:
+        """The latest status of every device of ``fleet`` that published one."""
+        query = select(device_status).where(device_status.c.fleet == fleet)
+        fields = DeviceStatus.__dataclass_fields__
+        return {
+            row.device_id: DeviceStatus(**{k: v for k, v in row._mapping.items() if k in fields})
+            for row in self._rows(query)
+        }
 
     # -- alerts and decisions ------------------------------------------------------------
 
