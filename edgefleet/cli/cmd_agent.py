@@ -29,8 +29,10 @@ over --http-max-depth; it drops connections silent (or a request still arriving)
 --http-timeout seconds and holds at most --http-connections open.
 
 The agent keeps scoring with its installed model while the broker is away; reports wait
-in STATE_DIR/outbox.db (bounded: 10,000 reports or 50 MB, 7 days; the oldest are dropped
-first and the count of drops travels in the next report).
+in STATE_DIR/outbox.db until a monitor acknowledges that it has stored them (re-sent after
+--ack-timeout seconds, doubling up to 10 minutes). The outbox is bounded: 10,000 reports or
+50 MB, 7 days; the oldest are dropped first and the count of drops travels in the next
+report.
 """
 
 
@@ -76,6 +78,14 @@ def register(subparsers: Any) -> None:
         type=int,
         default=5000,
         help="... or after this many scored records (default 5000)",
+    )
+    agent.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="re-send a report no monitor acknowledged as stored within this long; the wait "
+        "doubles with each try, up to 600 s (default 30)",
     )
     add_broker_options(agent)
     agent.set_defaults(handler=run_agent)
@@ -168,6 +178,7 @@ def run_agent(args: argparse.Namespace) -> int:
             device_group=args.device_group,
             report_seconds=args.report_seconds,
             report_records=args.report_records,
+            ack_timeout=args.ack_timeout,
         )
     )
     # A bad flag or a port in use fails before the agent starts anything.

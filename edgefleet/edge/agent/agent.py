@@ -91,6 +91,15 @@ class AgentConfig:
     status_seconds: float = 60.0
     """How often the retained status is refreshed (outbox counts change between events)."""
 
+    def __post_init__(self) -> None:
+        if not 0 < self.ack_timeout <= self.ack_timeout_max:
+            raise InputError(
+                f"--ack-timeout must be above 0 and at most {self.ack_timeout_max:g} s, "
+                f"not {self.ack_timeout:g}"
+            )
+        if not self.status_seconds > 0:
+            raise InputError(f"status_seconds must be above 0, not {self.status_seconds:g}")
+
 
 @dataclass(frozen=True)
 class Prediction:
