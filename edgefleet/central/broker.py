@@ -1,5 +1,5 @@
 """A local Mosquitto broker as a child process, with a generated configuration: the broker
-of the tests and of ``edgefleet broker`` (docs/architecture.md section 5).
+of the tests and of ``edgefleet broker`` (docs/architecture.md §5).
 
 The configuration is chosen so that nothing is lost without a trace:
 

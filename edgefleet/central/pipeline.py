@@ -1,6 +1,6 @@
 """The scikit-learn pipeline the trainer fits for each model family.
 
-Input is the model contract's float32 matrix (docs/architecture.md section 2), so the pipeline itself
+Input is the model contract's float32 matrix (docs/architecture.md §2), so the pipeline itself
 does all encoding: numeric columns are median-imputed (and standardised for the linear
 model), categorical codes are one-hot encoded with unknown codes mapped to all zeros.
 

@@ -1,4 +1,4 @@
-"""Publish signed bundles to a fleet over MQTT and steer its rollout (docs/architecture.md section 5).
+"""Publish signed bundles to a fleet over MQTT and steer its rollout (docs/architecture.md §5).
 
 ``publish`` verifies the bundle (signature and every artifact) before it connects, so a
 tampered bundle never reaches the broker. It then sends the manifest, its signature and

@@ -1,7 +1,7 @@
 """Core ML export: the classic ``.mlmodel`` spec, built from the IR with coremltools' proto
-classes (its scikit-learn converter refuses current scikit-learn; docs/architecture.md section 4).
+classes (its scikit-learn converter refuses current scikit-learn; docs/architecture.md §4).
 
-The model follows the contract (docs/architecture.md section 2) with Core ML's classifier interface:
+The model follows the contract (docs/architecture.md §2) with Core ML's classifier interface:
 
 - input ``input``: a MultiArray of DOUBLE, shape ``[F]``, the raw features in schema order;
   a categorical feature is its vocabulary code (-1 for unknown), a missing numeric is NaN.

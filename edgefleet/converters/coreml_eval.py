@@ -1,7 +1,7 @@
 """An evaluator of the Core ML classic model spec, for the model types edgefleet emits.
 
 Core ML runs only on Apple platforms, so the parity gate checks an exported ``.mlmodel``
-against scikit-learn with this evaluator instead (docs/architecture.md section 4). It reads the spec
+against scikit-learn with this evaluator instead (docs/architecture.md §4). It reads the spec
 (``coremltools.proto.Model_pb2.Model``) and computes, batched with numpy, what the proto
 documentation (``mlmodel/format/*.proto``) and coremltools' own tree-ensemble checker
 (``mlmodel/src/TreeEnsembleCommon.cpp``) say the model computes:

@@ -1,5 +1,5 @@
 """A small neutral description of a fitted pipeline (the "IR"), read once from
-scikit-learn, from which each backend emits its format (docs/architecture.md section 4: the practice
+scikit-learn, from which each backend emits its format (docs/architecture.md §4: the practice
 of skl2onnx and hummingbird).
 
 The IR has two parts. ``Preprocessing`` maps the contract's raw float32 inputs to the

@@ -3,7 +3,7 @@
 The graph's input is ``input`` (float32 ``[N, F]``), its outputs ``label`` and
 ``probabilities`` (no ZipMap: onnxruntime-web cannot return maps). A StandardScaler is
 emitted as Sub + Div rather than Scaler's multiply by reciprocal, which matches
-scikit-learn's float rounding (docs/architecture.md section 4).
+scikit-learn's float rounding (docs/architecture.md §4).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """TensorFlow Lite export: the IR written as a ``tf.function`` and converted with
-``TFLiteConverter`` to builtin ops only, with a dynamic batch (docs/architecture.md section 4).
+``TFLiteConverter`` to builtin ops only, with a dynamic batch (docs/architecture.md §4).
 
 The graph takes ``input`` float32 ``[N, F]`` and returns ``probabilities`` float32
 ``[N, 2]`` (the signature's output key). Everything the pipeline does happens inside it:

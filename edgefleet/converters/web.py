@@ -1,5 +1,5 @@
 """The browser bundle: the ONNX model for onnxruntime-web, plus the page and the runtime
-that run it offline (docs/architecture.md section 4, Web).
+that run it offline (docs/architecture.md §4, Web).
 
 The artifact is byte for byte the ONNX export, so its parity check is onnxruntime's; the
 browser's own parity is proven by ``tests/web/test_browser_bundle.py`` in a real Chromium.

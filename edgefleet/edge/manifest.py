@@ -1,4 +1,4 @@
-"""The bundle manifest (docs/architecture.md section 3): what a model is, how it was made, how to
+"""The bundle manifest (docs/architecture.md §3): what a model is, how it was made, how to
 check it, and which artifacts carry it.
 
 The manifest is stored as JSON (``manifest.json``) and signed byte for byte; parsing never

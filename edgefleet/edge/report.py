@@ -1,4 +1,4 @@
-"""The report message a device publishes per window (docs/architecture.md section 5), and the aggregate
+"""The report message a device publishes per window (docs/architecture.md §5), and the aggregate
 the central side merges reports into.
 
 A :class:`Report` is compact JSON (UTF-8, no spaces), a few KB for the 17-feature churn

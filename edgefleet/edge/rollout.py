@@ -1,5 +1,5 @@
 """The signed rollout state of a fleet: which model is stable, which is the canary and for
-what share of the devices (docs/architecture.md section 5).
+what share of the devices (docs/architecture.md §5).
 
 The central side publishes one :class:`RolloutState` retained on ``{prefix}/{fleet}/rollout``;
 a device that connects, even after months away, gets the newest state at once and works

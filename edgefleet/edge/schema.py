@@ -1,6 +1,6 @@
 """Feature schema: the names, kinds and allowed values of a model's inputs.
 
-The model contract (docs/architecture.md section 2): every exported format takes one float32 tensor
+The model contract (docs/architecture.md §2): every exported format takes one float32 tensor
 ``[N, F]`` with the features in schema order. A numeric feature is its value (NaN where
 missing is allowed: the graph imputes it). A categorical feature is the index of its value
 in the vocabulary; a value outside the vocabulary is :data:`UNKNOWN_CODE`, which every

@@ -1,4 +1,4 @@
-"""Mergeable sketches: what a device measures over a report window (docs/architecture.md sections 5, 7).
+"""Mergeable sketches: what a device measures over a report window (docs/architecture.md §§5, 7).
 
 Every sketch is a frozen value of plain integer counts. ``merge`` adds counts elementwise, so
 merging is exactly associative and commutative, and the empty sketch is its identity: the

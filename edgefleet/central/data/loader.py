@@ -500,7 +500,7 @@ def _text(value: Any) -> str | None:
 
 
 def encode_features(features: pd.DataFrame, schema: FeatureSchema) -> npt.NDArray[np.float32]:
-    """The model input ``[N, F]`` (docs/architecture.md section 2): numeric values as float32 with NaN
+    """The model input ``[N, F]`` (docs/architecture.md §2): numeric values as float32 with NaN
     for missing; a categorical value as the float index in its vocabulary, with
     :data:`UNKNOWN_CODE` for a missing value or one outside the vocabulary (a value matches
     only a vocabulary entry equal to it, as :meth:`CategoricalFeature.code` does)."""

@@ -1,4 +1,4 @@
-"""Monitoring maths on mergeable histograms (docs/architecture.md section 7).
+"""Monitoring maths on mergeable histograms (docs/architecture.md §7).
 
 - :mod:`~edgefleet.central.monitor.drift`: input drift per feature (PSI and Jensen-Shannon
   distance on histograms with identical bins) and a verdict with a minimum count.

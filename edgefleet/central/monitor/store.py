@@ -1,4 +1,4 @@
-"""The fleet monitor's database (docs/architecture.md sections 5 and 7): every report counted exactly
+"""The fleet monitor's database (docs/architecture.md §§5 and 7): every report counted exactly
 once, what was refused and why, and the alerts and decisions the monitor takes.
 
 SQLAlchemy Core on a SQLite file (the default) or PostgreSQL (``postgresql://...``, driven

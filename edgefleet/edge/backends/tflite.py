@@ -2,7 +2,7 @@
 
 The interpreter comes from ``ai-edge-litert`` (numpy 2) or, on devices still on numpy<2,
 from ``tflite-runtime``; both expose the same ``Interpreter`` class. This module imports
-nothing but numpy, that interpreter and ``edgefleet.errors`` (docs/architecture.md section 1: a device
+nothing but numpy, that interpreter and ``edgefleet.errors`` (docs/architecture.md §1: a device
 installs only the edge extras).
 
 edgefleet's converter writes models with a dynamic batch dimension (``input`` is
