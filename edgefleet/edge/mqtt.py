@@ -21,7 +21,8 @@ when it is full, ``publish`` waits up to ``timeout`` for acknowledgements and th
 it later) and lowered to the broker's Receive Maximum when the broker announces a smaller
 one: paho ignores that announcement, and a broker disconnects a client that exceeds it.
 
-Threads: paho runs the network loop on its own thread (``loop_start``), which reconnects
+Threads: a :class:`edgefleet.edge.netloop.NetworkLoop` runs paho's network traffic on its
+own thread (selectors, not paho's ``select()``, and nothing patched in paho), reconnects
 with exponential backoff and calls every callback: message callbacks, ``on_connected`` and
 ``on_disconnected``. ``publish``, ``subscribe``, ``unsubscribe``, ``read_retained`` and
 ``disconnect`` may be called from any thread. A callback must return quickly (while it runs
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import ssl
 import threading
 import time
@@ -56,51 +56,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edgefleet.edge.netloop import NetworkLoop
 from edgefleet.errors import BackpressureError, BrokerError, InputError
 
 logger = logging.getLogger("edgefleet.mqtt")
 
-
-class _PollSelect:
-    """What paho's network loop calls as ``select.select``, built on ``poll()``.
-
-    ``select()`` refuses file descriptors >= 1024 (FD_SETSIZE), and paho reads the
-    ``ValueError`` as a lost connection: a process with many open files (a simulated fleet
-    of 200 agents, each with its socket, paho's wake-up pair and SQLite files) loses its
-    high-numbered clients silently, their CONNACK never read (paho issues #183 and #819,
-    where the maintainers agree select() should go). ``poll()`` has no such limit and
-    the same contract for sockets, so it stands in for ``select.select`` inside paho only.
-    """
-
-    @staticmethod
-    def select(
-        rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None = None
-    ) -> tuple[list[Any], list[Any], list[Any]]:
-        poller = select.poll()
-        owners: dict[int, Any] = {}
-        masks: dict[int, int] = {}
-        for objects, mask in ((rlist, select.POLLIN), (wlist, select.POLLOUT)):
-            for item in objects:
-                descriptor = item if isinstance(item, int) else item.fileno()
-                if descriptor < 0:
-                    raise ValueError("file descriptor cannot be a negative integer")
-                owners[descriptor] = item
-                masks[descriptor] = masks.get(descriptor, 0) | mask
-        for descriptor, mask in masks.items():
-            poller.register(descriptor, mask)
-        ready = poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
-        readable, writable = [], []
-        errors = select.POLLERR | select.POLLHUP | select.POLLNVAL
-        for descriptor, events in ready:
-            # An error or hang-up reads as readable, as with select(): recv() reports it.
-            if events & (select.POLLIN | errors) and masks[descriptor] & select.POLLIN:
-                readable.append(owners[descriptor])
-            if events & (select.POLLOUT | errors) and masks[descriptor] & select.POLLOUT:
-                writable.append(owners[descriptor])
-        return readable, writable, []
-
-
-paho.select = _PollSelect  # type: ignore[attr-defined,assignment]
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
@@ -109,6 +69,34 @@ START_HINT = "Start one with 'edgefleet broker' or pass --broker mqtt://host:por
 DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
 """Seconds a persistent session (and the QoS 1 messages queued for it) outlives a
 disconnection: a device may be away for a week and still get every message."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as it arrived, with what acknowledging it needs."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    qos: int
+    mid: int
+    generation: int
+    """Which connection delivered it: an acknowledgement only means something on that one."""
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    topic_filter: str
+    qos: int
+    callback: Callable[..., None]
+    raw: bool
+
+    def matches(self, topic: str) -> bool:
+        pattern = self.topic_filter
+        if pattern.startswith("$share/"):
+            pattern = pattern.split("/", 2)[2] if pattern.count("/") >= 2 else ""
+        return bool(pattern) and paho.topic_matches_sub(pattern, topic)
+
 
 MessageCallback = Callable[[str, bytes, bool], None]
 """``callback(topic, payload, retained)``; ``retained`` is True for a message the broker
@@ -276,6 +264,7 @@ class MqttClient:
         connect_timeout: float = 10.0,
         on_connected: Callable[[bool], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
+        manual_ack: bool = False,
     ):
         if not isinstance(client_id, str) or not 1 <= len(client_id) <= 128:
             raise InputError(f"MQTT client id {client_id!r} must have 1 to 128 characters")
@@ -295,12 +284,14 @@ class MqttClient:
         self.connect_timeout = connect_timeout
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
+        self.manual_ack = manual_ack
+        self._generation = 0
         self.callback_errors = 0
         self.server_receive_maximum: int | None = None
         self.server_maximum_packet_size: int | None = None
         self._will = Will(*will) if isinstance(will, tuple) else will
         self._reconnect_delay = reconnect_delay
-        self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
         self._lock = threading.Lock()
         self._window = threading.Condition()
         self._pending: deque[PublishHandle] = deque()
@@ -312,6 +303,7 @@ class MqttClient:
         self._connack = threading.Event()
         self._connack_error: str | None = None
         self._network_thread: int | None = None
+        self._loop: NetworkLoop | None = None
         self._started = False
         # True while connect() may still redo the connection with a smaller window: the
         # hooks should see one connection, not the rehearsal.
@@ -322,7 +314,10 @@ class MqttClient:
 
     def _make_client(self) -> paho.Client:
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=self.manual_ack,
         )
         # paho refuses to change this once connected: it has to happen here.
         client.max_inflight_messages_set(self.max_inflight)
@@ -347,9 +342,7 @@ class MqttClient:
             client.will_set(
                 self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
             )
-        # A client rebuilt after a failed connect keeps the subscriptions' callbacks.
-        for topic_filter, (_, callback) in self._subscriptions.items():
-            client.message_callback_add(topic_filter, self._dispatcher(callback))
+        client.on_message = self._route
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -414,7 +407,13 @@ class MqttClient:
         except (OSError, ValueError) as error:
             self._reset()
             raise BrokerError(self._unreachable(_reason(error))) from None
-        self._client.loop_start()
+        self._loop = NetworkLoop(
+            self._client,
+            name=f"mqtt-{self.client_id}",
+            reconnect_delay=self._reconnect_delay,
+            on_thread=self._set_network_thread,
+        )
+        self._loop.start()
         self._started = True
         if not self._connack.wait(timeout):
             self._reset()
@@ -441,7 +440,9 @@ class MqttClient:
 
     def _stop(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
         self._started = False
         # A later thread may get the dead loop thread's id.
         self._network_thread = None
@@ -487,15 +488,17 @@ class MqttClient:
         if self._connecting and self._receive_maximum() < self.max_inflight:
             self._connack.set()  # connect() reconnects with a smaller window: stay quiet
             return
+        self._generation += 1
         with self._lock:
             subscriptions = list(self._subscriptions.items())
         if subscriptions:
-            # Retain handling 1: retained messages only for subscriptions the session lacks,
-            # so a reconnect does not replay what this session has already seen.
+            # Every connect, whatever the session says (Mosquitto 2.0 may not restore a
+            # $share subscription). Retain handling 1: retained messages only for
+            # subscriptions the session lacks, so a reconnect does not replay them.
             rc, mid = client.subscribe(
                 [
-                    (topic, SubscribeOptions(qos=qos, retainHandling=1))
-                    for topic, (qos, _) in subscriptions
+                    (topic, SubscribeOptions(qos=entry.qos, retainHandling=1))
+                    for topic, entry in subscriptions
                 ]
             )
             if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
@@ -559,15 +562,53 @@ class MqttClient:
             self.callback_errors += 1
             logger.exception("connection hook %r failed", hook)
 
-    def _dispatcher(self, callback: MessageCallback) -> Callable[..., None]:
-        def deliver(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-            try:
-                callback(message.topic, bytes(message.payload), bool(message.retain))
-            except Exception:
-                self.callback_errors += 1
-                logger.exception("message callback for %r failed", message.topic)
+    def _route(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        """Every message to the callbacks whose filters match it; ``$share/{group}/``
+        filters too, which paho's own per-filter callbacks never match (paho issue 472)."""
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # MQTT requires UTF-8; a broker should never send it
+            self._acknowledge(message.mid, message.qos, self._generation)
+            return
+        delivered = Message(
+            topic,
+            bytes(message.payload),
+            bool(message.retain),
+            message.qos,
+            message.mid,
+            self._generation,
+        )
+        with self._lock:
+            entries = [e for e in self._subscriptions.values() if e.matches(topic)]
+        raw = False
+        for entry in entries:
+            raw = raw or entry.raw
+            self._deliver(entry, delivered)
+        if self.manual_ack and not raw:
+            self.ack(delivered)
 
-        return deliver
+    def _deliver(self, entry: _Subscription, message: Message) -> None:
+        try:
+            if entry.raw:
+                entry.callback(message)
+            else:
+                entry.callback(message.topic, message.payload, message.retained)
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("message callback for %r failed", message.topic)
+
+    def ack(self, message: Message) -> None:
+        """Acknowledge a message received with ``manual_ack`` (QoS 1: the broker may now
+        forget it). A message of an earlier connection is not acknowledged here: the broker
+        delivers it again on this one."""
+        self._acknowledge(message.mid, message.qos, message.generation)
+
+    def _acknowledge(self, mid: int, qos: int, generation: int) -> None:
+        if self.manual_ack and qos and generation == self._generation:
+            self._client.ack(mid, qos)
+
+    def _set_network_thread(self, ident: int) -> None:
+        self._network_thread = ident
 
     def _in_network_thread(self) -> bool:
         return threading.get_ident() == self._network_thread
@@ -705,16 +746,41 @@ class MqttClient:
         timeout: float = 10.0,
     ) -> None:
         """Call ``callback(topic, payload, retained)`` for every message matching
-        ``topic_filter``, from now on and after every reconnect. Retained messages are
-        delivered at once. Raises :class:`BrokerError` if the broker refuses. One
-        callback per filter: subscribing the same filter again replaces it."""
+        ``topic_filter`` (``$share/{group}/...`` too), from now on and after every
+        reconnect. Retained messages are delivered at once. Raises :class:`BrokerError` if
+        the broker refuses. One callback per filter: subscribing the same filter again
+        replaces it. With ``manual_ack``, the message is acknowledged when the callback
+        returns."""
+        self._subscribe(topic_filter, callback, qos=qos, timeout=timeout, raw=False)
+
+    def subscribe_messages(
+        self,
+        topic_filter: str,
+        callback: Callable[[Message], None],
+        *,
+        qos: int = 1,
+        timeout: float = 10.0,
+    ) -> None:
+        """Like :meth:`subscribe`, with the whole :class:`Message`; on a ``manual_ack``
+        client the callback's owner acknowledges it with :meth:`ack` when it is safe (a
+        monitor: after its database commit)."""
+        self._subscribe(topic_filter, callback, qos=qos, timeout=timeout, raw=True)
+
+    def _subscribe(
+        self,
+        topic_filter: str,
+        callback: Callable[..., None],
+        *,
+        qos: int,
+        timeout: float,
+        raw: bool,
+    ) -> None:
         if qos not in (0, 1):
             raise InputError(f"QoS must be 0 or 1, not {qos!r}")
         if not isinstance(topic_filter, str) or not topic_filter:
             raise InputError("a topic filter must be a non-empty string")
         with self._lock:
-            self._subscriptions[topic_filter] = (qos, callback)
-        self._client.message_callback_add(topic_filter, self._dispatcher(callback))
+            self._subscriptions[topic_filter] = _Subscription(topic_filter, qos, callback, raw)
         if not self._started:
             return  # sent by _on_connect when the connection comes up
         try:
@@ -758,7 +824,6 @@ class MqttClient:
     def _forget(self, topic_filter: str) -> None:
         with self._lock:
             self._subscriptions.pop(topic_filter, None)
-        self._client.message_callback_remove(topic_filter)
 
     def unsubscribe(self, topic_filter: str) -> None:
         self._forget(topic_filter)

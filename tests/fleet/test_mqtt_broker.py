@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import edgefleet.edge.mqtt as edge_mqtt
 from edgefleet.central.broker import MosquittoBroker, free_port
 from edgefleet.edge.mqtt import (
     BackpressureError,
@@ -23,6 +24,8 @@ from edgefleet.edge.mqtt import (
     PublishHandle,
 )
 from edgefleet.errors import InputError
+
+Delivered = edge_mqtt.Message
 
 Message = tuple[str, bytes, bool]
 
@@ -410,3 +413,50 @@ def test_connects_with_file_descriptors_above_1024(broker: MosquittoBroker) -> N
     finally:
         for handle in held:
             handle.close()
+
+
+def test_nothing_in_paho_is_patched() -> None:
+    """The network loop uses selectors of its own; paho's module stays as it came, for any
+    other paho client in the same process."""
+    import select
+
+    import paho.mqtt.client as paho_client
+
+    assert paho_client.select is select
+
+
+def test_shared_subscriptions_reach_their_callback_and_manual_acks_wait(
+    broker: MosquittoBroker,
+) -> None:
+    """paho's per-filter callbacks never match $share filters (paho issue 472); the
+    client routes them itself. With manual_ack, an unacknowledged message comes back on
+    the next connection of the session; an acknowledged one does not."""
+    name = f"share-{uuid.uuid4().hex[:8]}"
+    topic = f"test/{name}/x"
+    got: list[Delivered] = []
+
+    def consumer() -> MqttClient:
+        client = MqttClient(broker.address, name, manual_ack=True, session_expiry=300)
+        client.subscribe_messages(f"$share/g/{topic}", got.append)
+        client.connect()
+        client.subscribe_messages(f"$share/g/{topic}", got.append)
+        return client
+
+    first = consumer()
+    with MqttClient(broker.address, f"{name}-pub", clean_start=True) as publisher:
+        for payload in (b"one", b"two"):
+            publisher.publish(topic, payload).wait()
+    deadline = time.monotonic() + 30
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m.payload for m in got] == [b"one", b"two"]
+    first.ack(got[0])  # "two" stays unacknowledged
+    first.disconnect(flush_timeout=0)
+    got.clear()
+    second = consumer()
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m.payload for m in got] == [b"two"]
+    second.ack(got[0])
+    second.disconnect()

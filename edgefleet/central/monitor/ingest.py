@@ -44,9 +44,9 @@
   store, for the dashboard (how many reports wait for an ack, the update state, the
   problem). A status is checked like a report (:class:`edgefleet.edge.status.DeviceStatus`)
   and a bad one only counted; losing one costs nothing, the device refreshes it.
-- paho's ``message_callback_add`` never matches ``$share/...`` filters (paho issue 472),
-  which is why this uses paho's plain ``on_message`` and not
-  :class:`edgefleet.edge.mqtt.MqttClient`, which also acknowledges before the commit.
+- One MQTT client for the product: :class:`edgefleet.edge.mqtt.MqttClient` with
+  ``manual_ack`` (reports are acknowledged after the commit, statuses at once), which
+  routes ``$share/`` filters itself and subscribes again on every connect.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import ssl
 import threading
 import time
 import uuid
@@ -64,14 +63,6 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefleet.central.monitor.store import (
     IngestCounts,
@@ -81,7 +72,7 @@ from edgefleet.central.monitor.store import (
     prepare,
 )
 from edgefleet.edge.ack import Ack
-from edgefleet.edge.mqtt import DEFAULT_SESSION_EXPIRY, START_HINT, BrokerAddress
+from edgefleet.edge.mqtt import DEFAULT_SESSION_EXPIRY, BrokerAddress, Message, MqttClient
 from edgefleet.edge.status import DeviceStatus
 from edgefleet.edge.topics import DEFAULT_PREFIX, Topics, validate_name
 from edgefleet.errors import BrokerError, InputError
@@ -137,13 +128,8 @@ class MonitorStats:
         )
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    generation: int  # which connection delivered it: a PUBACK only makes sense on that one
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
+_Delivery = Message
+"""A report as it arrived (with what acknowledging it to the broker needs)."""
 
 
 class CachedVersions:
@@ -225,14 +211,10 @@ class Monitor:
         # thousands of reports per second the per-item handshake cost a third of the time).
         self._pending: deque[_Delivery] = deque()
         self._batch_ready = threading.Event()
-        self._generation = 0
-        self._connected = threading.Event()
-        self._connack_error: str | None = None
-        self._subscribed = threading.Event()
         self._closing = threading.Event()  # no new deliveries are taken
         self._abandon = threading.Event()  # the writer gives up (stop timed out)
         self._writer: threading.Thread | None = None
-        self._client: paho.Client | None = None
+        self._client: MqttClient | None = None
         self._lock = threading.Lock()
         self._progress = threading.Condition(self._lock)
         self._received = 0
@@ -249,13 +231,16 @@ class Monitor:
 
     def start(self) -> Monitor:
         """Connect, subscribe and start storing; :class:`BrokerError` if the broker cannot
-        be reached or refuses the subscription."""
+        be reached or refuses the connection or the subscription."""
         if self._client is not None:
             return self
         client = self._make_client()
         self._client = client
+        # The callbacks before the connection: a resumed session delivers at once.
+        client.subscribe_messages(self.filter, self._on_report)
+        client.subscribe(self.topics.all_status, self._on_status)
         if self.workers:
-            # spawn, not fork: this process already runs paho's thread.
+            # spawn, not fork: this process already runs the network thread.
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn")
             )
@@ -267,7 +252,11 @@ class Monitor:
         )
         self._writer.start()
         try:
-            self._connect(client)
+            client.connect()
+            # Again, now waiting for the broker's answer: a refusal (not authorised to
+            # read reports) is an error here, not a silent monitor.
+            client.subscribe_messages(self.filter, self._on_report, timeout=self.connect_timeout)
+            client.subscribe(self.topics.all_status, self._on_status, timeout=self.connect_timeout)
         except BaseException:
             self._abandon.set()
             self._writer.join(5.0)
@@ -275,36 +264,11 @@ class Monitor:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+            with contextlib.suppress(BrokerError):
+                client.disconnect(flush_timeout=0)
             raise
         logger.info("monitor %s subscribed to %s", self.client_id, self.filter)
         return self
-
-    def _connect(self, client: paho.Client) -> None:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.session_expiry
-        try:
-            client.connect(
-                self.address.host,
-                self.address.port,
-                keepalive=self.keepalive,
-                clean_start=self.session_expiry == 0,
-                properties=properties,
-            )
-        except (OSError, ValueError) as error:
-            raise BrokerError(
-                f"cannot reach the MQTT broker at {self.address.display}: {error}. {START_HINT}"
-            ) from None
-        client.loop_start()
-        if not self._subscribed.wait(self.connect_timeout) or self._connack_error:
-            reason = self._connack_error or (
-                "no CONNACK" if not self._connected.is_set() else "no SUBACK"
-            )
-            client.disconnect()
-            client.loop_stop()
-            raise BrokerError(
-                f"the MQTT broker at {self.address.display} did not let the monitor "
-                f"subscribe to {self.filter} within {self.connect_timeout:g} s: {reason}"
-            )
 
     def stop(self, timeout: float = 30.0, *, leave: bool = False) -> MonitorStats:
         """Store and acknowledge every report received so far, then disconnect. Reports
@@ -331,13 +295,12 @@ class Monitor:
                 )
                 self._abandon.set()
                 writer.join(5.0)
-        client.disconnect()
-        client.loop_stop()
+        # The acks of the last batches go out before the connection closes.
+        client.disconnect(flush_timeout=10.0)
         self._client = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        self._connected.clear()
         return self.stats
 
     def run_until(self, stop_event: threading.Event, timeout: float = 30.0) -> MonitorStats:
@@ -368,7 +331,7 @@ class Monitor:
                 quarantined=self._counts.quarantined,
                 store_errors=self._store_errors,
                 queued=len(self._pending),
-                connected=self._connected.is_set(),
+                connected=self._client is not None and self._client.is_connected,
                 acks_sent=self._acks_sent,
                 statuses_refused=self._statuses_refused,
             )
@@ -387,101 +350,28 @@ class Monitor:
 
     # -- network thread ------------------------------------------------------------------
 
-    def _make_client(self) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5,
+    def _make_client(self) -> MqttClient:
+        return MqttClient(
+            self.address,
+            self.client_id,
+            clean_start=self.session_expiry == 0,
+            session_expiry=self.session_expiry,
+            keepalive=self.keepalive,
+            connect_timeout=self.connect_timeout,
             manual_ack=True,
-        )
-        client.reconnect_delay_set(1, 30)
-        if self.address.username is not None:
-            client.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls:
-            try:
-                client.tls_set(
-                    ca_certs=str(self.address.ca_file) if self.address.ca_file else None,
-                    certfile=str(self.address.cert_file) if self.address.cert_file else None,
-                    keyfile=str(self.address.key_file) if self.address.key_file else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ssl.SSLError, ValueError) as error:
-                raise InputError(
-                    f"cannot use the TLS files for {self.address.url}: {error}"
-                ) from None
-            client.tls_insecure_set(self.address.insecure)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        return client
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            self._connack_error = str(reason)
-            self._subscribed.set()  # wakes start(), which raises
-            logger.warning("broker %s refused the monitor: %s", self.address.display, reason)
-            return
-        self._generation += 1
-        self._connected.set()
-        # Every time, not only without a session: cheap, and it restores a subscription
-        # that a session expiry, stop(leave=True) or a broker that lost it removed.
-        client.subscribe(
-            [
-                (self.filter, SubscribeOptions(qos=1)),
-                (self.topics.all_status, SubscribeOptions(qos=1)),
-            ]
+            on_disconnected=self._on_disconnected,
         )
 
-    def _on_subscribe(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        failed = [r for r in reasons if r.is_failure]
-        if failed:
-            self._connack_error = f"subscription refused: {failed[0]}"
-            logger.error("broker refused the subscription to %s: %s", self.filter, failed[0])
-        self._subscribed.set()
-
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._connected.clear()
+    def _on_disconnected(self, reason: str) -> None:
         if not self._closing.is_set():
             logger.warning("monitor %s lost the broker (%s); reconnecting", self.client_id, reason)
 
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+    def _on_report(self, message: Message) -> None:
         if self._closing.is_set():
             return  # not acknowledged: the broker redelivers it to this session later
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = "(a topic that is not UTF-8)"
-        if topic.endswith("/status"):
-            self._on_status(client, message, topic)
-            return
-        delivery = _Delivery(
-            self._generation, message.mid, message.qos, topic, bytes(message.payload)
-        )
         self._received += 1  # written by this thread only
         pending = self._pending
-        pending.append(delivery)
+        pending.append(message)
         if len(pending) >= self.batch:
             self._batch_ready.set()
         # A full queue holds this thread: paho stops reading, TCP pushes back on the broker.
@@ -489,18 +379,16 @@ class Monitor:
             self._batch_ready.set()
             time.sleep(0.002)
 
-    def _on_status(self, client: paho.Client, message: paho.MQTTMessage, topic: str) -> None:
+    def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             device_id = self.topics.device_id_from(topic)
-            status = DeviceStatus.decode(bytes(message.payload), device_id)
+            status = DeviceStatus.decode(payload, device_id)
             if len(self._statuses) >= _MAX_STATUSES and device_id not in self._statuses:
                 raise InputError("too many device statuses waiting to be written")
             self._statuses[device_id] = status
         except InputError as error:
             self._statuses_refused += 1
             logger.debug("monitor %s: status on %s refused: %s", self.client_id, topic, error)
-        if message.qos:
-            client.ack(message.mid, message.qos)
 
     # -- writer thread -------------------------------------------------------------------
 
@@ -678,31 +566,26 @@ class Monitor:
             self._send_acks(client, committed)
         except Exception:  # never stop storing over an ack: the devices re-send
             logger.exception("monitor %s: sending acks failed", self.client_id)
-        generation = self._generation
         for item in items:
-            # A delivery of an earlier connection: the broker redelivers it on this one
-            # (persistent session) and it is acknowledged then, as a duplicate.
-            if item.qos and item.generation == generation:
-                client.ack(item.mid, item.qos)
+            # One of an earlier connection is not acknowledged (MqttClient.ack): the broker
+            # redelivers it on this one, and it is acknowledged then, as a duplicate.
+            client.ack(item)
 
-    def _send_acks(self, client: paho.Client, committed: list[tuple[str, str, int]]) -> None:
-        """Tell each device which of its reports the store now holds. An ack that paho
-        cannot take is only logged: the device re-sends, and the re-send is acknowledged."""
+    def _send_acks(self, client: MqttClient, committed: list[tuple[str, str, int]]) -> None:
+        """Tell each device which of its reports the store now holds. An ack that cannot
+        go out is only logged: the device re-sends, and the re-send is acknowledged."""
         by_device: defaultdict[str, list[int]] = defaultdict(list)
         for _, device_id, sequence in committed:
             by_device[device_id].append(sequence)
         sent = 0
         for device_id, sequences in by_device.items():
             for ack in Ack.from_sequences(device_id, sequences):
-                info = client.publish(self.topics.ack(device_id), ack.encode(), qos=1)
-                if info.rc == paho.MQTT_ERR_SUCCESS or info.rc == paho.MQTT_ERR_NO_CONN:
+                try:
+                    client.publish(self.topics.ack(device_id), ack.encode(), qos=1, timeout=5.0)
                     sent += 1
-                else:
+                except BrokerError as error:
                     logger.warning(
-                        "monitor %s: ack to %s not sent: %s",
-                        self.client_id,
-                        device_id,
-                        paho.error_string(info.rc),
+                        "monitor %s: ack to %s not sent: %s", self.client_id, device_id, error
                     )
         with self._lock:
             self._acks_sent += sent

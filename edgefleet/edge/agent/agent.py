@@ -204,12 +204,12 @@ class Agent:
             self._threads.append(thread)
 
     def stop(self, *, flush_timeout: float = 5.0) -> None:
-        """Close the report window into the outbox, try to send it, disconnect cleanly."""
+        """Close the report window into the outbox, try to send what was never sent, and
+        disconnect cleanly. Reports waiting for a monitor's ack stay in the outbox: the
+        next start sends them again if the ack does not come."""
         self.close_window()
         deadline = time.monotonic() + flush_timeout
-        while (
-            self.outbox.stats().pending and time.monotonic() < deadline and self.client.is_connected
-        ):
+        while self._unsent() and time.monotonic() < deadline and self.client.is_connected:
             self._outbox_ready.set()
             time.sleep(0.05)
         self._stop.set()
@@ -222,6 +222,10 @@ class Agent:
         with contextlib.suppress(BrokerError):
             self.client.disconnect()
         self.outbox.close()
+
+    def _unsent(self) -> int:
+        stats = self.outbox.stats()
+        return stats.pending - stats.awaiting_ack
 
     def _connect_loop(self) -> None:
         delay = 0.5
