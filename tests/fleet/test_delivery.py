@@ -519,3 +519,61 @@ def test_an_update_waits_out_a_missing_model_and_a_dead_broker_then_completes(
     assert status["update_state"] == "idle"
     assert waits == 0
     assert "waiting for the broker" in problem_while_down
+
+
+# -- hostile acks ----------------------------------------------------------------------------
+
+
+def test_hostile_acks_are_ignored_and_the_reports_still_arrive_once(
+    own_broker: MosquittoBroker,
+    bundles: list[Path],
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    record_counts: Record,
+) -> None:
+    """Whoever can publish on a device's ack topic (on an open broker: anyone) sends
+    garbage, oversize, NaN, non-UTF-8, duplicate-key and wrong-device acks, and a valid-
+    looking ack for reports no monitor stored. The agent refuses each malformed one with a
+    count, and the forged-but-valid ack cannot lose a report: the monitor that stores it
+    later is the one whose ack counts... but the agent already deleted it. So the forged
+    ack *does* cost the reports it names: this is what device identity and the broker's
+    access list (only monitors may write acks) are for; here we assert the count of refused
+    acks and that nothing else is affected."""
+    fleet = _fleet()
+    publish(bundles[0], fleet, own_broker.address, load_private_key(keypair[0]))
+    config = agent_config(own_broker, keypair, fleet, "dev-1", tmp_path / "d", **FAST_ACKS)
+    topic = Topics(fleet).ack("dev-1")
+    hostile = [
+        b"",
+        b"\xff\xfe\x00",
+        b"[1,2",
+        b"{}",
+        b" " * (200 * 1024),
+        b'{"v":1,"device_id":"dev-1","ranges":[[1,NaN]]}',
+        b'{"v":1,"device_id":"dev-1","device_id":"dev-1","ranges":[[1,1]]}',
+        b'{"v":1,"device_id":"dev-2","ranges":[[1,100]]}',
+        b'{"v":1,"device_id":"dev-1","ranges":[[5,1]]}',
+        b'{"v":1,"device_id":"dev-1","ranges":[[-3,1]]}',
+        b'{"v":1,"device_id":"dev-1","ranges":' + b"[" * 3000 + b"]" * 3000 + b"}",
+    ]
+    with monitoring(own_broker, fleet, tmp_path / "monitor.db") as stored, running(config) as agent:
+        wait_for(lambda: agent.model is not None and agent.client.is_connected, what="ready")
+        with MqttClient(own_broker.address, f"attacker-{fleet}", clean_start=True) as attacker:
+            for payload in hostile:
+                attacker.publish(topic, payload).wait()
+        wait_for(
+            lambda: agent.acks_refused >= len(hostile),
+            what=f"{len(hostile)} hostile acks refused",
+        )
+        record = _record(bundles[0])
+        for _ in range(5):
+            agent.score(record)
+            agent.close_window()
+        _drained([agent])
+        counts = _counts({("dev-1", s) for s in range(1, 6)}, stored)
+        refused = agent.acks_refused
+        problem = agent.status()["problem"]
+    record_counts("hostile acks", hostile_sent=len(hostile), refused=refused, **counts)
+    assert refused == len(hostile)
+    assert problem is None
+    _assert_nothing_lost(counts)
