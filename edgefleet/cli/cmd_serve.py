@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="a host name the dashboard answers to besides loopback (repeatable)",
     )
-    add_broker_options(serve)
+    add_broker_options(serve, "dashboard")
     serve.set_defaults(handler=run_serve)
 
 

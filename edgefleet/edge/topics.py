@@ -6,6 +6,8 @@
     {prefix}/{fleet}/models/{sha256}         retained manifest, signature or artifact bytes
     {prefix}/{fleet}/devices/{id}/report     QoS 1 report aggregates
     {prefix}/{fleet}/devices/{id}/status     retained status; the last will says "offline"
+    {prefix}/{fleet}/devices/{id}/ack        QoS 1, written by monitors, read by that device
+    {prefix}/{fleet}/devices/{id}/marker/..  the device's private read_retained markers
 
 Every name that goes into a topic is validated here, once: a fleet or device name holding
 ``+``, ``#`` or ``/`` would turn a topic into a wildcard or shift its levels, so that a
@@ -107,6 +109,15 @@ class Topics:
 
     def status(self, device_id: str) -> str:
         return f"{self.base}/devices/{validate_device_id(device_id)}/status"
+
+    def ack(self, device_id: str) -> str:
+        return f"{self.base}/devices/{validate_device_id(device_id)}/ack"
+
+    def markers(self, device_id: str) -> str:
+        """Where the device's :meth:`MqttClient.read_retained` puts its markers: a topic
+        space of its own, the only one besides report and status the access list lets it
+        write."""
+        return f"{self.base}/devices/{validate_device_id(device_id)}/marker"
 
     @property
     def all_reports(self) -> str:
