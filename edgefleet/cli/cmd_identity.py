@@ -155,7 +155,8 @@ def _broker_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _reload(args: argparse.Namespace) -> None:
+def reload_broker(args: argparse.Namespace) -> None:
+    """SIGHUP the broker running on ``--broker-dir`` (default HOME/broker), saying so."""
     from edgefleet.central.broker import reload_running
 
     folder = args.broker_dir or Path(args.home) / "broker"
@@ -196,12 +197,12 @@ def run_issue_service(args: argparse.Namespace) -> int:
 
 
 def run_enroll(args: argparse.Namespace) -> int:
-    from edgefleet.central.identity.authority import enroll_devices
+    from edgefleet.central.identity.authority import enroll_device
 
-    [folder] = enroll_devices(
+    folder = enroll_device(
         Path(args.home),
         args.fleet,
-        [args.device_id],
+        args.device_id,
         args.out,
         broker_url=args.broker,
         signing_key=args.signing_key,
@@ -209,7 +210,7 @@ def run_enroll(args: argparse.Namespace) -> int:
     )
     say(f"device:{args.fleet}:{args.device_id} enrolled; identity folder {folder}")
     say(f"  on the device: edgefleet agent --identity {folder} --state-dir STATE_DIR")
-    _reload(args)
+    reload_broker(args)
     return 0
 
 
@@ -220,7 +221,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     common_name = device_common_name(args.fleet, args.device_id)
     serials = revoke(Path(args.home), common_name)
     say(f"{common_name} revoked ({len(serials)} certificate(s)); the CRL and access list rewritten")
-    _reload(args)
+    reload_broker(args)
     return 0
 
 
@@ -230,7 +231,7 @@ def run_revoke_service(args: argparse.Namespace) -> int:
 
     serials = revoke(Path(args.home), service_common_name(args.name))
     say(f"service:{args.name} revoked ({len(serials)} certificate(s))")
-    _reload(args)
+    reload_broker(args)
     return 0
 
 

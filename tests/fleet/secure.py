@@ -39,10 +39,10 @@ class SecureFleet:
     signing_key: Path
 
     def device(self, fleet: str, device_id: str) -> Identity:
-        [folder] = authority.enroll_devices(
+        folder = authority.enroll_device(
             self.home,
             fleet,
-            [device_id],
+            device_id,
             self.home / "enrolled" / fleet / device_id,
             broker_url=self.broker.url,
             signing_key=self.signing_key,

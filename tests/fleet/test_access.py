@@ -230,10 +230,10 @@ def test_a_certificate_of_another_ca_is_refused(
     # Another CA issues the honest device's very name: an impersonation attempt.
     rogue_home = tmp_path / "rogue"
     authority.init_ca(rogue_home)
-    [folder] = authority.enroll_devices(
+    folder = authority.enroll_device(
         rogue_home,
         FLEET,
-        [watched.honest.device_id],
+        watched.honest.device_id,
         tmp_path / "fake",
         broker_url=fleet.broker.url,
         signing_key=keypair[1],

@@ -81,27 +81,55 @@ def refresh(home: Path) -> tuple[Path, Path]:
     return acl, ca.write_crl(revoked)
 
 
-def enroll_devices(
+def enroll_device(
     home: Path,
     fleet: str,
-    device_ids: Sequence[str],
+    device_id: str,
     out: Path | None = None,
     *,
     broker_url: str = DEFAULT_SECURE_URL,
     signing_key: Path | None = None,
     prefix: str = DEFAULT_PREFIX,
+) -> Path:
+    """Issue the device a certificate and write its identity folder, ``out`` (default
+    ``HOME/devices/{fleet}/{device_id}``). A device enrolled before gets a new certificate
+    and the old one is revoked."""
+    folder = out or Path(home) / "devices" / fleet / device_id
+    _enroll(home, fleet, [(device_id, folder)], broker_url, signing_key, prefix)
+    return folder
+
+
+def enroll_devices(
+    home: Path,
+    fleet: str,
+    device_ids: Sequence[str],
+    root: Path,
+    *,
+    broker_url: str = DEFAULT_SECURE_URL,
+    signing_key: Path | None = None,
+    prefix: str = DEFAULT_PREFIX,
 ) -> list[Path]:
-    """Issue a certificate to each device and write its identity folder: ``out`` for one
-    device, else ``out/{device_id}`` (``out`` defaults to ``HOME/devices/{fleet}``). A
-    device enrolled before gets a new certificate and the old one is revoked."""
+    """:func:`enroll_device` for many devices at once, into ``root/{device_id}``: one
+    update of the book, the access list and the CRL for all of them."""
+    folders = [(d, root / d) for d in device_ids]
+    _enroll(home, fleet, folders, broker_url, signing_key, prefix)
+    return [folder for _, folder in folders]
+
+
+def _enroll(
+    home: Path,
+    fleet: str,
+    folders: Sequence[tuple[str, Path]],
+    broker_url: str,
+    signing_key: Path | None,
+    prefix: str,
+) -> None:
     check_identifier(fleet, "fleet name")
     validate_name("topic prefix", prefix)
     signing = _signing_key(home, signing_key, required=True)
     ca = load_ca(home)
-    root = out if out is not None else Path(home) / "devices" / fleet
-    folders = []
     with IdentityBook(ca.folder).editing() as records:
-        for device_id in device_ids:
+        for device_id, folder in folders:
             common_name = files.device_common_name(fleet, device_id)
             issued = ca.issue_client(common_name)
             revoke_in(records, common_name, time.time())
@@ -109,11 +137,42 @@ def enroll_devices(
                 common_name, "device", fleet, device_id, (DEVICE_ROLE,), prefix, issued
             )
             records.append(record)
-            folder = root if out is not None and len(device_ids) == 1 else root / device_id
             _write_folder(folder, ca, issued, record, broker_url, signing)
-            folders.append(folder)
     refresh(home)
-    return folders
+
+
+def ensure_enrolled(
+    home: Path,
+    fleet: str,
+    device_ids: Sequence[str],
+    root: Path,
+    *,
+    broker_url: str = DEFAULT_SECURE_URL,
+    signing_key: Path | None = None,
+) -> int:
+    """Enroll, into ``root/{device_id}``, each device that lacks a folder holding an active
+    certificate (a simulated fleet started again keeps its identities); how many were
+    enrolled now."""
+    book = IdentityBook(ca_folder(home))
+    active = {r.common_name: r.serial for r in book.active()}
+    missing = [
+        d
+        for d in device_ids
+        if not _holds(root / d, active.get(files.device_common_name(fleet, d)))
+    ]
+    if missing:
+        enroll_devices(home, fleet, missing, root, broker_url=broker_url, signing_key=signing_key)
+    return len(missing)
+
+
+def _holds(folder: Path, serial: int | None) -> bool:
+    if serial is None:
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate((folder / files.CERT_FILE).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.serial_number == serial and (folder / files.IDENTITY_FILE).is_file()
 
 
 def issue_service(
