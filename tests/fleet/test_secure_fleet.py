@@ -76,7 +76,7 @@ def test_a_fleet_runs_end_to_end_with_identities(
     store.close()
 
 
-def test_a_service_of_one_fleet_cannot_touch_another(secure_fleet: SecureFleet) -> None:
+def test_fleets_are_apart_for_services_and_devices(secure_fleet: SecureFleet) -> None:
     mine, other = f"f{uuid.uuid4().hex[:8]}", f"f{uuid.uuid4().hex[:8]}"
     publisher = secure_fleet.service(f"pub-{mine}", "publisher", fleet=mine)
     with MqttClient(publisher.address(), f"c-{mine}", clean_start=True) as client:
@@ -85,3 +85,14 @@ def test_a_service_of_one_fleet_cannot_touch_another(secure_fleet: SecureFleet) 
             client.publish(Topics(other).rollout, b"x", qos=1, retain=True).wait(30)
         with pytest.raises(BrokerError, match="refused"):
             client.publish(Topics(mine).report("dev-1"), b"x", qos=1).wait(30)
+    # The rollout retained for one fleet reaches its devices, never another fleet's.
+    for fleet, expected in ((mine, b"x"), (other, None)):
+        device = secure_fleet.device(fleet, "dev-1")
+        reader = MqttClient(
+            device.address(),
+            f"r-{fleet}",
+            clean_start=True,
+            marker_base=Topics(fleet).markers("dev-1"),
+        )
+        with reader:
+            assert reader.read_retained(Topics(mine).rollout) == expected
