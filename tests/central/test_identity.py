@@ -118,7 +118,7 @@ def test_the_access_list_gives_each_role_its_topics_only(home: Path, tmp_path: P
         "topic write edgefleet/shops/devices/pos-1/report",
         "topic write edgefleet/shops/devices/pos-1/status",
         "topic read edgefleet/shops/devices/pos-1/ack",
-        "topic readwrite edgefleet/shops/devices/pos-1/marker/#",
+        "topic readwrite edgefleet/shops/markers/pos-1/#",
         "topic read edgefleet/shops/rollout",
         "topic read edgefleet/shops/models/+",
     ]

@@ -37,7 +37,7 @@ ROLE_TOPICS: dict[str, tuple[tuple[str, str], ...]] = {
         ("write", "devices/{device}/status"),
         ("read", "devices/{device}/ack"),
         # read_retained's markers (edgefleet/edge/mqtt.py): a private topic of its own.
-        ("readwrite", "devices/{device}/marker/#"),
+        ("readwrite", "markers/{device}/#"),
         ("read", "rollout"),
         ("read", "models/+"),
     ),
