@@ -4,10 +4,15 @@ the same run.
 (a) rollout: time from publishing a new ~2 MB model until every one of N simulated agents
     (default 200, in this process, each with its own MQTT client) has downloaded,
     verified, self-tested and activated it. Target: under 30 s on 2 cores.
-(b) report throughput, end to end: reports/s from agents' outboxes until a real monitor has
-    stored each one and its end-to-end ack has removed it from the outbox (outbox -> QoS 1
-    publish -> monitor commit -> ack -> outbox delete), against raw paho QoS 1 publishes of
-    the same payload size arriving at a subscriber. Goal: at least 0.5x raw.
+(b) report throughput, end to end: reports/s from agents' outboxes until a monitor (its own
+    process, as deployed) has stored each one and its end-to-end ack has removed it from
+    the outbox (outbox -> QoS 1 publish -> monitor commit -> ack -> outbox delete), against
+    raw paho QoS 1 publishes of the same payload size arriving at a subscriber, measured
+    right after each plain round. Goal: at least 0.5x raw.
+
+(a) and (b) run twice: on an anonymous plain-TCP broker (--insecure-dev) and on the secured
+one (TLS, a certificate per device and service, the access list), and print the cost of
+security. Goal: under 20 %.
 (c) memory: resident set of one `edgefleet agent` process with the ONNX model loaded, while
     it scores over its local HTTP API. Target: under 150 MB.
 
@@ -17,37 +22,98 @@ the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import train_and_export
+from bench.common import Exported, train_and_export
 from edgefleet.central.broker import MosquittoBroker, free_port
 from edgefleet.central.data.generator import generate
 from edgefleet.central.data.loader import load_training_table
 from edgefleet.central.export import export_bundle
+from edgefleet.central.identity import authority
+from edgefleet.central.keys import generate_keys
 from edgefleet.central.monitor.store import MonitorStore
 from edgefleet.central.publish import publish
 from edgefleet.central.registry import Registry
 from edgefleet.central.simulator import make_pool
 from edgefleet.central.trainer import train
 from edgefleet.edge.agent.agent import Agent, AgentConfig
-from edgefleet.edge.signing import load_private_key, load_public_key
+from edgefleet.edge.identity import load_identity
+from edgefleet.edge.mqtt import BrokerAddress
+from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 
 TARGET_ROLLOUT_SECONDS = 30.0
 TARGET_RSS_MB = 150.0
+TARGET_TLS_COST = 0.20
 TARGET_REPORT_RATIO = 0.5
+REPORT_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Net:
+    """A broker and how each party reaches it: anonymously (``home`` None) or each with
+    its own identity from the CA in ``home``."""
+
+    name: str
+    broker: MosquittoBroker
+    home: Path | None = None
+
+    def enroll(self, fleet: str, device_ids: list[str]) -> None:
+        if self.home is not None:
+            authority.enroll_devices(
+                self.home,
+                fleet,
+                device_ids,
+                self.home / "devices" / fleet,
+                broker_url=self.broker.url,
+            )
+            self.broker.reload()
+
+    def device(self, fleet: str, device_id: str) -> BrokerAddress:
+        if self.home is None:
+            return self.broker.address
+        return load_identity(self.home / "devices" / fleet / device_id).address()
+
+    def service(self, name: str) -> BrokerAddress:
+        if self.home is None:
+            return self.broker.address
+        return load_identity(self.home / "identities" / name).address()
+
+
+def secured_net(work: Path) -> Net:
+    home = work / "home"
+    authority.init_ca(home)
+    broker = MosquittoBroker(work / "broker", tls=authority.broker_tls(home))
+    # Only for the identity folders: the agents below are given their trusted key directly.
+    generate_keys(home / "keys")
+    for role in ("publisher", "monitor"):
+        authority.issue_service(home, role, [role], broker_url=broker.url)
+    return Net("TLS+ACL", broker, home)
+
+
+@dataclass(frozen=True)
+class RolloutModels:
+    key: Ed25519PrivateKey
+    public: TrustedKey
+    first: Path
+    second: Path
+    size: int
 
 
 def wait_until(condition: Any, timeout: float) -> bool:
@@ -59,42 +125,52 @@ def wait_until(condition: Any, timeout: float) -> bool:
     return False
 
 
-def bench_rollout(devices: int, broker: MosquittoBroker, work: Path) -> tuple[float, int]:
+def rollout_models() -> RolloutModels:
     exported = train_and_export("rf", ("onnx",))
     key = load_private_key(exported.workdir / "keys" / "edgefleet.key")
-    public = load_public_key(exported.public_key)
     # The second version: same data, another seed, so a different ~2.6 MB model.
     registry = Registry(exported.workdir)
     data = generate(20000, seed=1)
     model = train(load_training_table(data.frame, "churn", schema=data.schema), "rf", seed=1)
     second = registry.register(model, data_sha256="1" * 64)
     bundle2 = export_bundle(second, ["onnx"], exported.workdir / "bundle2", key).bundle
-    size = (bundle2 / "model.onnx").stat().st_size
+    return RolloutModels(
+        key,
+        load_public_key(exported.public_key),
+        exported.result.bundle,
+        bundle2,
+        (bundle2 / "model.onnx").stat().st_size,
+    )
+
+
+def bench_rollout(devices: int, net: Net, models: RolloutModels, work: Path) -> float:
     fleet = "bench"
     state_file = work / "rollout.json"
-    publish(exported.result.bundle, fleet, broker.address, key, state_file=state_file)
+    ids = [f"dev-{i:04d}" for i in range(devices)]
+    net.enroll(fleet, ids)
+    publish(models.first, fleet, net.service("publisher"), models.key, state_file=state_file)
     agents = [
         Agent(
             AgentConfig(
                 fleet=fleet,
-                device_id=f"dev-{i:04d}",
-                state_dir=work / f"d{i}",
-                trusted_keys=(public,),
-                broker=broker.address,
+                device_id=device_id,
+                state_dir=work / device_id,
+                trusted_keys=(models.public,),
+                broker=net.device(fleet, device_id),
                 report_seconds=3600.0,
                 fetch_timeout=120.0,
             )
         )
-        for i in range(devices)
+        for device_id in ids
     ]
     for agent in agents:
         agent.start()
-    print(f"(a) {devices} agents installing the first version ...", file=sys.stderr)
+    print(f"(a) {net.name}: {devices} agents installing the first version ...", file=sys.stderr)
     if not wait_until(lambda: all(a.model is not None for a in agents), 300):
         raise SystemExit("the first version did not reach every agent in 300 s")
-    print(f"(a) publishing version 2 ({size:,} bytes) ...", file=sys.stderr)
+    print(f"(a) {net.name}: publishing version 2 ({models.size:,} bytes) ...", file=sys.stderr)
     started = time.monotonic()
-    publish(bundle2, fleet, broker.address, key, state_file=state_file)
+    publish(models.second, fleet, net.service("publisher"), models.key, state_file=state_file)
     done = wait_until(
         lambda: all(a.model is not None and a.model.scorer.version == "1.1.0" for a in agents), 300
     )
@@ -106,7 +182,7 @@ def bench_rollout(devices: int, broker: MosquittoBroker, work: Path) -> tuple[fl
         thread.join()
     if not done:
         raise SystemExit("version 2 did not reach every agent in 300 s")
-    return elapsed, size
+    return elapsed
 
 
 def raw_paho_rate(broker: MosquittoBroker, payload: bytes, count: int) -> float:
@@ -136,13 +212,20 @@ def raw_paho_rate(broker: MosquittoBroker, payload: bytes, count: int) -> float:
 
 
 def bench_reports(
-    broker: MosquittoBroker, work: Path, agents_n: int = 20, per_agent: int = 500
-) -> tuple[float, float, int]:
-    exported = train_and_export("dt", ("onnx",), rows=5000)
+    net: Net,
+    exported: Exported,
+    work: Path,
+    agents_n: int = 20,
+    per_agent: int = 300,
+    *,
+    fleet: str = "reports",
+) -> tuple[float, int]:
     key = load_private_key(exported.workdir / "keys" / "edgefleet.key")
     public = load_public_key(exported.public_key)
-    fleet = "reports"
-    publish(exported.result.bundle, fleet, broker.address, key, state_file=work / "r.json")
+    ids = [f"rep-{i:03d}" for i in range(agents_n)]
+    net.enroll(fleet, ids)
+    publisher = net.service("publisher")
+    publish(exported.result.bundle, fleet, publisher, key, state_file=work / "r.json")
     pool = make_pool("none", 5)
 
     def make_agents() -> list[Agent]:
@@ -150,14 +233,14 @@ def bench_reports(
             Agent(
                 AgentConfig(
                     fleet=fleet,
-                    device_id=f"rep-{i:03d}",
-                    state_dir=work / f"r{i}",
+                    device_id=device_id,
+                    state_dir=work / device_id,
                     trusted_keys=(public,),
-                    broker=broker.address,
+                    broker=net.device(fleet, device_id),
                     report_seconds=3600.0,
                 )
             )
-            for i in range(agents_n)
+            for device_id in ids
         ]
 
     installing = make_agents()
@@ -168,8 +251,7 @@ def bench_reports(
         agent.stop(flush_timeout=1.0)
     database = f"sqlite:///{work / 'monitor.db'}"
     MonitorStore(database).close()
-    # The monitor in its own process, as it is deployed (never in a device's process).
-    monitor = start_monitor(broker, fleet, database, work / "monitor.log")
+    monitor = start_monitor(net, fleet, database, work / "monitor.log")
     store = MonitorStore(database)
     # The same devices, offline: their reports (20 scored records each) wait in the outbox,
     # so what is timed below is delivery: outbox -> publish -> monitor commit -> ack.
@@ -189,28 +271,24 @@ def bench_reports(
     monitor.terminate()
     monitor.wait(timeout=60)
     store.close()
-    if not drained or stored != total:
-        raise SystemExit(f"only {stored} of {total} reports stored and acknowledged in 300 s")
-    agent_rate = stored / elapsed
     for agent in agents:
         agent.stop(flush_timeout=1.0)
-    raw_rate = raw_paho_rate(broker, b"x" * payload_size, total)
-    return agent_rate, raw_rate, payload_size
+    if not drained or stored != total:
+        raise SystemExit(f"only {stored} of {total} reports stored and acknowledged in 300 s")
+    return stored / elapsed, payload_size
 
 
-def start_monitor(
-    broker: MosquittoBroker, fleet: str, database: str, log: Path
-) -> subprocess.Popen[bytes]:
+def start_monitor(net: Net, fleet: str, database: str, log: Path) -> subprocess.Popen[bytes]:
+    """``edgefleet monitor`` in its own process, as it is deployed."""
+    reach = (
+        ["--broker", net.broker.url]
+        if net.home is None
+        else ["--identity", str(net.home / "identities" / "monitor")]
+    )
+    command = [sys.executable, "-m", "edgefleet.cli.main", "--home", str(log.parent)]
+    command += ["monitor", "--fleet", fleet, "--db", database, *reach]
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "edgefleet.cli.main", "--home", str(log.parent)),
-                *("monitor", "--fleet", fleet, "--db", database, "--broker", broker.url),
-                *("--client-id", "bench-monitor"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     if not wait_until(lambda: b"storing" in log.read_bytes(), 120):
         process.kill()
         raise SystemExit(f"the monitor did not start:\n{log.read_text()}")
@@ -282,34 +360,68 @@ def main() -> int:
     results: list[tuple[str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-fleet-") as scratch:
         work = Path(scratch)
-        with MosquittoBroker(work / "broker") as broker:
-            if "a" not in skip:
-                seconds, size = bench_rollout(args.devices, broker, work / "a")
-                ok = seconds < TARGET_ROLLOUT_SECONDS
-                print(
-                    f"(a) {args.devices} devices verified, self-tested and activated a new "
-                    f"{size / 1e6:.1f} MB model in {seconds:.1f} s "
-                    f"(target < {TARGET_ROLLOUT_SECONDS:.0f} s)"
-                )
-                results.append(("a", ok))
-            if "b" not in skip:
-                agent_rate, raw_rate, payload = bench_reports(broker, work / "b")
-                ok = agent_rate / raw_rate >= TARGET_REPORT_RATIO
-                print(
-                    f"(b) reports through agents, stored and acknowledged end to end: "
-                    f"{agent_rate:,.0f}/s; raw paho QoS 1 publishes of the same {payload:,} "
-                    f"bytes: {raw_rate:,.0f}/s; ratio {agent_rate / raw_rate:.2f} "
-                    f"(goal >= {TARGET_REPORT_RATIO})"
-                )
-                results.append(("b", ok))
-            if "c" not in skip:
+        models = rollout_models() if "a" not in skip else None
+        reporter = train_and_export("dt", ("onnx",), rows=5000) if "b" not in skip else None
+        plain = Net("plain", MosquittoBroker(work / "plain"))
+        secured = secured_net(work / "secured")
+        rollout: dict[str, float] = {}
+        rates: dict[str, list[float]] = {}
+        payload = 0
+        raws: list[float] = []
+        with plain.broker, secured.broker:
+            # Alternated, the secured one first once: the order must not favour either (a
+            # machine shared with other work drifts over minutes).
+            for net in (secured, plain) if models is not None else ():
+                gc.collect()
+                assert models is not None
+                rollout[net.name] = bench_rollout(args.devices, net, models, work / net.name / "a")
+            for round_ in range(REPORT_ROUNDS if reporter is not None else 0):
+                for net in (plain, secured) if round_ % 2 else (secured, plain):
+                    gc.collect()
+                    assert reporter is not None
+                    rate, payload = bench_reports(
+                        net, reporter, work / net.name / f"b{round_}", fleet=f"reports{round_}"
+                    )
+                    rates.setdefault(net.name, []).append(rate)
+                    if net is plain:
+                        raws.append(raw_paho_rate(plain.broker, b"x" * payload, 6000))
+        if models is not None:
+            cost = rollout["TLS+ACL"] / rollout["plain"] - 1
+            print(
+                f"(a) {args.devices} devices verified, self-tested and activated a new "
+                f"{models.size / 1e6:.1f} MB model in {rollout['plain']:.1f} s plain, "
+                f"{rollout['TLS+ACL']:.1f} s with TLS and access lists ({cost:+.0%}; "
+                f"target < {TARGET_ROLLOUT_SECONDS:.0f} s, security < +{TARGET_TLS_COST:.0%})"
+            )
+            results.append(("a", rollout["TLS+ACL"] < TARGET_ROLLOUT_SECONDS))
+            results.append(("a, TLS cost", cost < TARGET_TLS_COST))
+        if reporter is not None:
+            plain_rate = statistics.median(rates["plain"])
+            tls_rate = statistics.median(rates["TLS+ACL"])
+            change = tls_rate / plain_rate - 1
+            ratio = statistics.median(p / r for p, r in zip(rates["plain"], raws, strict=True))
+            print(
+                f"(b) reports stored and acknowledged end to end (median of {REPORT_ROUNDS} "
+                f"alternated rounds): {plain_rate:,.0f}/s plain, {tls_rate:,.0f}/s with TLS "
+                f"and access lists ({change:+.0%}); raw paho QoS 1 publishes of the same "
+                f"{payload:,} bytes (plain, after each plain round): "
+                f"{statistics.median(raws):,.0f}/s; end to end / raw {ratio:.2f} "
+                f"(goal >= {TARGET_REPORT_RATIO})\n"
+                f"    rounds, plain: {', '.join(f'{r:,.0f}' for r in rates['plain'])}; "
+                f"TLS+ACL: {', '.join(f'{r:,.0f}' for r in rates['TLS+ACL'])}; "
+                f"raw: {', '.join(f'{r:,.0f}' for r in raws)}"
+            )
+            results.append(("b, TLS cost", change > -TARGET_TLS_COST))
+            results.append(("b, end to end / raw", ratio >= TARGET_REPORT_RATIO))
+        if "c" not in skip:
+            with MosquittoBroker(work / "c-broker") as broker:
                 rss = bench_memory(broker, work / "c")
-                ok = rss < TARGET_RSS_MB
-                print(
-                    f"(c) one agent process, ONNX random forest loaded, scoring: peak RSS "
-                    f"{rss:.0f} MB (target < {TARGET_RSS_MB:.0f} MB)"
-                )
-                results.append(("c", ok))
+            ok = rss < TARGET_RSS_MB
+            print(
+                f"(c) one agent process, ONNX random forest loaded, scoring: peak RSS "
+                f"{rss:.0f} MB (target < {TARGET_RSS_MB:.0f} MB)"
+            )
+            results.append(("c", ok))
     for part, ok in results:
         print(f"{'PASS' if ok else 'FAIL'} ({part})")
     return 0 if all(ok for _, ok in results) else 1

@@ -24,7 +24,8 @@ message and exit status 2 instead of a traceback::
     │   └── BackpressureError   too many messages await the broker's acknowledgement
     ├── RegistryError           unknown model version, corrupt registry
     ├── StoreError              the monitor database cannot be opened or written
-    └── KeyFileError            a signing or public key that cannot be read
+    ├── KeyFileError            a signing or public key that cannot be read
+    └── IdentityError           a fleet CA, certificate or identity folder that cannot be used
 
 Messages say what was wrong and what to do about it; they never need a traceback to be
 understood.
@@ -138,3 +139,8 @@ class StoreError(EdgefleetError):
 
 class KeyFileError(EdgefleetError):
     """A signing or public key that cannot be read."""
+
+
+class IdentityError(EdgefleetError):
+    """A fleet CA, certificate or identity folder that cannot be used (missing, mixed up,
+    revoked, readable by others, or of another fleet or device)."""

@@ -9,9 +9,17 @@ The configuration is chosen so that nothing is lost without a trace:
   the sessions with their queued QoS 1 messages survive a restart. Mosquitto writes its
   database on a clean stop and every ``autosave_interval`` seconds, so a crash (``kill``)
   loses at most that many seconds;
-- one listener on the loopback address with anonymous access: a development broker that
-  nobody else on the network can reach. A networked broker needs TLS and passwords, which
-  is a deployment's configuration, not this one.
+- secured (``tls=BrokerTLS``, what ``edgefleet broker`` runs unless ``--insecure-dev``): one
+  TLS listener that requires a client certificate signed by the fleet CA and not in its CRL
+  (``require_certificate``, ``crlfile``); the certificate's common name becomes the user name
+  (``use_identity_as_username``), and the access list generated from the identity book
+  (edgefleet/central/identity/acl.py, which says why per-identity blocks) confines each
+  identity to its topics. :meth:`MosquittoBroker.reload` (SIGHUP) makes a running broker
+  re-read the access list and the CRL: Mosquitto 2.0 rebuilds its TLS context on a reload
+  when ``crlfile`` is set, so new connections of a revoked device fail, and rebuilds every
+  client's access list, so a revoked device still connected may do nothing any more;
+- insecure (``tls=None``): one listener on the loopback address with anonymous access, for
+  development only: nobody else on the network can reach it.
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from edgefleet.central.identity.authority import BrokerTLS
 from edgefleet.edge.mqtt import BrokerAddress
 from edgefleet.errors import BrokerError, InputError
 
 CONFIG_NAME = "mosquitto.conf"
 LOG_NAME = "mosquitto.log"
 OUTPUT_NAME = "mosquitto.out"
+PID_NAME = "mosquitto.pid"
 DATABASE_NAME = "mosquitto.db"
 INSTALL_HINT = "install the Debian package mosquitto (scripts/setup does)"
 
@@ -58,6 +68,46 @@ def free_port(host: str = "127.0.0.1") -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+# A TLS 1.2 ClientHello: a TLS listener answers it (a ServerHello or an alert), a plain
+# MQTT listener closes the connection on it (a malformed packet).
+_PROBE = bytes.fromhex(
+    "160301002d"  # handshake record, 45 bytes
+    "01000029"  # ClientHello, 41 bytes
+    "0303" + "00" * 32 + "00"  # version, random, no session id
+    "0002c02b"  # one suite: ECDHE-ECDSA-AES128-GCM-SHA256
+    "0100"  # no compression
+)
+
+
+def _tls_paths(tls: BrokerTLS | None) -> list[Path]:
+    if tls is None:
+        return []
+    return [tls.ca_file, tls.cert_file, tls.key_file, tls.crl_file, tls.acl_file]
+
+
+def _check_config_path(path: Path) -> None:
+    # Mosquitto takes a path to the end of its line; a line break would end it early.
+    if any(ch in str(path) for ch in "\r\n"):
+        raise InputError(f"the path {str(path)!r} contains a line break")
+
+
+def reload_running(data_dir: Path) -> bool:
+    """SIGHUP the broker ``edgefleet broker`` runs on ``data_dir``, if it runs; whether
+    one did. Its pid file is trusted only while that process is a mosquitto."""
+    try:
+        pid = int((Path(data_dir) / PID_NAME).read_text().strip())
+        command = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return False
+    if command != "mosquitto":
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:
@@ -90,8 +140,9 @@ class MosquittoBroker:
         echo_log: bool = False,
         binary: str | Path | None = None,
         startup_timeout: float = 10.0,
+        tls: BrokerTLS | None = None,
     ):
-        if not _is_loopback(host):
+        if tls is None and not _is_loopback(host):
             raise InputError(
                 f"the generated broker allows anonymous clients, so it listens only on a "
                 f"loopback address, not {host!r}. For a networked broker, configure Mosquitto "
@@ -114,6 +165,9 @@ class MosquittoBroker:
         self.echo_log = echo_log
         self.binary = Path(binary) if binary else None
         self.startup_timeout = startup_timeout
+        self.tls = tls
+        for path in _tls_paths(tls):
+            _check_config_path(path)
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- paths and configuration --------------------------------------------------------------
@@ -131,19 +185,28 @@ class MosquittoBroker:
         return self.data_dir / DATABASE_NAME
 
     @property
+    def pid_path(self) -> Path:
+        return self.data_dir / PID_NAME
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     @property
     def address(self) -> BrokerAddress:
-        return BrokerAddress(host=self.host, port=self.port)
+        """The broker as a client reaches it; secured, with the CA but no client
+        certificate (add one: ``Identity.address(broker.url)``)."""
+        if self.tls is None:
+            return BrokerAddress(host=self.host, port=self.port)
+        return BrokerAddress.parse(self.url, ca_file=self.tls.ca_file)
 
     def config_text(self) -> str:
         lines = [
             "# Generated by edgefleet (edgefleet/central/broker.py); rewritten on every start.",
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *self._access_lines(),
+            f"pid_file {self.pid_path}",
             "",
             "# Retained messages and sessions (with their queued QoS 1 messages) survive a",
             "# restart; written on a clean stop and every autosave_interval seconds.",
@@ -176,6 +239,22 @@ class MosquittoBroker:
             lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         lines.extend(self.extra_config)
         return "\n".join(lines) + "\n"
+
+    def _access_lines(self) -> list[str]:
+        if self.tls is None:
+            return ["allow_anonymous true"]
+        return [
+            "# TLS only, with a client certificate of the fleet CA that is not revoked; its",
+            "# common name is the user name the access list names.",
+            f"cafile {self.tls.ca_file}",
+            f"certfile {self.tls.cert_file}",
+            f"keyfile {self.tls.key_file}",
+            f"crlfile {self.tls.crl_file}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            f"acl_file {self.tls.acl_file}",
+        ]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -229,10 +308,13 @@ class MosquittoBroker:
                 ) from None
 
     def _started_in_log(self, offset: int) -> bool:
+        return self._logged_since(offset, b" running")
+
+    def _logged_since(self, offset: int, text: bytes) -> bool:
         try:
             with self.log_path.open("rb") as log:
                 log.seek(offset)
-                return b" running" in log.read()
+                return text in log.read()
         except OSError:
             return False
 
@@ -302,6 +384,35 @@ class MosquittoBroker:
         """SIGCONT after :meth:`freeze`."""
         if self._process is not None and self.running:
             self._process.send_signal(signal.SIGCONT)
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP: Mosquitto re-reads its access list, CRL and certificates. Returns once
+        the reload is done (the log says it began; a TLS handshake answered afterwards
+        proves the single-threaded broker finished it)."""
+        if self._process is None or not self.running:
+            raise BrokerError("the broker is not running: nothing to reload")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not self._logged_since(offset, b"Reloading config"):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not reload within {timeout:g} s")
+            time.sleep(0.02)
+        self._answered_after(deadline)
+
+    def _answered_after(self, deadline: float) -> None:
+        # An answer (a TLS ServerHello or alert; a plain listener closes the connection on
+        # the packet) comes from the event loop after the reload it logged.
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=2.0) as probe:
+                    probe.sendall(_PROBE)
+                    probe.recv(1)
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise BrokerError("mosquitto did not answer after reloading")
 
     def save(self) -> None:
         """Ask Mosquitto to write its database now (SIGUSR1), as autosave would."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgefleet.central.data.generator import SCENARIOS, TARGET, generate
 from edgefleet.edge.agent.agent import Agent, AgentConfig, NoModelError
+from edgefleet.edge.identity import load_identity
 from edgefleet.edge.mqtt import BrokerAddress
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.errors import InputError
@@ -40,6 +41,10 @@ class SimulationConfig:
     report_seconds: float = 5.0
     groups: int = 5
     seed: int = 0
+    identity_root: Path | None = None
+    """Folders ``identity_root/{device_id}`` from ``edgefleet devices enroll``: each agent
+    connects with its own certificate (to ``broker``'s host and port). None: every agent
+    uses ``broker`` as it is (an insecure development broker)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= 2000:
@@ -52,6 +57,11 @@ class SimulationConfig:
             raise InputError("--drift-share must be between 0 and 1")
         if self.records_per_second <= 0 or not 0.0 <= self.label_share <= 1.0:
             raise InputError("--rate must be positive and the label share within 0..1")
+
+
+def device_ids(fleet: str, count: int) -> list[str]:
+    """The ids of a simulated fleet's devices: FLEET-0000, FLEET-0001, ..."""
+    return [f"{fleet}-{index:04d}" for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ class Simulation:
                     device_id=self.device_id(i),
                     state_dir=config.state_root / self.device_id(i),
                     trusted_keys=config.trusted_keys,
-                    broker=config.broker,
+                    broker=self._broker_of(self.device_id(i)),
                     # Contiguous blocks: the drifting devices (the first ones) share groups, as
                     # a price increase or an outage hits whole regions, not every n-th device.
                     device_group=f"group-{i * config.groups // config.devices}",
@@ -111,6 +121,13 @@ class Simulation:
 
     def device_id(self, index: int) -> str:
         return f"{self.config.fleet}-{index:04d}"
+
+    def _broker_of(self, device_id: str) -> BrokerAddress:
+        if self.config.identity_root is None:
+            return self.config.broker
+        identity = load_identity(self.config.identity_root / device_id)
+        identity.check(fleet=self.config.fleet, device_id=device_id)
+        return identity.address(self.config.broker.url, insecure=self.config.broker.insecure)
 
     def start(self) -> None:
         for agent in self.agents:

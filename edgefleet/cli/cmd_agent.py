@@ -8,16 +8,23 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
+from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args, identity_from_args
 from edgefleet.cli.progress import say
 
 if TYPE_CHECKING:
     from edgefleet.edge.agent.http import ApiLimits
 
 EPILOG = """\
-example:
-  edgefleet agent --fleet shops --device-id pos-17 --state-dir /var/lib/edgefleet \\
-      --trust-key edgefleet.pub --broker mqtt://gateway:1883 --http-port 8765
+examples:
+  edgefleet devices enroll --fleet shops --device-id pos-17 --out pos-17/   # central side
+  edgefleet agent --identity pos-17/ --state-dir /var/lib/edgefleet --http-port 8765
+
+  edgefleet agent --fleet shops --device-id pos-17 --state-dir state/ \\
+      --trust-key edgefleet.pub --broker mqtt://127.0.0.1:1883      # an --insecure-dev broker
+
+The identity folder brings the fleet, the device id, the CA, the device's certificate and
+key, the publisher's public key and the broker URL; --fleet and --device-id, if given, must
+match its certificate, and --broker and --trust-key replace what it says.
 
   curl -s localhost:8765/health
   curl -s -XPOST localhost:8765/score -d '{"record": {"tenure_months": 3, ...}}'
@@ -46,8 +53,10 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    agent.add_argument("--fleet", required=True, help="fleet name")
-    agent.add_argument("--device-id", required=True, help="this device's id ([A-Za-z0-9._-])")
+    agent.add_argument("--fleet", help="fleet name (default: the identity's)")
+    agent.add_argument(
+        "--device-id", help="this device's id ([A-Za-z0-9._-]; default: the identity's)"
+    )
     agent.add_argument(
         "--state-dir",
         type=Path,
@@ -58,8 +67,7 @@ def register(subparsers: Any) -> None:
         "--trust-key",
         type=Path,
         action="append",
-        required=True,
-        help="publisher public key to trust (repeatable)",
+        help="publisher public key to trust (repeatable; default: the identity's signing.pub)",
     )
     agent.add_argument("--format", help="model format to run (default: the first available)")
     agent.add_argument("--device-group", default="default", help="cohort label in reports")
@@ -162,18 +170,41 @@ def http_limits_from(args: argparse.Namespace) -> ApiLimits:
     )
 
 
+def _device(args: argparse.Namespace) -> tuple[str, str, list[Path], str]:
+    """Fleet, device id, trusted keys and topic prefix, from the options and the identity."""
+    from edgefleet.errors import InputError
+
+    identity = identity_from_args(args)
+    if identity is None:
+        missing = [
+            o for o, v in (("--fleet", args.fleet), ("--device-id", args.device_id)) if not v
+        ]
+        if missing or not args.trust_key:
+            raise InputError(
+                f"give --identity DIR (from 'edgefleet devices enroll'), or "
+                f"{', '.join(missing + ([] if args.trust_key else ['--trust-key']))}"
+            )
+        return args.fleet, args.device_id, args.trust_key, "edgefleet"
+    identity.check(fleet=args.fleet, device_id=args.device_id)
+    keys = args.trust_key or [identity.signing_key]
+    return identity.fleet, identity.device_id, keys, identity.prefix
+
+
 def run_agent(args: argparse.Namespace) -> int:
     from edgefleet.edge.agent.agent import Agent, AgentConfig
     from edgefleet.edge.agent.http import AgentHTTPServer
     from edgefleet.edge.scorer import trusted_keys_from
 
+    fleet, device_id, keys, prefix = _device(args)
+    args.fleet, args.device_id = fleet, device_id
     agent = Agent(
         AgentConfig(
-            fleet=args.fleet,
-            device_id=args.device_id,
+            fleet=fleet,
+            device_id=device_id,
             state_dir=args.state_dir,
-            trusted_keys=tuple(trusted_keys_from(args.trust_key)),
+            trusted_keys=tuple(trusted_keys_from(keys)),
             broker=broker_from_args(args),
+            prefix=prefix,
             format=args.format,
             device_group=args.device_group,
             report_seconds=args.report_seconds,

@@ -28,9 +28,10 @@ def register(subparsers: Any) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="the whole story end to end: train, export, fleet, drift, retrain, update",
-        description="Generate data, train, export all formats, start a local Mosquitto and a "
-        "monitor, publish to a simulated fleet, let part of it drift, and watch "
-        "the closed loop detect, retrain, canary and promote. Everything lives "
+        description="Generate data, train, export all formats, create a fleet CA, start a "
+        "secured local Mosquitto (TLS, a certificate per device and service, an access list) "
+        "and a monitor, enroll the simulated devices, publish to the fleet, let part of it "
+        "drift, and watch the closed loop detect, retrain, canary and promote. Everything lives "
         "in a work folder (default ./demo-run, replaced each run). Exit status 0 "
         "only when the loop closed.",
         epilog="example:\n  edgefleet demo --devices 50 --scenario price_increase",
@@ -69,6 +70,11 @@ def register(subparsers: Any) -> None:
         help="give up if the loop has not closed after this many seconds",
     )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="run the broker anonymous, without TLS, certificates or access list",
+    )
     add_demo_options(demo)
     demo.set_defaults(handler=run_demo)
 
@@ -88,7 +94,6 @@ class Milestones:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from edgefleet.central.broker import MosquittoBroker
     from edgefleet.central.data.generator import generate
     from edgefleet.central.data.loader import data_sha256, load_training_table, write_table
     from edgefleet.central.export import export_bundle
@@ -147,13 +152,14 @@ def run_demo(args: argparse.Namespace) -> int:
     labelled = work / "labelled"
     store = MonitorStore(f"sqlite:///{work / 'monitor.db'}")
     milestones = Milestones()
-    with MosquittoBroker(work / "broker") as broker:
+    secured = _secure_broker(args, home, work, public)
+    with secured.broker as broker:
         say(f"- local Mosquitto at {broker.url} (config {broker.config_path})")
         with step(f"publishing {version.label} to fleet {FLEET!r}"):
             publish(
                 result.bundle,
                 FLEET,
-                broker.address,
+                secured.address("publisher"),
                 signing_key,
                 state_file=state_file_for(home, FLEET),
                 progress=lambda m: say(f"  {m}"),
@@ -164,6 +170,7 @@ def run_demo(args: argparse.Namespace) -> int:
             broker=broker.address,
             trusted_keys=(load_public_key(public),),
             state_root=work / "devices",
+            identity_root=secured.identity_root,
             scenario=args.scenario,
             drift_share=args.drift_share,
             drift_at=args.drift_at,
@@ -174,7 +181,7 @@ def run_demo(args: argparse.Namespace) -> int:
             FLEET,
             home,
             store,
-            broker.address,
+            secured.address("publisher"),
             signing_key,
             labelled,
             canary_percent=20,
@@ -190,7 +197,10 @@ def run_demo(args: argparse.Namespace) -> int:
             f"- {args.devices} simulated devices; {args.scenario} hits {drifting} of them "
             f"(groups group-0..) {args.drift_at:.0f} s after they start"
         )
-        with Monitor(FLEET, broker.address, store) as monitor, Simulation(config) as sim:
+        with (
+            Monitor(FLEET, secured.address("monitor"), store) as monitor,
+            Simulation(config) as sim,
+        ):
             stop = threading.Event()
             feeder = threading.Thread(
                 target=sim.run_for,
@@ -224,6 +234,52 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     finish_demo(args, work, FLEET)
     return 0 if milestones.outcome == "promoted" else 1
+
+
+@dataclass(frozen=True)
+class SecuredBroker:
+    """The demo's broker, and the identities of its services and devices (None: the
+    insecure development broker, where everyone uses the broker's own address)."""
+
+    broker: Any
+    identities: Path | None
+    identity_root: Path | None
+
+    def address(self, service: str) -> Any:
+        if self.identities is None:
+            return self.broker.address
+        from edgefleet.edge.identity import load_identity
+
+        return load_identity(self.identities / service).address(self.broker.url)
+
+
+def _secure_broker(args: argparse.Namespace, home: Path, work: Path, public: Path) -> SecuredBroker:
+    """A fleet CA in ``home``, the broker's TLS files, service identities for the monitor,
+    the publisher (the loop publishes canaries) and the dashboard, and one per device."""
+    from edgefleet.central.broker import MosquittoBroker
+    from edgefleet.central.identity import authority
+    from edgefleet.central.simulator import device_ids
+    from edgefleet.cli.cmd_broker import INSECURE_WARNING
+
+    if args.insecure_dev:
+        say(INSECURE_WARNING)
+        return SecuredBroker(MosquittoBroker(work / "broker"), None, None)
+    with step(f"fleet CA, service identities and {args.devices} device certificates"):
+        authority.init_ca(home)
+        broker = MosquittoBroker(work / "broker", tls=authority.broker_tls(home))
+        for role in ("monitor", "publisher", "dashboard"):
+            authority.issue_service(home, role, [role], broker_url=broker.url, signing_key=public)
+        root = home / "devices" / FLEET
+        authority.enroll_devices(
+            home,
+            FLEET,
+            device_ids(FLEET, args.devices),
+            root,
+            broker_url=broker.url,
+            signing_key=public,
+        )
+    say(f"  CA {home / 'ca'}; identities in {home / 'identities'} and {root}")
+    return SecuredBroker(broker, home / "identities", root)
 
 
 def _watch(

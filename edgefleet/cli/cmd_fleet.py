@@ -32,7 +32,7 @@ def _fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix", default="edgefleet", help="first topic level (default: edgefleet)"
     )
-    add_broker_options(parser)
+    add_broker_options(parser, "publisher")
 
 
 def _signing_key(parser: argparse.ArgumentParser) -> None:

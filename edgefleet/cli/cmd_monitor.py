@@ -89,7 +89,7 @@ def register(subparsers: Any) -> None:
         help="on exit, unsubscribe so the broker stops keeping a share of the fleet for "
         "this monitor (for a monitor retired for good)",
     )
-    add_broker_options(monitor)
+    add_broker_options(monitor, "monitor")
     monitor.set_defaults(handler=run_monitor)
 
     listing = subparsers.add_parser(

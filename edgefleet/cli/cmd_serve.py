@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="a host name the dashboard answers to besides loopback (repeatable)",
     )
-    add_broker_options(serve)
+    add_broker_options(serve, "dashboard")
     serve.set_defaults(handler=run_serve)
 
 
@@ -201,14 +201,22 @@ def finish_demo(args: argparse.Namespace, work: Path, fleet: str) -> None:
         say("  (or run the demo with --serve to keep it up when the demo ends)")
         return
     from edgefleet.central.broker import MosquittoBroker
+    from edgefleet.central.identity.authority import broker_tls, ca_folder
+    from edgefleet.edge.identity import load_identity
     from edgefleet.web.app import create_app
     from edgefleet.web.config import WebConfig
 
     token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)
-    with MosquittoBroker(work / "broker") as broker:
-        config = WebConfig(
-            home=home, db=db, broker=broker.address, fleets=(fleet,), write_token=token
+    secured = ca_folder(home).is_dir()  # the demo ran without --insecure-dev
+    tls = broker_tls(home) if secured else None
+    with MosquittoBroker(work / "broker", tls=tls) as broker:
+        # The dashboard may promote and roll back: its identity, at this broker's port.
+        address = (
+            load_identity(home / "identities" / "dashboard").address(broker.url)
+            if secured
+            else broker.address
         )
+        config = WebConfig(home=home, db=db, broker=address, fleets=(fleet,), write_token=token)
         say(f"\nbroker {broker.url} restarted for promote and roll back")
         say(f"write token (promote, roll back): {token}")
         serve_app(create_app(config), "127.0.0.1", port, path=f"fleets/{fleet}/")

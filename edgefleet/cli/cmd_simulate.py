@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
+from edgefleet.cli.cmd_broker import INSECURE_WARNING, add_broker_options, broker_from_args
 from edgefleet.cli.progress import say
 
+if TYPE_CHECKING:
+    from edgefleet.edge.mqtt import BrokerAddress
+
 EPILOG = """\
-example (a local broker and a published model first):
+example (a fleet CA, a running broker and a published model first):
+  edgefleet ca init && edgefleet ca issue-service --role publisher
   edgefleet broker &
   edgefleet publish latest --fleet shops
   edgefleet simulate --fleet shops --devices 50 --scenario price_increase \\
@@ -19,6 +23,10 @@ example (a local broker and a published model first):
 Devices are named FLEET-0000, FLEET-0001, ...; the first DRIFT_SHARE of them switch to the
 scenario at DRIFT_AT seconds. Each device scores RATE generated customers a second and gets
 the true label back for LABEL_SHARE of its predictions.
+
+Each device connects with its own certificate: those without one are enrolled first (into
+HOME/devices/FLEET/, a few milliseconds each) and the broker on --broker-dir is reloaded.
+With --insecure-dev they connect anonymously to an 'edgefleet broker --insecure-dev'.
 """
 
 
@@ -68,6 +76,17 @@ def register(subparsers: Any) -> None:
         help="publisher public key (default HOME/keys/edgefleet.pub)",
     )
     simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="no identities: anonymous agents on an insecure development broker",
+    )
+    simulate.add_argument(
+        "--broker-dir",
+        type=Path,
+        help="data folder of the running 'edgefleet broker' to reload after enrolling "
+        "(default: HOME/broker)",
+    )
     add_broker_options(simulate)
     simulate.set_defaults(handler=run_simulate)
 
@@ -78,10 +97,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgefleet.edge.scorer import trusted_keys_from
 
     keys = trusted_keys_from(args.trust_key or [default_public_key(args.home)])
+    identities = None if args.insecure_dev else _enroll(args)
     config = SimulationConfig(
         fleet=args.fleet,
         devices=args.devices,
-        broker=broker_from_args(args),
+        broker=_broker(args),
+        identity_root=identities,
         trusted_keys=tuple(keys),
         state_root=args.state_dir or args.home / "simulation" / args.fleet,
         scenario=args.scenario,
@@ -98,3 +119,40 @@ def run_simulate(args: argparse.Namespace) -> int:
         say("  " + sim.describe())
         say("stopping: closing report windows and flushing outboxes")
     return 0
+
+
+def _broker(args: argparse.Namespace) -> BrokerAddress:
+    from edgefleet.edge.mqtt import BrokerAddress
+
+    if args.insecure_dev:
+        say(INSECURE_WARNING)
+        return broker_from_args(args)
+    from edgefleet.central.identity.authority import DEFAULT_SECURE_URL, load_ca
+
+    # The agents bring their own certificates; this names the broker and its CA.
+    return BrokerAddress.parse(
+        args.broker or DEFAULT_SECURE_URL,
+        ca_file=args.ca_file or load_ca(Path(args.home)).cert_path,
+        insecure=args.insecure,
+    )
+
+
+def _enroll(args: argparse.Namespace) -> Path:
+    from edgefleet.central.identity.authority import DEFAULT_SECURE_URL, ensure_enrolled
+    from edgefleet.central.simulator import device_ids
+    from edgefleet.cli.cmd_bundle import default_public_key
+    from edgefleet.cli.cmd_identity import reload_broker
+
+    root: Path = Path(args.home) / "devices" / args.fleet
+    enrolled = ensure_enrolled(
+        Path(args.home),
+        args.fleet,
+        device_ids(args.fleet, args.devices),
+        root,
+        broker_url=args.broker or DEFAULT_SECURE_URL,
+        signing_key=(args.trust_key or [default_public_key(Path(args.home))])[0],
+    )
+    if enrolled:
+        say(f"enrolled {enrolled} device(s) into {root}")
+        reload_broker(args)
+    return root

@@ -47,7 +47,7 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _loop_options(parser: argparse.ArgumentParser) -> None:
+def _loop_options(parser: argparse.ArgumentParser, identity: str) -> None:
     parser.add_argument("--fleet", required=True, help="fleet name")
     parser.add_argument("--data", required=True, metavar="SOURCE", help=DATA_HELP)
     parser.add_argument(
@@ -107,7 +107,7 @@ def _loop_options(parser: argparse.ArgumentParser) -> None:
         "--prefix", default="edgefleet", help="first topic level (default: edgefleet)"
     )
     _db_option(parser)
-    add_broker_options(parser)
+    add_broker_options(parser, identity)
 
 
 def register(subparsers: Any) -> None:
@@ -135,7 +135,7 @@ def register(subparsers: Any) -> None:
         epilog=LOOP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _loop_options(retrain)
+    _loop_options(retrain, "publisher")
     retrain.add_argument(
         "--if-alert",
         action="store_true",
@@ -152,7 +152,8 @@ def register(subparsers: Any) -> None:
         epilog=LOOP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _loop_options(watch)
+    # Stores reports (monitor) and publishes canaries (publisher): one identity with both.
+    _loop_options(watch, "watch")
     watch.add_argument(
         "--no-ingest",
         action="store_true",

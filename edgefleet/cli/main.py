@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_score",
     "edgefleet.cli.cmd_demo",
     "edgefleet.cli.cmd_broker",
+    "edgefleet.cli.cmd_identity",
     "edgefleet.cli.cmd_fleet",
     "edgefleet.cli.cmd_agent",
     "edgefleet.cli.cmd_simulate",

@@ -243,7 +243,9 @@ class MqttClient:
     the subscriptions and queues QoS 1 messages for ``session_expiry`` seconds while we are
     away, so ``client_id`` must be stable and unique. ``clean_start=True`` starts afresh on
     every connection (a publisher that only sends). ``will`` is published by the broker if
-    the connection dies without :meth:`disconnect`.
+    the connection dies without :meth:`disconnect`. ``marker_base`` is the topic under which
+    :meth:`read_retained` puts its markers (default: under the topic read), for a client
+    whose access list allows it only a topic space of its own.
 
     Use as a context manager (``with MqttClient(...) as client:``) or call :meth:`connect`
     and :meth:`disconnect`.
@@ -265,6 +267,7 @@ class MqttClient:
         on_connected: Callable[[bool], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
         manual_ack: bool = False,
+        marker_base: str | None = None,
     ):
         if not isinstance(client_id, str) or not 1 <= len(client_id) <= 128:
             raise InputError(f"MQTT client id {client_id!r} must have 1 to 128 characters")
@@ -286,6 +289,7 @@ class MqttClient:
         self.on_disconnected = on_disconnected
         self.manual_ack = manual_ack
         self._generation = 0
+        self.marker_base = marker_base
         self.callback_errors = 0
         self.server_receive_maximum: int | None = None
         self.server_maximum_packet_size: int | None = None
@@ -843,7 +847,8 @@ class MqttClient:
         with self._lock:
             if topic in self._subscriptions:
                 raise InputError(f"{topic} is subscribed already; its callback gets the value")
-        marker = f"{topic}/.marker/{uuid.uuid4().hex}"
+        base = self.marker_base or f"{topic}/.marker"
+        marker = f"{base}/{uuid.uuid4().hex}"
         values: list[bytes] = []
         arrived = threading.Event()
 

@@ -1,4 +1,4 @@
-"""MQTT topic names of a fleet (docs/architecture.md §5), spoken by devices and the central side.
+"""MQTT topic names of a fleet (DESIGN.md section 5), spoken by devices and the central side.
 
 ::
 
@@ -6,6 +6,8 @@
     {prefix}/{fleet}/models/{sha256}         retained manifest, signature or artifact bytes
     {prefix}/{fleet}/devices/{id}/report     QoS 1 report aggregates
     {prefix}/{fleet}/devices/{id}/status     retained status; the last will says "offline"
+    {prefix}/{fleet}/devices/{id}/ack        QoS 1, written by monitors, read by that device
+    {prefix}/{fleet}/markers/{id}/...        the device's private read_retained markers
 
 Every name that goes into a topic is validated here, once: a fleet or device name holding
 ``+``, ``#`` or ``/`` would turn a topic into a wildcard or shift its levels, so that a
@@ -111,6 +113,14 @@ class Topics:
     def ack(self, device_id: str) -> str:
         """Where monitors tell a device which of its reports are stored (QoS 1)."""
         return f"{self.base}/devices/{validate_device_id(device_id)}/ack"
+
+    def markers(self, device_id: str) -> str:
+        """Where the device's :meth:`MqttClient.read_retained` puts its markers: a topic
+        space of its own, the only one besides report and status the access list lets it
+        write. Not under ``devices/{id}/``: with Mosquitto 2.0.11, subscribing and
+        unsubscribing a topic there made ``tests/fleet/test_faults.py`` lose reports across
+        a broker SIGKILL and restart (2 to 5 of 1,200, every run)."""
+        return f"{self.base}/markers/{validate_device_id(device_id)}"
 
     @property
     def all_reports(self) -> str:

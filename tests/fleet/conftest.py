@@ -17,6 +17,7 @@ from edgefleet.central.broker import MosquittoBroker, find_mosquitto
 from edgefleet.central.trainer import TrainedModel
 from edgefleet.errors import BrokerError
 from tests.fleet.kit import Record, export_versions
+from tests.fleet.secure import SecureFleet, start_secure
 
 REPO = Path(__file__).resolve().parents[2]
 COUNTS_FILE = REPO / "test-artifacts" / "fault-counts.jsonl"
@@ -49,6 +50,20 @@ def own_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def unique() -> str:
     """A fresh name for topics, fleets and client ids."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def secure_fleet(
+    tmp_path_factory: pytest.TempPathFactory, keypair: tuple[Path, Path]
+) -> Iterator[SecureFleet]:
+    """One secured broker (TLS, client certificates, CRL, access list) for the session,
+    with its fleet CA; tests enroll their own identities under unique fleet names."""
+    _require_mosquitto()
+    fleet = start_secure(tmp_path_factory.mktemp("secure-home"), keypair[1])
+    try:
+        yield fleet
+    finally:
+        fleet.broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -346,6 +346,7 @@ def test_cli_broker_runs_until_interrupted(tmp_path: Path) -> None:
             "-m",
             "edgefleet.cli.main",
             "broker",
+            "--insecure-dev",
             "--port",
             str(port),
             "--data-dir",
@@ -372,4 +373,5 @@ def test_cli_broker_runs_until_interrupted(tmp_path: Path) -> None:
     err = "".join(seen) + rest
     assert process.returncode == 0, err
     assert f"broker listening on mqtt://127.0.0.1:{port}" in err
+    assert "warning: --insecure-dev" in err
     assert (data / "mosquitto.db").exists()  # saved on the way out

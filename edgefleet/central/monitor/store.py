@@ -709,6 +709,17 @@ class MonitorStore:
             for r in self._rows(query)
         ]
 
+    def refusals_by_device(self, fleet: str) -> dict[str, int]:
+        """Quarantined messages per device named by their topic: with the broker's access
+        list on, the topic is the sender's own, so this counts each device's refused
+        reports (a body claiming another device, malformed, unknown version, ...)."""
+        query = (
+            select(quarantine.c.device_id, func.count())
+            .where(quarantine.c.fleet == fleet, quarantine.c.device_id.is_not(None))
+            .group_by(quarantine.c.device_id)
+        )
+        return {str(device): int(count) for device, count in self._rows(query)}
+
     def quarantine_count(self, fleet: str | None = None) -> int:
         query = select(func.count()).select_from(quarantine)
         if fleet is not None:

@@ -165,6 +165,7 @@ class Agent:
                 json.dumps({"device_id": config.device_id, "state": "offline"}).encode(),
             ),
             on_connected=lambda _: self._outbox_ready.set(),
+            marker_base=self.topics.markers(config.device_id),
         )
         problem = self.installer.load_active(self._format_for)
         if problem is not None and self.store.pointer().active is not None:
