@@ -3,8 +3,14 @@ of the tests and of ``edgefleet broker`` (docs/architecture.md §5).
 
 The configuration is chosen so that nothing is lost without a trace:
 
-- ``max_queued_messages 0``: Mosquitto's default of 1000 silently drops QoS 1 messages for a
-  subscriber that is slow or away (a monitor catching up, a device offline for a day);
+- ``max_queued_messages`` 100,000 by default: Mosquitto's default of 1000 drops QoS 1
+  messages for a subscriber that is slow or away (a monitor catching up, a device offline
+  for a day) far too early, and no bound at all lets one absent client fill the broker's
+  memory. A drop loses nothing for good: a report stays in its device's outbox until a
+  monitor acknowledges it (docs/architecture.md §8), acks are re-sent with it, and statuses
+  and rollout states are retained;
+- ``max_packet_size`` (64 MiB by default) announced to MQTT 5 clients: one client cannot make
+  the broker buffer a message of any size (a model file is one message: keep it above);
 - ``persistence true`` in the data folder: retained messages (rollout state, models) and
   the sessions with their queued QoS 1 messages survive a restart. Mosquitto writes its
   database on a clean stop and every ``autosave_interval`` seconds, so a crash (``kill``)
@@ -132,10 +138,10 @@ class MosquittoBroker:
         *,
         port: int = 0,
         host: str = "127.0.0.1",
-        max_queued_messages: int = 0,
+        max_queued_messages: int = 100_000,
         max_inflight_messages: int = 100,
         autosave_interval: int = 5,
-        max_packet_size: int = 0,
+        max_packet_size: int = 64 * 1024 * 1024,
         extra_config: Sequence[str] = (),
         echo_log: bool = False,
         binary: str | Path | None = None,
@@ -215,8 +221,8 @@ class MosquittoBroker:
             f"persistence_file {DATABASE_NAME}",
             f"autosave_interval {self.autosave_interval}",
             "",
-            "# 0 = unbounded: the default 1000 silently drops QoS 1 messages for slow or",
-            "# offline subscribers.",
+            "# Per client. The default 1000 drops far too early; reports survive a drop",
+            "# (devices re-send until a monitor acknowledges them). 0 = no bound.",
             f"max_queued_messages {self.max_queued_messages}",
             "# In flight per client; also the Receive Maximum announced to MQTT 5 clients.",
             f"max_inflight_messages {self.max_inflight_messages}",

@@ -115,8 +115,9 @@ def register(subparsers: Any) -> None:
         description="Run Mosquitto with a generated configuration until Ctrl-C: TLS with "
         "client certificates and an access list per identity (or, with --insecure-dev, "
         "anonymous on loopback), persistent (retained models, rollout state and queued "
-        "messages survive a restart), and with no limit on messages queued for slow or "
-        "offline subscribers. The configuration and database live in the data folder.",
+        "messages survive a restart), with a bound on the size of a message and on the "
+        "messages queued for a slow or offline client. The configuration and database live "
+        "in the data folder.",
         epilog=BROKER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -142,12 +143,39 @@ def register(subparsers: Any) -> None:
         "--data-dir", type=Path, help="configuration, database and log (default: HOME/broker)"
     )
     broker.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="largest MQTT packet accepted, announced to clients (a model file is one "
+        "message: keep this above the largest; default 64)",
+    )
+    broker.add_argument(
+        "--max-queued",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="messages queued for one slow or offline client before the oldest are "
+        "dropped; reports survive a drop (devices re-send until a monitor acknowledges), "
+        "acks and statuses are re-sent too (default 100000; 0: no bound)",
+    )
+    broker.add_argument(
         "--insecure-dev",
         action="store_true",
         help="no TLS, no certificates, no access list: anonymous clients may do anything "
         "(development only; prints a warning)",
     )
     broker.set_defaults(handler=run_broker)
+
+
+def _packet_bytes(megabytes: float) -> int:
+    from edgefleet.errors import InputError
+
+    if not 0.01 <= megabytes <= 256:
+        raise InputError(
+            f"--max-message-mb must be from 0.01 to 256 (MQTT's limit), not {megabytes}"
+        )
+    return int(megabytes * 1024 * 1024)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -174,6 +202,8 @@ def run_broker(args: argparse.Namespace) -> int:
         host=args.host,
         echo_log=True,
         tls=tls,
+        max_packet_size=_packet_bytes(args.max_message_mb),
+        max_queued_messages=args.max_queued,
     )
     # `kill` (SIGTERM) stops the broker as cleanly as Ctrl-C: it saves its database. SIGINT
     # is installed too because a shell starts background jobs with it ignored.

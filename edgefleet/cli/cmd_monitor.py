@@ -58,9 +58,9 @@ def register(subparsers: Any) -> None:
     _db_option(monitor)
     monitor.add_argument(
         "--group",
-        default="edgefleet-monitor",
-        help="shared subscription group: monitors of one group split the fleet "
-        "(default: edgefleet-monitor)",
+        help="shared subscription group: monitors of one group split the fleet (default: "
+        "a name derived from the monitor identity's key, so that only its processes can "
+        "join; edgefleet-monitor on an --insecure-dev broker)",
     )
     monitor.add_argument(
         "--client-id",

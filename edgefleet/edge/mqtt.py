@@ -37,6 +37,8 @@ acknowledged all the same (QoS 1 is at-least-once, not "until my code succeeds")
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import ssl
 import threading
@@ -278,7 +280,7 @@ class MqttClient:
         if not 1 <= max_pending <= 30000:
             raise InputError(f"max_pending must be 1..30000, not {max_pending}")
         self.address = address
-        self.client_id = client_id
+        self.client_id = bound_client_id(address, client_id)
         self.clean_start = clean_start
         self.session_expiry = 0 if clean_start else session_expiry
         self.keepalive = keepalive
@@ -873,6 +875,31 @@ class MqttClient:
             self.unsubscribe(marker)
             self.unsubscribe(topic)
         return values[-1] if values else None
+
+
+def identity_secret(address: BrokerAddress, purpose: str) -> str | None:
+    """A secret only the holder of ``address``'s client key can compute (HMAC-SHA256 of
+    ``purpose`` under the key file's bytes), or None without a client certificate."""
+    if address.key_file is None:
+        return None
+    try:
+        key = address.key_file.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read the client key {address.key_file}: {error}") from None
+    return hmac.new(key, purpose.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+
+
+def bound_client_id(address: BrokerAddress, name: str) -> str:
+    """``name`` bound to the client's identity: ``name.SECRET`` with a client certificate.
+
+    Mosquitto lets any authenticated client connect with a client id in use and so take
+    over (disconnect) that connection and its session; certificates and the access list do
+    not bind client ids (use_username_as_clientid would, but then two connections of one
+    identity, such as a publisher and its keeper, would evict each other). A client id
+    that only the key's holder can compute cannot be taken over, and stays the same across
+    restarts, so persistent sessions keep working."""
+    secret = identity_secret(address, f"mqtt client id {name}")
+    return name if secret is None else f"{name}.{secret}"
 
 
 def _packet_size(topic: str, payload: bytes, qos: int) -> int:
