@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,6 +38,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgefleet.edge.agent.store import atomic_write
 from edgefleet.edge.bundle import SIGNATURE_FILE, VerifiedBundle, open_bundle
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.mqtt import BrokerAddress, MqttClient, PublishHandle
@@ -70,21 +69,6 @@ def state_file_for(home: Path, fleet: str) -> Path:
 def content_dir_for(state_file: Path) -> Path:
     """Where the files published beside ``state_file`` are kept, named by sha256."""
     return state_file.parent / "content"
-
-
-def atomic_save(path: Path, data: bytes) -> None:
-    """Write beside and rename: a crash leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".part-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -273,7 +257,7 @@ class FleetControl:
             "rollout": envelope.decode("ascii"),
             "models": {key: ref.to_dict() for key, ref in sorted(known.items())},
         }
-        atomic_save(self.state_file, json.dumps(document, indent=1).encode())
+        atomic_write(self.state_file, json.dumps(document, indent=1).encode())
 
     # -- content ------------------------------------------------------------------------------
 
@@ -303,7 +287,7 @@ class FleetControl:
         folder = content_dir_for(self.state_file)
         for content in contents:
             if not (folder / content.sha256).is_file():
-                atomic_save(folder / content.sha256, content.data)
+                atomic_write(folder / content.sha256, content.data)
 
     def require_content(self, ref: ModelRef) -> None:
         """Refuse to point the fleet at a model whose manifest the broker no longer holds."""

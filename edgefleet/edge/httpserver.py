@@ -21,6 +21,7 @@ Waitress answers its own refusals in text; here every one of them is JSON
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -193,7 +194,10 @@ class HttpServer:
         if self._thread is None:
             self._close()
             return
-        self._server.pull_trigger()  # wakes the loop out of poll() at once
+        # Wakes the loop out of poll() at once. The loop may have seen the flag and closed
+        # the trigger already (EBADF): then there is nothing left to wake.
+        with contextlib.suppress(OSError):
+            self._server.pull_trigger()
         self._thread.join()
 
     def _close(self) -> None:
