@@ -1,4 +1,4 @@
-"""MQTT topic names of a fleet (DESIGN.md section 5), spoken by devices and the central side.
+"""MQTT topic names of a fleet (docs/architecture.md §5), spoken by devices and the central side.
 
 ::
 

@@ -24,6 +24,7 @@ from edgefleet.edge.mqtt import (
     PublishHandle,
 )
 from edgefleet.errors import InputError
+from tests.fleet.kit import wait_for
 
 Delivered = edge_mqtt.Message
 
@@ -446,17 +447,13 @@ def test_shared_subscriptions_reach_their_callback_and_manual_acks_wait(
     with MqttClient(broker.address, f"{name}-pub", clean_start=True) as publisher:
         for payload in (b"one", b"two"):
             publisher.publish(topic, payload).wait()
-    deadline = time.monotonic() + 30
-    while len(got) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(got) >= 2, timeout=30, what="both messages")
     assert [m.payload for m in got] == [b"one", b"two"]
     first.ack(got[0])  # "two" stays unacknowledged
     first.disconnect(flush_timeout=0)
     got.clear()
     second = consumer()
-    deadline = time.monotonic() + 30
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: bool(got), timeout=30, what="the unacknowledged message again")
     assert [m.payload for m in got] == [b"two"]
     second.ack(got[0])
     second.disconnect()
