@@ -777,11 +777,16 @@ class MonitorStore:
             entry[2] += int(failed)
         return {d: (n, s, f) for d, (n, s, f) in sums.items()}
 
-    def quarantined(self, fleet: str | None = None, limit: int = 100) -> list[QuarantinedReport]:
-        """The newest quarantined messages first, of one fleet or all."""
+    def quarantined(
+        self, fleet: str | None = None, limit: int = 100, *, device_id: str | None = None
+    ) -> list[QuarantinedReport]:
+        """The newest quarantined messages first, of one fleet or all, of one device (the
+        one their topic named) or all."""
         query = select(quarantine).order_by(quarantine.c.id.desc()).limit(max(0, limit))
         if fleet is not None:
             query = query.where(quarantine.c.fleet == fleet)
+        if device_id is not None:
+            query = query.where(quarantine.c.device_id == device_id)
         return [
             QuarantinedReport(
                 id=int(r.id),
@@ -797,10 +802,29 @@ class MonitorStore:
             for r in self._rows(query)
         ]
 
-    def quarantine_count(self, fleet: str | None = None) -> int:
+    def refusal_counts(self, fleet: str | None = None) -> list[RefusalCount]:
+        """Refused reports per device, ever (not only those the quarantine still holds),
+        most refused first."""
+        query = select(refusals).order_by(refusals.c.refused.desc(), refusals.c.device_id)
+        if fleet is not None:
+            query = query.where(refusals.c.fleet == fleet)
+        return [
+            RefusalCount(
+                fleet=r.fleet,
+                device_id=r.device_id,
+                refused=int(r.refused),
+                last_refused=float(r.last_refused),
+                last_reason=r.last_reason,
+            )
+            for r in self._rows(query)
+        ]
+
+    def quarantine_count(self, fleet: str | None = None, *, device_id: str | None = None) -> int:
         query = select(func.count()).select_from(quarantine)
         if fleet is not None:
             query = query.where(quarantine.c.fleet == fleet)
+        if device_id is not None:
+            query = query.where(quarantine.c.device_id == device_id)
         return int(self._scalar(query))
 
     # -- device status -------------------------------------------------------------------
