@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.profile import ReferenceProfile
+from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.sketch import SketchBuilder
 from edgefleet.errors import EdgefleetError, InputError
 
@@ -75,9 +77,26 @@ class VersionProfile:
         """The layout a device running ``manifest`` reports in: taken from an empty
         :class:`SketchBuilder`, so that the monitor and the devices cannot disagree.
         :class:`edgefleet.errors.ManifestError` if no device could build sketches from it."""
-        body = SketchBuilder.from_manifest(manifest, clock=lambda: 0.0).snapshot()
-        layout = tuple((f.name, f.kind, f.bins.bins) for f in body.features)
-        return cls(manifest.name, manifest.version, layout)
+        return cls.of(manifest.schema, manifest.reference, manifest.name, manifest.version)
+
+    @classmethod
+    def of(
+        cls,
+        schema: FeatureSchema,
+        reference: ReferenceProfile,
+        model_name: str,
+        model_version: str,
+    ) -> VersionProfile:
+        """:meth:`from_manifest` from a manifest's parts."""
+        builder = SketchBuilder(
+            schema,
+            reference,
+            model_name=model_name,
+            model_version=model_version,
+            clock=lambda: 0.0,
+        )
+        layout = tuple((f.name, f.kind, f.bins.bins) for f in builder.snapshot().features)
+        return cls(model_name, model_version, layout)
 
     @property
     def label(self) -> str:
