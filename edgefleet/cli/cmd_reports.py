@@ -157,7 +157,7 @@ def run_quarantine(args: argparse.Namespace) -> int:
     for count in counts:
         device = count.device_id or "(no valid device in the topic)"
         print(f"  {count.refused:>9,}  {count.fleet}/{device}  last {_when(count.last_refused)}")
-    print(f"{total} quarantined message(s) kept; the newest {len(rows)}:")
+    print(f"{total} quarantined report(s) kept ({where}); the newest {len(rows)}:")
     for row in rows:
         size = f"{row.payload_bytes:,} bytes, sha256 {row.payload_sha256[:12]}"
         print(f"- {_when(row.received)}  {row.topic}  ({size})")

@@ -44,12 +44,12 @@ def test_quarantine_lists_per_device_counts_and_messages(seeded_db: str, tmp_pat
     assert "refused reports per device (fleet acme), ever:" in out
     assert "2  acme/a" in out
     assert "1  acme/b" in out
-    assert "3 quarantined message(s) kept" in out
+    assert "3 quarantined report(s) kept (fleet acme); the newest 3:" in out
     only_a = run(
         "reports", "quarantine", "--fleet", "acme", "--device", "a", "--db", seeded_db, cwd=tmp_path
     ).stdout
     assert "acme/b" not in only_a
-    assert "2 quarantined message(s) kept; the newest 2" in only_a
+    assert "2 quarantined report(s) kept (fleet acme, device a); the newest 2" in only_a
     assert "not a known version" in only_a
     # The older name still works.
     alias = run("quarantine", "--fleet", "acme", "--device", "a", "--db", seeded_db, cwd=tmp_path)
