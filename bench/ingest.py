@@ -14,6 +14,10 @@ production the devices publish from elsewhere); the publish rate is printed too.
 (iii) two `edgefleet monitor` processes of one group (the broker splits the backlog between
       their sessions), storing into the same SQLite file (or --db).
 
+The monitors' home holds a registry with the model the reports claim (churn 1.0.0, trained
+here), so every report is checked against that version's profile, as in production;
+`--no-registry` measures without that check.
+
 The monitors are the real command, as separate processes, with their defaults (on 2 cores
 or more: one helper process validating reports while the monitor receives and stores;
 `--monitor-workers 0` measures a single process); the rate counts rows committed to the
@@ -21,7 +25,7 @@ database (polled), from the first commit to the last. Why a helper: a 3.7 KB rep
 ~50 us to parse (json), ~30 us to check, ~20 us to insert and ~70 us to receive through
 paho, and one Python process runs one thread at a time.
 
-    .venv/bin/python -m bench.ingest [--reports 50000] [--devices 300] [--db URL]
+    .venv/bin/python -m bench.ingest [--reports 50000] [--devices 300] [--db URL] [--no-registry]
 """
 
 from __future__ import annotations
@@ -52,8 +56,11 @@ from edgefleet.central.data.generator import generate
 from edgefleet.central.data.loader import encode_features, load_training_table
 from edgefleet.central.monitor.ingest import share_filter
 from edgefleet.central.monitor.store import MonitorStore
-from edgefleet.central.trainer import reference_profile
+from edgefleet.central.registry import Registry
+from edgefleet.central.trainer import reference_profile, train
+from edgefleet.edge.profile import ReferenceProfile
 from edgefleet.edge.report import Report
+from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.sketch import SketchBuilder
 from edgefleet.edge.topics import Topics
 
@@ -62,18 +69,44 @@ FLEET = "bench"
 DISTINCT_BODIES = 200
 
 
-def make_payloads(n: int, devices: int, seed: int = 0) -> list[tuple[str, bytes]]:
-    """``n`` valid report messages of ``devices`` devices: real sketches (a SketchBuilder
-    over generated churn rows) with distinct device ids and sequence numbers."""
+def register_model(home: Path, seed: int = 0) -> tuple[FeatureSchema, ReferenceProfile]:
+    """Train churn 1.0.0 (logistic regression, small) into a registry in ``home``, where
+    the monitors find it: every report is then checked against its profile, as in
+    production. The schema and reference profile the devices sketch with."""
+    data = generate(4000, seed=seed)
+    table = load_training_table(data.frame, "churn", schema=data.schema)
+    version = Registry(home).register(train(table, "logreg", seed=seed), data_sha256="0" * 64)
+    card = version.load_card()
+    return card.schema, card.reference
+
+
+def synthetic_profile(seed: int = 0) -> tuple[FeatureSchema, ReferenceProfile]:
+    """A schema and reference profile without a model (the monitors accept any version)."""
     rng = np.random.default_rng(seed)
     data = generate(4000, seed=seed)
     table = load_training_table(data.frame, "churn", schema=data.schema)
     rows = encode_features(table.features, table.schema)
     reference = reference_profile(table.schema, rows, rng.random(len(rows)), table.labels)
+    return table.schema, reference
+
+
+def make_payloads(
+    n: int,
+    devices: int,
+    profile: tuple[FeatureSchema, ReferenceProfile],
+    seed: int = 0,
+) -> list[tuple[str, bytes]]:
+    """``n`` valid report messages of ``devices`` devices: real sketches (a SketchBuilder
+    over generated churn rows) with distinct device ids and sequence numbers."""
+    rng = np.random.default_rng(seed)
+    schema, reference = profile
+    data = generate(4000, seed=seed)
+    table = load_training_table(data.frame, "churn", schema=data.schema)
+    rows = encode_features(table.features, schema)
     bodies = []
     for i in range(DISTINCT_BODIES):
         builder = SketchBuilder(
-            table.schema,
+            schema,
             reference,
             model_name="churn",
             model_version="1.0.0",
@@ -336,6 +369,12 @@ def main() -> int:
         type=int,
         help="--workers of each monitor (default: the command's own default)",
     )
+    parser.add_argument(
+        "--no-registry",
+        action="store_true",
+        help="no registry in the monitors' home: reports are not checked against their "
+        "version's profile (how this bench ran before that check)",
+    )
     parser.add_argument("--raw-subscriber", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_subscriber:
@@ -345,11 +384,14 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-ingest-"))
     started = time.perf_counter()
-    payloads = make_payloads(args.reports, args.devices)
+    profile = synthetic_profile() if args.no_registry else register_model(work)
+    payloads = make_payloads(args.reports, args.devices, profile)
     size = sum(len(p) for _, p in payloads) / len(payloads)
+    checked = "not checked" if args.no_registry else "checked against churn 1.0.0's profile"
     print(
         f"{len(payloads):,} reports of {args.devices} devices, {size:,.0f} bytes on average "
-        f"(made in {time.perf_counter() - started:.1f} s); {os.cpu_count()} cores"
+        f"(made in {time.perf_counter() - started:.1f} s); {os.cpu_count()} cores; "
+        f"reports {checked}"
     )
     # Hundreds of MB of databases and broker state: not left behind.
     try:

@@ -1,5 +1,5 @@
-"""``edgefleet monitor`` (store a fleet's reports) and ``edgefleet quarantine`` (list the
-reports it refused)."""
+"""``edgefleet monitor``: store a fleet's reports, each checked against its model version
+(``edgefleet reports`` lists what it refused)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ examples:
   edgefleet monitor --fleet shops
   edgefleet monitor --fleet shops --db postgresql://monitor@db.example/edgefleet \\
       --client-id monitor-a
-  edgefleet quarantine --fleet shops
+  edgefleet reports quarantine --fleet shops
 """
 
 
-def _db_option(parser: argparse.ArgumentParser) -> None:
+def db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         metavar="URL",
@@ -46,8 +46,10 @@ def register(subparsers: Any) -> None:
         help="store a fleet's reports (each once), quarantining malformed ones",
         description="Subscribe to the fleet's device reports and store each one exactly once "
         "by (device, sequence). A report that is malformed, oversize, sent on another "
-        "device's topic or of a model version the registry does not know is kept in the "
-        "quarantine table with the reason, and ingestion goes on. Runs until Ctrl-C.",
+        "device's topic, of a model version the registry does not know, or that does not "
+        "fit its version (features, bins, counts, window) is kept in the quarantine table "
+        "with the reason, counted against its device and not acknowledged, and ingestion "
+        "goes on. Runs until Ctrl-C.",
         epilog=MONITOR_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -55,7 +57,7 @@ def register(subparsers: Any) -> None:
     monitor.add_argument(
         "--prefix", default="edgefleet", help="first topic level (default: edgefleet)"
     )
-    _db_option(monitor)
+    db_option(monitor)
     monitor.add_argument(
         "--group",
         help="shared subscription group: monitors of one group split the fleet (default: "
@@ -92,23 +94,12 @@ def register(subparsers: Any) -> None:
     add_broker_options(monitor, "monitor")
     monitor.set_defaults(handler=run_monitor)
 
-    listing = subparsers.add_parser(
-        "quarantine",
-        help="list the reports the monitor refused, with the reason",
-        description="The newest quarantined messages first: when, the topic, the reason, "
-        "the size and the start of the payload (escaped).",
-    )
-    listing.add_argument("--fleet", help="only this fleet (default: every fleet)")
-    _db_option(listing)
-    listing.add_argument("--limit", type=int, default=20, help="how many to list (default: 20)")
-    listing.set_defaults(handler=run_quarantine)
-
 
 def default_db(home: Path) -> str:
     return f"sqlite:///{Path(home) / 'monitor.db'}"
 
 
-def _open_store(args: argparse.Namespace) -> Any:
+def open_store(args: argparse.Namespace) -> Any:
     from edgefleet.central.monitor.store import MonitorStore
 
     if args.db is None:
@@ -123,20 +114,16 @@ def default_workers() -> int:
 
 
 def registry_versions(home: Path) -> KnownVersion | None:
-    """A ``known_version`` callback over the registry in ``home`` (reloaded when it is asked
-    about a version it has not seen, so newly trained versions are learnt), or None when
-    there is no registry there."""
+    """A ``known_version`` lookup over the registry in ``home``: the profile of each
+    version (its features and bins, from its manifest), against which every report is
+    checked; reloaded when it is asked about a version it has not seen (at most every 10 s),
+    so newly trained versions are learnt. None when there is no registry there."""
     if not (Path(home) / "registry.db").exists():
         return None
-    from edgefleet.central.monitor.ingest import CachedVersions
+    from edgefleet.central.monitor.validation import CachedProfiles, profiles_of_registry
     from edgefleet.central.registry import Registry
 
-    registry = Registry(Path(home))
-
-    def load() -> set[tuple[str, str]]:
-        return {(v.name, v.version) for v in registry.versions()}
-
-    return CachedVersions(load)
+    return CachedProfiles(profiles_of_registry(Registry(Path(home)).versions))
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -150,15 +137,15 @@ def run_monitor(args: argparse.Namespace) -> int:
         from edgefleet.errors import InputError
 
         raise InputError(f"--every must be a positive number of seconds, not {args.every}")
-    store = _open_store(args)
+    store = open_store(args)
     known = registry_versions(args.home)
     if known is None:
         say(
             f"no registry in {args.home}: accepting every model version "
-            "(pass --home with the registry to quarantine unknown versions)"
+            "(pass --home with the registry to check reports against their version)"
         )
     else:
-        say(f"model versions checked against the registry in {args.home}")
+        say(f"reports checked against their model version in the registry in {args.home}")
     client_id = args.client_id or f"edgefleet-monitor-{args.fleet}-{socket.gethostname()}"
     monitor = Monitor(
         args.fleet,
@@ -187,27 +174,4 @@ def run_monitor(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         store.close()
     say(f"stopped. {stats.line()}")
-    return 0
-
-
-def run_quarantine(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    store = _open_store(args)
-    try:
-        rows = store.quarantined(args.fleet, limit=args.limit)
-        total = store.quarantine_count(args.fleet)
-    finally:
-        store.close()
-    where = f"fleet {args.fleet}" if args.fleet else "all fleets"
-    if not rows:
-        print(f"no quarantined reports ({where})")
-        return 0
-    print(f"{total} quarantined report(s) ({where}); the newest {len(rows)}:")
-    for row in rows:
-        when = datetime.fromtimestamp(row.received, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        size = f"{row.payload_bytes:,} bytes, sha256 {row.payload_sha256[:12]}"
-        print(f"- {when}  {row.topic}  ({size})")
-        print(f"    reason:  {row.reason}")
-        print(f"    payload: {row.excerpt[:120]}{'...' if len(row.excerpt) > 120 else ''}")
     return 0

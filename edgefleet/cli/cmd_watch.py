@@ -324,17 +324,16 @@ def run_watch(args: argparse.Namespace) -> int:
     loop = _loop(args, store)
     monitor = None
     if not args.no_ingest:
-        from edgefleet.central.monitor.ingest import CachedVersions, Monitor
+        from edgefleet.central.monitor.ingest import Monitor
+        from edgefleet.central.monitor.validation import CachedProfiles, profiles_of_registry
 
-        registry = loop.registry
         monitor = Monitor(
             args.fleet,
             broker_from_args(args),
             store,
-            # Reports of versions this home never trained are quarantined, not measured.
-            known_version=CachedVersions(
-                lambda: {(v.name, v.version) for v in registry.versions()}
-            ),
+            # Reports of versions this home never trained, or that do not fit their
+            # version's profile, are quarantined, not measured.
+            known_version=CachedProfiles(profiles_of_registry(loop.registry.versions)),
             client_id=args.client_id,
             prefix=args.prefix,
         )

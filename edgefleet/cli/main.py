@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_agent",
     "edgefleet.cli.cmd_simulate",
     "edgefleet.cli.cmd_monitor",
+    "edgefleet.cli.cmd_reports",
     "edgefleet.cli.cmd_watch",
     "edgefleet.cli.cmd_serve",
 )

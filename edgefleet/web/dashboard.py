@@ -30,12 +30,14 @@ from cryptography.hazmat.primitives import serialization
 from edgefleet.central.keys import PRIVATE_NAME, PUBLIC_NAME
 from edgefleet.central.monitor.alerts import describe
 from edgefleet.central.monitor.measures import Measures, measure
+from edgefleet.central.monitor.merging import Merged, SkippedReport
 from edgefleet.central.monitor.store import (
     AlertRecord,
     DecisionRecord,
     DeviceSummary,
     MonitorStore,
 )
+from edgefleet.central.monitor.validation import VersionProfile
 from edgefleet.central.publish import promote, rollback, state_file_for
 from edgefleet.central.registry import ModelVersion, Registry
 from edgefleet.edge.bundle import MANIFEST_FILE, SIGNATURE_FILE, open_bundle
@@ -89,6 +91,18 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _measure(aggregate: Aggregate | None, manifest: Manifest | None) -> Measures | None:
+    """The measures of an aggregate against its manifest, or None where there is nothing
+    to measure, or the reports do not fit the manifest (a manifest no device could report
+    on: its reports were merged by their own majority)."""
+    if aggregate is None or manifest is None:
+        return None
+    try:
+        return measure(aggregate, manifest)
+    except InputError:
+        return None
+
+
 @dataclass(frozen=True)
 class RolloutView:
     """A fleet's rollout state as the state file holds it (verified), or why not."""
@@ -105,9 +119,35 @@ class _Cached:
     value: dict[str, Any]
 
 
+class _Skipped:
+    """The stored reports a document's merges had to skip (docs/architecture.md §10):
+    counted once per whole-range merge, named once each, so that a page says which
+    reports it left out and why instead of failing."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.named: dict[int, SkippedReport] = {}
+
+    def add(self, merged: Merged, *, whole: bool) -> None:
+        # Slices of a range skip the same rows as the whole: only the whole is counted.
+        if whole:
+            self.total += merged.skipped_total
+        for report in merged.skipped:
+            self.named.setdefault(report.id, report)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "total": max(self.total, len(self.named)),
+            "reports": [r.to_dict() for r in sorted(self.named.values(), key=lambda r: r.id)],
+        }
+
+
 @dataclass
 class _Caches:
     manifests: dict[tuple[str, str], tuple[float, Manifest]] = field(default_factory=dict)
+    profiles: dict[tuple[str, str], tuple[Manifest, VersionProfile | None]] = field(
+        default_factory=dict
+    )
     drift: dict[tuple[Any, ...], _Cached] = field(default_factory=dict)
     bundles: dict[Path, tuple[tuple[float, ...], dict[str, Any]]] = field(default_factory=dict)
 
@@ -260,8 +300,14 @@ class Dashboard:
     def devices(self, fleet: str) -> dict[str, Any]:
         now = self.clock()
         statuses = self.store.statuses(fleet)
+        counts = self.store.refusal_counts(fleet)
+        refused = {c.device_id: c.refused for c in counts}
         devices = [
-            self._device(s, now, statuses.get(s.device_id)) for s in self.store.devices(fleet)
+            {
+                **self._device(s, now, statuses.get(s.device_id)),
+                "refused": refused.get(s.device_id, 0),
+            }
+            for s in self.store.devices(fleet)
         ]
         return cleaned(
             {
@@ -269,6 +315,17 @@ class Dashboard:
                 "now": now,
                 "online_seconds": self.online_seconds,
                 "devices": devices,
+                # Per device the topic named (a claim: anyone who can publish there could
+                # have sent it), ever; "" stands for topics that named no valid device.
+                "refused_by_device": [
+                    {
+                        "device_id": c.device_id or None,
+                        "refused": c.refused,
+                        "last_refused": c.last_refused,
+                        "last_reason": c.last_reason,
+                    }
+                    for c in counts
+                ],
                 "quarantined": self.store.quarantine_count(fleet),
                 "refused": [
                     {
@@ -290,20 +347,28 @@ class Dashboard:
         summary = next((s for s in self.store.devices(fleet) if s.device_id == device_id), None)
         if summary is None:
             raise NotFoundError(f"device {device_id!r} never reported to fleet {fleet!r}")
+        refused = sum(
+            c.refused for c in self.store.refusal_counts(fleet) if c.device_id == device_id
+        )
         now = self.clock()
         manifest = self.manifest(summary.model_name, summary.model_version)
-        aggregate = self.store.aggregate(
+        skipped = _Skipped()
+        aggregate = self._merge(
             fleet,
+            (summary.model_name, summary.model_version),
+            manifest,
+            skipped,
             device_id=device_id,
-            model_version=summary.model_version,
-            model_name=summary.model_name,
         )
-        measures = None if manifest is None or aggregate is None else measure(aggregate, manifest)
+        measures = _measure(aggregate, manifest)
         scope = f"device:{device_id}"
         return cleaned(
             {
                 "fleet": fleet,
-                "device": self._device(summary, now, self.store.statuses(fleet).get(device_id)),
+                "device": {
+                    **self._device(summary, now, self.store.statuses(fleet).get(device_id)),
+                    "refused": refused,
+                },
                 "measures": None if measures is None else _measures_summary(measures),
                 "features": [] if measures is None else _feature_rows(measures),
                 "score": None
@@ -312,6 +377,7 @@ class Dashboard:
                 "alerts": [_alert(a) for a in self.store.alerts(fleet) if a.scope == scope],
                 "thresholds": _thresholds(),
                 "manifest_missing": manifest is None,
+                "skipped": skipped.document(),
             }
         )
 
@@ -396,10 +462,13 @@ class Dashboard:
         if cached is not None:
             return cached
         wholes = []
+        skipped = _Skipped()
         for name, version, _ in self.store.model_versions(fleet):
             manifest = self.manifest(name, version)
-            whole = self.store.aggregate(fleet, model_name=name, model_version=version)
-            if manifest is not None and whole is not None:
+            if manifest is None:
+                continue
+            whole = self._merge(fleet, (name, version), manifest, skipped)
+            if whole is not None:
                 wholes.append((manifest, whole))
         document: dict[str, Any] = {"thresholds": _thresholds(), "buckets": [], "versions": []}
         if wholes:
@@ -413,14 +482,16 @@ class Dashboard:
                 features: list[float | None] = []
                 scores: list[float | None] = []
                 for low, high in slices:
-                    part = self.store.aggregate(
+                    part = self._merge(
                         fleet,
-                        model_name=whole.model_name,
-                        model_version=whole.model_version,
+                        (whole.model_name, whole.model_version),
+                        manifest,
+                        skipped,
+                        whole=False,
                         since=low,
                         until=high,
                     )
-                    measures = None if part is None else measure(part, manifest)
+                    measures = _measure(part, manifest)
                     features.append(
                         None
                         if measures is None
@@ -437,6 +508,7 @@ class Dashboard:
                         "score_js": scores,
                     }
                 )
+        document["skipped"] = skipped.document()
         return self._remember(key, cleaned(document))
 
     def _cached(self, key: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -452,6 +524,43 @@ class Dashboard:
                 self._caches.drift.clear()
             self._caches.drift[key] = _Cached(self.clock(), document)
         return document
+
+    def _merge(
+        self,
+        fleet: str,
+        version: tuple[str, str],
+        manifest: Manifest | None,
+        skipped: _Skipped,
+        *,
+        whole: bool = True,
+        **filters: Any,
+    ) -> Aggregate | None:
+        """The merge of one version's stored reports (matching ``filters``), each checked
+        against the version's profile; the reports that do not fit are noted in
+        ``skipped`` and left out, so that one bad row never fails a page."""
+        name, number = version
+        profile = None if manifest is None else self.profile(manifest)
+        merged = self.store.merged(
+            fleet, model_name=name, model_version=number, expected=profile, **filters
+        )
+        skipped.add(merged, whole=whole)
+        return merged.aggregate
+
+    def profile(self, manifest: Manifest) -> VersionProfile | None:
+        """The profile every report of the manifest's version must fit; None for a
+        manifest no device could report on (the rows' majority then decides)."""
+        key = (manifest.name, manifest.version)
+        with self._cache_lock:
+            cached = self._caches.profiles.get(key)
+        if cached is not None and cached[0] is manifest:
+            return cached[1]
+        try:
+            profile: VersionProfile | None = VersionProfile.from_manifest(manifest)
+        except EdgefleetError:
+            profile = None
+        with self._cache_lock:
+            self._caches.profiles[key] = (manifest, profile)
+        return profile
 
     # -- alerts and decisions ----------------------------------------------------------------
 
@@ -634,6 +743,7 @@ class Dashboard:
             "model_name": None,
             "model_version": None,
             "error": None,
+            "skipped": _Skipped().document(),
         }
         if not reported:
             return cleaned({**base, "error": f"fleet {fleet} has no reports yet"})
@@ -653,12 +763,13 @@ class Dashboard:
                     f"{self.home}: cannot compare its reports with a reference",
                 }
             )
-        whole = self.store.aggregate(
-            fleet, model_version=version, model_name=name, since=since, until=until
-        )
-        if whole is None:
-            return cleaned({**base, "error": f"no reports of {name} {version} in this window"})
-        measures = measure(whole, manifest)
+        skipped = _Skipped()
+        whole = self._merge(fleet, chosen, manifest, skipped, since=since, until=until)
+        base["skipped"] = skipped.document()
+        measures = _measure(whole, manifest)
+        if whole is None or measures is None:
+            problem = "no reports" if whole is None else "no reports that fit its reference"
+            return cleaned({**base, "error": f"{problem} of {name} {version} in this window"})
         start = whole.window_start if since is None else since
         # Slices by window end, as the store filters: the last one ends just past the newest.
         end = math.nextafter(whole.window_end, math.inf) if until is None else until
@@ -669,10 +780,8 @@ class Dashboard:
         ]
         score_series: tuple[list[float | None], list[float | None]] = ([], [])
         for low, high in slices:
-            part = self.store.aggregate(
-                fleet, model_version=version, model_name=name, since=low, until=high
-            )
-            part_measures = None if part is None else measure(part, manifest)
+            part = self._merge(fleet, chosen, manifest, skipped, whole=False, since=low, until=high)
+            part_measures = _measure(part, manifest)
             timeline.append(
                 {
                     "start": low,
@@ -710,6 +819,7 @@ class Dashboard:
                 "features": features,
                 "score": score_document,
                 "buckets": timeline,
+                "skipped": skipped.document(),
             }
         )
         return self._remember(key, document)

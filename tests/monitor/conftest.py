@@ -11,6 +11,7 @@ database, so it is tested for real.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -19,14 +20,18 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
+from sqlalchemy import insert
 
 from edgefleet.central.broker import free_port
 from edgefleet.central.data.generator import generate
 from edgefleet.central.data.loader import encode_features, load_training_table
+from edgefleet.central.monitor.store import MonitorStore
+from edgefleet.central.monitor.store import reports as reports_table
 from edgefleet.central.trainer import reference_profile
 from edgefleet.edge.profile import ReferenceProfile
 from edgefleet.edge.report import Report
@@ -188,3 +193,33 @@ def make_report(
 @pytest.fixture
 def report_factory() -> Callable[..., Report]:
     return make_report
+
+
+def insert_stored_row(store: MonitorStore, body: str, **columns: Any) -> None:
+    """A row in the reports table written by SQL, not by the monitor (as an older
+    edgefleet, a restored backup or a hand would): its columns from ``body`` where it is a
+    report, else from ``columns``, which override them."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raw = {}
+    raw = raw if isinstance(raw, dict) else {}
+    row = {
+        "fleet": raw.get("fleet", "acme"),
+        "device_id": raw.get("device_id", "hand"),
+        "sequence": raw.get("sequence", 0),
+        "model_name": raw.get("model_name", "churn"),
+        "model_version": raw.get("model_version", "1.0.0"),
+        "cohort": raw.get("cohort", "stable"),
+        "device_group": raw.get("device_group", "eu"),
+        "window_start": raw.get("window_start", 1_749_999_940.0),
+        "window_end": raw.get("window_end", 1_750_000_000.0),
+        "scored": raw.get("scored", 0),
+        "failed": raw.get("failed", 0),
+        "dropped_reports": raw.get("dropped_reports", 0),
+        "received": 1_750_000_001.0,
+        "body": body,
+    }
+    row.update(columns)
+    with store.engine.begin() as connection:
+        connection.execute(insert(reports_table), [row])

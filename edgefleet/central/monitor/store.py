@@ -11,6 +11,8 @@ by psycopg 3). Tables::
     quarantine  a refused message: topic, received, reason, size, sha256 and a bounded,
                 escaped excerpt of the payload (never the hostile bytes themselves); only
                 the newest ``quarantine_limit`` rows are kept
+    refusals    per (fleet, device the topic names): how many reports were refused, ever,
+                and when last (exact, unlike the bounded quarantine table)
     alerts      rule, scope, subject, value, threshold, evidence (JSON), open or closed
     decisions   action, model version, reason, evidence (JSON)
 
@@ -25,16 +27,17 @@ cannot deadlock.
 the monitor may run it in a worker process) followed by :meth:`MonitorStore.store_prepared`
 (the registry check and the transaction).
 
-Validation is :meth:`edgefleet.edge.report.Report.decode`'s, plus: the topic is
-``{prefix}/{fleet}/devices/{id}/report``, the report's fleet and device are the topic's, and
-the model version is known (when a ``known_version`` callback is given). Decoding a 4 KB
-report through :class:`Report` costs about 330 us, which alone would cap a monitor near
-3,000 reports/s; :func:`_fast_decode` checks the same rules in about a third of that:
-booleans and negative numbers are ruled out on the bytes before parsing, then whole columns
-of the parsed JSON are checked at once by type sets, sums and comparisons that run in C.
-It only ever *accepts*: anything it doubts goes through ``Report.decode``, which refuses
-with the exact reason (or accepts, if the fast path was merely cautious).
-``tests/monitor/test_store.py`` holds the two to the same verdicts.
+Validation is :meth:`edgefleet.edge.report.Report.decode`'s (through the fast path of
+``fastpath.py``), plus: the topic is ``{prefix}/{fleet}/devices/{id}/report``, the
+report's fleet and device are the topic's, its totals are ones a device can make
+(``merging.check_mergeable_counts``), and, when a ``known_version`` lookup is given, its
+model version is known and the report matches that version's profile (``validation.py``).
+A refused report is kept in the quarantine table and counted against the device its topic
+names.
+
+Merging (:meth:`MonitorStore.merged`, :meth:`MonitorStore.aggregate`) checks every stored
+row again and skips, naming it, any row that cannot be merged (``merging.py``): one bad row
+never takes a fleet's pages down.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for an fsync
 of the log. A crash of the monitor loses nothing (the log is in the operating system's
@@ -49,11 +52,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import operator
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import repeat
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -81,28 +82,24 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
+from edgefleet.central.monitor.fastpath import fast_decode as _fast_decode
+from edgefleet.central.monitor.merging import (
+    Merged,
+    StoredMerge,
+    StoredRow,
+    check_mergeable_counts,
+    dumps_skipped,
+)
+from edgefleet.central.monitor.validation import (
+    Layout,
+    ProfileLookup,
+    VersionProfile,
+    layout_of,
+)
 from edgefleet.edge.manifest import parse_version
-from edgefleet.edge.report import (
-    COHORTS,
-    MAX_FEATURES,
-    MAX_REPORT_BYTES,
-    MAX_TIME,
-    REPORT_FIELDS,
-    SCHEMA_VERSION,
-    Aggregate,
-    Report,
-    SketchSums,
-)
-from edgefleet.edge.sketch import (
-    LATENCY_BUCKETS,
-    MAX_BINS,
-    MAX_COUNT,
-    MAX_NAME_LENGTH,
-    SCORE_BINS,
-    check_name,
-)
+from edgefleet.edge.report import Aggregate, Report
 from edgefleet.edge.status import DeviceStatus
-from edgefleet.edge.topics import check_identifier, validate_device_id, validate_name
+from edgefleet.edge.topics import validate_device_id, validate_name
 from edgefleet.errors import InputError, StoreError
 
 __all__ = [
@@ -112,9 +109,11 @@ __all__ = [
     "DeviceSummary",
     "IngestCounts",
     "KnownVersion",
+    "Merged",
     "MonitorStore",
     "PreparedBatch",
     "QuarantinedReport",
+    "RefusalCount",
     "StoreError",
     "database_url",
     "prepare",
@@ -129,8 +128,10 @@ MAX_TOPIC = 256
 MAX_VERSION = 64
 DEFAULT_QUARANTINE_LIMIT = 100_000
 
-KnownVersion = Callable[[str, str], bool]
-"""``known_version(model_name, model_version)``: True if the registry has that version."""
+KnownVersion = ProfileLookup
+"""``known_version(model_name, model_version)``: the version's :class:`VersionProfile`
+(reports are checked against it), True (known, checked for form only), or False/None
+(unknown: quarantined). See :data:`edgefleet.central.monitor.validation.ProfileLookup`."""
 
 
 # -- value objects ---------------------------------------------------------------------------
@@ -193,6 +194,18 @@ class QuarantinedReport:
     payload_sha256: str
     excerpt: str
     """The first :data:`EXCERPT_BYTES` bytes, control and invalid bytes escaped."""
+
+
+@dataclass(frozen=True)
+class RefusalCount:
+    """How many reports naming one device (on their topic) were refused, ever."""
+
+    fleet: str
+    device_id: str
+    """The device the topics named, "" for reports on topics that named no valid device."""
+    refused: int
+    last_refused: float
+    last_reason: str
 
 
 AlertStatus = Literal["open", "closed"]
@@ -269,6 +282,18 @@ quarantine = Table(
     Index("ix_monitor_quarantine_fleet", "fleet", "id"),
 )
 
+# Refused reports per device, ever: the quarantine table keeps only the newest rows, and a
+# device sending garbage must not hide another's refusals by flooding it.
+refusals = Table(
+    "monitor_refusals",
+    _metadata,
+    Column("fleet", String(64), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Column("refused", BigInteger, nullable=False),
+    Column("last_refused", Double, nullable=False),
+    Column("last_reason", Text, nullable=False),
+)
+
 # The latest retained status of each device (one row per device, overwritten).
 device_status = Table(
     "monitor_device_status",
@@ -322,6 +347,20 @@ def database_url(url: str) -> str:
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme) :]
     return url
+
+
+# What a merge reads of each stored report, in StoredRow's order.
+_MERGE_COLUMNS = (
+    reports.c.id,
+    reports.c.fleet,
+    reports.c.device_id,
+    reports.c.sequence,
+    reports.c.model_name,
+    reports.c.model_version,
+    reports.c.cohort,
+    reports.c.device_group,
+    reports.c.body,
+)
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -420,20 +459,16 @@ class MonitorStore:
     def store_prepared(
         self, batch: PreparedBatch, *, known_version: KnownVersion | None = None
     ) -> IngestCounts:
-        """Store what :func:`prepare` made of a batch of messages, in one transaction."""
+        """Store what :func:`prepare` made of a batch of messages, in one transaction,
+        after checking each report against its version (``known_version``)."""
         rows: dict[tuple[str, str, int], dict[str, Any]] = {}
         refused = list(batch.refused)
         repeated = 0
-        for topic, row in batch.valid:
+        for topic, row, layout in batch.valid:
             # Here, not in prepare(): a registry that fails to answer is not the report's
             # fault, and the caller retries the batch.
-            if known_version is not None and not known_version(
-                row["model_name"], row["model_version"]
-            ):
-                reason = (
-                    f"model {row['model_name']} {row['model_version']} is not a known "
-                    "version (not in the registry)"
-                )
+            reason = _version_refusal(row, layout, known_version, batch.received)
+            if reason is not None:
                 payload = row["body"].encode("utf-8")  # the very bytes that arrived
                 refused.append(
                     _quarantine_row(topic, payload, reason, batch.received, row["fleet"])
@@ -480,6 +515,7 @@ class MonitorStore:
 
     def _add_quarantine(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         connection.execute(insert(quarantine), rows)
+        self._count_refusals(connection, rows)
         # Bounded: a device sending garbage in a loop must not fill the disk. Ids only
         # grow, so "the newest N" is one range delete on the primary key.
         newest = connection.execute(select(func.max(quarantine.c.id))).scalar_one()
@@ -487,6 +523,27 @@ class MonitorStore:
             connection.execute(
                 delete(quarantine).where(quarantine.c.id <= newest - self.quarantine_limit)
             )
+
+    def _count_refusals(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        counts: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["fleet"], row["device_id"] or "")
+            entry = counts.setdefault(key, {"fleet": key[0], "device_id": key[1], "refused": 0})
+            entry.update(refused=entry["refused"] + 1, last_refused=row["received"])
+            entry["last_reason"] = row["reason"]
+        statement = self._insert(refusals)
+        # Sorted: two monitors' transactions lock the rows in the same order (no deadlock).
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["fleet", "device_id"],
+                set_={
+                    "refused": refusals.c.refused + statement.excluded.refused,
+                    "last_refused": statement.excluded.last_refused,
+                    "last_reason": statement.excluded.last_reason,
+                },
+            ),
+            [counts[key] for key in sorted(counts)],
+        )
 
     # -- queries -------------------------------------------------------------------------
 
@@ -529,10 +586,42 @@ class MonitorStore:
         since: float | None = None,
         until: float | None = None,
         model_name: str | None = None,
+        expected: VersionProfile | None = None,
     ) -> Aggregate | None:
         """The merge of the stored reports matching every filter given (window_end in
-        ``[since, until)``), or None if none match. Reports of one model version only:
-        :class:`InputError` lists the versions if several match (pass ``model_version``)."""
+        ``[since, until)``), or None if none match; :meth:`merged`'s aggregate, the reports
+        it had to skip only logged. :class:`InputError` lists the versions if several match
+        (pass ``model_version``)."""
+        merged = self.merged(
+            fleet,
+            model_version=model_version,
+            cohort=cohort,
+            device_group=device_group,
+            device_id=device_id,
+            since=since,
+            until=until,
+            model_name=model_name,
+            expected=expected,
+        )
+        return merged.aggregate
+
+    def merged(
+        self,
+        fleet: str,
+        *,
+        model_version: str | None = None,
+        cohort: str | None = None,
+        device_group: str | None = None,
+        device_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        model_name: str | None = None,
+        expected: VersionProfile | None = None,
+    ) -> Merged:
+        """Like :meth:`aggregate`, with the stored reports that could not be merged named
+        (:class:`~edgefleet.central.monitor.merging.Merged`): each row is checked again
+        before it is merged, against ``expected`` (the version's profile) when given, else
+        against the layout of most of the rows."""
         where = self._filters(
             fleet,
             model_name=model_name,
@@ -543,26 +632,25 @@ class MonitorStore:
             since=since,
             until=until,
         )
-        query = (
-            select(
-                reports.c.body,
-                reports.c.device_id,
-                reports.c.cohort,
-                reports.c.device_group,
-            )
-            .where(*where)
-            .order_by(reports.c.id)
-        )
-        total = _BodySum()
+        query = select(*_MERGE_COLUMNS).where(*where).order_by(reports.c.id)
+        total = StoredMerge(expected)
         try:
             with self.engine.connect() as connection:
                 result = connection.execution_options(yield_per=2000).execute(query)
-                for body, device, cohort_, group in result:
-                    if not total.add(body, device, cohort_, group):
+                for values in result:
+                    if not total.add(StoredRow(*values)):
                         raise InputError(self._mixed_versions(where))
         except SQLAlchemyError as error:
             raise StoreError(f"cannot read reports from {self.display}: {error}") from None
-        return total.freeze()
+        merged = total.result()
+        if merged.skipped_total:
+            logger.warning(
+                "fleet %s: %d stored report(s) skipped, they cannot be merged: %s",
+                fleet,
+                merged.skipped_total,
+                dumps_skipped(merged.skipped),
+            )
+        return merged
 
     def _mixed_versions(self, where: list[ColumnElement[bool]]) -> str:
         query = (
@@ -689,11 +777,16 @@ class MonitorStore:
             entry[2] += int(failed)
         return {d: (n, s, f) for d, (n, s, f) in sums.items()}
 
-    def quarantined(self, fleet: str | None = None, limit: int = 100) -> list[QuarantinedReport]:
-        """The newest quarantined messages first, of one fleet or all."""
+    def quarantined(
+        self, fleet: str | None = None, limit: int = 100, *, device_id: str | None = None
+    ) -> list[QuarantinedReport]:
+        """The newest quarantined messages first, of one fleet or all, of one device (the
+        one their topic named) or all."""
         query = select(quarantine).order_by(quarantine.c.id.desc()).limit(max(0, limit))
         if fleet is not None:
             query = query.where(quarantine.c.fleet == fleet)
+        if device_id is not None:
+            query = query.where(quarantine.c.device_id == device_id)
         return [
             QuarantinedReport(
                 id=int(r.id),
@@ -710,20 +803,34 @@ class MonitorStore:
         ]
 
     def refusals_by_device(self, fleet: str) -> dict[str, int]:
-        """Quarantined messages per device named by their topic: with the broker's access
-        list on, the topic is the sender's own, so this counts each device's refused
-        reports (a body claiming another device, malformed, unknown version, ...)."""
-        query = (
-            select(quarantine.c.device_id, func.count())
-            .where(quarantine.c.fleet == fleet, quarantine.c.device_id.is_not(None))
-            .group_by(quarantine.c.device_id)
-        )
-        return {str(device): int(count) for device, count in self._rows(query)}
+        """Refused reports per device named by their topic: with the broker's access list
+        on, the topic is the sender's own, so this counts each device's refused reports (a
+        body claiming another device, malformed, unknown version, ...)."""
+        return {r.device_id: r.refused for r in self.refusal_counts(fleet)}
 
-    def quarantine_count(self, fleet: str | None = None) -> int:
+    def refusal_counts(self, fleet: str | None = None) -> list[RefusalCount]:
+        """Refused reports per device, ever (not only those the quarantine still holds),
+        most refused first."""
+        query = select(refusals).order_by(refusals.c.refused.desc(), refusals.c.device_id)
+        if fleet is not None:
+            query = query.where(refusals.c.fleet == fleet)
+        return [
+            RefusalCount(
+                fleet=r.fleet,
+                device_id=r.device_id,
+                refused=int(r.refused),
+                last_refused=float(r.last_refused),
+                last_reason=r.last_reason,
+            )
+            for r in self._rows(query)
+        ]
+
+    def quarantine_count(self, fleet: str | None = None, *, device_id: str | None = None) -> int:
         query = select(func.count()).select_from(quarantine)
         if fleet is not None:
             query = query.where(quarantine.c.fleet == fleet)
+        if device_id is not None:
+            query = query.where(quarantine.c.device_id == device_id)
         return int(self._scalar(query))
 
     # -- device status -------------------------------------------------------------------
@@ -874,12 +981,13 @@ class MonitorStore:
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """A batch of messages validated by :func:`prepare`: the rows of the valid reports
-    (with their topics) and the quarantine rows of the others. Plain data, so that it
-    crosses a process boundary cheaply."""
+    """A batch of messages validated by :func:`prepare`: the valid reports as
+    ``(topic, row, layout)`` (the layout for the check against their version) and the
+    quarantine rows of the others. Plain data, so that it crosses a process boundary
+    cheaply."""
 
     received: float
-    valid: list[tuple[str, dict[str, Any]]]
+    valid: list[tuple[str, dict[str, Any], Layout]]
     refused: list[dict[str, Any]]
 
 
@@ -889,11 +997,12 @@ def prepare(
     """Validate ``(topic, payload)`` messages (everything but the registry's say): the
     CPU-bound half of :meth:`MonitorStore.ingest_many`, needing no database."""
     received = time.time()
-    valid: list[tuple[str, dict[str, Any]]] = []
+    valid: list[tuple[str, dict[str, Any], Layout]] = []
     refused: list[dict[str, Any]] = []
+    layouts: dict[Layout, Layout] = {}
     for topic, payload in items:
         try:
-            row = _validate(topic, payload, fleet, prefix)
+            row, layout = _validate(topic, payload, fleet, prefix)
         except InputError as error:
             refused.append(_quarantine_row(topic, payload, str(error), received, fleet))
             continue
@@ -902,8 +1011,29 @@ def prepare(
             refused.append(_quarantine_row(topic, payload, reason, received, fleet))
             continue
         row["received"] = received
-        valid.append((topic, row))
+        # One object per distinct layout: pickled once per batch on the way from a worker.
+        valid.append((topic, row, layouts.setdefault(layout, layout)))
     return PreparedBatch(received, valid, refused)
+
+
+def _version_refusal(
+    row: dict[str, Any], layout: Layout, known_version: KnownVersion | None, received: float
+) -> str | None:
+    """Why a valid report does not fit the version it claims, or None if it does."""
+    if known_version is None:
+        return None
+    verdict = known_version(row["model_name"], row["model_version"])
+    if not verdict:
+        return (
+            f"model {row['model_name']} {row['model_version']} is not a known version (not "
+            "in the registry): train or register it, and the device's re-sends are stored"
+        )
+    if isinstance(verdict, VersionProfile):
+        try:
+            verdict.check(layout, row["window_end"], received)
+        except InputError as error:
+            return str(error)
+    return None
 
 
 def _version_key(version: str) -> tuple[int, int, int]:
@@ -925,8 +1055,11 @@ def _dump_evidence(evidence: Mapping[str, Any]) -> str:
 # -- validation ------------------------------------------------------------------------------
 
 
-def _validate(topic: str, payload: bytes, fleet: str | None, prefix: str | None) -> dict[str, Any]:
-    """The row of a valid report, or :class:`InputError` saying why it is not one."""
+def _validate(
+    topic: str, payload: bytes, fleet: str | None, prefix: str | None
+) -> tuple[dict[str, Any], Layout]:
+    """The row and feature layout of a valid report, or :class:`InputError` saying why it
+    is not one."""
     topic_fleet, topic_device = _parse_topic(topic, fleet, prefix)
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise InputError(f"a report payload is bytes, not {type(payload).__name__}")
@@ -946,7 +1079,8 @@ def _validate(topic: str, payload: bytes, fleet: str | None, prefix: str | None)
     if len(raw["model_version"]) > MAX_VERSION:
         # parse_version takes digits without end; the column does not.
         raise InputError(f"report field 'model_version' is longer than {MAX_VERSION} characters")
-    return {
+    check_mergeable_counts(raw)
+    row = {
         "fleet": raw["fleet"],
         "device_id": raw["device_id"],
         "sequence": raw["sequence"],
@@ -962,6 +1096,7 @@ def _validate(topic: str, payload: bytes, fleet: str | None, prefix: str | None)
         # The bytes that were validated, not a re-encoding: the exact report, for free.
         "body": bytes(payload).decode("utf-8"),
     }
+    return row, layout_of(raw)
 
 
 def _parse_topic(topic: str, fleet: str | None, prefix: str | None) -> tuple[str, str]:
@@ -975,202 +1110,6 @@ def _parse_topic(topic: str, fleet: str | None, prefix: str | None) -> tuple[str
         raise InputError(f"the topic {_excerpt(topic, 80)!r} is not of fleet {fleet!r}")
     validate_name("fleet name", parts[1])
     return parts[1], validate_device_id(parts[3])
-
-
-class _RefusedError(ValueError):
-    pass
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _RefusedError(name)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # dict() in C, then one length comparison: a repeated key shrinks the dict.
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _RefusedError("repeated key")
-    return result
-
-
-# The fast path accepts exactly the report's fields, no more, no fewer.
-_FIELD_SET = frozenset(REPORT_FIELDS)
-_NUMERIC_KEYS = frozenset(("name", "kind", "bins", "missing", "out_of_range"))
-_CATEGORICAL_KEYS = frozenset(("name", "kind", "bins", "missing", "unknown"))
-_SCORE_KEYS = frozenset(("counts", "by_label"))
-_LATENCY_KEYS = frozenset(("counts",))
-_TIME_TYPES = (int, float)
-_JSON_SPACE = b" \t\r\n"
-_BEFORE_A_VALUE = b":[,"
-_MAX_DASHES = 64
-_INT_ONLY = {int}
-_STR_ONLY = {str}
-_LIST_ONLY = {list}
-_DICT_ONLY = {dict}
-
-
-def _fast_decode(payload: bytes | bytearray | memoryview) -> dict[str, Any] | None:
-    """The parsed report if it certainly passes ``Report.decode``; None if in any doubt."""
-    data = bytes(payload)
-    # A JSON boolean is always spelled as these very bytes, and a report holds none: with
-    # neither present, every int the parser returns is a real int, never a bool, and the
-    # count checks below can rely on sum() alone for types (see _sum_counts).
-    if len(data) > MAX_REPORT_BYTES or b"true" in data or b"false" in data:
-        return None
-    if _may_hold_negative(data):
-        return None
-    try:
-        raw = json.loads(
-            data.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
-        )
-        return raw if _fast_check(raw) else None
-    # ValueError covers UnicodeDecodeError and JSONDecodeError; the others are what the
-    # checks raise on values of the wrong type (sum of a string, check_name of a list).
-    except (ValueError, RecursionError, InputError, TypeError, KeyError, OverflowError):
-        return None
-
-
-def _may_hold_negative(data: bytes) -> bool:
-    """False only if no number in the JSON text is negative: a negative number starts with
-    '-' right after ':', '[' or ',' (whitespace between allowed). A report has a few dashes,
-    in names ("pos-0042"); a text with many goes the slow way rather than loop here. (A
-    regular expression over the ~1,000 commas of a report costs 30 us; this, about 1.)"""
-    if data.count(b"-") > _MAX_DASHES:
-        return True
-    at = data.find(b"-")
-    while at != -1:
-        before = at - 1
-        while before >= 0 and data[before] in _JSON_SPACE:
-            before -= 1
-        if before < 0 or data[before] in _BEFORE_A_VALUE:
-            return True
-        at = data.find(b"-", at + 1)
-    return False
-
-
-def _sum_counts(values: Any, length: int | None) -> int | None:
-    """The total of a JSON array of 1..MAX_BINS counts (exactly ``length`` if given), or
-    None. Types by sum() alone: a string, null, array or object raises TypeError, a float
-    makes the sum a float, and booleans were excluded before parsing. Each count is at most
-    the total, so a total within MAX_COUNT bounds them all, negatives being excluded
-    before parsing."""
-    if type(values) is not list or not 0 < len(values) <= MAX_BINS:
-        return None
-    if length is not None and len(values) != length:
-        return None
-    total = sum(values)
-    if type(total) is not int or total > MAX_COUNT:
-        return None
-    return total
-
-
-def _is_count(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= MAX_COUNT
-
-
-def _score_sketch_ok(raw: Any) -> int | None:
-    """The total of a valid score sketch, else None."""
-    if type(raw) is not dict or raw.keys() != _SCORE_KEYS:
-        return None
-    counts, by_label = raw["counts"], raw["by_label"]
-    if type(by_label) is not list or len(by_label) != 2:
-        return None
-    negative, positive = by_label
-    total = _sum_counts(counts, SCORE_BINS)
-    if (
-        total is None
-        or _sum_counts(negative, SCORE_BINS) is None
-        or _sum_counts(positive, SCORE_BINS) is None
-    ):
-        return None
-    if any(map(operator.gt, map(operator.add, negative, positive), counts)):
-        return None
-    return total
-
-
-def _fast_check(raw: Any) -> bool:
-    """True only if :meth:`Report.from_dict` accepts ``raw`` (see the module docstring);
-    the checks follow report.py's and sketch.py's, rule for rule, a whole column of
-    features at a time. Booleans and negative numbers must have been excluded before
-    parsing (see :func:`_fast_decode`)."""
-    if type(raw) is not dict or raw.keys() != _FIELD_SET:
-        return False
-    version = raw["schema_version"]
-    if type(version) is not int or version != SCHEMA_VERSION:
-        return False
-    check_identifier(raw["fleet"], "fleet")
-    check_identifier(raw["device_id"], "device_id")
-    check_identifier(raw["device_group"], "device_group")
-    check_name(raw["model_name"], "model_name")
-    parse_version(raw["model_version"])
-    scored = raw["scored"]
-    if not (
-        _is_count(raw["sequence"])
-        and _is_count(scored)
-        and _is_count(raw["failed"])
-        and _is_count(raw["dropped_reports"])
-    ):
-        return False
-    start, end = raw["window_start"], raw["window_end"]
-    # type() excludes bool; comparing ints with floats is exact in Python (no float() of a
-    # 400-digit int, which overflows); NaN fails every comparison.
-    if type(start) not in _TIME_TYPES or type(end) not in _TIME_TYPES:
-        return False
-    if not (0 <= start <= end <= MAX_TIME):
-        return False
-    cohort = raw["cohort"]
-    if type(cohort) is not str or cohort not in COHORTS:
-        return False
-    features = raw["features"]
-    if type(features) is not list or not 0 < len(features) <= MAX_FEATURES:
-        return False
-    if set(map(type, features)) != _DICT_ONLY:
-        return False
-    numeric = [f for f in features if f.get("kind") == "numeric"]
-    categorical = [f for f in features if f.get("kind") == "categorical"]
-    if len(numeric) + len(categorical) != len(features):
-        return False
-    if not all(map(operator.eq, map(dict.keys, numeric), repeat(_NUMERIC_KEYS))):
-        return False
-    if not all(map(operator.eq, map(dict.keys, categorical), repeat(_CATEGORICAL_KEYS))):
-        return False
-    # Names (check_name's rules): text of 1..MAX_NAME_LENGTH printable characters without
-    # edge spaces, and no name twice.
-    names = [f["name"] for f in features]
-    if set(map(type, names)) != _STR_ONLY or len(set(names)) != len(names):
-        return False
-    lengths = list(map(len, names))
-    if min(lengths) < 1 or max(lengths) > MAX_NAME_LENGTH:
-        return False
-    if not "".join(names).isprintable() or list(map(str.strip, names)) != names:
-        return False
-    # Counts of each feature: bins (total of every bin), missing, out_of_range, unknown.
-    bins = [f["bins"] for f in features]
-    if set(map(type, bins)) != _LIST_ONLY:
-        return False
-    bin_counts = list(map(len, bins))
-    if min(bin_counts) < 1 or max(bin_counts) > MAX_BINS:
-        return False
-    in_bins = list(map(sum, bins))  # TypeError for a string, null, array or object
-    missing = [f["missing"] for f in features]
-    out_of_range = [f.get("out_of_range", 0) for f in features]
-    unknown = [f.get("unknown", 0) for f in features]
-    scalars = in_bins + missing + out_of_range + unknown
-    # A float anywhere makes its sum a float; every count is at most its bin total or
-    # ``scored``, so the totals bound them all.
-    if set(map(type, scalars)) != _INT_ONLY or min(scalars) < 0 or max(scalars) > MAX_COUNT:
-        return False
-    if any(map(operator.gt, out_of_range, in_bins)):
-        return False
-    totals = map(operator.add, map(operator.add, in_bins, missing), unknown)
-    if any(map(operator.ne, totals, repeat(scored))):
-        return False
-    if _score_sketch_ok(raw["scores"]) != scored or _score_sketch_ok(raw["outcomes"]) is None:
-        return False
-    latency = raw["latency"]
-    if type(latency) is not dict or latency.keys() != _LATENCY_KEYS:
-        return False
-    return _sum_counts(latency["counts"], LATENCY_BUCKETS) is not None
 
 
 # -- quarantine rows -------------------------------------------------------------------------
@@ -1215,60 +1154,3 @@ def _quarantine_row(
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "excerpt": _excerpt(payload, EXCERPT_BYTES),
     }
-
-
-# -- merging stored reports ------------------------------------------------------------------
-
-
-class _BodySum(SketchSums):
-    """:func:`edgefleet.edge.report.merge_all` over stored report JSON, without building a
-    :class:`Report` per row (validated at ingest; the totals are validated once, when frozen
-    into an :class:`Aggregate`). Exact Python ints, summed in C by ``map(operator.add)``."""
-
-    def add(self, body: str, device: str, cohort: str, group: str) -> bool:
-        """Add one stored report; False if it is of another model or version."""
-        raw = json.loads(body)
-        key = (raw["fleet"], raw["model_name"], raw["model_version"])
-        layout = [(f["name"], f["kind"], len(f["bins"])) for f in raw["features"]]
-        features = [
-            [*f["bins"], f["missing"], f.get("out_of_range", 0), f.get("unknown", 0)]
-            for f in raw["features"]
-        ]
-        histograms = [
-            raw["scores"]["counts"],
-            *raw["scores"]["by_label"],
-            raw["outcomes"]["counts"],
-            *raw["outcomes"]["by_label"],
-            raw["latency"]["counts"],
-        ]
-        totals = (raw["scored"], raw["failed"], raw["dropped_reports"])
-        if self.key is None:
-            self.key, self.layout = key, layout
-            self.features, self.histograms = features, histograms
-            self.totals = list(totals)
-        else:
-            if key != self.key:
-                return False
-            if layout != self.layout:
-                raise InputError(
-                    f"stored reports of model {key[1]} {key[2]} disagree about the features "
-                    "(names, kinds or bins): they cannot be merged"
-                )
-            self.features = [
-                list(map(operator.add, a, b)) for a, b in zip(self.features, features, strict=True)
-            ]
-            self.histograms = [
-                list(map(operator.add, a, b))
-                for a, b in zip(self.histograms, histograms, strict=True)
-            ]
-            self.totals = [a + b for a, b in zip(self.totals, totals, strict=True)]
-        self.window[0] = min(self.window[0], raw["window_start"])
-        self.window[1] = max(self.window[1], raw["window_end"])
-        self.reports += 1
-        self.devices.add(device)
-        self.cohorts.add(cohort)
-        self.groups.add(group)
-        return True
-
-    def freeze(self) -> Aggregate | None:  # type: ignore[override]
-        return None if self.key is None else super().freeze()
