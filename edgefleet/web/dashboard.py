@@ -811,12 +811,14 @@ class Dashboard:
             before = view.state
             if before is None or before.canary is None:
                 raise ConflictError(f"fleet {fleet} has no canary to promote")
+            lines: list[str] = []
             state = promote(
                 fleet,
                 self.broker,
                 self._private_key(),
                 prefix=self.prefix,
                 state_file=state_file_for(self.home, fleet),
+                progress=lines.append,
             )
             assert state.stable is not None
             # As the closed loop does: the alerts about the replaced model are answered.
@@ -832,6 +834,7 @@ class Dashboard:
                 state,
                 actor,
                 closed_alerts=closed,
+                warnings=_warnings(lines),
             )
 
     def rollback(
@@ -856,6 +859,7 @@ class Dashboard:
                     f"fleet {fleet} has no canary; choose a lower version to roll back to"
                 )
             dropped = before.canary
+            lines: list[str] = []
             state = rollback(
                 fleet,
                 self.broker,
@@ -863,6 +867,7 @@ class Dashboard:
                 to_version=to_version,
                 prefix=self.prefix,
                 state_file=state_file_for(self.home, fleet),
+                progress=lines.append,
             )
             assert state.stable is not None
             if to_version is None and dropped is not None:
@@ -878,7 +883,16 @@ class Dashboard:
                     f"stable re-pointed from {previous} to {state.stable.label} by hand on the "
                     f"dashboard ({actor}), signed rollback"
                 )
-            return self._record(fleet, "rolled_back", version, reason, before, state, actor)
+            return self._record(
+                fleet,
+                "rolled_back",
+                version,
+                reason,
+                before,
+                state,
+                actor,
+                warnings=_warnings(lines),
+            )
 
     def _record(
         self,
@@ -927,7 +941,13 @@ class Dashboard:
             reason=reason,
             evidence=evidence,
         )
-        return cleaned({"decision": _decision(stored), "rollout": self.rollout(fleet)})
+        return cleaned(
+            {
+                "decision": _decision(stored),
+                "rollout": self.rollout(fleet),
+                "warnings": extra.get("warnings", []),
+            }
+        )
 
 
 # -- documents --------------------------------------------------------------------------------
@@ -945,6 +965,12 @@ def _slices(
         (start + i * width, end if i == count - 1 else start + (i + 1) * width)
         for i in range(count)
     ]
+
+
+def _warnings(lines: list[str]) -> list[str]:
+    """The publisher's warnings among its progress lines (e.g. what it replaced on the
+    broker's rollout topic), for the page and the decision's evidence."""
+    return [line.removeprefix("warning: ") for line in lines if line.startswith("warning: ")]
 
 
 def _ref(ref: ModelRef | None) -> dict[str, Any] | None:
