@@ -610,15 +610,15 @@ class Agent:
     def _problem(self) -> str | None:
         record = self.machine.record
         wait = self.machine.seconds_until_retry()
-        if wait is None or record.target is None:
-            problem = self.last_problem
-        else:
-            problem = (
+        waiting = None
+        if wait is not None and record.target is not None:
+            waiting = (
                 f"update of {record.target.version} waiting for the broker, retry in "
                 f"{wait:.0f} s ({record.error})"
             )
-        expired = self._expired_note()
-        return "; ".join(p for p in (problem, expired) if p) or None
+        # A message ignored while an update waits is news too: both are said.
+        parts = (self.last_problem, waiting, self._expired_note())
+        return "; ".join(part for part in parts if part) or None
 
     def _expired_note(self) -> str | None:
         """What the device runs on once its rollout state expired: the verified model it
