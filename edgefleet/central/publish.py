@@ -383,6 +383,11 @@ def describe_state(state: RolloutState | None) -> str:
         lines.append("  canary  none")
     if state.rollback:
         lines.append("  rollback allowed: devices may move to a lower version")
+    if is_expired(state, _now(), skew=timedelta(0)):
+        lines.append(
+            f"  EXPIRED: devices refuse this state; re-sign it with 'edgefleet rollout "
+            f"refresh --fleet {state.fleet}'"
+        )
     return "\n".join(lines)
 
 
@@ -488,7 +493,14 @@ def rollout_status(
         payload = client.read_retained(topics.rollout, timeout)
     if payload is None:
         return None
-    return verify_rollout(payload, trusted_keys, fleet=fleet)
+    try:
+        return verify_rollout(payload, trusted_keys, fleet=fleet)
+    except EdgefleetError as error:
+        raise RolloutError(
+            f"{topics.rollout} holds {len(payload):,} bytes that are not a rollout state "
+            f"signed by the trusted key ({error}); devices ignore it, and 'edgefleet rollout "
+            f"refresh --fleet {fleet}' (or any publish, promote or rollback) replaces it"
+        ) from None
 
 
 def promote(

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from edgefleet.edge.manifest import Manifest, parse_version
 from edgefleet.edge.mqtt import BrokerAddress
 from edgefleet.edge.profile import SCORE_BINS, CategoricalProfile, NumericProfile
 from edgefleet.edge.report import Aggregate
-from edgefleet.edge.rollout import ModelRef, RolloutState, verify_rollout
+from edgefleet.edge.rollout import ModelRef, RolloutState, is_expired, verify_rollout
 from edgefleet.edge.schema import CategoricalFeature
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 from edgefleet.edge.status import DeviceStatus
@@ -217,6 +218,10 @@ class Dashboard:
                     "sequence": state.sequence,
                     "rollout_id": state.rollout_id,
                     "issued": state.issued,
+                    "expires": state.expires,
+                    "expired": is_expired(
+                        state, datetime.fromtimestamp(self.clock(), UTC), skew=timedelta(0)
+                    ),
                     "stable": _ref(stable),
                     "canary": _ref(canary),
                     "canary_percent": state.canary_percent,

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.central.broker import MosquittoBroker
 from edgefleet.central.keeper import RetainedKeeper
 from edgefleet.central.publish import (
+    describe_state,
     model_ref,
     promote,
     publish,
@@ -308,6 +309,7 @@ def _expire_saved_state(state_file: Path, key: Ed25519PrivateKey) -> RolloutStat
     )
     document["rollout"] = sign_rollout(old, key).decode()
     state_file.write_text(json.dumps(document))
+    assert "EXPIRED: devices refuse this state" in describe_state(old)
     return old
 
 
@@ -368,6 +370,11 @@ def test_cli_rollout_refresh(
     assert "sequence 1" in capsys.readouterr().out
     with MqttClient(broker.address, f"evil-{fleet}", clean_start=True) as client:
         client.publish(f"edgefleet/{fleet}/rollout", GARBAGE, retain=True).wait()
+    status = ["--key", str(keypair[1])]
+    assert main([*home, "rollout", "status", *common, *status]) == 2
+    refused = capsys.readouterr().err
+    assert "devices ignore it" in refused
+    assert f"'edgefleet rollout refresh --fleet {fleet}'" in refused
     assert main([*home, "rollout", "refresh", *common, *signing, "--lifetime", "30d"]) == 0
     out = capsys.readouterr()
     assert "warning: edgefleet/" in out.err
@@ -375,7 +382,6 @@ def test_cli_rollout_refresh(
     assert "re-signed, valid until" in out.err
     assert "sequence 2" in out.out
     assert "stable  churn 1.0.0" in out.out
-    status = ["--key", str(keypair[1])]
     assert main([*home, "rollout", "status", *common, *status, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     expires = datetime.fromisoformat(shown["expires"]) - datetime.now(UTC)

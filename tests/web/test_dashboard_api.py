@@ -645,6 +645,8 @@ def test_promote_and_roll_back_through_the_api(client: FlaskClient, seeded: Seed
     assert status == 200, body
     assert body["rollout"]["state"]["stable"]["version"] == "1.1.0"
     assert body["rollout"]["state"]["canary"] is None
+    assert body["rollout"]["state"]["expired"] is False
+    assert body["rollout"]["state"]["expires"] > body["rollout"]["state"]["issued"]
     assert len(body["warnings"]) == 1, body["warnings"]
     assert "holds 9 bytes that are not a rollout state of ours" in body["warnings"][0]
     assert body["decision"]["evidence"]["warnings"] == body["warnings"]
