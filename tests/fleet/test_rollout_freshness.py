@@ -35,6 +35,7 @@ from edgefleet.edge.bundle import open_bundle
 from edgefleet.edge.mqtt import MqttClient
 from edgefleet.edge.rollout import RolloutState, sign_rollout
 from edgefleet.edge.signing import TrustedKey, load_private_key
+from edgefleet.errors import InputError
 from tests.fleet.kit import Record, agent_config, running, wait_for
 from tests.fleet.test_faults import Publisher, _fleet, _problem, _records, _wait_installed
 
@@ -390,3 +391,11 @@ def test_cli_rollout_refresh(
     with pytest.raises(SystemExit):
         main([*home, "rollout", "refresh", *common, "--lifetime", "a week"])
     assert "not a duration" in capsys.readouterr().err
+
+
+def test_clock_skew_is_bounded(
+    broker: MosquittoBroker, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A day of skew would let a state expired yesterday through: fix the clock instead."""
+    with pytest.raises(InputError, match="--clock-skew must be from 0 to 86400 seconds"):
+        agent_config(broker, keypair, _fleet(), "d", tmp_path / "d", clock_skew=90_000.0)

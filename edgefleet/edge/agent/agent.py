@@ -106,6 +106,11 @@ class AgentConfig:
             )
         if not self.status_seconds > 0:
             raise InputError(f"status_seconds must be above 0, not {self.status_seconds:g}")
+        if not 0 <= self.clock_skew <= 86_400:
+            raise InputError(
+                f"--clock-skew must be from 0 to 86400 seconds, not {self.clock_skew:g}: set "
+                "the device's clock (NTP) rather than allow more"
+            )
 
 
 @dataclass(frozen=True)
