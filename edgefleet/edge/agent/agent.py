@@ -132,6 +132,18 @@ class _Window:
     started: float = field(default_factory=time.monotonic)
 
 
+def _saved_time(value: object) -> str | None:
+    """An ISO time with a zone from agent.json, or None: a hand-edited or older file must
+    not make every status() raise."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return value if parsed.tzinfo is not None else None
+
+
 class Agent:
     def __init__(self, config: AgentConfig):
         validate_device_id(config.device_id)
@@ -160,7 +172,7 @@ class Agent:
         # The highest serial accepted (docs/architecture.md §6): a state below it is a
         # replay. Files written before it existed know only the applied one.
         self._serial: int | None = saved.get("rollout_serial", self._applied_rollout)
-        self._expires: str | None = saved.get("rollout_expires")
+        self._expires: str | None = _saved_time(saved.get("rollout_expires"))
         self._cohort: Cohort = "canary" if saved.get("cohort") == "canary" else "stable"
         self.last_problem: str | None = None
         self._window: _Window | None = None
