@@ -15,6 +15,7 @@ message and exit status 2 instead of a traceback::
     │   ├── ArtifactError       an artifact missing, of the wrong size, or with a hash mismatch
     │   ├── DowngradeError      a version lower than the running one without a signed rollback
     │   ├── RolloutError        a rollout message that must not be followed (malformed, stale)
+    │   │   └── StaleRolloutError   genuinely signed, but expired or older than one accepted
     │   └── SelfTestError       the model does not reproduce its golden vectors
     ├── ConversionError         a fitted model that cannot be exported
     │   ├── UnsupportedModelError   no converter for this estimator and format
@@ -99,6 +100,11 @@ class DowngradeError(BundleError):
 class RolloutError(BundleError):
     """A rollout message that must not be followed: malformed, oversize, for another
     fleet, or older than the state already applied."""
+
+
+class StaleRolloutError(RolloutError):
+    """A genuinely signed rollout state that is no longer current: expired, or with a
+    serial below the highest one a device accepted (a replay)."""
 
 
 class SelfTestError(BundleError):

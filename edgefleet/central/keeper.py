@@ -14,8 +14,11 @@ what the broker retains and re-publishes:
   applied that sequence already ignore it);
 - a model's files, when the broker no longer holds its manifest.
 
-It never signs anything, so it needs the publisher's public key only. A newer state on the
-broker than in the file (published from another home) is left alone. ``edgefleet watch``
+It never signs anything, so it needs the publisher's public key only; the private key stays
+with whoever re-signs. So a saved envelope past its expiry is not put back (devices would
+refuse it): the keeper says so, and ``edgefleet watch``, which holds the key, re-signs it
+(``edgefleet rollout refresh`` by hand). A newer state on the broker than in the file
+(published from another home) is left alone. ``edgefleet watch``
 runs one; ``edgefleet rollout restore`` runs one check.
 """
 
@@ -26,11 +29,12 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edgefleet.central.publish import content_dir_for
 from edgefleet.edge.mqtt import BrokerAddress, MqttClient
-from edgefleet.edge.rollout import ModelRef, RolloutState, verify_rollout
+from edgefleet.edge.rollout import ModelRef, RolloutState, is_expired, verify_rollout
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.topics import DEFAULT_PREFIX, Topics
 from edgefleet.errors import EdgefleetError, RolloutError
@@ -60,6 +64,8 @@ class RetainedKeeper:
         self.progress = progress
         self.restored = 0
         """Retained messages put back so far."""
+        self.expired: RolloutState | None = None
+        """The saved state, when it expired: re-signing it is the key holder's job."""
         self._client = MqttClient(
             broker, f"edgefleet-keeper-{uuid.uuid4().hex[:12]}", clean_start=True
         )
@@ -97,12 +103,25 @@ class RetainedKeeper:
         envelope, state = self._local()
         if state is None:
             return []
-        restored = self._restore_state(envelope, state)
+        restored = [] if self._note_expiry(state) else self._restore_state(envelope, state)
         for ref in (state.stable, state.canary):
             if ref is not None:
                 restored += self._restore_model(ref)
         self.restored += len(restored)
         return restored
+
+    def _note_expiry(self, state: RolloutState) -> bool:
+        """Whether the saved state expired; said once per state, not at every check."""
+        expired = is_expired(state, datetime.now(UTC), skew=timedelta(0))
+        if expired and (self.expired is None or self.expired.sequence != state.sequence):
+            self.progress(
+                f"the saved rollout state {state.sequence} of {self.fleet} expired at "
+                f"{state.expires}: not re-publishing it (devices refuse it); re-sign it with "
+                f"'edgefleet rollout refresh --fleet {self.fleet}' (edgefleet watch does it "
+                "on its own)"
+            )
+        self.expired = state if expired else None
+        return expired
 
     def _local(self) -> tuple[bytes, RolloutState | None]:
         try:

@@ -7,11 +7,16 @@ bytes), waits until the broker has acknowledged all of them, and only then publi
 new signed :class:`RolloutState` retained on ``rollout``: a device never sees a state that
 points at bytes the broker does not hold yet.
 
-Every change (publish, promote, rollback) takes the newest of two copies of the state, the
-one retained on the broker and the one in the local state file
-(``HOME/fleets/FLEET.json``), verifies its signature, and writes ``sequence + 1`` to both.
-So a lost state file is recovered from the broker, and a broker that lost its database gets
-the newest state back at the next change. The state file also remembers every model
+Every change (publish, promote, rollback, refresh) takes the newest of two copies of the
+state, the one retained on the broker and the one in the local state file
+(``HOME/fleets/FLEET.json``), verifies its signature, and writes ``sequence + 1`` to both,
+with a new expiry (``lifetime`` after now, :data:`~edgefleet.edge.rollout.DEFAULT_LIFETIME`
+unless given). The state file is the publisher's own truth: a retained message that does not
+verify (garbage, another key, another fleet) is replaced with a warning naming it, never a
+reason to refuse, so nobody with write access to the broker can freeze the fleet. A lost
+state file is recovered from the broker, and a broker that lost its database gets the newest
+state back at the next change. :func:`refresh` re-signs the same content under a new serial
+and expiry before devices would refuse it as expired. The state file also remembers every model
 published to the fleet, which ``rollback --to VERSION`` needs (the broker keeps only the
 current state), and every published file is kept content-addressed beside it
 (``HOME/fleets/content/{sha256}``), so :mod:`edgefleet.central.keeper` can put the retained
@@ -30,10 +35,10 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -43,8 +48,11 @@ from edgefleet.edge.bundle import SIGNATURE_FILE, VerifiedBundle, open_bundle
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.mqtt import BrokerAddress, MqttClient, PublishHandle
 from edgefleet.edge.rollout import (
+    DEFAULT_LIFETIME,
     ModelRef,
     RolloutState,
+    is_expired,
+    needs_refresh,
     sign_rollout,
     verify_rollout,
 )
@@ -113,8 +121,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _check_lifetime(lifetime: timedelta) -> timedelta:
+    if lifetime < timedelta(minutes=1):
+        raise InputError(
+            f"a rollout state must live at least a minute, not {lifetime}: devices refuse "
+            "an expired state (use e.g. --lifetime 7d)"
+        )
+    return lifetime
 
 
 class FleetControl:
@@ -131,8 +148,10 @@ class FleetControl:
         state_file: Path | None = None,
         progress: Progress = lambda _: None,
         timeout: float = 10.0,
+        lifetime: timedelta = DEFAULT_LIFETIME,
     ):
         self.topics = Topics(fleet, prefix)
+        self.lifetime = _check_lifetime(lifetime)
         self.fleet = fleet
         self.broker = broker
         self.private_key = private_key
@@ -141,6 +160,8 @@ class FleetControl:
         self.progress = progress
         self.timeout = timeout
         self._client: MqttClient | None = None
+        self.ignored: str | None = None
+        """What the broker retained instead of a state of ours, when it did."""
 
     @contextmanager
     def connected(self) -> Iterator[FleetControl]:
@@ -168,16 +189,26 @@ class FleetControl:
     # -- state --------------------------------------------------------------------------------
 
     def retained_state(self) -> RolloutState | None:
+        """The state retained on the broker if our key signed it for this fleet; None
+        otherwise, with a warning naming what is there (the next change replaces it)."""
         payload = self.client.read_retained(self.topics.rollout, self.timeout)
         if payload is None:
             return None
         try:
-            return verify_rollout(payload, self.trusted, fleet=self.fleet)
+            state = verify_rollout(payload, self.trusted, fleet=self.fleet)
         except EdgefleetError as error:
-            raise RolloutError(
-                f"the rollout state retained on {self.topics.rollout} cannot be trusted: "
-                f"{error}. Nothing was changed"
-            ) from None
+            self.ignored = str(error)
+            self.progress(
+                f"warning: {self.topics.rollout} holds {len(payload):,} bytes that are not a "
+                f"rollout state of ours ({error}); ignored, and replaced by this change"
+            )
+            return None
+        if is_expired(state, _now(), skew=timedelta(0)):
+            self.progress(
+                f"warning: the rollout state {state.sequence} on {self.topics.rollout} expired "
+                f"at {state.expires} (devices refuse it); replaced by this change"
+            )
+        return state
 
     def _local(self) -> tuple[RolloutState | None, dict[str, ModelRef]]:
         if self.state_file is None or not self.state_file.exists():
@@ -208,6 +239,13 @@ class FleetControl:
             for ref in (state.stable, state.canary) if state else ():
                 if ref is not None:
                     models.setdefault(_model_key(ref), ref)
+        if local is None and retained is None and self.ignored is not None:
+            self.progress(
+                f"warning: no state file for fleet {self.fleet} and nothing verifiable on the "
+                "broker: starting again at sequence 1. Devices that accepted a higher "
+                "sequence refuse it; restore HOME/fleets/FLEET.json from a backup if this "
+                "fleet was published to before"
+            )
         if local is not None and (retained is None or local.sequence > retained.sequence):
             old = "nothing" if retained is None else f"sequence {retained.sequence}"
             self.progress(
@@ -228,7 +266,9 @@ class FleetControl:
         rollback: bool,
         rollout_id: str | None = None,
     ) -> RolloutState:
-        """Sign and publish the next state, retained; then write the state file."""
+        """Sign and publish the next state (the next serial, a new expiry), retained; then
+        write the state file."""
+        issued = _now()
         state = RolloutState(
             fleet=self.fleet,
             rollout_id=rollout_id or (previous.rollout_id if previous else _rollout_id()),
@@ -237,7 +277,8 @@ class FleetControl:
             canary=canary,
             canary_percent=canary_percent,
             rollback=rollback,
-            issued=_now(),
+            issued=issued.isoformat(),
+            expires=(issued + self.lifetime).isoformat(),
         )
         envelope = sign_rollout(state, self.private_key)
         self.client.publish(self.topics.rollout, envelope, retain=True).wait(_ACK_SECONDS)
@@ -313,7 +354,8 @@ def describe_state(state: RolloutState | None) -> str:
         return "no rollout state published"
     stable = state.stable.label if state.stable else "none"
     lines = [
-        f"fleet {state.fleet}: sequence {state.sequence}, issued {state.issued}",
+        f"fleet {state.fleet}: sequence {state.sequence}, issued {state.issued}, "
+        f"expires {state.expires}",
         f"  stable  {stable}",
     ]
     if state.canary is not None:
@@ -325,6 +367,11 @@ def describe_state(state: RolloutState | None) -> str:
         lines.append("  canary  none")
     if state.rollback:
         lines.append("  rollback allowed: devices may move to a lower version")
+    if is_expired(state, _now(), skew=timedelta(0)):
+        lines.append(
+            f"  EXPIRED: devices refuse this state; re-sign it with 'edgefleet rollout "
+            f"refresh --fleet {state.fleet}'"
+        )
     return "\n".join(lines)
 
 
@@ -338,6 +385,7 @@ def publish(
     prefix: str = DEFAULT_PREFIX,
     state_file: Path | None = None,
     progress: Progress = lambda _: None,
+    lifetime: timedelta = DEFAULT_LIFETIME,
 ) -> PublishResult:
     """Publish a bundle to ``fleet``: as the new stable model, or with ``canary_percent``
     as the canary for that share of the devices (stable stays)."""
@@ -346,7 +394,13 @@ def publish(
     ):
         raise InputError(f"--canary must be a percentage from 1 to 100, not {canary_percent!r}")
     control = FleetControl(
-        fleet, broker, private_key, prefix=prefix, state_file=state_file, progress=progress
+        fleet,
+        broker,
+        private_key,
+        prefix=prefix,
+        state_file=state_file,
+        progress=progress,
+        lifetime=lifetime,
     )
     # Everything is checked before the first byte goes out: signature by our key, then
     # each artifact's size and sha256.
@@ -423,7 +477,14 @@ def rollout_status(
         payload = client.read_retained(topics.rollout, timeout)
     if payload is None:
         return None
-    return verify_rollout(payload, trusted_keys, fleet=fleet)
+    try:
+        return verify_rollout(payload, trusted_keys, fleet=fleet)
+    except EdgefleetError as error:
+        raise RolloutError(
+            f"{topics.rollout} holds {len(payload):,} bytes that are not a rollout state "
+            f"signed by the trusted key ({error}); devices ignore it, and 'edgefleet rollout "
+            f"refresh --fleet {fleet}' (or any publish, promote or rollback) replaces it"
+        ) from None
 
 
 def promote(
@@ -434,10 +495,17 @@ def promote(
     prefix: str = DEFAULT_PREFIX,
     state_file: Path | None = None,
     progress: Progress = lambda _: None,
+    lifetime: timedelta = DEFAULT_LIFETIME,
 ) -> RolloutState:
     """The canary becomes stable on every device."""
     control = FleetControl(
-        fleet, broker, private_key, prefix=prefix, state_file=state_file, progress=progress
+        fleet,
+        broker,
+        private_key,
+        prefix=prefix,
+        state_file=state_file,
+        progress=progress,
+        lifetime=lifetime,
     )
     with control.connected():
         current, models = control.current()
@@ -458,6 +526,7 @@ def rollback(
     prefix: str = DEFAULT_PREFIX,
     state_file: Path | None = None,
     progress: Progress = lambda _: None,
+    lifetime: timedelta = DEFAULT_LIFETIME,
 ) -> RolloutState:
     """Without ``to_version``: drop the canary, its devices return to stable. With it:
     stable becomes that (lower) version, published before to this fleet. Either way the
@@ -465,7 +534,13 @@ def rollback(
     if to_version is not None:
         parse_version(to_version)
     control = FleetControl(
-        fleet, broker, private_key, prefix=prefix, state_file=state_file, progress=progress
+        fleet,
+        broker,
+        private_key,
+        prefix=prefix,
+        state_file=state_file,
+        progress=progress,
+        lifetime=lifetime,
     )
     with control.connected():
         current, models = control.current()
@@ -513,3 +588,88 @@ def _find_version(models: Mapping[str, ModelRef], version: str, current: Rollout
             f"{known or 'none'}); publish its bundle first"
         )
     return matches[0]
+
+
+def refresh(
+    fleet: str,
+    broker: BrokerAddress,
+    private_key: Ed25519PrivateKey,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    state_file: Path | None = None,
+    progress: Progress = lambda _: None,
+    lifetime: timedelta = DEFAULT_LIFETIME,
+) -> RolloutState:
+    """Re-sign the fleet's current state: the same models, canary and rollback flag under
+    the next serial and a new expiry, so devices keep accepting it (and anything retained
+    that does not verify is replaced)."""
+    control = FleetControl(
+        fleet,
+        broker,
+        private_key,
+        prefix=prefix,
+        state_file=state_file,
+        progress=progress,
+        lifetime=lifetime,
+    )
+    with control.connected():
+        current, models = control.current()
+        if current is None:
+            raise InputError(
+                f"fleet {fleet} has no rollout state to refresh: publish a model first "
+                "(edgefleet publish VERSION --fleet ...)"
+            )
+        state = control.commit(
+            current,
+            models,
+            stable=current.stable,
+            canary=current.canary,
+            canary_percent=current.canary_percent,
+            rollback=current.rollback,
+            rollout_id=current.rollout_id,
+        )
+    progress(f"rollout state {state.sequence} re-signed, valid until {state.expires}")
+    return state
+
+
+def saved_state(state_file: Path, trusted: Sequence[TrustedKey], fleet: str) -> RolloutState | None:
+    """The verified state in ``state_file`` (None without one); expiry is not judged here."""
+    try:
+        envelope = json.loads(state_file.read_text())["rollout"]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as error:
+        raise RolloutError(f"the state file {state_file} is unusable: {error}") from None
+    if not isinstance(envelope, str):
+        return None
+    return verify_rollout(envelope.encode("ascii", "replace"), trusted, fleet=fleet)
+
+
+def refresh_if_due(
+    fleet: str,
+    broker: BrokerAddress,
+    private_key: Ed25519PrivateKey,
+    *,
+    state_file: Path,
+    prefix: str = DEFAULT_PREFIX,
+    progress: Progress = lambda _: None,
+    lifetime: timedelta = DEFAULT_LIFETIME,
+    now: datetime | None = None,
+) -> RolloutState | None:
+    """:func:`refresh` when the saved state is due at ``now``: less than a third of its
+    lifetime left, or expired. Reads the state file first, so a check that finds nothing
+    due does not connect. Returns the new state, or None when nothing was due."""
+    trusted = [TrustedKey.from_public_key(private_key.public_key())]
+    saved = saved_state(state_file, trusted, fleet)
+    if saved is None or not needs_refresh(saved, now or _now()):
+        return None
+    progress(f"rollout state {saved.sequence} of {fleet} expires at {saved.expires}: re-signing")
+    return refresh(
+        fleet,
+        broker,
+        private_key,
+        prefix=prefix,
+        state_file=state_file,
+        progress=progress,
+        lifetime=lifetime,
+    )

@@ -40,6 +40,12 @@ in STATE_DIR/outbox.db until a monitor acknowledges that it has stored them (re-
 --ack-timeout seconds, doubling up to 10 minutes). The outbox is bounded: 10,000 reports or
 50 MB, 7 days; the oldest are dropped first and the count of drops travels in the next
 report.
+
+It follows only fresh rollout states: it refuses a serial below the highest it accepted
+(saved in STATE_DIR/agent.json, so also after a restart) and a state past its expiry, with
+--clock-skew seconds allowed between its clock and the publisher's. When its state expires
+it keeps scoring with its model and says so in /health's "problem" until the publisher
+re-signs ('edgefleet rollout refresh').
 """
 
 
@@ -94,6 +100,14 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="re-send a report no monitor acknowledged as stored within this long; the wait "
         "doubles with each try, up to 600 s (default 30)",
+    )
+    agent.add_argument(
+        "--clock-skew",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how far this device's clock may be from the publisher's when judging a "
+        "rollout state's expiry (default 300)",
     )
     add_broker_options(agent)
     agent.set_defaults(handler=run_agent)
@@ -210,6 +224,7 @@ def run_agent(args: argparse.Namespace) -> int:
             report_seconds=args.report_seconds,
             report_records=args.report_records,
             ack_timeout=args.ack_timeout,
+            clock_skew=args.clock_skew,
         )
     )
     # A bad flag or a port in use fails before the agent starts anything.

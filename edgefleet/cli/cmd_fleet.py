@@ -1,4 +1,4 @@
-"""``edgefleet publish`` and ``edgefleet rollout status|promote|rollback``."""
+"""``edgefleet publish`` and ``edgefleet rollout status|promote|rollback|refresh|restore``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
 from edgefleet.cli.cmd_watch import add_decisions_command
+from edgefleet.cli.lifetime import add_lifetime_option
 from edgefleet.cli.progress import say
 
 if TYPE_CHECKING:
@@ -24,6 +25,23 @@ examples:
   edgefleet publish bundle/ --fleet shops --canary 10
   edgefleet rollout status --fleet shops
   edgefleet rollout promote --fleet shops
+  edgefleet rollout refresh --fleet shops --lifetime 14d
+
+Every signed rollout state carries the next serial of the fleet and an expiry (--lifetime,
+default 7 days): devices refuse an older serial or an expired state, so a replayed old
+state is refused. Whatever the broker retains on the rollout topic that does not verify
+(garbage, another key) is replaced, with a warning.
+"""
+
+REFRESH_EPILOG = """\
+examples:
+  edgefleet rollout refresh --fleet shops
+  edgefleet rollout refresh --fleet shops --lifetime 30d
+
+Devices refuse a rollout state past its expiry and keep scoring with the model they have,
+saying so in their status. 'edgefleet watch' refreshes on its own when less than a third
+of the lifetime is left; run this when no watch runs, or after a device reported
+"rollout state ... expired".
 """
 
 
@@ -54,6 +72,7 @@ def register(subparsers: Any) -> None:
         "--canary", type=int, metavar="PERCENT", help="roll out to PERCENT %% of devices first"
     )
     publish.add_argument("--formats", help="formats when exporting a version (default: all)")
+    add_lifetime_option(publish)
     _signing_key(publish)
     _fleet_options(publish)
     publish.set_defaults(handler=run_publish)
@@ -72,6 +91,7 @@ def register(subparsers: Any) -> None:
     status.set_defaults(handler=run_status)
 
     promote = actions.add_parser("promote", help="make the canary the stable model")
+    add_lifetime_option(promote)
     _signing_key(promote)
     _fleet_options(promote)
     promote.set_defaults(handler=run_promote)
@@ -84,9 +104,23 @@ def register(subparsers: Any) -> None:
         "before). Both carry a signed permission for devices to go down a version.",
     )
     rollback.add_argument("--to", metavar="VERSION", help="older version to make stable")
+    add_lifetime_option(rollback)
     _signing_key(rollback)
     _fleet_options(rollback)
     rollback.set_defaults(handler=run_rollback)
+    refresh = actions.add_parser(
+        "refresh",
+        help="re-sign the rollout state before it expires (same models, new serial)",
+        description="Sign the fleet's current rollout state again, unchanged but for the "
+        "next serial and a new expiry, and publish it retained (replacing anything there "
+        "that does not verify). Devices that followed the old one install nothing.",
+        epilog=REFRESH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_lifetime_option(refresh)
+    _signing_key(refresh)
+    _fleet_options(refresh)
+    refresh.set_defaults(handler=run_refresh)
     restore = actions.add_parser(
         "restore",
         help="put the rollout state and models back on a broker that lost them",
@@ -156,6 +190,7 @@ def run_publish(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         state_file=_state_file(args),
         progress=say,
+        lifetime=args.lifetime,
     )
     print(describe_state(result.state))
     return 0
@@ -217,6 +252,7 @@ def run_promote(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         state_file=_state_file(args),
         progress=say,
+        lifetime=args.lifetime,
     )
     print(describe_state(state))
     return 0
@@ -233,6 +269,23 @@ def run_rollback(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         state_file=_state_file(args),
         progress=say,
+        lifetime=args.lifetime,
+    )
+    print(describe_state(state))
+    return 0
+
+
+def run_refresh(args: argparse.Namespace) -> int:
+    from edgefleet.central.publish import describe_state, refresh
+
+    state = refresh(
+        args.fleet,
+        broker_from_args(args),
+        _private_key(args),
+        prefix=args.prefix,
+        state_file=_state_file(args),
+        progress=say,
+        lifetime=args.lifetime,
     )
     print(describe_state(state))
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
+from edgefleet.cli.lifetime import add_lifetime_option
 from edgefleet.cli.progress import say
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ examples:
   edgefleet decisions --fleet shops
 
 Every step is recorded with its numbers: 'edgefleet decisions --fleet NAME'.
+'watch' also re-signs the fleet's rollout state when less than a third of its --lifetime
+is left (devices refuse an expired state), as 'edgefleet rollout refresh' does by hand.
 """
 
 
@@ -102,6 +105,7 @@ def _loop_options(parser: argparse.ArgumentParser, identity: str) -> None:
         "(default 0.01)",
     )
     parser.add_argument("--formats", help="formats to export (default: all)")
+    add_lifetime_option(parser)
     parser.add_argument("--key", type=Path, help="signing key (default: HOME/keys/edgefleet.key)")
     parser.add_argument(
         "--prefix", default="edgefleet", help="first topic level (default: edgefleet)"
@@ -308,6 +312,7 @@ def _loop(args: argparse.Namespace, store: MonitorStore) -> RetrainLoop:
         tolerance=args.tolerance,
         prefix=args.prefix,
         progress=lambda m: say(f"  {m}"),
+        lifetime=args.lifetime,
     )
 
 
@@ -340,27 +345,56 @@ def run_watch(args: argparse.Namespace) -> int:
         monitor.start()
         say(f"storing the reports of fleet {args.fleet}; a step every {args.window:g} s")
     keeper = _keeper(args, loop)
-    from edgefleet.errors import EdgefleetError
-
     try:
         step = 0
+        _refresh(args, loop)  # a state that expired while nothing watched, at once
         while args.steps is None or step < args.steps:
             time.sleep(loop.window_seconds)
             step += 1
-            try:
-                result = loop.step()
-            except EdgefleetError as error:
-                # A broker or database away for a window is not the end of watching:
-                # the next window tries again (the decisions so far are recorded).
-                print(f"{_when(time.time())} error: {error}", flush=True)
-                continue
-            print(f"{_when(time.time())} {result.action}: {result.message}", flush=True)
+            _refresh(args, loop)
+            _step(loop)
     finally:
         if monitor is not None:
             monitor.stop()
         if keeper is not None:
             keeper.stop()
     return 0
+
+
+def _step(loop: RetrainLoop) -> None:
+    from edgefleet.errors import EdgefleetError
+
+    try:
+        result = loop.step()
+    except EdgefleetError as error:
+        # A broker or database away for a window is not the end of watching: the next
+        # window tries again (the decisions so far are recorded).
+        print(f"{_when(time.time())} error: {error}", flush=True)
+        return
+    print(f"{_when(time.time())} {result.action}: {result.message}", flush=True)
+
+
+def _refresh(args: argparse.Namespace, loop: RetrainLoop) -> None:
+    """Re-sign the rollout state when it is due: the keeper only puts back what was
+    signed, and devices refuse an expired state (docs/architecture.md §6)."""
+    from edgefleet.central.publish import refresh_if_due
+    from edgefleet.errors import EdgefleetError
+
+    try:
+        state = refresh_if_due(
+            args.fleet,
+            broker_from_args(args),
+            loop.private_key,
+            state_file=loop.state_file,
+            prefix=args.prefix,
+            progress=say,
+            lifetime=args.lifetime,
+        )
+    except EdgefleetError as error:
+        print(f"{_when(time.time())} error: refreshing the rollout state: {error}", flush=True)
+        return
+    if state is not None:
+        print(f"{_when(time.time())} refreshed: rollout state {state.sequence}", flush=True)
 
 
 def _keeper(args: argparse.Namespace, loop: RetrainLoop) -> RetainedKeeper | None:

@@ -15,10 +15,18 @@ JSON encoders agreeing byte for byte. :func:`verify_rollout` checks the size, th
 the signature and only then parses the state, so untrusted bytes are parsed as little as
 possible.
 
-What a device must still do with a verified state: ignore a state whose ``sequence`` is not
-above the last one it applied (:func:`check_sequence`: a replayed old state is validly
-signed too), and refuse to move to a lower version unless ``rollback`` is set
-(:func:`check_version`).
+What a device must still do with a verified state, because a replayed old state is validly
+signed too (TUF's rollback and freeze attacks):
+
+- refuse a state whose ``sequence`` (the fleet's serial) is below the highest it accepted,
+  and ignore the same one re-delivered (:func:`check_sequence`); it persists that serial;
+- refuse an expired state (:func:`check_fresh`): a device that never saw the fleet has no
+  serial to compare, so expiry is what stops an old state replayed to it. The publisher
+  re-signs before expiry (``edgefleet rollout refresh``, or ``edgefleet watch`` on its own);
+- refuse to move to a lower version unless ``rollback`` is set (:func:`check_version`).
+
+Clocks: a device allows :data:`CLOCK_SKEW` (5 minutes) between its clock and the
+publisher's, so a device a little behind or ahead does not refuse a fresh state.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -36,12 +44,27 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.edge.manifest import FORMATS, parse_version
 from edgefleet.edge.signing import TrustedKey, sign, verify
 from edgefleet.edge.topics import check_identifier, validate_device_id, validate_sha256
-from edgefleet.errors import DowngradeError, InputError, RolloutError, SignatureError
+from edgefleet.errors import (
+    DowngradeError,
+    InputError,
+    RolloutError,
+    SignatureError,
+    StaleRolloutError,
+)
 
 ROLLOUT_FORMAT = 1
 MAX_ROLLOUT_BYTES = 65536
 """A rollout state is a few hundred bytes; anything near this size is not one, and a
 device should not spend memory parsing it."""
+
+DEFAULT_LIFETIME = timedelta(days=7)
+"""How long a signed state stays valid unless the publisher says otherwise: long enough that a
+publisher away for a weekend does not strand its fleet, short enough that a replayed old
+state is refused within a week."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""How far a device's clock may be from the publisher's before expiry is judged wrongly."""
+REFRESH_FRACTION = 1 / 3
+"""A state is re-signed when less than this share of its lifetime remains."""
 
 Cohort = Literal["stable", "canary"]
 
@@ -116,10 +139,13 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class RolloutState:
-    """What a fleet should run. ``sequence`` grows with every change the publisher makes;
-    ``rollout_id`` names the current canary experiment and seeds canary membership, so
-    raising ``canary_percent`` under the same id only adds devices; ``rollback`` is the
-    signed permission for devices to move to a lower version than they run."""
+    """What a fleet should run. ``sequence`` is the fleet's serial: it grows with every
+    state the publisher signs (a change or a refresh), and a device refuses a state below
+    the highest it accepted. ``expires`` (ISO 8601, with a zone) is when the signature
+    stops counting: a device refuses a state past it, so an old state replayed to a new
+    device is refused too. ``rollout_id`` names the current canary experiment and seeds
+    canary membership, so raising ``canary_percent`` under the same id only adds devices;
+    ``rollback`` is the signed permission for devices to move to a lower version."""
 
     fleet: str
     rollout_id: str
@@ -129,6 +155,7 @@ class RolloutState:
     canary_percent: int
     rollback: bool
     issued: str
+    expires: str
     format_version: int = field(default=ROLLOUT_FORMAT)
 
     def __post_init__(self) -> None:
@@ -153,12 +180,16 @@ class RolloutState:
                 f"rollout format {self.format_version!r}; this edgefleet reads "
                 f"{ROLLOUT_FORMAT}: upgrade edgefleet on this device"
             )
-        try:
-            issued = datetime.fromisoformat(self.issued)
-        except (TypeError, ValueError):
-            raise RolloutError(f"'issued' {self.issued!r} is not an ISO 8601 time") from None
-        if issued.tzinfo is None:
-            raise RolloutError(f"'issued' {self.issued!r} lacks a time zone")
+        if _time(self.expires, "expires") <= _time(self.issued, "issued"):
+            raise RolloutError(f"the state expires ({self.expires}) before it is issued")
+
+    @property
+    def issued_at(self) -> datetime:
+        return _time(self.issued, "issued")
+
+    @property
+    def expires_at(self) -> datetime:
+        return _time(self.expires, "expires")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +202,7 @@ class RolloutState:
             "canary_percent": self.canary_percent,
             "rollback": self.rollback,
             "issued": self.issued,
+            "expires": self.expires,
         }
 
     def to_bytes(self) -> bytes:
@@ -200,9 +232,20 @@ class RolloutState:
                 canary_percent=raw["canary_percent"],
                 rollback=raw["rollback"],
                 issued=_string(raw, "issued"),
+                expires=_string(raw, "expires"),
             )
         except KeyError as missing:
             raise RolloutError(f"the rollout state lacks the field {missing}") from None
+
+
+def _time(value: str, name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise RolloutError(f"{name!r} {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise RolloutError(f"{name!r} {value!r} lacks a time zone")
+    return parsed
 
 
 def _string(raw: dict[str, Any], key: str) -> str:
@@ -297,18 +340,42 @@ def target_for(state: RolloutState, device_id: str) -> tuple[ModelRef | None, Co
     return state.stable, "stable"
 
 
-def check_sequence(state: RolloutState, last_applied: int | None) -> bool:
-    """True if ``state`` is newer than the sequence last applied, False if it is the same
-    one again (a retained message re-delivered on reconnect); :class:`RolloutError` if it
-    is older: a replayed, validly signed old state must not roll a device back."""
-    if last_applied is None or state.sequence > last_applied:
+def check_sequence(state: RolloutState, highest: int | None) -> bool:
+    """True if ``state`` is newer than the highest serial accepted, False if it is the
+    same one again (a retained message re-delivered on reconnect); :class:`StaleRolloutError`
+    if it is older: a replayed, validly signed old state must not roll a device back."""
+    if highest is None or state.sequence > highest:
         return True
-    if state.sequence == last_applied:
+    if state.sequence == highest:
         return False
-    raise RolloutError(
-        f"stale rollout state: sequence {state.sequence}, but {last_applied} was already "
-        "applied (a replayed or out-of-date message)"
+    raise StaleRolloutError(
+        f"stale rollout state: sequence {state.sequence}, but {highest} was already "
+        "accepted (a replayed or out-of-date message)"
     )
+
+
+def is_expired(state: RolloutState, now: datetime, *, skew: timedelta = CLOCK_SKEW) -> bool:
+    """Whether ``state`` expired at ``now``, allowing ``skew`` for the clocks' difference."""
+    return now > state.expires_at + skew
+
+
+def check_fresh(state: RolloutState, now: datetime, *, skew: timedelta = CLOCK_SKEW) -> None:
+    """:class:`StaleRolloutError` if ``state`` expired at ``now`` (``skew`` allowed): a
+    genuine old state replayed, or a publisher that stopped re-signing."""
+    if is_expired(state, now, skew=skew):
+        raise StaleRolloutError(
+            f"rollout state {state.sequence} expired at {state.expires} (this device's "
+            f"clock: {now.isoformat(timespec='seconds')}): a replayed old state, or the "
+            f"publisher stopped re-signing; 'edgefleet rollout refresh --fleet "
+            f"{state.fleet}' publishes a fresh one"
+        )
+
+
+def needs_refresh(state: RolloutState, now: datetime, fraction: float = REFRESH_FRACTION) -> bool:
+    """Whether less than ``fraction`` of the lifetime of ``state`` remains at ``now``
+    (time for the publisher to re-sign it)."""
+    lifetime = state.expires_at - state.issued_at
+    return state.expires_at - now < lifetime * fraction
 
 
 def check_version(state: RolloutState, target: ModelRef, running_version: str | None) -> None:

@@ -38,7 +38,9 @@ origin (:mod:`edgefleet.web.security`)::
 ``expect_sequence`` (optional) is the rollout sequence the caller last saw: if the state has
 moved on since, the change is refused with 409. Without ``to_version``, rollback drops the
 canary; with it, stable is re-pointed to that lower, previously published version. Both
-answer ``{"decision": {...}, "rollout": {...}}``; the decision is stored like the closed
+answer ``{"decision": {...}, "rollout": {...}, "warnings": [...]}`` (``warnings``: what was
+replaced on the broker's rollout topic, if it held something that does not verify); the
+decision is stored like the closed
 loop's, with ``evidence.by = "dashboard"``.
 """
 

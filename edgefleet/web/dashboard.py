@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from edgefleet.edge.manifest import Manifest, parse_version
 from edgefleet.edge.mqtt import BrokerAddress
 from edgefleet.edge.profile import SCORE_BINS, CategoricalProfile, NumericProfile
 from edgefleet.edge.report import Aggregate
-from edgefleet.edge.rollout import ModelRef, RolloutState, verify_rollout
+from edgefleet.edge.rollout import ModelRef, RolloutState, is_expired, verify_rollout
 from edgefleet.edge.schema import CategoricalFeature
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 from edgefleet.edge.status import DeviceStatus
@@ -257,6 +258,10 @@ class Dashboard:
                     "sequence": state.sequence,
                     "rollout_id": state.rollout_id,
                     "issued": state.issued,
+                    "expires": state.expires,
+                    "expired": is_expired(
+                        state, datetime.fromtimestamp(self.clock(), UTC), skew=timedelta(0)
+                    ),
                     "stable": _ref(stable),
                     "canary": _ref(canary),
                     "canary_percent": state.canary_percent,
@@ -921,12 +926,14 @@ class Dashboard:
             before = view.state
             if before is None or before.canary is None:
                 raise ConflictError(f"fleet {fleet} has no canary to promote")
+            lines: list[str] = []
             state = promote(
                 fleet,
                 self.broker,
                 self._private_key(),
                 prefix=self.prefix,
                 state_file=state_file_for(self.home, fleet),
+                progress=lines.append,
             )
             assert state.stable is not None
             # As the closed loop does: the alerts about the replaced model are answered.
@@ -942,6 +949,7 @@ class Dashboard:
                 state,
                 actor,
                 closed_alerts=closed,
+                warnings=_warnings(lines),
             )
 
     def rollback(
@@ -966,6 +974,7 @@ class Dashboard:
                     f"fleet {fleet} has no canary; choose a lower version to roll back to"
                 )
             dropped = before.canary
+            lines: list[str] = []
             state = rollback(
                 fleet,
                 self.broker,
@@ -973,6 +982,7 @@ class Dashboard:
                 to_version=to_version,
                 prefix=self.prefix,
                 state_file=state_file_for(self.home, fleet),
+                progress=lines.append,
             )
             assert state.stable is not None
             if to_version is None and dropped is not None:
@@ -988,7 +998,16 @@ class Dashboard:
                     f"stable re-pointed from {previous} to {state.stable.label} by hand on the "
                     f"dashboard ({actor}), signed rollback"
                 )
-            return self._record(fleet, "rolled_back", version, reason, before, state, actor)
+            return self._record(
+                fleet,
+                "rolled_back",
+                version,
+                reason,
+                before,
+                state,
+                actor,
+                warnings=_warnings(lines),
+            )
 
     def _record(
         self,
@@ -1037,7 +1056,13 @@ class Dashboard:
             reason=reason,
             evidence=evidence,
         )
-        return cleaned({"decision": _decision(stored), "rollout": self.rollout(fleet)})
+        return cleaned(
+            {
+                "decision": _decision(stored),
+                "rollout": self.rollout(fleet),
+                "warnings": extra.get("warnings", []),
+            }
+        )
 
 
 # -- documents --------------------------------------------------------------------------------
@@ -1055,6 +1080,12 @@ def _slices(
         (start + i * width, end if i == count - 1 else start + (i + 1) * width)
         for i in range(count)
     ]
+
+
+def _warnings(lines: list[str]) -> list[str]:
+    """The publisher's warnings among its progress lines (e.g. what it replaced on the
+    broker's rollout topic), for the page and the decision's evidence."""
+    return [line.removeprefix("warning: ") for line in lines if line.startswith("warning: ")]
 
 
 def _ref(ref: ModelRef | None) -> dict[str, Any] | None:

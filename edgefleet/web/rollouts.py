@@ -58,6 +58,8 @@ def _write(fleet: str, action: Callable[[], dict[str, Any]]) -> ResponseReturnVa
     except EdgefleetError as error:
         return _page(fleet, error=str(error)), status_of(error)
     flash(result["decision"]["reason"], "ok")
+    for warning in result.get("warnings", []):
+        flash(f"warning: {warning}", "warning")
     # 303: the browser follows with a GET, so a reload does not post again.
     return redirect(url_for("rollouts.history", fleet=fleet), code=303)
 

@@ -481,6 +481,7 @@ def test_an_update_waits_out_a_missing_model_and_a_dead_broker_then_completes(
                 canary_percent=0,
                 rollback=False,
                 issued=v1.state.issued,
+                expires=v1.state.expires,
             )
             client.publish(topics.rollout, sign_rollout(state, key), retain=True).wait()
         wait_for(

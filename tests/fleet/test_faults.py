@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,8 @@ def _fleet() -> str:
     return f"f{uuid.uuid4().hex[:10]}"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 class Publisher:
@@ -93,11 +93,18 @@ class Publisher:
         return ref
 
     def state(
-        self, stable: ModelRef | None, *, rollback: bool = False, sequence: int | None = None
+        self,
+        stable: ModelRef | None,
+        *,
+        rollback: bool = False,
+        sequence: int | None = None,
+        issued: datetime | None = None,
+        lifetime: timedelta = timedelta(days=7),
     ) -> RolloutState:
         if sequence is None:
             sequence = self.sequence + 1
         self.sequence = max(self.sequence, sequence)
+        issued = issued or _now()
         return RolloutState(
             fleet=self.fleet,
             rollout_id=self.rollout_id,
@@ -106,7 +113,8 @@ class Publisher:
             canary=None,
             canary_percent=0,
             rollback=rollback,
-            issued=_now(),
+            issued=issued.isoformat(),
+            expires=(issued + lifetime).isoformat(),
         )
 
     def rollout(
@@ -114,9 +122,12 @@ class Publisher:
         stable: ModelRef | None,
         *,
         rollback: bool = False,
+        issued: datetime | None = None,
+        lifetime: timedelta = timedelta(days=7),
     ) -> bytes:
         """Sign and publish (retained) the next state; returns the envelope."""
-        envelope = sign_rollout(self.state(stable, rollback=rollback), self.key)
+        state = self.state(stable, rollback=rollback, issued=issued, lifetime=lifetime)
+        envelope = sign_rollout(state, self.key)
         self.send(self.topics.rollout, envelope)
         self.envelopes.append(envelope)
         return envelope

@@ -36,7 +36,7 @@ from edgefleet.edge.mqtt import MqttClient
 from edgefleet.edge.rollout import RolloutState, sign_rollout, verify_rollout
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 from edgefleet.edge.topics import Topics
-from edgefleet.errors import ArtifactError, InputError, RolloutError, SignatureError
+from edgefleet.errors import ArtifactError, InputError, SignatureError
 
 
 @pytest.fixture(scope="module")
@@ -279,15 +279,35 @@ def test_a_broker_that_lost_its_data_gets_the_state_back(
     assert rollout_status("shops", own_broker.address, trusted) == result.state
 
 
-def test_the_rollout_of_another_key_is_not_overwritten(
+def test_a_retained_rollout_of_another_key_is_replaced_with_a_warning(
     broker: MosquittoBroker, home: Path, key: Ed25519PrivateKey, unique: str
 ) -> None:
+    """Whoever can write to the broker cannot freeze the fleet: what does not verify is
+    named and replaced, never a reason to refuse (it used to be: RolloutError, 409)."""
     stranger = Ed25519PrivateKey.generate()
     with MqttClient(broker.address, f"{unique}-x", clean_start=True) as client:
-        fake = RolloutState(unique, "r1", 1, None, None, 0, False, "2025-01-01T00:00:00+00:00")
+        fake = RolloutState(
+            unique,
+            "r1",
+            1,
+            None,
+            None,
+            0,
+            False,
+            "2025-01-01T00:00:00+00:00",
+            "2099-01-01T00:00:00+00:00",
+        )
         client.publish(Topics(unique).rollout, sign_rollout(fake, stranger), retain=True).wait()
-    with pytest.raises(RolloutError, match=r"cannot be trusted: signed by key .* not trusted"):
-        publish(bundle(home, "1.0.0"), unique, broker.address, key)
+    lines: list[str] = []
+    result = publish(bundle(home, "1.0.0"), unique, broker.address, key, progress=lines.append)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 2, warnings
+    assert "not a rollout state of ours" in warnings[0]
+    assert "not trusted here" in warnings[0]
+    # No state file either (this home never published here): the serial starts again.
+    assert "starting again at sequence 1" in warnings[1]
+    trusted = [TrustedKey.from_public_key(key.public_key())]
+    assert rollout_status(unique, broker.address, trusted) == result.state
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def state(**changes: object) -> RolloutState:
         canary_percent=20,
         rollback=False,
         issued="2025-01-02T03:04:05+00:00",
+        expires="2025-01-09T03:04:05+00:00",
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 

@@ -38,6 +38,7 @@ from edgefleet.central.trainer import TrainedModel
 from edgefleet.cli.cmd_serve import finish_demo
 from edgefleet.edge.bundle import open_bundle
 from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.mqtt import MqttClient
 from edgefleet.edge.report import Report
 from edgefleet.edge.signing import load_private_key, load_public_key
 from edgefleet.edge.sketch import SketchBuilder
@@ -623,10 +624,18 @@ def test_form_writes_need_csrf_origin_and_token(client: FlaskClient, seeded: See
     assert get(client, f"/api/fleets/{seeded.fleet}/rollout")["state"]["sequence"] == 2
 
 
+def _retain_on_rollout(seeded: Seeded, payload: bytes) -> None:
+    """What anyone with write access to the broker can do (issue #15: it froze the fleet)."""
+    with MqttClient(seeded.broker.address, f"evil-{seeded.fleet}", clean_start=True) as client:
+        client.publish(Topics(seeded.fleet).rollout, payload, retain=True).wait()
+
+
 def test_promote_and_roll_back_through_the_api(client: FlaskClient, seeded: Seeded) -> None:
-    """Last of the writes: it changes the seeded fleet's rollout for real."""
+    """Last of the writes: it changes the seeded fleet's rollout for real, each time over
+    garbage retained on the rollout topic, which it replaces with a warning."""
     trusted = [load_public_key(seeded.home / "keys" / "edgefleet.pub")]
     headers = {"X-Edgefleet-Token": TOKEN}
+    _retain_on_rollout(seeded, b"\xff garbage")
     status, body = post_api(
         client,
         f"/api/fleets/{seeded.fleet}/rollout/promote",
@@ -636,6 +645,11 @@ def test_promote_and_roll_back_through_the_api(client: FlaskClient, seeded: Seed
     assert status == 200, body
     assert body["rollout"]["state"]["stable"]["version"] == "1.1.0"
     assert body["rollout"]["state"]["canary"] is None
+    assert body["rollout"]["state"]["expired"] is False
+    assert body["rollout"]["state"]["expires"] > body["rollout"]["state"]["issued"]
+    assert len(body["warnings"]) == 1, body["warnings"]
+    assert "holds 9 bytes that are not a rollout state of ours" in body["warnings"][0]
+    assert body["decision"]["evidence"]["warnings"] == body["warnings"]
     decision = body["decision"]
     assert (decision["action"], decision["model_version"]) == ("promoted", "1.1.0")
     assert decision["evidence"]["by"] == "dashboard"
@@ -657,6 +671,7 @@ def test_promote_and_roll_back_through_the_api(client: FlaskClient, seeded: Seed
         client, f"/api/fleets/{seeded.fleet}/rollout/rollback", {"to_version": "2.0.0"}, **headers
     )
     assert status == 400
+    _retain_on_rollout(seeded, b'{"state": "{}", "signature": {}}')
     status, body = post_api(
         client,
         f"/api/fleets/{seeded.fleet}/rollout/rollback",
@@ -664,6 +679,7 @@ def test_promote_and_roll_back_through_the_api(client: FlaskClient, seeded: Seed
         **headers,
     )
     assert status == 200, body
+    assert "not a rollout state of ours" in body["warnings"][0]
     assert body["rollout"]["state"]["stable"]["version"] == "1.0.0"
     assert body["rollout"]["state"]["rollback"] is True
     assert body["decision"]["action"] == "rolled_back"

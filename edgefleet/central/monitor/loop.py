@@ -63,7 +63,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,7 +100,7 @@ from edgefleet.edge.bundle import MANIFEST_FILE
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.mqtt import BrokerAddress
 from edgefleet.edge.report import Aggregate
-from edgefleet.edge.rollout import ModelRef, RolloutState
+from edgefleet.edge.rollout import DEFAULT_LIFETIME, ModelRef, RolloutState
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.topics import DEFAULT_PREFIX
 from edgefleet.errors import DataError, EdgefleetError, InputError
@@ -495,6 +495,7 @@ class RetrainLoop:
         prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] = time.time,
         progress: Progress = lambda _: None,
+        lifetime: timedelta = DEFAULT_LIFETIME,
     ) -> None:
         if type(canary_percent) is not int or not 1 <= canary_percent <= 100:
             raise InputError(f"canary_percent must be 1 to 100, not {canary_percent!r}")
@@ -529,6 +530,8 @@ class RetrainLoop:
         self.retrain_levels = tuple(retrain_levels)
         self.seed = seed
         self.prefix = prefix
+        self.lifetime = lifetime
+        """How long the rollout states this loop signs stay valid."""
         self.clock = clock
         self.progress = progress
         self.registry = Registry(self.home)
@@ -727,6 +730,7 @@ class RetrainLoop:
             prefix=self.prefix,
             state_file=self.state_file,
             progress=self.progress,
+            lifetime=self.lifetime,
         )
         state = published.state
         self._decide(
@@ -874,6 +878,7 @@ class RetrainLoop:
             prefix=self.prefix,
             state_file=self.state_file,
             progress=self.progress,
+            lifetime=self.lifetime,
         )
         self._decide("promoted", canary.version, reason, evidence)
         self.store.close_alerts_for(self.fleet, stable.version)
@@ -887,6 +892,7 @@ class RetrainLoop:
             prefix=self.prefix,
             state_file=self.state_file,
             progress=self.progress,
+            lifetime=self.lifetime,
         )
         self._decide("rolled_back", canary.version, reason, evidence)
         return StepResult("rolled_back", canary.version, f"{canary.label} rolled back: {reason}")

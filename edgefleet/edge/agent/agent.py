@@ -28,8 +28,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from edgefleet.edge.rollout import (
     Cohort,
     ModelRef,
     RolloutState,
+    check_fresh,
     check_sequence,
     check_version,
     target_for,
@@ -90,6 +92,11 @@ class AgentConfig:
     """The cap of the doubling re-send timeout."""
     status_seconds: float = 60.0
     """How often the retained status is refreshed (outbox counts change between events)."""
+    clock_skew: float = 300.0
+    """Seconds a rollout state may look expired by this device's clock and still count:
+    device and publisher clocks disagree a little (docs/architecture.md §6)."""
+    clock: Callable[[], float] = time.time
+    """The wall clock expiry is judged by (tests move it instead of waiting)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.ack_timeout <= self.ack_timeout_max:
@@ -99,6 +106,11 @@ class AgentConfig:
             )
         if not self.status_seconds > 0:
             raise InputError(f"status_seconds must be above 0, not {self.status_seconds:g}")
+        if not 0 <= self.clock_skew <= 86_400:
+            raise InputError(
+                f"--clock-skew must be from 0 to 86400 seconds, not {self.clock_skew:g}: set "
+                "the device's clock (NTP) rather than allow more"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,18 @@ class _Window:
     cohort: Cohort
     records: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+def _saved_time(value: object) -> str | None:
+    """An ISO time with a zone from agent.json, or None: a hand-edited or older file must
+    not make every status() raise."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return value if parsed.tzinfo is not None else None
 
 
 class Agent:
@@ -145,6 +169,10 @@ class Agent:
         saved = self._load_state()
         self._sequence: int = saved.get("sequence", 0)
         self._applied_rollout: int | None = saved.get("applied_rollout")
+        # The highest serial accepted (docs/architecture.md §6): a state below it is a
+        # replay. Files written before it existed know only the applied one.
+        self._serial: int | None = saved.get("rollout_serial", self._applied_rollout)
+        self._expires: str | None = _saved_time(saved.get("rollout_expires"))
         self._cohort: Cohort = "canary" if saved.get("cohort") == "canary" else "stable"
         self.last_problem: str | None = None
         self._window: _Window | None = None
@@ -187,6 +215,8 @@ class Agent:
                 {
                     "sequence": self._sequence,
                     "applied_rollout": self._applied_rollout,
+                    "rollout_serial": self._serial,
+                    "rollout_expires": self._expires,
                     "cohort": self._cohort,
                 }
             ).encode(),
@@ -293,11 +323,27 @@ class Agent:
         )
         return choose_format(formats, self.config.format)
 
-    def _follow(self, state: RolloutState) -> None:
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.config.clock(), UTC)
+
+    def _accept(self, state: RolloutState) -> bool:
+        """Whether ``state`` is to be followed: :class:`StaleRolloutError` for a serial
+        below the highest accepted (a replay) or an expired state; False for the state
+        followed already, re-delivered (retained, on reconnect). An accepted serial is
+        saved before anything is downloaded, so a replay is refused after a restart too."""
         if state.fleet != self.config.fleet:
             raise InputError(f"the rollout is for fleet {state.fleet!r}, not {self.config.fleet!r}")
-        if not check_sequence(state, self._applied_rollout):
-            return  # the same state again (retained, re-delivered on reconnect)
+        newer = check_sequence(state, self._serial)
+        if not newer and state.sequence == self._applied_rollout:
+            return False
+        check_fresh(state, self._now(), skew=timedelta(seconds=self.config.clock_skew))
+        self._serial, self._expires = state.sequence, state.expires
+        self._save_state()
+        return True
+
+    def _follow(self, state: RolloutState) -> None:
+        if not self._accept(state):
+            return
         # A new state: the problems of earlier messages are history; this one's follow.
         self.last_problem = None
         ref, cohort = target_for(state, self.config.device_id)
@@ -586,11 +632,29 @@ class Agent:
     def _problem(self) -> str | None:
         record = self.machine.record
         wait = self.machine.seconds_until_retry()
-        if wait is None or record.target is None:
-            return self.last_problem
+        waiting = None
+        if wait is not None and record.target is not None:
+            waiting = (
+                f"update of {record.target.version} waiting for the broker, retry in "
+                f"{wait:.0f} s ({record.error})"
+            )
+        # A message ignored while an update waits is news too: both are said.
+        parts = (self.last_problem, waiting, self._expired_note())
+        return "; ".join(part for part in parts if part) or None
+
+    def _expired_note(self) -> str | None:
+        """What the device runs on once its rollout state expired: the verified model it
+        has (scoring never stops), until the publisher re-signs."""
+        if self._expires is None or self._serial is None:
+            return None
+        skew = timedelta(seconds=self.config.clock_skew)
+        if self._now() <= datetime.fromisoformat(self._expires) + skew:
+            return None
+        active = self.installer.active
+        keeping = active.scorer.manifest.version if active else "no model"
         return (
-            f"update of {record.target.version} waiting for the broker, retry in "
-            f"{wait:.0f} s ({record.error})"
+            f"rollout state {self._serial} expired at {self._expires}; keeping {keeping} "
+            "until the publisher re-signs it (edgefleet rollout refresh)"
         )
 
     def status(self) -> dict[str, Any]:
@@ -609,6 +673,7 @@ class Agent:
             "update_state": record.state.value,
             "problem": self._problem(),
             "rollout_sequence": self._applied_rollout,
+            "rollout_expires": self._expires,
             "reports_stored": self._sequence - stats.pending,
             "outbox_pending": stats.pending,
             "outbox_awaiting_ack": stats.awaiting_ack,
