@@ -309,8 +309,14 @@ def test_drift_alert_retrain_canary_promote(
     assert evidence["stable"]["model_version"] == "1.0.0"
     assert evidence["canary"]["reports"] >= 4
     assert evidence["windows"] >= 2
-    # Against their own training data, the new model sees no drift, the old one does.
-    assert evidence["max_feature_js"]["canary"] < 0.1 < evidence["max_feature_js"]["stable"]
+    # Against their own training data, the new model sees no drift, the old one does. The
+    # judged window holds enough canary records for a verdict (the judge requires it), but
+    # not always enough stable ones: with 10 devices the 50 % split is often 7 to 3. So the
+    # old model is measured on everything it scored in the drifted run.
+    assert evidence["max_feature_js"]["canary"] < 0.1
+    stable_run = published.store.aggregate(published.fleet, model_version="1.0.0")
+    assert stable_run is not None
+    assert loop.measure(stable_run, state.stable).max_feature_js() > 0.1
     # The alerts about the replaced model were answered.
     assert published.store.alerts(published.fleet, open_only=True) == []
     assert published.store.alerts(published.fleet)
