@@ -69,7 +69,7 @@ def agent_config(
     return AgentConfig(**settings)  # type: ignore[arg-type]
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
