@@ -6,9 +6,10 @@ the same run.
     verified, self-tested and activated it. Target: under 30 s on 2 cores.
 (b) report throughput, end to end: reports/s from agents' outboxes until a monitor (its own
     process, as deployed) has stored each one and its end-to-end ack has removed it from
-    the outbox (outbox -> QoS 1 publish -> monitor commit -> ack -> outbox delete), against
-    raw paho QoS 1 publishes of the same payload size arriving at a subscriber, measured
-    right after each plain round. Goal: at least 0.5x raw.
+    the outbox (outbox -> QoS 1 publish -> monitor checks it against its version's
+    profile and commits -> ack -> outbox delete), against raw paho QoS 1 publishes of the
+    same payload size arriving at a subscriber, measured right after each plain round.
+    Goal: at least 0.5x raw.
 
 (a) and (b) run twice: on an anonymous plain-TCP broker (--insecure-dev) and on the secured
 one (TLS, a certificate per device and service, the access list), and print the cost of
@@ -251,7 +252,7 @@ def bench_reports(
         agent.stop(flush_timeout=1.0)
     database = f"sqlite:///{work / 'monitor.db'}"
     MonitorStore(database).close()
-    monitor = start_monitor(net, fleet, database, work / "monitor.log")
+    monitor = start_monitor(net, fleet, database, work / "monitor.log", exported.workdir)
     store = MonitorStore(database)
     # The same devices, offline: their reports (20 scored records each) wait in the outbox,
     # so what is timed below is delivery: outbox -> publish -> monitor commit -> ack.
@@ -278,18 +279,23 @@ def bench_reports(
     return stored / elapsed, payload_size
 
 
-def start_monitor(net: Net, fleet: str, database: str, log: Path) -> subprocess.Popen[bytes]:
-    """``edgefleet monitor`` in its own process, as it is deployed."""
+def start_monitor(
+    net: Net, fleet: str, database: str, log: Path, home: Path
+) -> subprocess.Popen[bytes]:
+    """``edgefleet monitor`` in its own process, as it is deployed, with the registry in
+    ``home``: every report is checked against its version's profile before it is stored."""
     reach = (
         ["--broker", net.broker.url]
         if net.home is None
         else ["--identity", str(net.home / "identities" / "monitor")]
     )
-    command = [sys.executable, "-m", "edgefleet.cli.main", "--home", str(log.parent)]
+    command = [sys.executable, "-m", "edgefleet.cli.main", "--home", str(home)]
     command += ["monitor", "--fleet", fleet, "--db", database, *reach]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    if not wait_until(lambda: b"storing" in log.read_bytes(), 120):
+    if not wait_until(lambda: b"storing" in log.read_bytes(), 120) or b"checked against" not in (
+        log.read_bytes()
+    ):
         process.kill()
         raise SystemExit(f"the monitor did not start:\n{log.read_text()}")
     return process
