@@ -24,7 +24,6 @@ runs one; ``edgefleet rollout restore`` runs one check.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -32,7 +31,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from edgefleet.central.publish import content_dir_for
+from edgefleet.central.publish import content_dir_for, read_state_file
 from edgefleet.edge.mqtt import BrokerAddress, MqttClient
 from edgefleet.edge.rollout import ModelRef, RolloutState, is_expired, verify_rollout
 from edgefleet.edge.signing import TrustedKey
@@ -124,16 +123,8 @@ class RetainedKeeper:
         return expired
 
     def _local(self) -> tuple[bytes, RolloutState | None]:
-        try:
-            raw = json.loads(self.state_file.read_text())
-            envelope = raw["rollout"].encode("ascii") if raw.get("rollout") else b""
-        except FileNotFoundError:
-            return b"", None
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise RolloutError(f"the state file {self.state_file} is unusable: {error}") from None
-        if not envelope:
-            return b"", None
-        return envelope, verify_rollout(envelope, self.trusted, fleet=self.fleet)
+        saved = read_state_file(self.state_file, self.trusted, self.fleet)
+        return (b"", None) if saved is None else (saved.envelope, saved.state)
 
     def _restore_state(self, envelope: bytes, local: RolloutState) -> list[str]:
         retained = self._client.read_retained(self.topics.rollout)

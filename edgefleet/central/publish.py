@@ -74,6 +74,39 @@ def state_file_for(home: Path, fleet: str) -> Path:
     return Path(home) / "fleets" / f"{fleet}.json"
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """What a state file holds: the signed envelope as published, its verified state
+    (None before the first publish), and every model published to the fleet."""
+
+    envelope: bytes
+    state: RolloutState | None
+    models: dict[str, ModelRef]
+
+
+def read_state_file(
+    state_file: Path, trusted: Sequence[TrustedKey], fleet: str
+) -> SavedState | None:
+    """The state file's content, verified (its expiry is not judged here); None when there
+    is no file. :class:`RolloutError` for a file that is not ours or not intact."""
+    try:
+        raw = json.loads(state_file.read_text())
+        if raw.get("format") != STATE_FORMAT:
+            raise RolloutError(f"format {raw.get('format')!r} is not {STATE_FORMAT}")
+        text = raw["rollout"]
+        envelope = b"" if text is None else text.encode("ascii")
+        state = verify_rollout(envelope, trusted, fleet=fleet) if envelope else None
+        models = {key: ModelRef.from_dict(value) for key, value in raw["models"].items()}
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError, EdgefleetError) as error:
+        raise RolloutError(
+            f"the rollout state file {state_file} is unusable ({error}); move it away and "
+            "the state is recovered from the broker"
+        ) from None
+    return SavedState(envelope, state, models)
+
+
 def content_dir_for(state_file: Path) -> Path:
     """Where the files published beside ``state_file`` are kept, named by sha256."""
     return state_file.parent / "content"
@@ -211,25 +244,12 @@ class FleetControl:
         return state
 
     def _local(self) -> tuple[RolloutState | None, dict[str, ModelRef]]:
-        if self.state_file is None or not self.state_file.exists():
-            return None, {}
-        try:
-            raw = json.loads(self.state_file.read_text())
-            if raw.get("format") != STATE_FORMAT:
-                raise RolloutError(f"format {raw.get('format')!r} is not {STATE_FORMAT}")
-            envelope = raw["rollout"]
-            state = (
-                None
-                if envelope is None
-                else verify_rollout(envelope.encode("ascii"), self.trusted, fleet=self.fleet)
-            )
-            models = {key: ModelRef.from_dict(value) for key, value in raw["models"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError, EdgefleetError) as error:
-            raise RolloutError(
-                f"the rollout state file {self.state_file} is unusable ({error}); move it "
-                "away and the state is recovered from the broker"
-            ) from None
-        return state, models
+        saved = (
+            None
+            if self.state_file is None
+            else read_state_file(self.state_file, self.trusted, self.fleet)
+        )
+        return (None, {}) if saved is None else (saved.state, dict(saved.models))
 
     def current(self) -> tuple[RolloutState | None, dict[str, ModelRef]]:
         """The newest trusted state (broker or state file) and the known models."""
@@ -634,15 +654,8 @@ def refresh(
 
 def saved_state(state_file: Path, trusted: Sequence[TrustedKey], fleet: str) -> RolloutState | None:
     """The verified state in ``state_file`` (None without one); expiry is not judged here."""
-    try:
-        envelope = json.loads(state_file.read_text())["rollout"]
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as error:
-        raise RolloutError(f"the state file {state_file} is unusable: {error}") from None
-    if not isinstance(envelope, str):
-        return None
-    return verify_rollout(envelope.encode("ascii", "replace"), trusted, fleet=fleet)
+    saved = read_state_file(state_file, trusted, fleet)
+    return None if saved is None else saved.state
 
 
 def refresh_if_due(
