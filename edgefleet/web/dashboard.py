@@ -52,6 +52,7 @@ from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 from edgefleet.edge.status import DeviceStatus
 from edgefleet.edge.topics import DEFAULT_PREFIX, check_identifier
 from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.web.escalations import escalations
 
 __all__ = ["ConflictError", "Dashboard", "NotFoundError", "clean", "cleaned"]
 
@@ -449,6 +450,7 @@ class Dashboard:
                     "open": len(open_alerts),
                     "newest": [_alert(a) for a in reversed(open_alerts[-5:])],
                 },
+                "escalations": escalations(open_alerts, _alert),
                 "rollout": rollout,
                 "versions": sorted(
                     versions, key=lambda v: (v["model_name"], parse_version(v["model_version"]))

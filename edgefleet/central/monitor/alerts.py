@@ -381,6 +381,8 @@ def describe(alert: AlertRecord) -> str:
         )
     elif alert.rule == "latency":
         detail = f"p95 {alert.value:.1f} ms > {alert.threshold:.1f} ms over {evidence.get('calls')}"
+    elif alert.rule == "retraining_no_benefit":
+        detail = f"escalated to a person: {evidence.get('reason', '?')}"
     else:
         detail = f"{_num(alert.value)} vs {_num(alert.threshold)}"
     return f"{alert.rule} {alert.subject} at {alert.scope} ({version}): {detail}"
