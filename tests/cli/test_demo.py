@@ -26,6 +26,8 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
             "6",
             "--window",
             "4",
+            "--min-labels",
+            "300",
             "--timeout",
             "150",
         ],
@@ -38,6 +40,10 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "loop                   promoted" in summary
     assert "first alert            t=" in summary
     assert "every device updated   t=" in summary
+    # Concept drift (the default scenario): a candidate better with confidence, and the
+    # AUROC of both models measured on the drifted devices' labels.
+    assert "AUROC, drifted devices 0." in summary
+    assert "better with confidence" in result.stderr
     for fmt in ("onnx", "tflite", "web", "coreml"):
         assert f"export {fmt}" in summary
     assert "dashboard: http://127.0.0.1:8050/fleets/demo/" in summary
