@@ -190,7 +190,8 @@ def run_scenario(
         if drifted and onset_at is None:
             onset_at = start
             _export_newest(args, scenario, work / "labelled")
-        store.ingest_many(devices.reports(start, clock.now, drifted))
+        # Reports end a second before the step reads them, as they arrive in real life.
+        store.ingest_many(devices.reports(start, clock.now - 1.0, drifted))
         result = loop.step()
         messages.append(f"window {index}: {result.action}: {result.message[:140]}")
         say(f"    {scenario} {messages[-1]}")
