@@ -111,7 +111,7 @@ class Fleet:
             assert ref is not None
             pool = self.pools[self.scenario if drifted and device in self.drifting else "none"]
             manifest = self.loop.manifest_of(ref)
-            rows = pool.sample(self.args.records, random_state=self.rng.integers(1 << 31))
+            rows = pool.sample(self.args.records, random_state=int(self.rng.integers(1 << 31)))
             body = self._window(manifest, rows, start, end)
             report = Report.from_body(
                 body,
