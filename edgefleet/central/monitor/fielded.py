@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from edgefleet.central.monitor.measures import labelled_counts
 from edgefleet.central.monitor.quality import binned_auroc
 from edgefleet.central.monitor.store import MonitorStore
-from edgefleet.edge.report import Aggregate
 
 
 @dataclass(frozen=True)
@@ -24,25 +24,6 @@ class FieldAuroc:
     labelled: int
     positives: int
     devices: int
-
-
-def labelled_counts(aggregate: Aggregate) -> tuple[list[int], list[int]]:
-    """Negatives and positives per score bin: outcomes that came back in a later window
-    plus labels known at scoring time (as :func:`~edgefleet.central.monitor.measures.measure`
-    counts them)."""
-    negatives = [
-        a + b
-        for a, b in zip(
-            aggregate.outcomes.by_label[0].counts, aggregate.scores.by_label[0].counts, strict=True
-        )
-    ]
-    positives = [
-        a + b
-        for a, b in zip(
-            aggregate.outcomes.by_label[1].counts, aggregate.scores.by_label[1].counts, strict=True
-        )
-    ]
-    return negatives, positives
 
 
 def field_auroc(

@@ -252,18 +252,7 @@ def measure(
         )
     scores = aggregate.scores.counts.counts
     scored = sum(scores) > 0
-    negatives = [
-        a + b
-        for a, b in zip(
-            aggregate.outcomes.by_label[0].counts, aggregate.scores.by_label[0].counts, strict=True
-        )
-    ]
-    positives = [
-        a + b
-        for a, b in zip(
-            aggregate.outcomes.by_label[1].counts, aggregate.scores.by_label[1].counts, strict=True
-        )
-    ]
+    negatives, positives = labelled_counts(aggregate)
     calls = aggregate.latency.count
     return Measures(
         fleet=aggregate.fleet,
@@ -443,3 +432,13 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
+
+
+def labelled_counts(aggregate: Aggregate) -> tuple[list[int], list[int]]:
+    """Negatives and positives per score bin: outcomes that came back in a later window
+    plus labels known at scoring time."""
+    outcomes, scores = aggregate.outcomes.by_label, aggregate.scores.by_label
+    return (
+        [a + b for a, b in zip(outcomes[0].counts, scores[0].counts, strict=True)],
+        [a + b for a, b in zip(outcomes[1].counts, scores[1].counts, strict=True)],
+    )
