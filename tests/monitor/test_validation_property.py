@@ -107,8 +107,9 @@ def mutation(draw: st.DrawFn, raw: dict[str, Any]) -> None:
     elif kind == "negative":
         if isinstance(parent[key], int) and not isinstance(parent[key], bool):
             parent[key] = -parent[key] - 1
-    elif kind == "name":
-        for feature in raw.get("features", []):
+    elif kind == "name" and isinstance(raw.get("features"), list):
+        # An earlier mutation may have replaced the features with any value.
+        for feature in raw["features"]:
             if isinstance(feature, dict) and draw(st.booleans()):
                 feature["name"] = draw(st.text(min_size=1, max_size=10))
                 break

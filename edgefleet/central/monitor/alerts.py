@@ -25,6 +25,9 @@ expected_auroc_drop    label-free: expected AUROC on the holdout's scores minus 
 error_rate             failed / (scored + failed) above max_rate, beyond noise:    0.02
                        the Wilson 95 % lower bound is above it (``min_records``)   200
 latency                p95 scoring latency per call above p95_ms (``min_calls``)   100 ms, 100
+demographic_parity     segments: largest minus smallest share predicted positive   0.1
+                       (levels of at least ``min_count`` records)                  200
+equalized_odds         segments: the larger spread of TPR and of FPR (labels)      0.1
 =====================  ==========================================================  ===========
 
 Why a lower bound for the error rate: the monitor checks every device every window, and a
@@ -57,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.central.monitor.drift import DriftDetector, FeatureDrift
+from edgefleet.central.monitor.fairness import differences
 from edgefleet.central.monitor.measures import SCOPE_LEVELS, Measures
 from edgefleet.central.monitor.store import AlertRecord
 from edgefleet.errors import InputError
@@ -69,6 +73,8 @@ RULES = (
     "expected_auroc_drop",
     "error_rate",
     "latency",
+    "demographic_parity",
+    "equalized_odds",
 )
 """Rule names, as :attr:`AlertRecord.rule` holds them."""
 
@@ -96,10 +102,20 @@ _TOML_KEYS: dict[tuple[str, str], str] = {
     ("errors", "min_records"): "error_min_records",
     ("latency", "p95_ms"): "latency_p95_ms",
     ("latency", "min_calls"): "latency_min_calls",
+    ("fairness", "dp_difference"): "fairness_dp_difference",
+    ("fairness", "eo_difference"): "fairness_eo_difference",
+    ("fairness", "min_count"): "fairness_min_count",
     ("scopes", "levels"): "levels",
 }
 _COUNTS = frozenset(
-    {"feature_min_count", "score_min_count", "min_labels", "error_min_records", "latency_min_calls"}
+    {
+        "feature_min_count",
+        "score_min_count",
+        "min_labels",
+        "error_min_records",
+        "latency_min_calls",
+        "fairness_min_count",
+    }
 )
 
 
@@ -121,6 +137,9 @@ class AlertRules:
     error_min_records: int = 200
     latency_p95_ms: float = 100.0
     latency_min_calls: int = 100
+    fairness_dp_difference: float = 0.1
+    fairness_eo_difference: float = 0.1
+    fairness_min_count: int = 200
     levels: tuple[str, ...] = SCOPE_LEVELS
 
     def __post_init__(self) -> None:
@@ -143,6 +162,8 @@ class AlertRules:
             "auroc_drop",
             "calibration_gap",
             "expected_auroc_drop",
+            "fairness_dp_difference",
+            "fairness_eo_difference",
         ):
             if getattr(self, name) > 1:
                 raise InputError(f"alert rule {name} is at most 1")
@@ -358,12 +379,27 @@ def _latency_rule(measures: Measures, rules: AlertRules, add: Callable[..., None
         )
 
 
+def _fairness_rules(measures: Measures, rules: AlertRules, add: Callable[..., None]) -> None:
+    for feature in measures.fairness:
+        dp, eo = differences(feature.levels, rules.fairness_min_count)
+        evidence = {
+            "decision_threshold": feature.threshold,
+            "min_count": rules.fairness_min_count,
+            "levels": [level.to_dict() for level in feature.levels],
+        }
+        if math.isfinite(dp) and dp >= rules.fairness_dp_difference:
+            add("demographic_parity", feature.feature, dp, rules.fairness_dp_difference, **evidence)
+        if math.isfinite(eo) and eo >= rules.fairness_eo_difference:
+            add("equalized_odds", feature.feature, eo, rules.fairness_eo_difference, **evidence)
+
+
 _RULE_STEPS: tuple[Callable[[Measures, AlertRules, Callable[..., None]], None], ...] = (
     _auroc_rule,
     _calibration_rule,
     _expected_auroc_rule,
     _error_rule,
     _latency_rule,
+    _fairness_rules,
 )
 
 
@@ -415,6 +451,12 @@ def describe(alert: AlertRecord) -> str:
         )
     elif alert.rule == "latency":
         detail = f"p95 {alert.value:.1f} ms > {alert.threshold:.1f} ms over {evidence.get('calls')}"
+    elif alert.rule in ("demographic_parity", "equalized_odds"):
+        what = "positive rate" if alert.rule == "demographic_parity" else "TPR/FPR"
+        detail = (
+            f"{what} differs by {_num(alert.value)} (>= {_num(alert.threshold)}) across the "
+            f"levels of {alert.subject}"
+        )
     elif alert.rule == "retraining_no_benefit":
         detail = f"escalated to a person: {evidence.get('reason', '?')}"
     else:

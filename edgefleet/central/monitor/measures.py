@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edgefleet.central.monitor.drift import DriftDetector, FeatureDrift
+from edgefleet.central.monitor.fairness import FeatureFairness, fairness_of
 from edgefleet.central.monitor.quality import (
     ExpectedPerformance,
     Rate,
@@ -120,6 +121,9 @@ class Measures:
     reference_expected: ExpectedPerformance | None
     errors: Rate
     latency: Latency
+    fairness: tuple[FeatureFairness, ...] = ()
+    """Per segment feature of the schema (none without), at the default threshold:
+    :mod:`edgefleet.central.monitor.fairness`."""
 
     @property
     def drifted_features(self) -> tuple[FeatureDrift, ...]:
@@ -283,6 +287,7 @@ def measure(
             p50_ms=aggregate.latency.quantile(0.5) * 1000.0 if calls else math.nan,
             p95_ms=aggregate.latency.quantile(0.95) * 1000.0 if calls else math.nan,
         ),
+        fairness=fairness_of(aggregate, manifest.schema) if aggregate.segments else (),
     )
 
 
