@@ -16,7 +16,7 @@ import argparse
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from edgefleet.cli.cmd_serve import add_demo_options, finish_demo
 from edgefleet.cli.progress import say, step
 
 FLEET = "demo"
+SEGMENTS = ("senior_citizen", "region")
 
 
 def register(subparsers: Any) -> None:
@@ -57,6 +58,14 @@ def register(subparsers: Any) -> None:
     )
     demo.add_argument(
         "--drift-share", type=float, default=0.5, help="share of devices that drift (default 0.5)"
+    )
+    demo.add_argument(
+        "--canary",
+        type=int,
+        default=20,
+        metavar="PERCENT",
+        help="share of devices the candidate goes to first (default 20; with few devices, "
+        "more, or the canary may hold none)",
     )
     demo.add_argument(
         "--min-labels",
@@ -106,6 +115,7 @@ class Milestones:
     everywhere_wall: float | None = None
     before: Any = None
     after: Any = None
+    fairness: str = ""
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -138,7 +148,10 @@ def run_demo(args: argparse.Namespace) -> int:
         write_table(data.frame, work / "churn.csv")
     say(f"  {work / 'churn.csv'}: churn rate {(data.frame['churn'] == 'Yes').mean():.1%}")
     with step(f"training {args.model}"):
-        table = load_training_table(data.frame, "churn", schema=data.schema)
+        # Segments: devices report per-group histograms, the dashboard's drift page shows
+        # fairness across seniors and regions.
+        schema = replace(data.schema, segments=SEGMENTS)
+        table = load_training_table(data.frame, "churn", schema=schema)
         model = train(table, args.model, seed=args.seed)
         version = Registry(home).register(model, data_sha256=data_sha256(data.frame))
     say(
@@ -201,7 +214,7 @@ def run_demo(args: argparse.Namespace) -> int:
             labelled,
             reference_source=work / "churn.csv",
             rules=AlertRules(min_labels=args.min_labels),
-            canary_percent=20,
+            canary_percent=args.canary,
             canary_windows=2,
             max_canary_windows=12,
             min_canary_reports=5,
@@ -231,7 +244,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     args, sim, loop, monitor, milestones, labelled, describe, generate, write_table
                 )
                 if milestones.everywhere is not None:
-                    _measure_gain(args, sim, store, milestones)
+                    _measure_gain(args, sim, store, home, milestones)
             finally:
                 stop.set()
                 feeder.join(timeout=15)
@@ -368,7 +381,9 @@ def _watch(
     say(f"  the loop did not close within {args.timeout:.0f} s")
 
 
-def _measure_gain(args: argparse.Namespace, sim: Any, store: Any, milestones: Milestones) -> None:
+def _measure_gain(
+    args: argparse.Namespace, sim: Any, store: Any, home: Path, milestones: Milestones
+) -> None:
     """The AUROC on the drifted devices' labelled reports: the old model's after the drift
     began, the new one's once every device runs it (fed for three more windows)."""
     from edgefleet.central.monitor.fielded import field_auroc
@@ -378,6 +393,7 @@ def _measure_gain(args: argparse.Namespace, sim: Any, store: Any, milestones: Mi
     drifted = sorted(sim.drifted)
     old, new = "1.0.0", sim.models()
     target = next(iter(new)) if len(new) == 1 else None
+    milestones.fairness = _fairness_line(store, home, new)
     milestones.before = field_auroc(
         store, FLEET, drifted, old, since=milestones.drift_wall, until=milestones.everywhere_wall
     )
@@ -385,6 +401,25 @@ def _measure_gain(args: argparse.Namespace, sim: Any, store: Any, milestones: Mi
         milestones.after = field_auroc(
             store, FLEET, drifted, str(target), since=milestones.everywhere_wall
         )
+
+
+def _fairness_line(store: Any, home: Path, running: dict[Any, int]) -> str:
+    """Demographic-parity and equalized-odds differences of the model every device runs,
+    over its reports so far."""
+    from edgefleet.central.monitor.fairness import fairness_of
+    from edgefleet.central.registry import Registry
+
+    if len(running) != 1:
+        return "not measured (the fleet runs several versions)"
+    version = str(next(iter(running)))
+    aggregate = store.aggregate(FLEET, model_version=version)
+    if aggregate is None:
+        return "not measured (no reports)"
+    schema = Registry(home).get(version).manifest().schema
+    return "; ".join(
+        f"{f.feature} DP {f.demographic_parity_difference:.3f} EO {f.equalized_odds_difference:.3f}"
+        for f in fairness_of(aggregate, schema)
+    )
 
 
 def _gain_line(milestones: Milestones) -> str:
@@ -436,6 +471,7 @@ def _summary(
     say(f"  {'promoted':22} {at(milestones.promoted)}")
     say(f"  {'every device updated':22} {at(milestones.everywhere)}")
     say(f"  {'AUROC, drifted devices':22} {_gain_line(milestones)}")
+    say(f"  {'fairness (segments)':22} {milestones.fairness or 'not measured'}")
     say(
         f"  {'loop':22} {milestones.outcome}; decisions: edgefleet --home {work / 'home'} "
         f"rollout history --fleet {FLEET} --db sqlite:///{work / 'monitor.db'}"

@@ -72,7 +72,8 @@ def segment_levels(feature: CategoricalFeature | NumericFeature) -> tuple[str, .
     if feature.minimum != 0 or maximum is None or maximum != int(maximum):
         raise InputError(
             f"segment feature {feature.name!r} is numeric: it needs minimum 0 and a whole "
-            f"maximum (a flag or a small code), not {feature.minimum}..{maximum}"
+            f"maximum below {MAX_NUMERIC_LEVELS} (a flag or a small code), not bounds "
+            f"{feature.minimum}..{maximum}; segment a categorical feature, or bin this one"
         )
     if not 0 < maximum < MAX_NUMERIC_LEVELS:
         raise InputError(

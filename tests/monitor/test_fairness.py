@@ -270,3 +270,21 @@ def test_a_real_agent_reports_segments_that_a_checking_monitor_stores(
         server.stop()
     assert "Fairness across segments" in html
     assert "senior_citizen: demographic-parity difference" in html
+
+
+def test_train_marks_segments_from_the_command_line(tmp_path: Path) -> None:
+    from edgefleet.central.data.loader import write_table
+    from edgefleet.cli.main import main
+
+    write_table(generate(2000, seed=63).frame, tmp_path / "churn.csv")
+    home = str(tmp_path / "home")
+    base = ["--home", home, "train", "--data", str(tmp_path / "churn.csv"), "--target", "churn"]
+    assert (
+        main([*base, "--model", "logreg", "--segment", "senior_citizen", "--segment", "region"])
+        == 0
+    )
+    schema = Registry(home).get("latest").manifest().schema
+    assert schema.segments == SEGMENTS
+    # Inferred without bounds, a 0/1 flag gets them from its values.
+    assert schema.feature("senior_citizen").maximum == 1.0
+    assert main([*base, "--segment", "monthly_charges"]) != 0
