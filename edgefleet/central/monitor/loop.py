@@ -53,17 +53,10 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sklearn.metrics import average_precision_score, roc_auc_score
 
-from edgefleet.central.data.loader import (
-    TrainingTable,
-    data_sha256,
-    encode_features,
-    load_training_table,
-)
-from edgefleet.central.export import export_bundle
+from edgefleet.central.export import ExportResult, export_bundle
 from edgefleet.central.monitor.alerts import RETRAIN_RULES, AlertRules, evaluate_all
-from edgefleet.central.monitor.benefit import METRICS, BenefitJudgement, Metric, judge_benefit
+from edgefleet.central.monitor.benefit import METRICS, Metric
 from edgefleet.central.monitor.canary import (
     CanaryVerdict,
     Verdict,
@@ -73,6 +66,12 @@ from edgefleet.central.monitor.canary import (
 from edgefleet.central.monitor.drift import coarsen, js_distance
 from edgefleet.central.monitor.escalation import escalation_alert, unanswered_escalation
 from edgefleet.central.monitor.measures import Measures, measure, scopes
+from edgefleet.central.monitor.retraining import (
+    Candidate,
+    Comparison,
+    Retrainer,
+    RetrainSettings,
+)
 from edgefleet.central.monitor.sources import (
     DataSource,
     LabelledData,
@@ -80,15 +79,8 @@ from edgefleet.central.monitor.sources import (
     read_labelled,
 )
 from edgefleet.central.monitor.store import AlertRecord, DecisionRecord, MonitorStore
-from edgefleet.central.monitor.windows import (
-    Window,
-    WindowChoice,
-    choose_window,
-    fitter,
-    split,
-    window_named,
-)
 from edgefleet.central.publish import (
+    PublishResult,
     promote,
     publish,
     rollback,
@@ -104,7 +96,7 @@ from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import DEFAULT_LIFETIME, ModelRef, RolloutState
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.topics import DEFAULT_PREFIX
-from edgefleet.errors import DataError, EdgefleetError, InputError
+from edgefleet.errors import EdgefleetError, InputError
 
 __all__ = [
     "CanaryVerdict",
@@ -155,47 +147,6 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Candidate and running model on the same held-out recent labelled rows."""
-
-    rows: int
-    positives: int
-    candidate_auroc: float
-    candidate_average_precision: float
-    running_auroc: float
-    running_average_precision: float
-    benefit: BenefitJudgement
-
-    @property
-    def accepted(self) -> bool:
-        return self.benefit.helps
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "positives": self.positives,
-            "candidate": {
-                "auroc": self.candidate_auroc,
-                "average_precision": self.candidate_average_precision,
-            },
-            "running": {
-                "auroc": self.running_auroc,
-                "average_precision": self.running_average_precision,
-            },
-            "benefit": self.benefit.to_dict(),
-        }
-
-
-@dataclass(frozen=True)
-class Candidate:
-    version: ModelVersion
-    running: ModelVersion
-    comparison: Comparison
-    data_fingerprint: str = ""
-    window: str = "newest"
-
-
-@dataclass(frozen=True)
 class StepResult:
     """What one :meth:`RetrainLoop.step` (or :meth:`RetrainLoop.run`) did: ``action`` is the
     last decision taken (``"none"``, ``"wait"``, ``"cooldown"`` or ``"held"`` when none
@@ -205,15 +156,6 @@ class StepResult:
     model_version: str | None
     message: str
     alerts: tuple[AlertRecord, ...] = ()
-
-
-@dataclass(frozen=True)
-class Split:
-    """The newest rows the candidate may learn from, and the rows it is judged on."""
-
-    training: TrainingTable
-    compared: TrainingTable
-    compare_from: str
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -428,168 +370,63 @@ class RetrainLoop:
             stored=tuple(stored),
         )
 
-    # -- (b, c) retrain and judge the benefit -----------------------------------------------
+    # -- (b, c) retrain and judge the benefit (retraining.py) -----------------------------
 
     def retrain(self, *, calibration_alert: bool = False) -> Candidate:
         """Train a candidate like the running version on the window that validates best,
-        register it, and judge its benefit over the running version (records ``retrained``
-        and then ``accepted`` or ``rejected``). ``calibration_alert``: a calibration alert
-        asks for the new model, so fixing calibration is a benefit too."""
-        running = self.running_version()
-        data = read_labelled(self.data_source, max_rows=self.max_rows)
-        split_rows = self.split_newest(running, data)
-        reference = self.reference_table(running)
-        fit = fitter(running.family, running.params, self.seed)
-        choice = choose_window(
-            split_rows.training,
-            reference,
-            fit,
+        register it, and judge its benefit (:class:`~edgefleet.central.monitor.retraining.
+        Retrainer`; records ``retrained`` and then ``accepted`` or ``rejected``).
+        ``calibration_alert``: a calibration alert asks for the new model, so fixing
+        calibration is a benefit too."""
+        settings = RetrainSettings(
+            data_source=self.data_source,
+            reference_source=self.reference_source,
+            compare_source=self.compare_source,
+            compare_share=self.compare_share,
+            max_rows=self.max_rows,
             metric=self.metric,
+            min_gain=self.min_gain,
+            confidence=self.confidence,
+            resamples=self.resamples,
             recency=self.recency,
+            calibration_gap=self.rules.calibration_gap,
             seed=self.seed,
         )
-        window = window_named(choice.chosen, split_rows.training, reference, recency=self.recency)
-        self.progress(
-            f"retraining {running.family} on the {window.name} window ({window.table.n_rows:,} "
-            f"rows; running {running.label})"
-        )
-        candidate = self.registry.register(
-            fit(window), name=running.name, data_sha256=data_sha256(window.table.features)
-        )
-        self._record_retrained(candidate, running, data, window, choice)
-        comparison = self.compare(
-            candidate, running, split_rows.compared, calibration_alert=calibration_alert
-        )
-        data_fingerprint = fingerprint(data)
-        self._record_comparison(
-            candidate, running, comparison, split_rows.compare_from, data_fingerprint
-        )
-        return Candidate(candidate, running, comparison, data_fingerprint, window.name)
+        retrainer = Retrainer(settings, self.registry, self._decide, self.progress)
+        return retrainer.retrain(self.running_version(), calibration_alert=calibration_alert)
 
     def running_version(self) -> ModelVersion:
         state = self.rollout()
         assert state.stable is not None
         return self.version_of(state.stable)
 
-    def split_newest(self, running: ModelVersion, data: LabelledData) -> Split:
-        """The newest rows to train on and the rows to judge on: a separate source, or a
-        stratified ``compare_share`` of the newest rows held out of everything else."""
-        schema = running.load_card().schema
-        table = load_training_table(data.frame, running.target, schema=schema)
-        if self.compare_source is None:
-            training, compared = split(table, self.compare_share, self.seed)
-            held = f"{self.compare_share:.0%} of the newest rows, held out of training"
-            return Split(training, compared, held)
-        other = read_labelled(self.compare_source, max_rows=self.max_rows)
-        compared = load_training_table(other.frame, running.target, schema=schema)
-        return Split(table, compared, other.source)
-
-    def reference_table(self, running: ModelVersion) -> TrainingTable | None:
-        if self.reference_source is None:
-            return None
-        data = read_labelled(self.reference_source, max_rows=self.max_rows)
-        schema = running.load_card().schema
-        return load_training_table(data.frame, running.target, schema=schema)
-
-    def _record_retrained(
-        self,
-        candidate: ModelVersion,
-        running: ModelVersion,
-        data: LabelledData,
-        window: Window,
-        choice: WindowChoice,
-    ) -> None:
-        self._decide(
-            "retrained",
-            candidate.version,
-            f"trained {candidate.label} ({running.family}) on the {window.name} window, "
-            f"{window.table.n_rows:,} rows",
-            {
-                "source": data.source,
-                "files": list(data.files),
-                "rows": window.table.n_rows,
-                "positives": int(window.table.labels.sum()),
-                "window": choice.to_dict(),
-                "reference_source": None
-                if self.reference_source is None
-                else str(self.reference_source),
-                "family": running.family,
-                "params": dict(running.params),
-                "based_on": running.version,
-                "holdout_metrics": dict(candidate.metrics),
-                "data_sha256": candidate.data_sha256,
-            },
-        )
-
-    def _record_comparison(
-        self,
-        candidate: ModelVersion,
-        running: ModelVersion,
-        comparison: Comparison,
-        compare_from: str,
-        data_fingerprint: str,
-    ) -> None:
-        self._decide(
-            "accepted" if comparison.accepted else "rejected",
-            candidate.version,
-            f"{candidate.label} vs running {running.version}: {comparison.benefit.reason}; "
-            f"AUROC {comparison.candidate_auroc:.4f} vs {comparison.running_auroc:.4f}, "
-            f"AP {comparison.candidate_average_precision:.4f} vs "
-            f"{comparison.running_average_precision:.4f}",
-            {
-                **comparison.to_dict(),
-                "compared_on": compare_from,
-                "running_version": running.version,
-                "data_fingerprint": data_fingerprint,
-            },
-        )
-
-    def compare(
-        self,
-        candidate: ModelVersion,
-        running: ModelVersion,
-        table: TrainingTable,
-        *,
-        calibration_alert: bool = False,
-    ) -> Comparison:
-        """Both models on ``table`` (raw scores: no binning here), and the paired judgement
-        of the candidate's benefit."""
-        if len(set(table.labels.tolist())) < 2:
-            raise DataError("the comparison data hold only one class: cannot compare models")
-        inputs = encode_features(table.features, table.schema)
-        labels = table.labels.astype(int)
-        ours = candidate.load_pipeline().predict_proba(inputs)[:, 1]
-        theirs = running.load_pipeline().predict_proba(inputs)[:, 1]
-        benefit = judge_benefit(
-            labels,
-            running=theirs,
-            candidate=ours,
-            metric=self.metric,
-            min_gain=self.min_gain,
-            confidence=self.confidence,
-            resamples=self.resamples,
-            calibration_threshold=self.rules.calibration_gap,
-            calibration_alert=calibration_alert,
-            seed=self.seed,
-        )
-        return Comparison(
-            rows=len(labels),
-            positives=int(labels.sum()),
-            candidate_auroc=float(roc_auc_score(labels, ours)),
-            candidate_average_precision=float(average_precision_score(labels, ours)),
-            running_auroc=float(roc_auc_score(labels, theirs)),
-            running_average_precision=float(average_precision_score(labels, theirs)),
-            benefit=benefit,
-        )
-
     # -- (d) export and canary ---------------------------------------------------------------
 
     def release(self, candidate: ModelVersion) -> RolloutState | None:
         """Export every format with parity and publish as the canary (records ``canary``,
         or ``export_failed`` and returns None)."""
+        result = self._export(candidate)
+        if result is None:
+            return None
+        self._manifests[(candidate.name, candidate.version)] = result.manifest
+        published = publish(
+            result.bundle,
+            self.fleet,
+            self.broker_address,
+            self.private_key,
+            canary_percent=self.canary_percent,
+            prefix=self.prefix,
+            state_file=self.state_file,
+            progress=self.progress,
+            lifetime=self.lifetime,
+        )
+        self._record_canary(candidate, result, published)
+        return published.state
+
+    def _export(self, candidate: ModelVersion) -> ExportResult | None:
         out = self.home / "bundles" / f"{candidate.name}-{candidate.version}"
         try:
-            result = export_bundle(
+            return export_bundle(
                 candidate,
                 self.formats,
                 out,
@@ -605,18 +442,10 @@ class RetrainLoop:
                 {"formats": list(self.formats), "error": str(error)},
             )
             return None
-        self._manifests[(candidate.name, candidate.version)] = result.manifest
-        published = publish(
-            result.bundle,
-            self.fleet,
-            self.broker_address,
-            self.private_key,
-            canary_percent=self.canary_percent,
-            prefix=self.prefix,
-            state_file=self.state_file,
-            progress=self.progress,
-            lifetime=self.lifetime,
-        )
+
+    def _record_canary(
+        self, candidate: ModelVersion, result: ExportResult, published: PublishResult
+    ) -> None:
         state = published.state
         self._decide(
             "canary",
@@ -636,7 +465,6 @@ class RetrainLoop:
                 "stable": None if state.stable is None else state.stable.version,
             },
         )
-        return state
 
     def run(self, *, force: bool = True) -> StepResult:
         """On demand: check, then (always with ``force``, else only on an alert a model can
