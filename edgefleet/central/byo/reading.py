@@ -1,0 +1,380 @@
+"""Read a user's fitted scikit-learn pipeline into edgefleet's form (docs/architecture.md §4,
+"Bring your own pipeline").
+
+A user's pipeline takes a DataFrame (text categories, columns by name, any order of
+transformers); the model contract (§2) is one float32 tensor with categories as vocabulary
+codes. So the pipeline is *read*, step by step, into the pieces the converters know
+(imputed and scaled numeric columns, one-hot or ordinal codes) and rebuilt as an equivalent
+contract pipeline ``Pipeline([("prep", ColumnTransformer), ("model", estimator)])`` over
+codes, around the user's own fitted estimator. Nothing is refitted: the rebuilt steps carry
+the user's fitted statistics. Any step outside :data:`COVERED_STEPS` is refused with its
+name, before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from edgefleet.central.data.loader import _text
+from edgefleet.converters.ir import ESTIMATOR_FAMILIES
+from edgefleet.edge.schema import UNKNOWN_CODE
+from edgefleet.errors import UnsupportedModelError
+
+COVERED_STEPS: dict[str, str] = {
+    "ColumnTransformer": "columns by name, 'passthrough' and 'drop', remainder",
+    "SimpleImputer": "mean, median, most_frequent, constant (before a scaler or encoder)",
+    "StandardScaler": "with or without mean / std",
+    "MinMaxScaler": "without clip",
+    "RobustScaler": "with or without centering / scaling",
+    "OneHotEncoder": "handle_unknown 'ignore' or 'error'; not drop, not infrequent categories",
+    "OrdinalEncoder": "handle_unknown 'error', or 'use_encoded_value' with unknown_value=-1",
+    "Pipeline": "of the steps above, then one estimator",
+}
+SCALERS = ("StandardScaler", "MinMaxScaler", "RobustScaler")
+ENCODERS = ("OneHotEncoder", "OrdinalEncoder")
+
+
+def covered_text() -> str:
+    steps = ", ".join(COVERED_STEPS)
+    estimators = ", ".join(ESTIMATOR_FAMILIES)
+    return f"edgefleet covers the steps {steps} and the estimators {estimators}"
+
+
+def unsupported(what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"{what}; {covered_text()} (edgefleet formats lists them)")
+
+
+@dataclass
+class Block:
+    """One ColumnTransformer entry as edgefleet reads it."""
+
+    name: str
+    columns: list[str]
+    kind: str  # "numeric", "onehot" or "ordinal"
+    impute: list[float] | None = None
+    offset: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    vocabularies: list[tuple[str, ...]] = field(default_factory=list)
+    allow_missing: bool = False
+
+
+@dataclass(frozen=True)
+class ReadPipeline:
+    """What a user's pipeline is, in edgefleet's terms."""
+
+    input_names: tuple[str, ...]  # every column the user's pipeline takes, in its order
+    blocks: tuple[Block, ...]
+    estimator: Any
+
+    @property
+    def used_names(self) -> list[str]:
+        """The schema's features: the input columns some block reads, in input order."""
+        used = {c for b in self.blocks for c in b.columns}
+        return [n for n in self.input_names if n in used]
+
+
+def split_pipeline(model: Any) -> tuple[list[tuple[str, Any]], Any]:
+    """(preprocessing steps, final estimator) of a Pipeline or a bare estimator."""
+    if type(model).__name__ == "Pipeline":
+        steps = [(n, s) for n, s in model.steps if s not in (None, "passthrough")]
+        if not steps:
+            raise unsupported("the pipeline has no steps")
+        return steps[:-1], steps[-1][1]
+    return [], model
+
+
+def input_names(model: Any, signature: Sequence[str] | None) -> tuple[str, ...]:
+    names = getattr(model, "feature_names_in_", None)
+    if names is None and type(model).__name__ == "Pipeline":
+        names = getattr(model.steps[0][1], "feature_names_in_", None)
+    if names is not None:
+        found = tuple(str(n) for n in names)
+        if signature is not None and set(signature) != set(found):
+            raise unsupported(
+                f"the MLflow signature names {sorted(signature)} but the pipeline was fitted "
+                f"on {sorted(found)}"
+            )
+        return found
+    if signature is not None:
+        return tuple(signature)
+    raise UnsupportedModelError(
+        "the pipeline was fitted on an array without column names, so edgefleet cannot tell "
+        "which column is which: fit it on a pandas DataFrame (or save it with an MLflow "
+        "signature)"
+    )
+
+
+def read_pipeline(model: Any, signature: Sequence[str] | None = None) -> ReadPipeline:
+    prep_steps, estimator = split_pipeline(model)
+    name = type(estimator).__name__
+    if name not in ESTIMATOR_FAMILIES:
+        raise unsupported(f"the estimator {name} is not converted")
+    names = input_names(model, signature)
+    if not prep_steps:
+        blocks = [_numeric_block("passthrough", list(names), [])]
+    elif type(prep_steps[0][1]).__name__ == "ColumnTransformer":
+        if len(prep_steps) > 1:
+            after = type(prep_steps[1][1]).__name__
+            raise unsupported(f"step {prep_steps[1][0]!r} ({after}) after a ColumnTransformer")
+        blocks = _column_blocks(prep_steps[0][1], names)
+    else:
+        blocks = [_block("steps", list(names), prep_steps)]
+    _check_disjoint(blocks)
+    return ReadPipeline(input_names=names, blocks=tuple(blocks), estimator=estimator)
+
+
+def _column_blocks(transformer: Any, names: tuple[str, ...]) -> list[Block]:
+    blocks = []
+    for entry, step, columns in transformer.transformers_:
+        selected = _column_names(columns, names, entry)
+        if step == "drop" or not selected:
+            continue
+        steps = [] if step == "passthrough" else _flatten(entry, step)
+        blocks.append(_block(entry, selected, steps))
+    return blocks
+
+
+def _column_names(columns: Any, names: tuple[str, ...], entry: str) -> list[str]:
+    values = list(np.atleast_1d(np.asarray(columns, dtype=object)))
+    if values and all(isinstance(v, bool | np.bool_) for v in values):
+        return [n for n, keep in zip(names, values, strict=True) if keep]
+    if all(isinstance(v, int | np.integer) for v in values):
+        return [names[int(v)] for v in values]
+    if all(isinstance(v, str) for v in values):
+        return [str(v) for v in values]
+    raise unsupported(f"ColumnTransformer entry {entry!r} selects columns by {columns!r}")
+
+
+def _flatten(entry: str, step: Any) -> list[tuple[str, Any]]:
+    if _identity(step):
+        return []  # how scikit-learn stores a 'passthrough' remainder
+    if type(step).__name__ != "Pipeline":
+        return [(entry, step)]
+    flat: list[tuple[str, Any]] = []
+    for name, inner in step.steps:
+        if inner not in (None, "passthrough"):
+            flat.extend(_flatten(f"{entry}/{name}", inner))
+    return flat
+
+
+def _identity(step: Any) -> bool:
+    return (
+        type(step).__name__ == "FunctionTransformer"
+        and step.func is None
+        and step.inverse_func is None
+    )
+
+
+def _block(entry: str, columns: list[str], steps: list[tuple[str, Any]]) -> Block:
+    for name, step in steps:
+        kind = type(step).__name__
+        if kind not in COVERED_STEPS:
+            raise unsupported(f"step {name!r} ({kind}) is not converted")
+    if steps and type(steps[-1][1]).__name__ in ENCODERS:
+        return _encoded_block(entry, columns, steps)
+    return _numeric_block(entry, columns, steps)
+
+
+def _numeric_block(entry: str, columns: list[str], steps: list[tuple[str, Any]]) -> Block:
+    width = len(columns)
+    block = Block(entry, columns, "numeric", None, [0.0] * width, [1.0] * width)
+    scaled = False
+    for name, step in steps:
+        kind = type(step).__name__
+        if kind == "SimpleImputer":
+            if scaled or block.impute is not None:
+                raise unsupported(f"step {name!r}: an imputer after a scaler or another imputer")
+            block.impute = _statistics(name, step)
+            block.allow_missing = True
+        elif kind in SCALERS:
+            if scaled:
+                raise unsupported(f"step {name!r}: a second scaler")
+            block.offset, block.scale = _scaler(name, step, width)
+            scaled = True
+        else:
+            raise unsupported(f"step {name!r} ({kind}) where numeric steps were expected")
+    return block
+
+
+def _statistics(name: str, imputer: Any) -> list[float]:
+    if getattr(imputer, "add_indicator", False):
+        raise unsupported(f"step {name!r}: SimpleImputer(add_indicator=True)")
+    try:
+        values = np.asarray(imputer.statistics_, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise unsupported(f"step {name!r}: SimpleImputer with non-numeric statistics") from None
+    if not np.isfinite(values).all():
+        raise unsupported(f"step {name!r}: SimpleImputer left a column without a statistic")
+    return [float(v) for v in values]
+
+
+def _scaler(name: str, step: Any, width: int) -> tuple[list[float], list[float]]:
+    """As ``(x - offset) / scale``, the form the converters emit."""
+    kind = type(step).__name__
+    zeros, ones = np.zeros(width), np.ones(width)
+    if kind == "StandardScaler":
+        offset = step.mean_ if step.with_mean else zeros
+        scale = step.scale_ if step.with_std else ones
+    elif kind == "RobustScaler":
+        offset = step.center_ if step.with_centering else zeros
+        scale = step.scale_ if step.with_scaling else ones
+    else:  # MinMaxScaler: x * s + m
+        if step.clip:
+            raise unsupported(f"step {name!r}: MinMaxScaler(clip=True)")
+        offset = -np.asarray(step.min_) / np.asarray(step.scale_)
+        scale = 1.0 / np.asarray(step.scale_)
+    offset, scale = np.asarray(offset, np.float64), np.asarray(scale, np.float64)
+    if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise unsupported(f"step {name!r}: {kind} with a zero or non-finite scale")
+    return offset.tolist(), scale.tolist()
+
+
+def _encoded_block(entry: str, columns: list[str], steps: list[tuple[str, Any]]) -> Block:
+    *before, (name, encoder) = steps
+    imputed = False
+    for step_name, step in before:
+        if type(step).__name__ != "SimpleImputer" or step.strategy not in (
+            "most_frequent",
+            "constant",
+        ):
+            raise unsupported(
+                f"step {step_name!r} ({type(step).__name__}) before the encoder {name!r}; "
+                "only SimpleImputer(strategy='most_frequent' or 'constant') is converted there"
+            )
+        imputed = True
+    kind = type(encoder).__name__
+    if getattr(encoder, "_infrequent_enabled", False):
+        raise unsupported(f"step {name!r}: {kind} with infrequent categories")
+    if kind == "OneHotEncoder":
+        if encoder.drop is not None:
+            raise unsupported(f"step {name!r}: OneHotEncoder(drop={encoder.drop!r})")
+        allow_missing = encoder.handle_unknown == "ignore" and not imputed
+        block_kind = "onehot"
+    else:
+        if encoder.handle_unknown != "error" and encoder.unknown_value != UNKNOWN_CODE:
+            raise unsupported(
+                f"step {name!r}: OrdinalEncoder(unknown_value={encoder.unknown_value!r}); "
+                "edgefleet's code for an unknown category is -1"
+            )
+        allow_missing = encoder.handle_unknown != "error" and not imputed
+        block_kind = "ordinal"
+    vocabularies = [
+        _vocabulary(name, column, cats)
+        for column, cats in zip(columns, encoder.categories_, strict=True)
+    ]
+    return Block(entry, columns, block_kind, vocabularies=vocabularies, allow_missing=allow_missing)
+
+
+def _vocabulary(step: str, column: str, categories: Any) -> tuple[str, ...]:
+    texts = [_text(c) for c in list(categories)]
+    if any(t is None for t in texts):
+        raise unsupported(
+            f"step {step!r}: a missing value is a category of column {column!r}; impute it "
+            "before the encoder"
+        )
+    vocabulary = tuple(str(t) for t in texts)
+    if len(set(vocabulary)) != len(vocabulary):
+        raise unsupported(f"step {step!r}: categories of {column!r} collide as text")
+    return vocabulary
+
+
+def _check_disjoint(blocks: Sequence[Block]) -> None:
+    seen: dict[str, str] = {}
+    for block in blocks:
+        for column in block.columns:
+            if column in seen:
+                raise unsupported(
+                    f"column {column!r} is read by both {seen[column]!r} and {block.name!r}"
+                )
+            seen[column] = block.name
+
+
+# --- the contract pipeline ---------------------------------------------------------------
+
+
+def contract_pipeline(
+    read: ReadPipeline, schema_names: Sequence[str], encoded: npt.NDArray[np.float32]
+) -> Pipeline:
+    """The equivalent pipeline over the model contract's tensor (``encoded``: the reference
+    rows, used only so scikit-learn marks the rebuilt steps fitted; their statistics are
+    then replaced by the user's)."""
+    index = {name: i for i, name in enumerate(schema_names)}
+    entries = []
+    for position, block in enumerate(read.blocks):
+        columns = [index[c] for c in block.columns]
+        entries.append((f"{block.kind}_{position}", _fresh(block), columns))
+    prep = ColumnTransformer(entries, remainder="drop", sparse_threshold=0.0)
+    prep.fit(encoded)
+    for block, (_, fitted, _) in zip(read.blocks, prep.transformers_, strict=False):
+        _patch(block, fitted)
+    estimator = copy.deepcopy(read.estimator)
+    # The estimator now receives an array; its fitted column names would only warn.
+    if hasattr(estimator, "feature_names_in_"):
+        del estimator.feature_names_in_
+    _float32_splits(estimator)
+    return Pipeline([("prep", prep), ("model", estimator)])
+
+
+def _float32_splits(estimator: Any) -> None:
+    """Make HistGradientBoosting decide on float32 input as it decided on the user's float64.
+
+    Its split thresholds are float64 and may equal a training value exactly (percentile
+    bins): ``x <= t`` holds, but ``float32(x)`` may round above ``t`` and go right (measured:
+    73 of 569 rows off by up to 0.27 on a breast-cancer model). Raising each threshold to
+    the nearest float32 at or above it keeps every ``x <= t`` left (rounding is monotone);
+    only values within one float32 step above a threshold change side. scikit-learn's other
+    trees compare float32 values already."""
+    for stage in getattr(estimator, "_predictors", []):
+        for predictor in stage:
+            nodes = predictor.nodes
+            threshold = nodes["num_threshold"]
+            rounded = threshold.astype(np.float32).astype(np.float64)
+            below = rounded < threshold
+            up = np.nextafter(rounded.astype(np.float32), np.float32(np.inf)).astype(np.float64)
+            nodes["num_threshold"] = np.where(below, up, rounded)
+
+
+def _fresh(block: Block) -> Any:
+    if block.kind == "onehot":
+        return OneHotEncoder(
+            categories=[np.arange(len(v), dtype=np.float64) for v in block.vocabularies],
+            handle_unknown="ignore",
+            sparse_output=False,
+        )
+    steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if block.kind == "numeric" and _scaled(block):
+        steps.append(("scale", StandardScaler()))
+    return Pipeline(steps)
+
+
+def _patch(block: Block, fitted: Any) -> None:
+    if block.kind == "onehot":
+        return
+    imputer = fitted.named_steps["impute"]
+    width = len(block.columns)
+    if block.kind == "ordinal":
+        # Codes are never NaN: a missing or unseen category is already -1 (UNKNOWN_CODE).
+        imputer.statistics_ = np.full(width, UNKNOWN_CODE)
+        return
+    # Without an imputer the schema refuses missing values, so the statistic is never used.
+    imputer.statistics_ = np.asarray(block.impute or [0.0] * width, dtype=np.float64)
+    if not _scaled(block):
+        return
+    scaler = fitted.named_steps["scale"]
+    scaler.mean_ = np.asarray(block.offset, dtype=np.float64)
+    scaler.scale_ = np.asarray(block.scale, dtype=np.float64)
+    scaler.var_ = scaler.scale_**2
+
+
+def _scaled(block: Block) -> bool:
+    return any(o != 0.0 for o in block.offset) or any(s != 1.0 for s in block.scale)
