@@ -25,8 +25,9 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from edgefleet.central.byo.splits import FloatArray, Scale, fold_into_trees
 from edgefleet.central.data.loader import _text
-from edgefleet.converters.ir import ESTIMATOR_FAMILIES
+from edgefleet.converters.ir import ESTIMATOR_FAMILIES, family_of
 from edgefleet.edge.schema import UNKNOWN_CODE
 from edgefleet.errors import UnsupportedModelError
 
@@ -66,6 +67,23 @@ class Block:
     scale: list[float] = field(default_factory=list)
     vocabularies: list[tuple[str, ...]] = field(default_factory=list)
     allow_missing: bool = False
+    # MinMaxScaler computes x * multiply + add: kept as is to fold it into tree splits exactly.
+    affine: tuple[list[float], list[float]] | None = None
+
+    def scale_values(self, values: FloatArray, positions: npt.NDArray[np.int64]) -> FloatArray:
+        """The user's scaled values (float64, as scikit-learn computes them) of raw values of
+        this block's columns at ``positions``."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.affine is not None:
+                multiply, add = (np.asarray(a, np.float64)[positions] for a in self.affine)
+                return np.asarray(values * multiply + add, dtype=np.float64)
+            offset = np.asarray(self.offset, np.float64)[positions]
+            return np.asarray((values - offset) / np.asarray(self.scale, np.float64)[positions])
+
+    @property
+    def width(self) -> int:
+        """How many features the block gives the estimator."""
+        return sum(map(len, self.vocabularies)) if self.kind == "onehot" else len(self.columns)
 
 
 @dataclass(frozen=True)
@@ -200,10 +218,16 @@ def _numeric_block(entry: str, columns: list[str], steps: list[tuple[str, Any]])
             if scaled:
                 raise unsupported(f"step {name!r}: a second scaler")
             block.offset, block.scale = _scaler(name, step, width)
+            if kind == "MinMaxScaler":
+                block.affine = (_floats(step.scale_), _floats(step.min_))
             scaled = True
         else:
             raise unsupported(f"step {name!r} ({kind}) where numeric steps were expected")
     return block
+
+
+def _floats(values: Any) -> list[float]:
+    return [float(v) for v in np.asarray(values, dtype=np.float64)]
 
 
 def _statistics(name: str, imputer: Any) -> list[float]:
@@ -307,44 +331,48 @@ def contract_pipeline(
 ) -> Pipeline:
     """The equivalent pipeline over the model contract's tensor (``encoded``: the reference
     rows, used only so scikit-learn marks the rebuilt steps fitted; their statistics are
-    then replaced by the user's)."""
+    then replaced by the user's). In front of trees there is no scaler: the scaling is
+    folded into the splits (``splits.fold_into_trees``)."""
+    trees = family_of(read.estimator) != "logreg"
     index = {name: i for i, name in enumerate(schema_names)}
     entries = []
     for position, block in enumerate(read.blocks):
         columns = [index[c] for c in block.columns]
-        entries.append((f"{block.kind}_{position}", _fresh(block), columns))
+        entries.append((f"{block.kind}_{position}", _fresh(block, trees), columns))
     prep = ColumnTransformer(entries, remainder="drop", sparse_threshold=0.0)
     prep.fit(encoded)
     for block, (_, fitted, _) in zip(read.blocks, prep.transformers_, strict=False):
-        _patch(block, fitted)
+        _patch(block, fitted, trees)
     estimator = copy.deepcopy(read.estimator)
     # The estimator now receives an array; its fitted column names would only warn.
     if hasattr(estimator, "feature_names_in_"):
         del estimator.feature_names_in_
-    _float32_splits(estimator)
+    if trees:
+        numeric, scale = _feature_scaling(read.blocks)
+        fold_into_trees(estimator, numeric, scale)
     return Pipeline([("prep", prep), ("model", estimator)])
 
 
-def _float32_splits(estimator: Any) -> None:
-    """Make HistGradientBoosting decide on float32 input as it decided on the user's float64.
+def _feature_scaling(blocks: Sequence[Block]) -> tuple[list[bool], Scale]:
+    """Per estimator feature whether it is numeric, and the user's scaling of each."""
+    owner: list[tuple[Block, int]] = []
+    for block in blocks:
+        owner.extend((block, position) for position in range(block.width))
+    numeric = [block.kind == "numeric" for block, _ in owner]
 
-    Its split thresholds are float64 and may equal a training value exactly (percentile
-    bins): ``x <= t`` holds, but ``float32(x)`` may round above ``t`` and go right (measured:
-    73 of 569 rows off by up to 0.27 on a breast-cancer model). Raising each threshold to
-    the nearest float32 at or above it keeps every ``x <= t`` left (rounding is monotone);
-    only values within one float32 step above a threshold change side. scikit-learn's other
-    trees compare float32 values already."""
-    for stage in getattr(estimator, "_predictors", []):
-        for predictor in stage:
-            nodes = predictor.nodes
-            threshold = nodes["num_threshold"]
-            rounded = threshold.astype(np.float32).astype(np.float64)
-            below = rounded < threshold
-            up = np.nextafter(rounded.astype(np.float32), np.float32(np.inf)).astype(np.float64)
-            nodes["num_threshold"] = np.where(below, up, rounded)
+    def scale(values: FloatArray, features: npt.NDArray[np.int64]) -> FloatArray:
+        out = np.array(values, dtype=np.float64)
+        for feature in np.unique(features):
+            block, position = owner[int(feature)]
+            rows = features == feature
+            positions = np.full(int(rows.sum()), position, dtype=np.int64)
+            out[rows] = block.scale_values(out[rows], positions)
+        return out
+
+    return numeric, scale
 
 
-def _fresh(block: Block) -> Any:
+def _fresh(block: Block, trees: bool) -> Any:
     if block.kind == "onehot":
         return OneHotEncoder(
             categories=[np.arange(len(v), dtype=np.float64) for v in block.vocabularies],
@@ -352,12 +380,12 @@ def _fresh(block: Block) -> Any:
             sparse_output=False,
         )
     steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
-    if block.kind == "numeric" and _scaled(block):
+    if block.kind == "numeric" and _scaled(block) and not trees:
         steps.append(("scale", StandardScaler()))
     return Pipeline(steps)
 
 
-def _patch(block: Block, fitted: Any) -> None:
+def _patch(block: Block, fitted: Any, trees: bool) -> None:
     if block.kind == "onehot":
         return
     imputer = fitted.named_steps["impute"]
@@ -368,7 +396,7 @@ def _patch(block: Block, fitted: Any) -> None:
         return
     # Without an imputer the schema refuses missing values, so the statistic is never used.
     imputer.statistics_ = np.asarray(block.impute or [0.0] * width, dtype=np.float64)
-    if not _scaled(block):
+    if trees or not _scaled(block):
         return
     scaler = fitted.named_steps["scale"]
     scaler.mean_ = np.asarray(block.offset, dtype=np.float64)
