@@ -29,9 +29,10 @@ import numpy.typing as npt
 from bench.common import median_seconds
 from edgefleet.central.data.generator import generate
 from edgefleet.central.data.loader import encode_features, load_training_table
+from edgefleet.central.pipeline import FAMILIES
 from edgefleet.central.trainer import train
 from edgefleet.converters.parity import measure_parity
-from edgefleet.converters.registry import ALL_FAMILIES, EXPORT_FORMATS, ExportFormat
+from edgefleet.converters.registry import EXPORT_FORMATS, ExportFormat
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.backends.base import Backend
 
@@ -65,7 +66,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--families", default=",".join(ALL_FAMILIES))
+    parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--formats", default="onnx,tflite,coreml")
     parser.add_argument("--rows", type=int, default=20000, help="training rows")
     parser.add_argument("--repeat", type=int, default=300)

@@ -39,7 +39,10 @@ ESTIMATOR_FAMILIES = {
     "HistGradientBoostingClassifier": "hgb",
     "ExtraTreesClassifier": "et",
     "DecisionTreeClassifier": "dt",
+    # Brought by users (edgefleet register); the trainer does not fit it.
+    "SGDClassifier": "sgd",
 }
+LINEAR_FAMILIES = ("logreg", "sgd")
 
 
 def family_of(estimator: Any) -> str:
@@ -206,7 +209,8 @@ def read_pipeline(pipeline: Any) -> ModelIR:
         )
     preprocessing = _read_preprocessing(prep)
     order = _ir_positions(prep, preprocessing)
-    model = _read_linear(estimator) if family == "logreg" else _read_trees(estimator, family)
+    linear = family in LINEAR_FAMILIES
+    model = _read_linear(estimator) if linear else _read_trees(estimator, family)
     return ModelIR(family=family, preprocessing=preprocessing, model=_reorder(model, order))
 
 
@@ -285,6 +289,12 @@ def _read_preprocessing(prep: Any) -> Preprocessing:
 
 
 def _read_linear(estimator: Any) -> LinearModel:
+    loss = getattr(estimator, "loss", "log_loss")
+    if loss != "log_loss":
+        raise UnsupportedModelError(
+            f"{type(estimator).__name__}(loss={loss!r}) gives no probabilities of the "
+            "logistic form; edgefleet converts SGDClassifier(loss='log_loss')"
+        )
     return LinearModel(
         coefficients=np.asarray(estimator.coef_[0], dtype=np.float64),
         intercept=float(estimator.intercept_[0]),

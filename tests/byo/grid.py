@@ -18,7 +18,7 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
     MinMaxScaler,
@@ -39,6 +39,7 @@ ESTIMATORS: dict[str, Callable[[], Any]] = {
     "hgb": lambda: HistGradientBoostingClassifier(max_iter=15, random_state=0),
     "et": lambda: ExtraTreesClassifier(n_estimators=8, max_depth=6, random_state=0),
     "dt": lambda: DecisionTreeClassifier(max_depth=6, random_state=0),
+    "sgd": lambda: SGDClassifier(loss="log_loss", random_state=0),
 }
 
 

@@ -222,3 +222,14 @@ def test_help_warns_that_loading_a_pickle_runs_code(capsys: Any) -> None:
     text = capsys.readouterr().out
     assert "WARNING: loading a pickle or joblib file runs code" in text
     assert "edgefleet register churn_pipeline.joblib --reference" in text
+
+
+def test_an_sgd_classifier_without_probabilities_is_refused(
+    tmp_path: Path, iris: pd.DataFrame, capsys: Any
+) -> None:
+    from sklearn.linear_model import SGDClassifier
+
+    model = grid.fit(iris, "standard+onehot", SGDClassifier(loss="hinge"))
+    assert "SGDClassifier(loss='hinge') has no probabilities" in _refused(
+        tmp_path, model, iris, capsys
+    )

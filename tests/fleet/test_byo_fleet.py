@@ -128,9 +128,8 @@ def test_brought_models_roll_out_and_are_monitored(
                 publish(bundle, fleet, publisher.address(), key, state_file=tmp_path / "r.json")
                 for agent in agents:
                     wait_for(
-                        lambda a=agent: (
-                            a.model is not None
-                            and a.model.scorer.manifest.version == manifest.version
+                        lambda a=agent, v=manifest.version: (
+                            a.model is not None and a.model.scorer.manifest.version == v
                         ),
                         60,
                         f"{manifest.version} on {agent.config.device_id}",

@@ -27,7 +27,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from edgefleet.central.byo.splits import FloatArray, Scale, fold_into_trees
 from edgefleet.central.data.loader import _text
-from edgefleet.converters.ir import ESTIMATOR_FAMILIES, family_of
+from edgefleet.converters.ir import ESTIMATOR_FAMILIES, LINEAR_FAMILIES, family_of
 from edgefleet.edge.schema import UNKNOWN_CODE
 from edgefleet.errors import UnsupportedModelError
 
@@ -137,6 +137,11 @@ def read_pipeline(model: Any, signature: Sequence[str] | None = None) -> ReadPip
     name = type(estimator).__name__
     if name not in ESTIMATOR_FAMILIES:
         raise unsupported(f"the estimator {name} is not converted")
+    if getattr(estimator, "loss", "log_loss") != "log_loss" and name == "SGDClassifier":
+        raise unsupported(
+            f"SGDClassifier(loss={estimator.loss!r}) has no probabilities edgefleet can serve; "
+            "SGDClassifier(loss='log_loss') is converted"
+        )
     names = input_names(model, signature)
     if not prep_steps:
         blocks = [_numeric_block("passthrough", list(names), [])]
@@ -333,7 +338,7 @@ def contract_pipeline(
     rows, used only so scikit-learn marks the rebuilt steps fitted; their statistics are
     then replaced by the user's). In front of trees there is no scaler: the scaling is
     folded into the splits (``splits.fold_into_trees``)."""
-    trees = family_of(read.estimator) != "logreg"
+    trees = family_of(read.estimator) not in LINEAR_FAMILIES
     index = {name: i for i, name in enumerate(schema_names)}
     entries = []
     for position, block in enumerate(read.blocks):
