@@ -168,7 +168,7 @@ def test_an_uncovered_step_is_named_with_what_is_covered(
 @pytest.mark.parametrize(
     ("encoder", "named"),
     [
-        (OneHotEncoder(drop="first"), "OneHotEncoder(drop='first')"),
+        (OneHotEncoder(drop="first"), "OneHotEncoder(drop='first') in front of Random"),
         (OneHotEncoder(min_frequency=60, handle_unknown="infrequent_if_exist"), "infrequent"),
     ],
 )
@@ -176,10 +176,35 @@ def test_encoder_options_not_converted_are_refused(
     tmp_path: Path, iris: pd.DataFrame, capsys: Any, encoder: Any, named: str
 ) -> None:
     prep = ColumnTransformer([("cat", encoder, [grid.CATEGORY])], remainder="passthrough")
-    model = Pipeline([("prep", prep), ("clf", LogisticRegression(max_iter=1000))]).fit(
+    model = Pipeline([("prep", prep), ("clf", grid.ESTIMATORS["rf"]())]).fit(
         _features(iris), iris[grid.TARGET]
     )
     assert named in _refused(tmp_path, model, iris, capsys)
+
+
+@pytest.mark.parametrize("drop", ["first", "if_binary"])
+@pytest.mark.parametrize("fmt", ["onnx", "tflite", "coreml"])
+def test_a_linear_model_behind_a_dropping_encoder_converts(
+    iris: pd.DataFrame, drop: str, fmt: str
+) -> None:
+    from edgefleet.central.byo.register import prepare
+    from edgefleet.central.byo.source import LoadedModel
+    from edgefleet.converters.registry import export_format
+    from edgefleet.converters.source import ConversionSource
+
+    frame = iris.assign(flag=np.where(iris["f0"] > 5.8, "big", "small"))
+    encoder = OneHotEncoder(drop=drop, handle_unknown="ignore")
+    prep = ColumnTransformer([("cat", encoder, [grid.CATEGORY, "flag"])], remainder="passthrough")
+    model = Pipeline([("prep", prep), ("clf", LogisticRegression(max_iter=2000))])
+    model.fit(_features(frame), frame[grid.TARGET])
+    card = prepare(LoadedModel(model, "test"), frame, grid.TARGET)
+    assert card.agreement.max_abs_diff <= 1e-5
+    trained = card.model
+    inputs = np.concatenate([trained.holdout_inputs, trained.golden_inputs()])
+    exporter = export_format(fmt)
+    source = ConversionSource(trained.pipeline, trained.schema, trained.family, inputs[:16])
+    got = exporter.predict(exporter.convert(source), inputs)
+    assert np.abs(got - trained.pipeline.predict_proba(inputs)).max() <= 1e-5
 
 
 def test_reference_data_that_does_not_fit_the_schema_is_refused(

@@ -37,7 +37,8 @@ COVERED_STEPS: dict[str, str] = {
     "StandardScaler": "with or without mean / std",
     "MinMaxScaler": "without clip",
     "RobustScaler": "with or without centering / scaling",
-    "OneHotEncoder": "handle_unknown 'ignore' or 'error'; not drop, not infrequent categories",
+    "OneHotEncoder": "handle_unknown 'ignore' or 'error'; drop (linear models); "
+    "not infrequent categories",
     "OrdinalEncoder": "handle_unknown 'error', or 'use_encoded_value' with unknown_value=-1",
     "Pipeline": "of the steps above, then one estimator",
 }
@@ -69,6 +70,9 @@ class Block:
     allow_missing: bool = False
     # MinMaxScaler computes x * multiply + add: kept as is to fold it into tree splits exactly.
     affine: tuple[list[float], list[float]] | None = None
+    # OneHotEncoder(drop=...): per column the dropped category (None: none), and how to name it.
+    dropped: list[int | None] = field(default_factory=list)
+    drop_text: str = ""
 
     def scale_values(self, values: FloatArray, positions: npt.NDArray[np.int64]) -> FloatArray:
         """The user's scaled values (float64, as scikit-learn computes them) of raw values of
@@ -153,6 +157,12 @@ def read_pipeline(model: Any, signature: Sequence[str] | None = None) -> ReadPip
     else:
         blocks = [_block("steps", list(names), prep_steps)]
     _check_disjoint(blocks)
+    dropping = [b for b in blocks if b.dropped]
+    if dropping and ESTIMATOR_FAMILIES[name] not in LINEAR_FAMILIES:
+        raise unsupported(
+            f"step {dropping[0].name!r}: {dropping[0].drop_text} in front of {name} (a dropped "
+            "category is converted for linear models)"
+        )
     return ReadPipeline(input_names=names, blocks=tuple(blocks), estimator=estimator)
 
 
@@ -282,13 +292,16 @@ def _encoded_block(entry: str, columns: list[str], steps: list[tuple[str, Any]])
             )
         imputed = True
     kind = type(encoder).__name__
+    dropped: list[int | None] = []
+    drop_text = ""
     if getattr(encoder, "_infrequent_enabled", False):
         raise unsupported(f"step {name!r}: {kind} with infrequent categories")
     if kind == "OneHotEncoder":
         if encoder.drop is not None:
-            raise unsupported(f"step {name!r}: OneHotEncoder(drop={encoder.drop!r})")
+            dropped = [None if d is None else int(d) for d in encoder.drop_idx_]
         allow_missing = encoder.handle_unknown == "ignore" and not imputed
         block_kind = "onehot"
+        drop_text = f"OneHotEncoder(drop={encoder.drop!r})" if encoder.drop is not None else ""
     else:
         if encoder.handle_unknown != "error" and encoder.unknown_value != UNKNOWN_CODE:
             raise unsupported(
@@ -301,7 +314,15 @@ def _encoded_block(entry: str, columns: list[str], steps: list[tuple[str, Any]])
         _vocabulary(name, column, cats)
         for column, cats in zip(columns, encoder.categories_, strict=True)
     ]
-    return Block(entry, columns, block_kind, vocabularies=vocabularies, allow_missing=allow_missing)
+    return Block(
+        entry,
+        columns,
+        block_kind,
+        vocabularies=vocabularies,
+        allow_missing=allow_missing,
+        dropped=dropped,
+        drop_text=drop_text,
+    )
 
 
 def _vocabulary(step: str, column: str, categories: Any) -> tuple[str, ...]:
@@ -355,7 +376,32 @@ def contract_pipeline(
     if trees:
         numeric, scale = _feature_scaling(read.blocks)
         fold_into_trees(estimator, numeric, scale)
+    else:
+        _widen_dropped(estimator, read.blocks)
     return Pipeline([("prep", prep), ("model", estimator)])
+
+
+def _widen_dropped(estimator: Any, blocks: Sequence[Block]) -> None:
+    """The rebuilt one-hot blocks keep every category; a category the user's encoder dropped
+    gets weight 0, which is what dropping it means (and an unknown category, all zeros under
+    ``handle_unknown='ignore'``, scores as the dropped one did)."""
+    if not any(b.dropped for b in blocks):
+        return
+    kept: list[int] = []
+    at = 0
+    for block in blocks:
+        if block.kind != "onehot":
+            kept.extend(range(at, at + block.width))
+            at += block.width
+            continue
+        drops = block.dropped or [None] * len(block.vocabularies)
+        for vocabulary, dropped in zip(block.vocabularies, drops, strict=True):
+            kept.extend(at + c for c in range(len(vocabulary)) if c != dropped)
+            at += len(vocabulary)
+    coefficients = np.zeros((estimator.coef_.shape[0], at), dtype=np.float64)
+    coefficients[:, kept] = estimator.coef_
+    estimator.coef_ = coefficients
+    estimator.n_features_in_ = at
 
 
 def _feature_scaling(blocks: Sequence[Block]) -> tuple[list[bool], Scale]:
