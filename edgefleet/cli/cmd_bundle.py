@@ -53,8 +53,10 @@ def register(subparsers: Any) -> None:
 
     formats = subparsers.add_parser(
         "formats",
-        help="print which model families each export format takes",
-        description="The support matrix of the converter registry: model family x format.",
+        help="print what converts: estimators and tasks per export format, and the steps",
+        description="The support matrix, computed from the converter registry: each "
+        "estimator (its family and task) x export format, then the preprocessing steps "
+        "'edgefleet register' reads.",
     )
     formats.set_defaults(handler=run_formats)
 
