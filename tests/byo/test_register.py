@@ -258,3 +258,28 @@ def test_an_sgd_classifier_without_probabilities_is_refused(
     assert "SGDClassifier(loss='hinge') has no probabilities" in _refused(
         tmp_path, model, iris, capsys
     )
+
+
+def test_bad_model_paths_get_one_clear_line(
+    tmp_path: Path, iris: pd.DataFrame, capsys: Any
+) -> None:
+    iris.to_csv(tmp_path / "ref.csv", index=False)
+    base = ["--home", str(tmp_path / "home"), "register"]
+    tail = ["--reference", str(tmp_path / "ref.csv"), "--target", grid.TARGET]
+    assert main([*base, str(tmp_path / "absent.joblib"), *tail]) == 2
+    assert "neither a joblib/pickle file nor an MLflow model folder" in capsys.readouterr().err
+    (tmp_path / "not-a-model.joblib").write_bytes(b"certainly not a pickle")
+    assert main([*base, str(tmp_path / "not-a-model.joblib"), *tail]) == 2
+    assert "cannot load" in capsys.readouterr().err  # not a pickle: no misleading hint
+    folder = tmp_path / "keras-model"
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors:\n  keras:\n    data: model.keras\n")
+    assert main([*base, str(folder), *tail]) == 2
+    assert "has no sklearn flavour (flavours: keras)" in capsys.readouterr().err
+    (folder / "MLmodel").write_text(
+        "flavors:\n  sklearn:\n    pickled_model: ../../etc/passwd\n"
+        "    serialization_format: cloudpickle\n"
+    )
+    assert main([*base, str(folder), *tail]) == 2
+    assert "is outside the folder" in capsys.readouterr().err
+    assert not (tmp_path / "home" / "models").exists()

@@ -52,12 +52,21 @@ def _unpickle(path: Path) -> Any:
             with path.open("rb") as handle:
                 return pickle.load(handle)
         return joblib.load(path)
-    except ModuleNotFoundError:
-        raise
+    except ModuleNotFoundError as error:
+        raise _missing_module(path, error) from None
     except Exception as error:  # unpickling raises anything the file makes it raise
         raise InputError(
             f"cannot load {path} as a joblib or pickle file: {type(error).__name__}: {error}"
         ) from None
+
+
+def _missing_module(path: Path, error: ModuleNotFoundError) -> InputError:
+    # Also what a file that is not a pickle at all can raise: its bytes read as a name.
+    return InputError(
+        f"cannot load {path}: it needs the Python module {error.name!r}, which is not "
+        "installed here (install what the model was saved with), or it is not a joblib or "
+        "pickle file"
+    )
 
 
 def _load_mlflow(folder: Path) -> LoadedModel:
@@ -105,8 +114,8 @@ def _flavor_model(folder: Path, flavor: dict[str, Any]) -> Any:
             return pickle.load(handle)
     except OSError as error:
         raise InputError(f"cannot read {target}: {error}") from None
-    except ModuleNotFoundError:
-        raise
+    except ModuleNotFoundError as error:
+        raise _missing_module(target, error) from None
     except Exception as error:  # unpickling raises anything the file makes it raise
         raise InputError(f"cannot unpickle {target}: {type(error).__name__}: {error}") from None
 
