@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_reports",
     "edgefleet.cli.cmd_watch",
     "edgefleet.cli.cmd_serve",
+    "edgefleet.cli.cmd_serve_model",
 )
 
 DESCRIPTION = """\
