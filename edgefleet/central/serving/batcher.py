@@ -67,7 +67,7 @@ class BatchLimits:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a whole number >= 1")
         if not 0 <= self.max_wait <= 10:
-            raise InputError(f"--max-wait must be from 0 to 10 seconds, not {self.max_wait:g}")
+            raise InputError(f"--max-wait must be from 0 to 10000 ms, not {self.max_wait * 1000:g}")
         if not 0 < self.timeout <= 3600:
             raise InputError("--request-timeout must be above 0 and at most 3600 s")
 
