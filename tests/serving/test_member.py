@@ -78,8 +78,14 @@ def test_promoted_model_swapped_in_under_load(
             load = Load(f"{url}/v1/models/churn:predict", body, clients=4)
             try:
                 wait_for(lambda: load.versions["1.0.0"] > 50, what="load on 1.0.0")
-                publish(service_bundles[1], fleet, broker.address, key, canary_percent=100,
-                        state_file=state)
+                publish(
+                    service_bundles[1],
+                    fleet,
+                    broker.address,
+                    key,
+                    canary_percent=100,
+                    state_file=state,
+                )
                 wait_for(lambda: agent.status()["model_version"] == "1.1.0", what="the canary")
                 promote(fleet, broker.address, key, state_file=state)
                 sha = agent.model.manifest_sha256 if agent.model else ""
