@@ -81,6 +81,10 @@ def load_stored(spec: WorkerSpec, state_dir: str, sha256: str, fmt: str) -> Scor
 
 def worker_main(index: int, spec: WorkerSpec, sock: socket.socket, conn: Connection) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"worker {index}: %(message)s")
+    # Request threads hand work to the batcher and back: with CPython's default 5 ms
+    # switch interval a thread ready to answer can wait that long for the GIL, which is
+    # the whole tail-latency budget. 0.5 ms keeps the hand-offs short.
+    sys.setswitchinterval(0.0005)
     pipe = _Pipe(conn)
     catalog = Catalog(spec.batching, reporting=spec.reporting)
     keys = spec.keys()
