@@ -139,8 +139,8 @@ def run_stream_score(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     if agent is not None:
         agent.start()
+    consumer.start()  # before connecting: a resumed session delivers at once
     client.connect(timeout=30)
-    consumer.start()
     say(
         f"consuming {topic} on {address.display} into {args.table} (group {args.group}, "
         f"consumer {args.consumer}); Ctrl-C stops"

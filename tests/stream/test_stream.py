@@ -152,7 +152,6 @@ def test_consumers_share_a_topic_and_bad_events_are_rejected(
     consumers = []
     for name in ("a", "b"):
         client = MqttClient(broker.address, f"stream-{unique}-{name}", manual_ack=True)
-        client.connect()
         consumer = StreamConsumer(
             client,
             f"$share/g{unique}/{unique}/#",
@@ -161,6 +160,7 @@ def test_consumers_share_a_topic_and_bad_events_are_rejected(
             StreamSettings(key="customer_id", batch_size=20),
         )
         consumer.start()
+        client.connect()
         consumers.append((client, consumer))
     try:
         good = events(bundle, 400)

@@ -1,7 +1,7 @@
 """A long-running consumer of new-data events: JSON records arriving on an MQTT topic are
 scored in micro-batches and upserted into the operational table by key.
 
-Nothing lost, nothing doubled (docs/architecture.md §12): the client acknowledges
+Nothing lost, nothing doubled (docs/architecture.md §13): the client acknowledges
 manually, and an event's PUBACK goes to the broker only after its row is committed. A
 consumer killed at any instant leaves its unacknowledged events with the broker (a
 persistent session), which delivers them again when it comes back; rows already committed
@@ -127,8 +127,10 @@ class StreamConsumer:
         self._thread = threading.Thread(target=self._loop, name="stream-consumer", daemon=True)
 
     def start(self) -> None:
-        """Start the writer first, then subscribe: events queued for a persistent session
-        arrive at once."""
+        """Start the writer and register the subscription; call it *before* the client
+        connects. A resumed persistent session delivers its queued events right after the
+        CONNACK, and an event with no subscription registered yet would be acknowledged
+        unprocessed (lost): the client subscribes on every connect, ours included."""
         self._thread.start()
         self.client.subscribe_messages(self.topic_filter, self._inbox.put)
 
