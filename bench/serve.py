@@ -48,7 +48,7 @@ from sqlalchemy import select
 
 from bench.common import Exported, train_and_export
 from edgefleet.central.broker import MosquittoBroker, free_port
-from edgefleet.central.stream.sink import PredictionTable
+from edgefleet.central.stream.sink import StreamTable
 from edgefleet.edge.mqtt import MqttClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -335,13 +335,14 @@ def publish(
     return sent
 
 
-def committed(table: PredictionTable) -> dict[str, float]:
+def committed(table: StreamTable) -> dict[str, float]:
     with table.engine.connect() as connection:
-        rows = connection.execute(select(table.table.c.customer_id, table.table.c.scored_at)).all()
+        columns = table.store.table.c
+        rows = connection.execute(select(columns.key, columns.scored_at)).all()
     return {key: (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() for key, at in rows}
 
 
-def wait_rows(table: PredictionTable, count: int, timeout: float = 600) -> None:
+def wait_rows(table: StreamTable, count: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while table.count() < count:
         if time.monotonic() > deadline:
@@ -358,7 +359,7 @@ def drain_rate(
 ) -> float:
     name = f"drain{consumers}"
     db = f"sqlite:///{folder / f'{name}.db'}"
-    table = PredictionTable(db, name, "customer_id")
+    table = StreamTable(db, name)
     group = Consumers(exported, broker, db, name, consumers, folder)
     group.start()  # their sessions subscribe, then go away: the backlog queues for them
     group.stop()
@@ -375,7 +376,7 @@ def lag(
     args: argparse.Namespace, exported: Exported, broker: MosquittoBroker, folder: Path
 ) -> dict[str, float]:
     db = f"sqlite:///{folder / 'lag.db'}"
-    table = PredictionTable(db, "lag", "customer_id")
+    table = StreamTable(db, "lag")
     group = Consumers(exported, broker, db, "lag", 1, folder)
     group.start()
     count = int(args.rate * args.lag_seconds)

@@ -105,7 +105,7 @@ def parse_source(url: str) -> tuple[str, str]:
 
 def run_stream_score(args: argparse.Namespace) -> int:
     from edgefleet.central.stream.consumer import StreamConsumer, StreamSettings
-    from edgefleet.central.stream.sink import PredictionTable
+    from edgefleet.central.stream.sink import StreamTable
     from edgefleet.edge.mqtt import BrokerAddress, MqttClient
     from edgefleet.errors import InputError
 
@@ -128,7 +128,7 @@ def run_stream_score(args: argparse.Namespace) -> int:
     settings = StreamSettings(
         key=args.key, batch_size=args.batch_size, batch_wait=args.batch_wait / 1000
     )
-    table = PredictionTable(args.db, args.table, args.key)
+    table = StreamTable(args.db, args.table)
     scoring, agent = _scoring(args, identity, address)
     client = MqttClient(
         address, f"edgefleet-stream-{args.group}-{args.consumer}", manual_ack=True, max_inflight=100

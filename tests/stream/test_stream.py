@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from edgefleet.central.broker import MosquittoBroker
 from edgefleet.central.stream.consumer import BundleScoring, StreamConsumer, StreamSettings
-from edgefleet.central.stream.sink import PredictionTable
+from edgefleet.central.stream.sink import StreamTable
 from edgefleet.edge.mqtt import MqttClient
 from edgefleet.edge.scorer import Scorer
 from tests.fleet.kit import Record, wait_for
@@ -91,7 +91,7 @@ def test_consumer_sigkill_mid_batch_loses_and_doubles_nothing(
     record_counts: Record,
 ) -> None:
     bundle, total = service_bundles[0], 3000
-    table = PredictionTable(db_url, "churn_scores", "customer_id")
+    table = StreamTable(db_url, "churn_scores")
     command = consumer_command(bundle, keypair[1], broker, unique, db_url)
     log = tmp_path / "consumer.log"
     consumer = start_consumer(command, log)
@@ -112,9 +112,9 @@ def test_consumer_sigkill_mid_batch_loses_and_doubles_nothing(
         consumer.kill()
         consumer.wait(timeout=30)
     with table.engine.connect() as connection:
-        rows = connection.execute(select(table.table)).all()
+        rows = connection.execute(select(table.store.table)).all()
         rejected = connection.execute(select(func.count()).select_from(table.rejected)).scalar_one()
-    keys = [row.customer_id for row in rows]
+    keys = [row.key for row in rows]
     expected = {f"C-{i}" for i in range(total)}
     missing, doubled = len(expected - set(keys)), len(keys) - len(set(keys))
     record_counts(
@@ -133,9 +133,9 @@ def test_consumer_sigkill_mid_batch_loses_and_doubles_nothing(
         )
     )
     for row in rows:
-        if row.customer_id in truth:
-            assert row.probability == pytest.approx(truth[row.customer_id], abs=1e-6)
-            assert row.model_version == "1.0.0"
+        if row.key in truth:
+            assert row.score == pytest.approx(truth[row.key], abs=1e-6)
+            assert row.version == "1.0.0"
     table.close()
 
 
@@ -147,7 +147,7 @@ def test_consumers_share_a_topic_and_bad_events_are_rejected(
     tmp_path: Path,
 ) -> None:
     bundle = service_bundles[0]
-    table = PredictionTable(f"sqlite:///{tmp_path / 'ops.db'}", "scores", "customer_id")
+    table = StreamTable(f"sqlite:///{tmp_path / 'ops.db'}", "scores")
     scoring = BundleScoring(Scorer.from_bundle(bundle, keypair[1]))
     consumers = []
     for name in ("a", "b"):

@@ -23,7 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgefleet.central.stream.sink import PredictionTable, Rejected, Scored
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.central.predictions import Prediction, check_key, predictions_from_scores
+from edgefleet.central.stream.sink import Rejected, StreamTable
 from edgefleet.edge.encoding import RecordEncoder
 from edgefleet.edge.mqtt import Message, MqttClient
 from edgefleet.edge.scorer import Scorer
@@ -33,14 +37,22 @@ from edgefleet.errors import EdgefleetError, InputError, RecordError
 logger = logging.getLogger("edgefleet.stream")
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A micro-batch's class probabilities ``[N, n_classes]`` and the model that made them."""
+
+    probabilities: npt.NDArray[np.float64]
+    model: str
+    version: str
+    classes: tuple[str, ...]
+
+
 class Scoring(Protocol):
     """What scores a micro-batch: a verified bundle, or a fleet member's agent."""
 
     def encoder(self) -> RecordEncoder: ...
 
-    def score(self, records: Sequence[dict[str, Any]]) -> list[tuple[float, str, str]]:
-        """(probability, label, model_version) per record."""
-        ...
+    def score(self, records: Sequence[dict[str, Any]]) -> ScoredBatch: ...
 
 
 class BundleScoring:
@@ -50,11 +62,10 @@ class BundleScoring:
     def encoder(self) -> RecordEncoder:
         return self.scorer.encoder
 
-    def score(self, records: Sequence[dict[str, Any]]) -> list[tuple[float, str, str]]:
+    def score(self, records: Sequence[dict[str, Any]]) -> ScoredBatch:
         manifest = self.scorer.manifest
-        negative, positive = manifest.schema.classes
-        scores = self.scorer.positive(list(records)).tolist()
-        return [(p, positive if p >= 0.5 else negative, manifest.version) for p in scores]
+        probabilities = self.scorer.score(list(records)).astype(np.float64)
+        return ScoredBatch(probabilities, manifest.name, manifest.version, manifest.schema.classes)
 
 
 class AgentScoring:
@@ -70,8 +81,17 @@ class AgentScoring:
         encoder: RecordEncoder = model.scorer.encoder
         return encoder
 
-    def score(self, records: Sequence[dict[str, Any]]) -> list[tuple[float, str, str]]:
-        return [(p.probability, p.label, p.model_version) for p in self.agent.score(list(records))]
+    def score(self, records: Sequence[dict[str, Any]]) -> ScoredBatch:
+        manifest = self.agent.model.scorer.manifest
+        predictions = self.agent.score(list(records))
+        positive = np.array([p.probability for p in predictions], dtype=np.float64)
+        version = predictions[0].model_version if predictions else manifest.version
+        return ScoredBatch(
+            np.column_stack((1 - positive, positive)),
+            manifest.name,
+            version,
+            manifest.schema.classes,
+        )
 
 
 @dataclass(frozen=True)
@@ -108,7 +128,7 @@ class StreamConsumer:
         client: MqttClient,
         topic_filter: str,
         scoring: Scoring,
-        table: PredictionTable,
+        table: StreamTable,
         settings: StreamSettings,
         *,
         on_batch: Callable[[Counts], None] = lambda counts: None,
@@ -179,7 +199,7 @@ class StreamConsumer:
         self.on_batch(self.counts)
         return True
 
-    def _score(self, messages: list[Message]) -> tuple[list[Scored], list[Rejected]]:
+    def _score(self, messages: list[Message]) -> tuple[list[Prediction], list[Rejected]]:
         events: list[tuple[list[str], list[dict[str, Any]]]] = []
         rejected: list[Rejected] = []
         encoder = self.scoring.encoder()
@@ -195,8 +215,14 @@ class StreamConsumer:
         records = [r for _, event_records in events for r in event_records]
         if not records:
             return [], rejected
-        scored = self.scoring.score(records)
-        rows = [Scored(k, p, label, v) for k, (p, label, v) in zip(keys, scored, strict=True)]
+        batch = self.scoring.score(records)
+        rows = predictions_from_scores(
+            keys,
+            batch.probabilities,
+            classes=batch.classes,
+            model=batch.model,
+            version=batch.version,
+        )
         return rows, rejected
 
     def _parse(self, payload: bytes) -> tuple[list[str], list[dict[str, Any]]]:
@@ -209,23 +235,21 @@ class StreamConsumer:
             if not isinstance(record, dict):
                 raise RecordError("a record is a JSON object", record=index)
             key = record.get(self.settings.key)
-            if isinstance(key, bool) or not isinstance(key, str | int) or not str(key):
+            if isinstance(key, bool) or not isinstance(key, str | int):
                 raise RecordError(
                     "the key is missing (text or a whole number)",
                     record=index,
                     field=self.settings.key,
                 )
-            if len(str(key)) > 256:
-                raise RecordError(
-                    "the key is over 256 characters", record=index, field=self.settings.key
-                )
-            keys.append(str(key))
+            try:
+                keys.append(check_key(key))
+            except InputError as error:
+                raise RecordError(str(error), record=index, field=self.settings.key) from None
         return keys, records
 
 
 def _rejected(message: Message, reason: str) -> Rejected:
-    text = message.payload[:2000].decode("utf-8", errors="replace")
-    return Rejected(message.topic, text, reason)
+    return Rejected(message.topic, message.payload, reason)
 
 
 __all__ = ["AgentScoring", "BundleScoring", "Counts", "StreamConsumer", "StreamSettings"]

@@ -1,157 +1,91 @@
-"""The operational table the stream writes: one row per key, upserted (``INSERT ... ON
-CONFLICT (key) DO UPDATE``), so an event delivered twice (the broker re-sends what was not
-acknowledged before a crash) rewrites its row instead of adding one. SQLite and PostgreSQL.
+"""Where the stream writes: the operational prediction table of
+:mod:`edgefleet.central.predictions` (one row per key, upserted, shared with batch scoring),
+and beside it ``{table}_rejected`` for events that can never be scored.
 
-Events that can never be scored (not JSON, no key, a bad field) go to ``{table}_rejected``
-with the reason, in the same transaction: acknowledged, never silently dropped, and never
-re-delivered forever.
+Both writes are idempotent, so the stream may repeat them after a crash: a prediction is
+upserted by key, a rejected event inserted once by the digest of its topic and payload
+(``ON CONFLICT DO NOTHING``). The consumer acknowledges an event only after both committed.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    func,
-    select,
-)
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from edgefleet.errors import InputError, StoreError
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-@dataclass(frozen=True)
-class Scored:
-    key: str
-    probability: float
-    label: str
-    model_version: str
+from edgefleet.central.predictions import Prediction, PredictionStore
+from edgefleet.errors import StoreError
 
 
 @dataclass(frozen=True)
 class Rejected:
     topic: str
-    payload: str
+    payload: bytes
     reason: str
 
 
-def _check_name(name: str, what: str) -> str:
-    if not _NAME.match(name):
-        raise InputError(f"{what} {name!r} must be a plain SQL name: letters, digits, _")
-    return name
+class StreamTable:
+    """The prediction table ``table`` at ``url`` and its ``{table}_rejected`` log."""
 
-
-class PredictionTable:
-    """``table`` in the database at ``url`` (created if missing), keyed by ``key``."""
-
-    def __init__(self, url: str, table: str, key: str) -> None:
-        _check_name(table, "--table")
-        _check_name(key, "--key")
-        if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
-            raise InputError(f"--db must be sqlite:///FILE or postgresql://..., not {url[:40]!r}")
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        self.key = key
-        metadata = MetaData()
-        self.table = Table(
-            table,
-            metadata,
-            Column(key, String(256), primary_key=True),
-            Column("probability", Float, nullable=False),
-            Column("label", String(64), nullable=False),
-            Column("model_version", String(64), nullable=False),
-            Column("scored_at", DateTime(timezone=True), nullable=False),
-        )
+    def __init__(self, url: str, table: str) -> None:
+        self.store = PredictionStore(url, table)
         self.rejected = Table(
             f"{table}_rejected",
-            metadata,
-            Column("id", Integer, primary_key=True, autoincrement=True),
+            MetaData(),
+            Column("digest", String(64), primary_key=True),
             Column("topic", Text, nullable=False),
             Column("payload", Text, nullable=False),
             Column("reason", Text, nullable=False),
             Column("at", DateTime(timezone=True), nullable=False),
         )
         try:
-            self.engine: Engine = create_engine(url, pool_pre_ping=True)
-            metadata.create_all(self.engine)
+            self.rejected.metadata.create_all(self.store.engine)
         except SQLAlchemyError as error:
-            raise StoreError(
-                f"cannot open {url.split('@')[-1]}: {error.__class__.__name__}: "
-                f"{str(error).splitlines()[0]}"
-            ) from None
-        self._insert = (
-            postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        )
+            raise StoreError(f"cannot create {self.rejected.name}: {error}") from None
+        dialect = self.store.dialect
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
 
-    def write(self, rows: Sequence[Scored], rejected: Sequence[Rejected] = ()) -> None:
-        """Upsert ``rows`` and record ``rejected``, in one transaction."""
-        try:
-            self._write(rows, rejected)
-        except SQLAlchemyError as error:
-            first = str(error).splitlines()[0]
-            raise StoreError(f"writing to {self.table.name} failed: {first}") from None
+    @property
+    def engine(self) -> Engine:
+        return self.store.engine
 
-    def _write(self, rows: Sequence[Scored], rejected: Sequence[Rejected]) -> None:
+    def write(self, rows: Sequence[Prediction], rejected: Sequence[Rejected] = ()) -> None:
+        if rejected:
+            self._reject(rejected)
+        if rows:
+            self.store.upsert(rows)
+
+    def _reject(self, rejected: Sequence[Rejected]) -> None:
         now = datetime.now(UTC)
-        with self.engine.begin() as connection:
-            if rows:
-                statement = self._insert(self.table)
-                excluded = statement.excluded
-                statement = statement.on_conflict_do_update(
-                    index_elements=[self.key],
-                    set_={
-                        c: excluded[c]
-                        for c in ("probability", "label", "model_version", "scored_at")
-                    },
-                )
-                connection.execute(
-                    statement,
-                    [
-                        {
-                            self.key: r.key,
-                            "probability": r.probability,
-                            "label": r.label,
-                            "model_version": r.model_version,
-                            "scored_at": now,
-                        }
-                        for r in _last_per_key(rows)
-                    ],
-                )
-            if rejected:
-                connection.execute(
-                    self.rejected.insert(),
-                    [
-                        {"topic": r.topic, "payload": r.payload, "reason": r.reason, "at": now}
-                        for r in rejected
-                    ],
-                )
+        values = [
+            {
+                "digest": hashlib.sha256(r.topic.encode() + b"\0" + r.payload).hexdigest(),
+                "topic": r.topic,
+                "payload": r.payload[:2000].decode("utf-8", errors="replace"),
+                "reason": r.reason,
+                "at": now,
+            }
+            for r in rejected
+        ]
+        statement = self._insert(self.rejected).on_conflict_do_nothing(index_elements=["digest"])
+        try:
+            with self.store.engine.begin() as connection:
+                connection.execute(statement, values)
+        except SQLAlchemyError as error:
+            raise StoreError(f"cannot write to {self.rejected.name}: {error}") from None
 
     def count(self) -> int:
-        with self.engine.connect() as connection:
-            return int(
-                connection.execute(select(func.count()).select_from(self.table)).scalar_one()
-            )
+        return self.store.count()
+
+    def rejected_count(self) -> int:
+        with self.store.engine.connect() as connection:
+            query = select(func.count()).select_from(self.rejected)
+            return int(connection.execute(query).scalar_one())
 
     def close(self) -> None:
-        self.engine.dispose()
-
-
-def _last_per_key(rows: Sequence[Scored]) -> list[Scored]:
-    # PostgreSQL refuses one statement that updates a row twice: the newest event wins.
-    return list({r.key: r for r in rows}.values())
+        self.store.close()
