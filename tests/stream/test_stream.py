@@ -185,3 +185,46 @@ def test_consumers_share_a_topic_and_bad_events_are_rejected(
             consumer.stop()
             client.disconnect()
         table.close()
+
+
+def test_a_fleet_member_consumer_scores_with_the_rollout_and_reports(
+    broker: MosquittoBroker,
+    service_bundles: list[Path],
+    keypair: tuple[Path, Path],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    from edgefleet.central.publish import publish
+    from edgefleet.central.stream.consumer import AgentScoring
+    from edgefleet.edge.agent.agent import Agent
+    from edgefleet.edge.signing import load_private_key
+    from tests.fleet.kit import agent_config, collecting
+
+    key = load_private_key(keypair[0])
+    publish(service_bundles[1], unique, broker.address, key, state_file=tmp_path / "r.json")
+    agent = Agent(agent_config(broker, keypair, unique, "stream-1", tmp_path / "member"))
+    table = StreamTable(f"sqlite:///{tmp_path / 'ops.db'}", "scores")
+    client = MqttClient(broker.address, f"stream-{unique}", manual_ack=True)
+    consumer = StreamConsumer(
+        client,
+        f"$share/g{unique}/in/{unique}",
+        AgentScoring(agent),
+        table,
+        StreamSettings(key="customer_id"),
+    )
+    with collecting(broker, unique, f"collector-{unique}") as collector:
+        agent.start()
+        consumer.start()
+        client.connect()
+        try:
+            publish_all(broker, f"in/{unique}", events(service_bundles[1], 50), f"p-{unique}")
+            wait_for(lambda: table.count() == 50, what="50 rows")  # waits for the model too
+            agent.close_window()
+            wait_for(lambda: collector.unique == 1, what="the member's report")
+            assert collector.reports[0].scored == 50
+            assert collector.reports[0].model_version == "1.1.0"
+        finally:
+            consumer.stop()
+            client.disconnect()
+            agent.stop(flush_timeout=2.0)
+            table.close()
