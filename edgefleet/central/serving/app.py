@@ -28,7 +28,12 @@ from typing import Any
 
 from edgefleet import __version__
 from edgefleet.central.serving.batcher import OverloadedError, RequestTimeoutError, RetiredError
-from edgefleet.central.serving.models import Catalog, ServedModel, UnknownModelError
+from edgefleet.central.serving.models import (
+    Catalog,
+    NotLoadedError,
+    ServedModel,
+    UnknownModelError,
+)
 from edgefleet.central.serving.predid import PredictionIds, PredictionRef
 from edgefleet.central.serving.protocol import Parsed, infer_response, metadata, parse_v1, parse_v2
 from edgefleet.edge.httpserver import ServerLimits
@@ -89,6 +94,9 @@ class ServiceApp:
         self.limits = limits
         self.ids = ids
         self.outcomes = outcomes
+        # A request to a worker that has no model yet waits for one this long (a fleet
+        # member's worker, just started or restarted, gets its model within a second).
+        self.wait_for_model = 10.0
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -112,6 +120,8 @@ class ServiceApp:
             return HTTPStatus(error.status), {"error": str(error)}, ()
         except UnknownModelError as error:
             return HTTPStatus.NOT_FOUND, {"error": str(error)}, ()
+        except NotLoadedError as error:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(error)}, (("Retry-After", "1"),)
         except OverloadedError as error:
             return (
                 HTTPStatus.SERVICE_UNAVAILABLE,
@@ -145,10 +155,11 @@ class ServiceApp:
             return self._outcome(self._body(environ))
         if match := _PREDICT.match(path):
             _method(method, "POST")
-            return self._predict(self.catalog.get(match[1]), self._body(environ))
+            return self._predict(match[1], self._body(environ))
         if match := _MODEL.match(path):
-            model = self._model(match[1], match[2])
-            if match[3] == "/infer":
+            infer = match[3] == "/infer"
+            model = self._model(match[1], match[2], self.wait_for_model if infer else 0.0)
+            if infer:
                 _method(method, "POST")
                 return self._infer(model, self._body(environ))
             _method(method, "GET")
@@ -158,8 +169,8 @@ class ServiceApp:
             return HTTPStatus.OK, metadata(model.name, model.version, schema, _platform(model))
         raise _AnswerError(404, {"error": f"no such path {path[:200]}"})
 
-    def _model(self, name: str, version: str | None) -> ServedModel:
-        model = self.catalog.get(name)
+    def _model(self, name: str, version: str | None, wait: float) -> ServedModel:
+        model = self.catalog.get(name, wait=wait)
         if version is not None and version != model.version:
             raise UnknownModelError(
                 f"model {name!r} is served at version {model.version}, not {version[:40]!r}"
@@ -175,7 +186,7 @@ class ServiceApp:
         """Parse for the model served now and score; if the model is replaced meanwhile,
         parse again for the new one (its schema may differ)."""
         while True:
-            model = self.catalog.get(name)
+            model = self.catalog.get(name, wait=self.wait_for_model)
             try:
                 parsed = parse(model)
             except RecordError:
@@ -197,10 +208,10 @@ class ServiceApp:
             served.name, served.version, parsed, probabilities, labels, ids
         )
 
-    def _predict(self, model: ServedModel, body: Any) -> Answer:
+    def _predict(self, name: str, body: Any) -> Answer:
         limit = self.limits.max_records
         served, _, probabilities = self._score(
-            model.name, lambda m: parse_v1(body, m.scorer.encoder, limit)
+            name, lambda m: parse_v1(body, m.scorer.encoder, limit)
         )
         labels, ids = self._labels(served, probabilities)
         positive = probabilities[:, 1].tolist()

@@ -163,10 +163,11 @@ class Batcher:
                 if self._stopped:
                     return None
                 self._ready.wait()
-            deadline = self._queue[0].arrived + self.limits.max_wait
-            while self._queued_rows < self.limits.max_batch and not self._stopped:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._queue:
+            # An incomplete batch waits at most max_wait after its oldest row arrived (the
+            # head of the queue: a request that timed out meanwhile has left it).
+            while self._queue and self._queued_rows < self.limits.max_batch:
+                left = self._queue[0].arrived + self.limits.max_wait - time.monotonic()
+                if left <= 0 or self._stopped:
                     break
                 self._ready.wait(left)
             jobs: list[_Job] = []

@@ -22,6 +22,10 @@ class UnknownModelError(EdgefleetError):
     """No model of that name (or version) is served here."""
 
 
+class NotLoadedError(EdgefleetError):
+    """No model is loaded yet (a fleet member waiting for its first one): retry soon."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -65,6 +69,7 @@ class Catalog:
         self._models: dict[str, ServedModel] = {}
         self._retired: list[ServedModel] = []
         self._lock = threading.Lock()
+        self._loaded = threading.Condition(self._lock)
 
     def install(self, scorer: Scorer, manifest_sha256: str | None = None) -> ServedModel:
         """Serve ``scorer`` under its manifest's name, replacing what was served there."""
@@ -77,13 +82,21 @@ class Catalog:
         with self._lock:
             old = self._models.get(manifest.name)
             self._models[manifest.name] = model
+            self._loaded.notify_all()
         if old is not None:
             self._retired.append(old)
             # Drains what is queued on the old model, off the caller's thread.
             threading.Thread(target=old.batcher.stop, name="retire", daemon=True).start()
         return model
 
-    def get(self, name: str) -> ServedModel:
+    def get(self, name: str, wait: float = 0.0) -> ServedModel:
+        """The model served as ``name``. Before any model is loaded (a fleet member's worker
+        just started), wait up to ``wait`` seconds for one rather than refuse at once."""
+        with self._lock:
+            if not self._models and wait > 0:
+                self._loaded.wait_for(lambda: bool(self._models), timeout=wait)
+            if not self._models:
+                raise NotLoadedError("no model is loaded yet: retry shortly")
         model = self._models.get(name)
         if model is None:
             raise UnknownModelError(
