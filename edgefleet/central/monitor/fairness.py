@@ -1,4 +1,4 @@
-"""Fairness across segments, from aggregates alone (docs/architecture.md §13).
+"""Fairness across segments, from aggregates alone (docs/architecture.md §15).
 
 A report of a model whose schema marks segment features carries, per feature and level, the
 histogram of the scores and of the outcomes' scores by label (:mod:`edgefleet.edge.segments`).

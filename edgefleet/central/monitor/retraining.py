@@ -1,6 +1,6 @@
 """Retraining, step by step: read the newest labelled rows, hold out the rows to judge on,
 choose the training window by validation, fit and register the candidate, and judge its
-benefit over the running model (docs/architecture.md §12).
+benefit over the running model (docs/architecture.md §14).
 
 :class:`Retrainer` does one attempt for :class:`~edgefleet.central.monitor.loop.RetrainLoop`
 with the loop's settings of the moment (:class:`RetrainSettings`), recording the
