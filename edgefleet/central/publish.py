@@ -256,9 +256,9 @@ class FleetControl:
         retained = self.retained_state()
         local, models = self._local()
         for state in (retained, local):
-            for ref in (state.stable, state.canary) if state else ():
+            for ref in (state.stable, state.canary, state.challenger) if state else ():
                 if ref is not None:
-                    models.setdefault(_model_key(ref), ref)
+                    models.setdefault(model_key(ref), ref)
         if local is None and retained is None and self.ignored is not None:
             self.progress(
                 f"warning: no state file for fleet {self.fleet} and nothing verifiable on the "
@@ -285,13 +285,16 @@ class FleetControl:
         canary_percent: int,
         rollback: bool,
         rollout_id: str | None = None,
+        challenger: ModelRef | None = None,
+        shadow_percent: int = 0,
     ) -> RolloutState:
         """Sign and publish the next state (the next serial, a new expiry), retained; then
-        write the state file."""
+        write the state file. A state names a challenger only when the caller passes it:
+        any other change (publish, promote, rollback) ends the shadow test."""
         issued = _now()
         state = RolloutState(
             fleet=self.fleet,
-            rollout_id=rollout_id or (previous.rollout_id if previous else _rollout_id()),
+            rollout_id=rollout_id or (previous.rollout_id if previous else new_rollout_id()),
             sequence=(previous.sequence if previous else 0) + 1,
             stable=stable,
             canary=canary,
@@ -299,6 +302,8 @@ class FleetControl:
             rollback=rollback,
             issued=issued.isoformat(),
             expires=(issued + self.lifetime).isoformat(),
+            challenger=challenger,
+            shadow_percent=shadow_percent,
         )
         envelope = sign_rollout(state, self.private_key)
         self.client.publish(self.topics.rollout, envelope, retain=True).wait(_ACK_SECONDS)
@@ -309,9 +314,9 @@ class FleetControl:
         if self.state_file is None:
             return
         known = dict(models)
-        for ref in (state.stable, state.canary):
+        for ref in (state.stable, state.canary, state.challenger):
             if ref is not None:
-                known.setdefault(_model_key(ref), ref)
+                known.setdefault(model_key(ref), ref)
         document = {
             "format": STATE_FORMAT,
             "fleet": self.fleet,
@@ -360,11 +365,11 @@ class FleetControl:
             )
 
 
-def _model_key(ref: ModelRef) -> str:
+def model_key(ref: ModelRef) -> str:
     return f"{ref.name}@{ref.version}"
 
 
-def _rollout_id() -> str:
+def new_rollout_id() -> str:
     return secrets.token_hex(6)
 
 
@@ -385,6 +390,11 @@ def describe_state(state: RolloutState | None) -> str:
         )
     else:
         lines.append("  canary  none")
+    if state.challenger is not None:
+        lines.append(
+            f"  shadow  {state.challenger.label} scored beside stable on "
+            f"{state.shadow_percent}% of devices (answers not used)"
+        )
     if state.rollback:
         lines.append("  rollback allowed: devices may move to a lower version")
     if is_expired(state, _now(), skew=timedelta(0)):
@@ -432,7 +442,7 @@ def publish(
         stable = current.stable if current else None
         _check_order(ref, stable, canary=canary_percent is not None)
         sent, topics = control.send_contents(contents)
-        models = {**models, _model_key(ref): ref}
+        models = {**models, model_key(ref): ref}
         if canary_percent is None:
             state = control.commit(
                 current, models, stable=ref, canary=None, canary_percent=0, rollback=False
@@ -450,7 +460,7 @@ def publish(
                 canary=ref,
                 canary_percent=canary_percent,
                 rollback=False,
-                rollout_id=None if same_canary else _rollout_id(),
+                rollout_id=None if same_canary else new_rollout_id(),
             )
     progress(f"rollout state {state.sequence} published on {control.topics.rollout}")
     return PublishResult(model=ref, state=state, bytes_sent=sent, topics=topics)
@@ -647,6 +657,8 @@ def refresh(
             canary_percent=current.canary_percent,
             rollback=current.rollback,
             rollout_id=current.rollout_id,
+            challenger=current.challenger,
+            shadow_percent=current.shadow_percent,
         )
     progress(f"rollout state {state.sequence} re-signed, valid until {state.expires}")
     return state

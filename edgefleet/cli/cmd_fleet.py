@@ -1,4 +1,5 @@
-"""``edgefleet publish`` and ``edgefleet rollout status|promote|rollback|refresh|restore``."""
+"""``edgefleet publish`` and ``edgefleet rollout status|promote|rollback|refresh|restore``
+(``rollout shadow``: :mod:`edgefleet.cli.cmd_shadow`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
+from edgefleet.cli.cmd_shadow import register_shadow
 from edgefleet.cli.cmd_watch import add_decisions_command
 from edgefleet.cli.lifetime import add_lifetime_option
 from edgefleet.cli.progress import say
@@ -26,6 +28,7 @@ examples:
   edgefleet rollout status --fleet shops
   edgefleet rollout promote --fleet shops
   edgefleet rollout refresh --fleet shops --lifetime 14d
+  edgefleet rollout shadow 1.3.0 --fleet shops --percent 20   (a challenger, see --help)
 
 Every signed rollout state carries the next serial of the fleet and an expiry (--lifetime,
 default 7 days): devices refuse an older serial or an expired state, so a replayed old
@@ -136,6 +139,7 @@ def register(subparsers: Any) -> None:
     _fleet_options(restore)
     restore.set_defaults(handler=run_restore)
     add_decisions_command(actions, "history")
+    register_shadow(actions, _signing_key, _fleet_options)
 
 
 def _private_key(args: argparse.Namespace) -> Ed25519PrivateKey:

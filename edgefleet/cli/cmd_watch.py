@@ -74,6 +74,22 @@ def _loop_options(parser: argparse.ArgumentParser, identity: str) -> None:
         "--canary", type=int, default=20, metavar="PERCENT", help="canary share (default 20)"
     )
     parser.add_argument(
+        "--shadow",
+        type=int,
+        default=0,
+        metavar="PERCENT",
+        help="first score an accepted candidate in shadow on PERCENT %% of the devices "
+        "(beside the stable model, answers not used); it becomes the canary only if it is "
+        "better on the same records (default 0: straight to canary)",
+    )
+    parser.add_argument(
+        "--min-shadow-labelled",
+        type=int,
+        default=200,
+        metavar="N",
+        help="paired labelled records the shadow comparison needs (default 200)",
+    )
+    parser.add_argument(
         "--window",
         type=float,
         default=60.0,
@@ -329,6 +345,8 @@ def _loop(args: argparse.Namespace, store: MonitorStore) -> RetrainLoop:
         canary_windows=args.canary_windows,
         max_canary_windows=args.max_canary_windows,
         min_canary_reports=args.min_canary_reports,
+        shadow_percent=args.shadow,
+        min_shadow_labelled=args.min_shadow_labelled,
         window_seconds=args.window,
         rules=_rules(args),
         formats=parse_formats(args.formats),

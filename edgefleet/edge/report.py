@@ -48,6 +48,7 @@ from typing import Any
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.rollout import Cohort
 from edgefleet.edge.segments import SegmentSketch
+from edgefleet.edge.shadow import ShadowSketch
 from edgefleet.edge.sketch import (
     LATENCY_BUCKETS,
     MAX_BINS,
@@ -80,7 +81,10 @@ __all__ = [
 SCHEMA_VERSION = 1
 SEGMENTS_VERSION = 2
 """The report version that adds ``segments`` (module docstring)."""
-SCHEMA_VERSIONS = (SCHEMA_VERSION, SEGMENTS_VERSION)
+SHADOW_VERSION = 3
+"""The report version that adds ``shadow`` (a challenger's histograms, :mod:`edgefleet.edge.shadow`)
+to version 2's fields; its ``segments`` may be empty."""
+SCHEMA_VERSIONS = (SCHEMA_VERSION, SEGMENTS_VERSION, SHADOW_VERSION)
 MAX_REPORT_BYTES = 262_144
 MAX_FEATURES = 256
 MAX_TIME = 253_402_300_799.0
@@ -110,7 +114,11 @@ REPORT_FIELDS = (
     "outcomes",
     "latency",
 )
-OPTIONAL_FIELDS: dict[int, tuple[str, ...]] = {SCHEMA_VERSION: (), SEGMENTS_VERSION: ("segments",)}
+OPTIONAL_FIELDS: dict[int, tuple[str, ...]] = {
+    SCHEMA_VERSION: (),
+    SEGMENTS_VERSION: ("segments",),
+    SHADOW_VERSION: ("segments", "shadow"),
+}
 """The fields each report version adds to :data:`REPORT_FIELDS`."""
 
 
@@ -159,6 +167,8 @@ class Report:
     latency: LatencySketch
     dropped_reports: int = 0
     segments: tuple[SegmentSketch, ...] = ()
+    shadow: ShadowSketch | None = None
+    """A shadow device's challenger histograms (version 3 only)."""
 
     def __post_init__(self) -> None:
         _check_version(self.schema_version)
@@ -203,6 +213,7 @@ class Report:
                 f"report field 'scores': {self.scores.total} scores but {self.scored} scored"
             )
         _check_segments(self)
+        _check_shadow(self)
 
     @classmethod
     def from_body(
@@ -217,8 +228,9 @@ class Report:
         dropped_reports: int = 0,
     ) -> Report:
         """A report of what a :class:`SketchBuilder` measured, from this device."""
+        version = SEGMENTS_VERSION if body.segments else SCHEMA_VERSION
         return cls(
-            schema_version=SEGMENTS_VERSION if body.segments else SCHEMA_VERSION,
+            schema_version=SHADOW_VERSION if body.shadow is not None else version,
             fleet=fleet,
             device_id=device_id,
             sequence=sequence,
@@ -236,6 +248,7 @@ class Report:
             latency=body.latency,
             dropped_reports=dropped_reports,
             segments=tuple(body.segments),
+            shadow=body.shadow,
         )
 
     def feature(self, name: str) -> FeatureSketch:
@@ -264,8 +277,10 @@ class Report:
             "outcomes": self.outcomes.to_dict(),
             "latency": self.latency.to_dict(),
         }
-        if self.schema_version == SEGMENTS_VERSION:
+        if self.schema_version in (SEGMENTS_VERSION, SHADOW_VERSION):
             data["segments"] = [s.to_dict() for s in self.segments]
+        if self.shadow is not None:
+            data["shadow"] = self.shadow.to_dict()
         return data
 
     def encode(self) -> bytes:
@@ -319,6 +334,7 @@ class Report:
             outcomes=_scores_from_json(raw["outcomes"], "outcomes"),
             latency=_latency_from_json(raw["latency"]),
             segments=_segments_from_json(raw.get("segments", [])),
+            shadow=None if "shadow" not in raw else ShadowSketch.from_json(raw["shadow"]),
         )
 
 
@@ -337,8 +353,10 @@ def _check_segments(report: Report) -> None:
     segments = report.segments
     if not isinstance(segments, tuple) or not all(isinstance(s, SegmentSketch) for s in segments):
         raise InputError("report field 'segments' must be a tuple of SegmentSketch")
-    if (report.schema_version == SEGMENTS_VERSION) != bool(segments):
-        raise InputError("report field 'segments': present in version 2 reports, and only there")
+    if report.schema_version == SEGMENTS_VERSION and not segments:
+        raise InputError("report field 'segments': a version 2 report carries segments")
+    if report.schema_version == SCHEMA_VERSION and segments:
+        raise InputError("report field 'segments': a version 1 report carries none")
     names = [s.feature for s in segments]
     if len(set(names)) != len(names):
         raise InputError("report field 'segments' names a feature twice")
@@ -358,6 +376,24 @@ def _check_segments(report: Report) -> None:
                 f"report field 'segments': segment {segment.feature!r} holds more outcomes "
                 "than the report"
             )
+
+
+def _check_shadow(report: Report) -> None:
+    """Version 3 carries a challenger's histograms, the others none; the challenger scored
+    the records the champion scored, and its labelled records are the champion's."""
+    shadow = report.shadow
+    if (report.schema_version == SHADOW_VERSION) != (shadow is not None):
+        raise InputError("report field 'shadow': present in version 3 reports, and only there")
+    if shadow is None:
+        return
+    if not isinstance(shadow, ShadowSketch):
+        raise InputError("report field 'shadow' must be a ShadowSketch")
+    if shadow.model_version == report.model_version:
+        raise InputError("report field 'shadow': the challenger is the champion's version")
+    if shadow.scores.total > report.scored or shadow.labelled > report.outcomes.labelled:
+        raise InputError(
+            "report field 'shadow': the challenger counts more records than the champion"
+        )
 
 
 def _segments_from_json(raw: Any) -> tuple[SegmentSketch, ...]:
@@ -458,6 +494,8 @@ class Aggregate:
     outcomes: ScoreSketch
     latency: LatencySketch
     segments: tuple[SegmentSketch, ...] = ()
+    shadow: tuple[ShadowSketch, ...] = ()
+    """Challengers' histograms summed, one per challenger version."""
 
     @classmethod
     def of(cls, report: Report) -> Aggregate:
@@ -479,6 +517,7 @@ class Aggregate:
             outcomes=report.outcomes,
             latency=report.latency,
             segments=report.segments,
+            shadow=() if report.shadow is None else (report.shadow,),
         )
 
     @property
@@ -513,7 +552,12 @@ class Aggregate:
             "outcomes": self.outcomes.to_dict(),
             "latency": self.latency.to_dict(),
             "segments": [s.to_dict() for s in self.segments],
+            "shadow": [s.to_dict() for s in self.shadow],
         }
+
+    def shadow_of(self, challenger_version: str) -> ShadowSketch | None:
+        """The summed shadow histograms of one challenger version, if any device sent them."""
+        return next((s for s in self.shadow if s.model_version == challenger_version), None)
 
 
 def merge(a: Report | Aggregate, b: Report | Aggregate) -> Aggregate:
@@ -565,6 +609,12 @@ class SketchSums:
         """``(feature, levels)`` of each segment sketch; its counts in :attr:`segments`,
         flat as :meth:`SegmentSketch.flat` lays them out."""
         self.segments: list[list[int]] = []
+        self.shadow: dict[str, list[int]] = {}
+        """Challenger version -> its counts, flat as :meth:`ShadowSketch.flat` lays them out."""
+
+    def add_shadow(self, version: str, counts: list[int]) -> None:
+        mine = self.shadow.get(version)
+        self.shadow[version] = counts if mine is None else list(map(int.__add__, mine, counts))
 
     def freeze(self) -> Aggregate:
         if self.key is None:
@@ -602,6 +652,10 @@ class SketchSums:
                 SegmentSketch.from_flat(name, levels, counts)
                 for (name, levels), counts in zip(self.segment_layout, self.segments, strict=True)
             ),
+            shadow=tuple(
+                ShadowSketch.from_flat(version, counts)
+                for version, counts in sorted(self.shadow.items())
+            ),
         )
 
 
@@ -625,6 +679,8 @@ class _Sum(SketchSums):
         self.histograms = [list(h.counts) for h in _histograms(start)]
         self.segment_layout = [(g.feature, g.levels) for g in start.segments]
         self.segments = [g.flat() for g in start.segments]
+        for sketch in start.shadow:
+            self.add_shadow(sketch.model_version, sketch.flat())
 
     def add(self, item: Report | Aggregate) -> None:
         other = _as_aggregate(item)
@@ -662,6 +718,8 @@ class _Sum(SketchSums):
             [a + b for a, b in zip(mine, theirs.flat(), strict=True)]
             for mine, theirs in zip(self.segments, other.segments, strict=True)
         ]
+        for sketch in other.shadow:
+            self.add_shadow(sketch.model_version, sketch.flat())
 
 
 def _histograms(aggregate: Aggregate) -> tuple[Histogram, ...]:

@@ -157,6 +157,12 @@ class RolloutState:
     issued: str
     expires: str
     format_version: int = field(default=ROLLOUT_FORMAT)
+    challenger: ModelRef | None = None
+    """A model the shadow cohort scores beside the one it runs, never acting on its answers
+    (docs/architecture.md §16). Signed and fetched like the others; written in the signed
+    bytes only when set, so a state without one reads and verifies as before."""
+    shadow_percent: int = 0
+    """Share of the devices in the shadow cohort (:func:`in_shadow`)."""
 
     def __post_init__(self) -> None:
         try:
@@ -173,6 +179,12 @@ class RolloutState:
             )
         if self.canary is None and self.canary_percent != 0:
             raise RolloutError("a canary percent without a canary model")
+        if type(self.shadow_percent) is not int or not 0 <= self.shadow_percent <= 100:
+            raise RolloutError(
+                f"shadow percent must be an integer from 0 to 100, not {self.shadow_percent!r}"
+            )
+        if (self.challenger is None) != (self.shadow_percent == 0):
+            raise RolloutError("a challenger needs a shadow percent above 0, and only it")
         if type(self.rollback) is not bool:
             raise RolloutError("'rollback' must be true or false")
         if self.format_version != ROLLOUT_FORMAT:
@@ -192,7 +204,7 @@ class RolloutState:
         return _time(self.expires, "expires")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": self.format_version,
             "fleet": self.fleet,
             "rollout_id": self.rollout_id,
@@ -204,6 +216,10 @@ class RolloutState:
             "issued": self.issued,
             "expires": self.expires,
         }
+        if self.challenger is not None:
+            data["challenger"] = self.challenger.to_dict()
+            data["shadow_percent"] = self.shadow_percent
+        return data
 
     def to_bytes(self) -> bytes:
         """Compact, key-sorted, ASCII JSON: the bytes that are signed."""
@@ -222,6 +238,7 @@ class RolloutState:
             raise RolloutError("the rollout state must be a JSON object")
         try:
             stable, canary = raw["stable"], raw["canary"]
+            challenger = raw.get("challenger")
             return cls(
                 format_version=raw["format"],
                 fleet=_string(raw, "fleet"),
@@ -233,6 +250,8 @@ class RolloutState:
                 rollback=raw["rollback"],
                 issued=_string(raw, "issued"),
                 expires=_string(raw, "expires"),
+                challenger=None if challenger is None else ModelRef.from_dict(challenger),
+                shadow_percent=raw.get("shadow_percent", 0),
             )
         except KeyError as missing:
             raise RolloutError(f"the rollout state lacks the field {missing}") from None
@@ -338,6 +357,24 @@ def target_for(state: RolloutState, device_id: str) -> tuple[ModelRef | None, Co
     if state.canary is not None and in_canary(device_id, state.rollout_id, state.canary_percent):
         return state.canary, "canary"
     return state.stable, "stable"
+
+
+def in_shadow(device_id: str, rollout_id: str, percent: int) -> bool:
+    """Whether ``device_id`` is in the shadow cohort: the canary's rule (:func:`in_canary`)
+    under its own seed, so the shadow sample is not the canary's."""
+    return in_canary(device_id, f"{rollout_id}.shadow", percent)
+
+
+def challenger_for(state: RolloutState, device_id: str) -> ModelRef | None:
+    """The challenger ``device_id`` scores in shadow under ``state``, or None. Only devices
+    that follow ``stable`` shadow: a canary device already tries a new model."""
+    if state.challenger is None or state.stable is None:
+        return None
+    if target_for(state, device_id)[1] != "stable":
+        return None
+    if not in_shadow(device_id, state.rollout_id, state.shadow_percent):
+        return None
+    return state.challenger
 
 
 def check_sequence(state: RolloutState, highest: int | None) -> bool:

@@ -396,6 +396,8 @@ class ReportBody:
     latency: LatencySketch
     segments: tuple[Any, ...] = ()
     """:class:`edgefleet.edge.segments.SegmentSketch` per segment feature of the schema."""
+    shadow: Any = None
+    """:class:`edgefleet.edge.shadow.ShadowSketch` of a shadow device's challenger, or None."""
 
 
 class SketchBuilder:

@@ -72,6 +72,7 @@ from edgefleet.central.monitor.retraining import (
     Retrainer,
     RetrainSettings,
 )
+from edgefleet.central.monitor.shadow_stage import ShadowStage
 from edgefleet.central.monitor.sources import (
     DataSource,
     LabelledData,
@@ -88,6 +89,7 @@ from edgefleet.central.publish import (
     state_file_for,
 )
 from edgefleet.central.registry import ModelVersion, Registry
+from edgefleet.central.shadowing import publish_shadow
 from edgefleet.converters.registry import DEFAULT_FORMATS
 from edgefleet.edge.bundle import MANIFEST_FILE
 from edgefleet.edge.manifest import Manifest
@@ -117,7 +119,7 @@ Progress = Callable[[str], None]
 
 # After these, alerts do not start another retrain within the cooldown. A rejection is held
 # by its data instead (escalation): new data may well help at once.
-_FAILURES = ("rolled_back", "export_failed")
+_FAILURES = ("rolled_back", "export_failed", "shadow_dropped")
 
 
 # ------------------------------------------------------------------------------ records
@@ -246,9 +248,17 @@ class RetrainLoop:
         clock: Callable[[], float] = time.time,
         progress: Progress = lambda _: None,
         lifetime: timedelta = DEFAULT_LIFETIME,
+        shadow_percent: int = 0,
+        shadow_windows: int = 1,
+        max_shadow_windows: int = 12,
+        min_shadow_labelled: int = 200,
     ) -> None:
         if type(canary_percent) is not int or not 1 <= canary_percent <= 100:
             raise InputError(f"canary_percent must be 1 to 100, not {canary_percent!r}")
+        if type(shadow_percent) is not int or not 0 <= shadow_percent <= 100:
+            raise InputError(f"shadow_percent must be 0 to 100, not {shadow_percent!r}")
+        if not 0 < shadow_windows <= max_shadow_windows:
+            raise InputError("need 0 < shadow_windows <= max_shadow_windows")
         if not 1 <= canary_windows <= max_canary_windows:
             raise InputError("need 1 <= canary_windows <= max_canary_windows")
         if not (math.isfinite(window_seconds) and window_seconds > 0):
@@ -297,6 +307,12 @@ class RetrainLoop:
         """How long the rollout states this loop signs stay valid."""
         self.clock = clock
         self.progress = progress
+        self.shadow_percent = shadow_percent
+        """Above 0: a candidate is first the challenger of this share of the devices."""
+        self.shadow_windows = shadow_windows
+        self.max_shadow_windows = max_shadow_windows
+        self.min_shadow_labelled = min_shadow_labelled
+        self.shadow = ShadowStage(self)
         self.registry = Registry(self.home)
         self._manifests: dict[tuple[str, str], Manifest] = {}
 
@@ -392,7 +408,7 @@ class RetrainLoop:
             calibration_gap=self.rules.calibration_gap,
             seed=self.seed,
         )
-        retrainer = Retrainer(settings, self.registry, self._decide, self.progress)
+        retrainer = Retrainer(settings, self.registry, self.decide, self.progress)
         return retrainer.retrain(self.running_version(), calibration_alert=calibration_alert)
 
     def running_version(self) -> ModelVersion:
@@ -409,6 +425,20 @@ class RetrainLoop:
         if result is None:
             return None
         self._manifests[(candidate.name, candidate.version)] = result.manifest
+        if self.shadow_percent:
+            shadowed = publish_shadow(
+                result.bundle,
+                self.fleet,
+                self.broker_address,
+                self.private_key,
+                shadow_percent=self.shadow_percent,
+                prefix=self.prefix,
+                state_file=self.state_file,
+                progress=self.progress,
+                lifetime=self.lifetime,
+            )
+            self._record_release("shadow", candidate, result, shadowed)
+            return shadowed.state
         published = publish(
             result.bundle,
             self.fleet,
@@ -420,7 +450,7 @@ class RetrainLoop:
             progress=self.progress,
             lifetime=self.lifetime,
         )
-        self._record_canary(candidate, result, published)
+        self._record_release("canary", candidate, result, published)
         return published.state
 
     def _export(self, candidate: ModelVersion) -> ExportResult | None:
@@ -435,7 +465,7 @@ class RetrainLoop:
                 progress=self.progress,
             )
         except EdgefleetError as error:
-            self._decide(
+            self.decide(
                 "export_failed",
                 candidate.version,
                 f"{candidate.label} was not published: {error}",
@@ -443,16 +473,21 @@ class RetrainLoop:
             )
             return None
 
-    def _record_canary(
-        self, candidate: ModelVersion, result: ExportResult, published: PublishResult
+    def _record_release(
+        self,
+        action: str,
+        candidate: ModelVersion,
+        result: ExportResult,
+        published: PublishResult,
     ) -> None:
         state = published.state
-        self._decide(
-            "canary",
+        percent = self.shadow_percent if action == "shadow" else self.canary_percent
+        self.decide(
+            action,
             candidate.version,
-            f"{candidate.label} published as canary to {self.canary_percent}% of {self.fleet}",
+            f"{candidate.label} published as {action} to {percent}% of {self.fleet}",
             {
-                "percent": self.canary_percent,
+                "percent": percent,
                 "bundle": str(result.bundle),
                 "formats": {
                     f.format: {"bytes": f.bytes, "max_abs_diff": f.parity.max_abs_diff}
@@ -470,9 +505,10 @@ class RetrainLoop:
         """On demand: check, then (always with ``force``, else only on an alert a model can
         answer) retrain, compare, export and publish the canary."""
         state = self.rollout()
-        if state.canary is not None:
+        trial = state.canary or state.challenger
+        if trial is not None:
             raise InputError(
-                f"fleet {self.fleet} has a canary out already ({state.canary.label}): "
+                f"fleet {self.fleet} has a candidate out already ({trial.label}): "
                 "let 'edgefleet watch' evaluate it, or promote or roll it back first"
             )
         now = self.clock()
@@ -495,16 +531,18 @@ class RetrainLoop:
         version = candidate.version.version
         if self.release(candidate.version) is None:
             return StepResult("export_failed", version, "the export failed", result.alerts)
+        stage = "shadow" if self.shadow_percent else "canary"
+        percent = self.shadow_percent or self.canary_percent
         return StepResult(
-            "canary",
+            stage,
             version,
-            f"{candidate.version.label} is the canary on {self.canary_percent}% of devices",
+            f"{candidate.version.label} is the {stage} on {percent}% of devices",
             result.alerts,
         )
 
     def _record_check(self, result: CheckResult, triggers: Sequence[AlertRecord], why: str) -> None:
         fleet_measures = result.fleet_measures
-        self._decide(
+        self.decide(
             "check",
             result.model_version,
             f"retrain {why}: {len(triggers)} alert(s) a new model can answer"
@@ -544,7 +582,7 @@ class RetrainLoop:
             f"retraining does not help {running} (alert #{alert_id} for a person; no retrain "
             f"until the labelled data changes): {judgement.reason}"
         )
-        self._decide(
+        self.decide(
             "escalated",
             running,
             message,
@@ -682,7 +720,7 @@ class RetrainLoop:
             progress=self.progress,
             lifetime=self.lifetime,
         )
-        self._decide("promoted", canary.version, reason, evidence)
+        self.decide("promoted", canary.version, reason, evidence)
         self.store.close_alerts_for(self.fleet, stable.version)
         return StepResult("promoted", canary.version, f"{canary.label} promoted: {reason}")
 
@@ -696,7 +734,7 @@ class RetrainLoop:
             progress=self.progress,
             lifetime=self.lifetime,
         )
-        self._decide("rolled_back", canary.version, reason, evidence)
+        self.decide("rolled_back", canary.version, reason, evidence)
         return StepResult("rolled_back", canary.version, f"{canary.label} rolled back: {reason}")
 
     # -- watch -------------------------------------------------------------------------------
@@ -706,6 +744,8 @@ class RetrainLoop:
         stable model over the last window and, on an alert a new model can answer (unless
         held back: :meth:`_held_back`), retrain, judge and publish a canary or escalate."""
         state = self.rollout()
+        if state.challenger is not None:
+            return self.shadow.evaluate()
         if state.canary is not None:
             return self.evaluate_canary()
         now = self.clock()
@@ -720,7 +760,7 @@ class RetrainLoop:
 
     # -- records -----------------------------------------------------------------------------
 
-    def _decide(
+    def decide(
         self, action: str, model_version: str, reason: str, evidence: Mapping[str, Any]
     ) -> DecisionRecord:
         record = DecisionRecord(

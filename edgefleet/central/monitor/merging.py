@@ -262,6 +262,9 @@ def _add(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
         total.segments = [
             list(map(operator.add, a, b)) for a, b in zip(total.segments, segments, strict=True)
         ]
+    shadow = raw.get("shadow")
+    if shadow is not None:
+        total.add_shadow(shadow["model_version"], _flat_shadow(shadow))
     total.window[0] = min(total.window[0], raw["window_start"])
     total.window[1] = max(total.window[1], raw["window_end"])
     total.reports += 1
@@ -274,6 +277,14 @@ def _flat_segment(raw: dict[str, Any]) -> list[int]:
     """A report's segment sketch as :meth:`SegmentSketch.flat` lays it out (scores,
     negatives, positives, level by level): the form the sums add."""
     return [c for key in ("scores", "negatives", "positives") for level in raw[key] for c in level]
+
+
+def _flat_shadow(raw: dict[str, Any]) -> list[int]:
+    """A report's shadow sketch as :meth:`ShadowSketch.flat` lays it out."""
+    return [
+        *raw["scores"],
+        *(c for key in ("challenger", "champion") for histogram in raw[key] for c in histogram),
+    ]
 
 
 def dumps_skipped(skipped: tuple[SkippedReport, ...]) -> str:

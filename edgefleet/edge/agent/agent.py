@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from edgefleet.edge.rollout import (
     Cohort,
     ModelRef,
     RolloutState,
+    challenger_for,
     check_fresh,
     check_sequence,
     check_version,
@@ -56,6 +57,7 @@ from edgefleet.edge.rollout import (
     verify_rollout,
 )
 from edgefleet.edge.segments import levels_of, segment_features
+from edgefleet.edge.shadow import ShadowCounter
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.sketch import ReportBody, SketchBuilder
 from edgefleet.edge.topics import Topics, validate_device_id
@@ -131,6 +133,19 @@ class _Window:
     cohort: Cohort
     records: int = 0
     started: float = field(default_factory=time.monotonic)
+    shadow: ShadowCounter | None = None
+    """The challenger's counts, on a shadow device (docs/architecture.md §16)."""
+
+
+_Remembered = tuple[float, str, tuple[int, ...], tuple[float, str] | None]
+
+
+def _label_index(label: str | int | bool, classes: Sequence[str]) -> int:
+    if isinstance(label, bool) or label in (0, 1):
+        return int(label)
+    if label in classes:
+        return list(classes).index(str(label))
+    raise InputError(f"label {label!r} is not one of {list(classes)} (or 0/1)")
 
 
 def _saved_time(value: object) -> str | None:
@@ -179,9 +194,10 @@ class Agent:
         self._window: _Window | None = None
         self._window_lock = threading.Lock()
         self._sequence_lock = threading.Lock()
-        # id -> (score, model version, its record's segment levels): enough to count the
-        # outcome when it comes back, in its segments too.
-        self._predictions: OrderedDict[str, tuple[float, str, tuple[int, ...]]] = OrderedDict()
+        # id -> (score, model version, its record's segment levels, the challenger's score
+        # and version on a shadow device): enough to count the outcome when it comes back,
+        # in its segments and under both models too.
+        self._predictions: OrderedDict[str, _Remembered] = OrderedDict()
         self._rollouts: queue.Queue[bytes | None] = queue.Queue()
         self._stop = threading.Event()
         self._outbox_ready = threading.Event()
@@ -348,6 +364,9 @@ class Agent:
 
     def _follow(self, state: RolloutState) -> None:
         if not self._accept(state):
+            # The state followed already, re-delivered (after a restart too): the
+            # challenger slot is not saved, so it is filled again from the store.
+            self._follow_challenger(state)
             return
         # A new state: the problems of earlier messages are history; this one's follow.
         self.last_problem = None
@@ -392,7 +411,46 @@ class Agent:
                 self.machine.start(target)
         self._applied_rollout = state.sequence
         self._save_state()
+        self._follow_challenger(state)
         self._publish_status("online")
+
+    def _follow_challenger(self, state: RolloutState) -> None:
+        """Install (or drop) the challenger this device scores in shadow under ``state``:
+        the same download, verification and self-test as the model it runs."""
+        ref = challenger_for(state, self.config.device_id)
+        current = self.installer.challenger
+        if ref is None:
+            if current is not None:
+                self._set_shadow(None)
+            return
+        if current is not None and current.manifest_sha256 == ref.manifest_sha256:
+            return
+        fmt = self._format_for(ref)
+        target = Target(
+            name=ref.name,
+            version=ref.version,
+            format=fmt,
+            manifest_sha256=ref.manifest_sha256,
+            signature_sha256=ref.signature_sha256,
+            artifact_sha256=ref.artifacts[fmt],
+            rollback_allowed=True,  # never activated: the version order does not apply
+            rollout_sequence=state.sequence,
+        )
+        try:
+            self._set_shadow(self.installer.install_challenger(target))
+        except EdgefleetError as error:
+            self.installer.challenger = None
+            self.last_problem = f"challenger {ref.version} not installed: {error}"
+            logger.warning("%s: %s", self.config.device_id, self.last_problem)
+
+    def _set_shadow(self, model: ActiveModel | None) -> None:
+        """Start a window whose shadow counts belong to ``model`` (None: no shadow)."""
+        if model is None:
+            self.installer.challenger = None
+        self.close_window()
+        with self._window_lock:
+            if self._window is not None:
+                self._window.shadow = self._shadow_counter()
 
     def _settle_waiting(self, ref: ModelRef | None) -> None:
         """A new rollout state while an update waits out a transient fault: retry it now
@@ -440,10 +498,17 @@ class Agent:
         self.close_window()
         with self._window_lock:
             self._window = _Window(
-                SketchBuilder.from_manifest(new.scorer.manifest), new.scorer.manifest, self._cohort
+                SketchBuilder.from_manifest(new.scorer.manifest),
+                new.scorer.manifest,
+                self._cohort,
+                shadow=self._shadow_counter(),
             )
         for listener in list(self._activation_listeners):
             listener(new)
+
+    def _shadow_counter(self) -> ShadowCounter | None:
+        challenger = self.installer.challenger
+        return None if challenger is None else ShadowCounter(challenger.scorer.manifest.version)
 
     def add_activation_listener(self, listener: Callable[[ActiveModel], None]) -> None:
         """Call ``listener(model)`` whenever a model becomes active (the scoring service
@@ -481,26 +546,58 @@ class Agent:
         positive, negative = manifest.schema.classes[1], manifest.schema.classes[0]
         predictions = []
         levels = levels_of(segment_features(manifest.schema), encoded)
-        for p, level in zip(probabilities, levels, strict=True):
+        shadow = self._shadow_scores(batch)
+        for i, (p, level) in enumerate(zip(probabilities, levels, strict=True)):
             identifier = uuid.uuid4().hex
+            # The champion's answer, always: the challenger's is only counted.
             predictions.append(
                 Prediction(
                     identifier, float(p), positive if p >= 0.5 else negative, manifest.version
                 )
             )
-            self._predictions[identifier] = (float(p), manifest.version, tuple(map(int, level)))
+            paired = None if shadow is None else (float(shadow[1][i]), shadow[0])
+            self._predictions[identifier] = (
+                float(p),
+                manifest.version,
+                tuple(map(int, level)),
+                paired,
+            )
         while len(self._predictions) > PREDICTION_MEMORY:
             self._predictions.popitem(last=False)
-        self._add_to_window(encoded, probabilities, latency)
+        self._add_to_window(encoded, probabilities, latency, shadow)
         return predictions
+
+    def _shadow_scores(
+        self, batch: Sequence[Mapping[str, Any]]
+    ) -> tuple[str, np.ndarray[Any, Any]] | None:
+        """The challenger's version and scores of ``batch`` on a shadow device; None
+        without a challenger, or when it fails (the champion's answers stand regardless)."""
+        challenger = self.installer.challenger
+        if challenger is None:
+            return None
+        scorer = challenger.scorer
+        try:
+            scores = scorer.backend.predict_proba(scorer.encoder.encode(batch))[:, 1]
+        except Exception as error:  # the challenger must never break the champion's answer
+            self.last_problem = f"challenger {scorer.manifest.version} failed to score: {error}"
+            return None
+        return scorer.manifest.version, np.asarray(scores, dtype=np.float64)
 
     def outcome(self, prediction_id: str, label: str | int | bool) -> None:
         """Attach the true label to an earlier prediction (the customer did churn)."""
         remembered = self._predictions.pop(prediction_id, None)
         if remembered is None:
             raise InputError(f"no recent prediction has id {prediction_id!r}")
-        score, version, levels = remembered
-        self.record_outcome(score, version, label, levels)
+        score, version, levels, paired = remembered
+        counted = self.record_outcome(score, version, label, levels)
+        if not counted or paired is None:
+            return
+        active = self.installer.active
+        classes = active.scorer.manifest.schema.classes if active else ()
+        with self._window_lock:
+            shadow = None if self._window is None else self._window.shadow
+            if shadow is not None and shadow.model_version == paired[1]:
+                shadow.add_outcome(score, paired[0], _label_index(label, classes))
 
     def record_outcome(
         self,
@@ -508,34 +605,38 @@ class Agent:
         version: str,
         label: str | int | bool,
         segment_levels: Sequence[int] | None = None,
-    ) -> None:
+    ) -> bool:
         """Count the true label of a prediction of ``score`` made by ``version`` elsewhere
         (the scoring service's workers, whose signed prediction ids carry both).
         ``segment_levels`` (the record's level of each segment feature, when known) counts
-        it in its segments too; without them it counts fleet-wide only."""
+        it in its segments too; without them it counts fleet-wide only. Whether it was
+        counted (not when the model changed since)."""
         active = self.installer.active
         if active is None or active.scorer.manifest.version != version:
-            return  # the model changed since; its window is reported already
-        classes = active.scorer.manifest.schema.classes
-        if isinstance(label, bool) or label in (0, 1):
-            value = int(label)
-        elif label in classes:
-            value = classes.index(str(label))
-        else:
-            raise InputError(f"label {label!r} is not one of {list(classes)} (or 0/1)")
+            return False  # the model changed since; its window is reported already
+        value = _label_index(label, active.scorer.manifest.schema.classes)
         with self._window_lock:
-            if self._window is not None:
-                self._window.builder.add_outcomes(
-                    [score], [value], None if segment_levels is None else [segment_levels]
-                )
+            if self._window is None:
+                return False
+            self._window.builder.add_outcomes(
+                [score], [value], None if segment_levels is None else [segment_levels]
+            )
+        return True
 
     def _add_to_window(
-        self, encoded: np.ndarray[Any, Any], probabilities: np.ndarray[Any, Any], latency: float
+        self,
+        encoded: np.ndarray[Any, Any],
+        probabilities: np.ndarray[Any, Any],
+        latency: float,
+        shadow: tuple[str, np.ndarray[Any, Any]] | None = None,
     ) -> None:
         full = False
         with self._window_lock:
             if self._window is not None:
                 self._window.builder.add(encoded, probabilities, latency)
+                counter = self._window.shadow
+                if shadow is not None and counter is not None:
+                    counter.add_scores(shadow[1], shadow[0])
                 self._window.records += len(encoded)
                 full = self._window.records >= self.config.report_records
         if full:
@@ -561,6 +662,8 @@ class Agent:
             if window is None:
                 return None
             body = window.builder.roll()
+            if window.shadow is not None:
+                body = replace(body, shadow=window.shadow.roll(body))
             window.records = 0
             window.started = time.monotonic()
             cohort = window.cohort
@@ -722,6 +825,11 @@ class Agent:
             "model_version": active.scorer.manifest.version if active else None,
             "format": active.scorer.format if active else None,
             "cohort": self._cohort,
+            "challenger": (
+                None
+                if self.installer.challenger is None
+                else self.installer.challenger.scorer.manifest.label
+            ),
             "device_group": self.config.device_group,
             "update_state": record.state.value,
             "problem": self._problem(),

@@ -65,6 +65,8 @@ class Installer:
         self._lock = threading.Lock()
         self._active: ActiveModel | None = None
         self._staged: dict[str, Scorer] = {}
+        self.challenger: ActiveModel | None = None
+        """The second slot: a model scored in shadow beside the active one, never acted on."""
 
     @property
     def active(self) -> ActiveModel | None:
@@ -175,7 +177,27 @@ class Installer:
         self._set_active(ActiveModel(target.manifest_sha256, scorer))
 
     def commit(self, target: Target) -> None:
-        self.store.prune()
+        self.store.prune(self._kept())
+
+    def _kept(self) -> set[str]:
+        challenger = self.challenger
+        return set() if challenger is None else {challenger.manifest_sha256}
+
+    def install_challenger(self, target: Target) -> ActiveModel:
+        """Fetch, verify and self-test ``target`` into the challenger slot, through the
+        same steps as the active model (a model that does not verify never scores)."""
+        current = self.challenger
+        if current is not None and current.manifest_sha256 == target.manifest_sha256:
+            return current
+        self.download(target)
+        self.verify(target)
+        scorer = load_verified(self.store, target.manifest_sha256, target.format, self.trusted_keys)
+        self.challenger = ActiveModel(target.manifest_sha256, scorer)
+        return self.challenger
+
+    def drop_challenger(self) -> None:
+        """Leave the shadow cohort: the challenger's files go at the next prune."""
+        self.challenger = None  # its files go at the next commit's prune
 
     def rollback(self, target: Target) -> None:
         self._staged.pop(target.manifest_sha256, None)

@@ -101,9 +101,11 @@ class ModelStore:
         atomic_write(self._pointer_path, json.dumps(pointer.__dict__).encode())
         return pointer
 
-    def prune(self) -> None:
-        """Remove model folders that are neither active nor previous."""
+    def prune(self, also_keep: set[str] | None = None) -> None:
+        """Remove model folders that are neither active nor previous (nor in
+        ``also_keep``: a challenger scored in shadow)."""
         keep = {p for p in (self.pointer().active, self.pointer().previous) if p}
+        keep |= also_keep or set()
         for child in self.root.iterdir():
             if child.is_dir() and child.name not in keep:
                 shutil.rmtree(child, ignore_errors=True)
