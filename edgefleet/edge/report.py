@@ -30,6 +30,10 @@ feature of the schema, its histograms per level (:mod:`edgefleet.edge.segments`)
 sends version 2 only for a model whose schema marks segment features, so monitors of
 either version read every report of a model without them.
 
+Version 3 (``"schema_version": 3``) is version 2 plus ``shadow`` (whose ``segments`` may be
+empty): a shadow device's challenger histograms (:mod:`edgefleet.edge.shadow`). A device
+sends it only while it scores a challenger in shadow.
+
 Merging: :func:`merge` and :func:`merge_all` turn reports of one fleet and model version
 into an :class:`Aggregate`: sketches and counts summed, the window widened to cover all of
 them, the device identity reduced to the set of devices, cohorts and groups. Summing is

@@ -28,7 +28,7 @@ from tests.fleet.kit import agent_config, collecting, monitoring, running, wait_
 def records(count: int, seed: int) -> list[dict[str, Any]]:
     frame = generate(count, seed=seed).frame.drop(columns=["churn"])
     return [
-        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
         for row in frame.to_dict("records")
     ]
 
@@ -74,8 +74,10 @@ def test_shadow_devices_score_both_models_and_answer_with_the_champion(
         running(agent_config(broker, keypair, fleet, outside, tmp_path / outside)) as plain,
     ):
         wait_for(
-            lambda: shadow.status()["challenger"] == "churn 1.1.0"
-            and shadow.status()["model_version"] == "1.0.0",
+            lambda: (
+                shadow.status()["challenger"] == "churn 1.1.0"
+                and shadow.status()["model_version"] == "1.0.0"
+            ),
             what="the shadow device to run 1.0.0 with 1.1.0 beside it",
         )
         wait_for(lambda: plain.status()["model_version"] == "1.0.0", what="the plain device")
