@@ -17,10 +17,20 @@ A promotion closes the escalation with the other alerts about the replaced model
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.central.monitor.benefit import BenefitJudgement
+from edgefleet.central.monitor.sources import fingerprint, read_labelled
+from edgefleet.central.monitor.steps import CheckResult, StepResult, alert_evidence
 from edgefleet.central.monitor.store import AlertRecord, DecisionRecord
+
+if TYPE_CHECKING:
+    from edgefleet.central.monitor.loop import RetrainLoop
+    from edgefleet.central.monitor.retraining import Candidate
+
+FAILURES = ("rolled_back", "export_failed", "shadow_dropped")
+"""After these, alerts do not start another retrain within the cooldown. A rejection is held
+by its data instead: new data may well help at once."""
 
 ESCALATION_RULE = "retraining_no_benefit"
 """The rule name of an escalation alert (not a threshold rule: the loop raises it)."""
@@ -83,3 +93,75 @@ def unanswered_escalation(
         ):
             return decision
     return None
+
+
+def escalate(
+    loop: RetrainLoop,
+    candidate: Candidate,
+    triggers: Sequence[AlertRecord],
+    alerts: tuple[AlertRecord, ...],
+) -> StepResult:
+    """Open an alert for a person and record ``escalated`` (module docstring of
+    :mod:`~edgefleet.central.monitor.escalation`)."""
+    running = candidate.running.version
+    judgement = candidate.comparison.benefit
+    alert = escalation_alert(
+        loop.fleet,
+        loop.clock(),
+        running_version=running,
+        candidate_version=candidate.version.version,
+        judgement=judgement,
+        data_fingerprint=candidate.data_fingerprint,
+        triggers=[alert_evidence(a) for a in triggers[:50]],
+    )
+    alert_id = loop.store.add_alert(alert)
+    message = (
+        f"retraining does not help {running} (alert #{alert_id} for a person; no retrain "
+        f"until the labelled data changes): {judgement.reason}"
+    )
+    loop.decide(
+        "escalated",
+        running,
+        message,
+        {
+            "alert_id": alert_id,
+            "running_version": running,
+            "candidate_version": candidate.version.version,
+            "data_fingerprint": candidate.data_fingerprint,
+            "window": candidate.window,
+            "benefit": judgement.to_dict(),
+        },
+    )
+    return StepResult("escalated", running, message, alerts)
+
+
+def held_back(
+    loop: RetrainLoop, result: CheckResult, triggers: Sequence[AlertRecord], now: float
+) -> StepResult | None:
+    """Why alerts do not start a retrain now, if they do not: the same data already
+    showed that retraining does not help, or a recent rollback or failed export."""
+    decisions = loop.store.decisions(loop.fleet)
+    cooldown = loop.cooldown_windows * loop.window_seconds
+    recent = [d for d in decisions if d.action in FAILURES and now - d.created < cooldown]
+    if recent:
+        last = recent[-1]
+        return StepResult(
+            "cooldown",
+            result.model_version,
+            f"{len(triggers)} alert(s), but {last.action} {now - last.created:.0f} s ago: "
+            f"no retrain within {cooldown:.0f} s of it",
+            result.alerts,
+        )
+    if not any(d.action == "escalated" for d in decisions):
+        return None
+    data = fingerprint(read_labelled(loop.data_source, max_rows=loop.max_rows))
+    escalated = unanswered_escalation(decisions, result.model_version, data)
+    if escalated is None:
+        return None
+    return StepResult(
+        "held",
+        result.model_version,
+        f"{len(triggers)} alert(s); retraining on this data did not help (alert "
+        f"#{escalated.evidence.get('alert_id')}, escalated): waiting for new labelled data",
+        result.alerts,
+    )

@@ -46,16 +46,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.central.export import ExportResult, export_bundle
-from edgefleet.central.monitor.alerts import RETRAIN_RULES, AlertRules, evaluate_all
+from edgefleet.central.monitor.alerts import AlertRules, evaluate_all
 from edgefleet.central.monitor.benefit import METRICS, Metric
 from edgefleet.central.monitor.canary import (
     CanaryVerdict,
@@ -63,8 +61,8 @@ from edgefleet.central.monitor.canary import (
     auroc_standard_error,
     judge_canary,
 )
-from edgefleet.central.monitor.drift import coarsen, js_distance
-from edgefleet.central.monitor.escalation import escalation_alert, unanswered_escalation
+from edgefleet.central.monitor.canary_stage import CanaryStage
+from edgefleet.central.monitor.escalation import escalate, held_back
 from edgefleet.central.monitor.measures import Measures, measure, scopes
 from edgefleet.central.monitor.retraining import (
     Candidate,
@@ -76,15 +74,21 @@ from edgefleet.central.monitor.shadow_stage import ShadowStage
 from edgefleet.central.monitor.sources import (
     DataSource,
     LabelledData,
-    fingerprint,
     read_labelled,
+)
+from edgefleet.central.monitor.steps import (
+    CheckResult,
+    StepResult,
+    alert_evidence,
+    alert_key,
+    json_safe,
+    no_alert,
+    with_id,
 )
 from edgefleet.central.monitor.store import AlertRecord, DecisionRecord, MonitorStore
 from edgefleet.central.publish import (
     PublishResult,
-    promote,
     publish,
-    rollback,
     rollout_status,
     state_file_for,
 )
@@ -116,48 +120,6 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
-
-# After these, alerts do not start another retrain within the cooldown. A rejection is held
-# by its data instead (escalation): new data may well help at once.
-_FAILURES = ("rolled_back", "export_failed", "shadow_dropped")
-
-
-# ------------------------------------------------------------------------------ records
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The measures of the running model per scope and the alerts they raise.
-    ``stored`` are the alerts that were new (not already open) and were saved."""
-
-    model_version: str
-    since: float | None
-    until: float | None
-    measures: tuple[tuple[str, Measures], ...]
-    alerts: tuple[AlertRecord, ...]
-    stored: tuple[AlertRecord, ...]
-
-    @property
-    def fleet_measures(self) -> Measures | None:
-        return next((m for scope, m in self.measures if scope == "fleet"), None)
-
-    def triggers(self, levels: Sequence[str]) -> tuple[AlertRecord, ...]:
-        """The alerts a new model could answer, at the given scope levels."""
-        return tuple(
-            a for a in self.alerts if a.rule in RETRAIN_RULES and a.scope.split(":")[0] in levels
-        )
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one :meth:`RetrainLoop.step` (or :meth:`RetrainLoop.run`) did: ``action`` is the
-    last decision taken (``"none"``, ``"wait"``, ``"cooldown"`` or ``"held"`` when none
-    was)."""
-
-    action: str
-    model_version: str | None
-    message: str
-    alerts: tuple[AlertRecord, ...] = ()
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -313,6 +275,7 @@ class RetrainLoop:
         self.max_shadow_windows = max_shadow_windows
         self.min_shadow_labelled = min_shadow_labelled
         self.shadow = ShadowStage(self)
+        self.canary = CanaryStage(self)
         self.registry = Registry(self.home)
         self._manifests: dict[tuple[str, str], Manifest] = {}
 
@@ -371,12 +334,12 @@ class RetrainLoop:
         alerts = evaluate_all(measured, self.rules, now=self.clock())
         stored: list[AlertRecord] = []
         if store_alerts and alerts:
-            open_keys = {_alert_key(a) for a in self.store.alerts(self.fleet, open_only=True)}
+            open_keys = {alert_key(a) for a in self.store.alerts(self.fleet, open_only=True)}
             for alert in alerts:
-                if _alert_key(alert) not in open_keys:
+                if alert_key(alert) not in open_keys:
                     identifier = self.store.add_alert(alert)
-                    stored.append(_with_id(alert, identifier))
-                    open_keys.add(_alert_key(alert))
+                    stored.append(with_id(alert, identifier))
+                    open_keys.add(alert_key(alert))
         return CheckResult(
             model_version=stable.version,
             since=since,
@@ -527,7 +490,7 @@ class RetrainLoop:
         calibration = any(a.rule == "calibration_gap" for a in triggers)
         candidate = self.retrain(calibration_alert=calibration)
         if not candidate.comparison.accepted:
-            return self._escalate(candidate, triggers, result.alerts)
+            return escalate(self, candidate, triggers, result.alerts)
         version = candidate.version.version
         if self.release(candidate.version) is None:
             return StepResult("export_failed", version, "the export failed", result.alerts)
@@ -550,199 +513,31 @@ class RetrainLoop:
             else f"retrain {why}",
             {
                 "window": [result.since, result.until],
-                "alerts": [_alert_evidence(a) for a in triggers[:50]],
+                "alerts": [alert_evidence(a) for a in triggers[:50]],
                 "alerts_total": len(result.alerts),
                 "fleet": None if fleet_measures is None else fleet_measures.summary(),
             },
         )
 
-    # -- (c') escalate what retraining cannot fix ----------------------------------------------
+    # -- (c') escalate what retraining cannot fix (escalation.py) ---------------------------
 
-    def _escalate(
-        self,
-        candidate: Candidate,
-        triggers: Sequence[AlertRecord],
-        alerts: tuple[AlertRecord, ...],
-    ) -> StepResult:
-        """Open an alert for a person and record ``escalated`` (module docstring of
-        :mod:`~edgefleet.central.monitor.escalation`)."""
-        running = candidate.running.version
-        judgement = candidate.comparison.benefit
-        alert = escalation_alert(
-            self.fleet,
-            self.clock(),
-            running_version=running,
-            candidate_version=candidate.version.version,
-            judgement=judgement,
-            data_fingerprint=candidate.data_fingerprint,
-            triggers=[_alert_evidence(a) for a in triggers[:50]],
-        )
-        alert_id = self.store.add_alert(alert)
-        message = (
-            f"retraining does not help {running} (alert #{alert_id} for a person; no retrain "
-            f"until the labelled data changes): {judgement.reason}"
-        )
-        self.decide(
-            "escalated",
-            running,
-            message,
-            {
-                "alert_id": alert_id,
-                "running_version": running,
-                "candidate_version": candidate.version.version,
-                "data_fingerprint": candidate.data_fingerprint,
-                "window": candidate.window,
-                "benefit": judgement.to_dict(),
-            },
-        )
-        return StepResult("escalated", running, message, alerts)
-
-    def _held_back(
-        self, result: CheckResult, triggers: Sequence[AlertRecord], now: float
-    ) -> StepResult | None:
-        """Why alerts do not start a retrain now, if they do not: the same data already
-        showed that retraining does not help, or a recent rollback or failed export."""
-        decisions = self.store.decisions(self.fleet)
-        cooldown = self.cooldown_windows * self.window_seconds
-        recent = [d for d in decisions if d.action in _FAILURES and now - d.created < cooldown]
-        if recent:
-            last = recent[-1]
-            return StepResult(
-                "cooldown",
-                result.model_version,
-                f"{len(triggers)} alert(s), but {last.action} {now - last.created:.0f} s ago: "
-                f"no retrain within {cooldown:.0f} s of it",
-                result.alerts,
-            )
-        if not any(d.action == "escalated" for d in decisions):
-            return None
-        data = fingerprint(read_labelled(self.data_source, max_rows=self.max_rows))
-        escalated = unanswered_escalation(decisions, result.model_version, data)
-        if escalated is None:
-            return None
-        return StepResult(
-            "held",
-            result.model_version,
-            f"{len(triggers)} alert(s); retraining on this data did not help (alert "
-            f"#{escalated.evidence.get('alert_id')}, escalated): waiting for new labelled data",
-            result.alerts,
-        )
-
-    # -- (e) canary --------------------------------------------------------------------------
+    # -- (e) canary (canary_stage.py) -------------------------------------------------------
 
     def canary_started(self, state: RolloutState) -> float:
-        """When the current canary went out: its ``canary`` decision, else the state's
-        issue time (a canary published by hand)."""
-        assert state.canary is not None
-        for decision in reversed(self.store.decisions(self.fleet)):
-            if decision.action == "canary" and decision.model_version == state.canary.version:
-                return decision.created
-        return datetime.fromisoformat(state.issued).timestamp()
+        return self.canary.started(state)
 
     def evaluate_canary(self) -> StepResult:
         """Compare the canary and stable cohorts since the canary started; promote, roll
-        back, or wait (see the module docstring)."""
-        state = self.rollout()
-        if state.canary is None:
-            return StepResult("none", None, "no canary is out")
-        started = self.canary_started(state)
-        windows = (self.clock() - started) / self.window_seconds
-        verdict, evidence = self._judge_cohorts(state, started)
-        return self._act_on_verdict(state, verdict, {**evidence, "windows": windows}, windows)
-
-    def _judge_cohorts(
-        self, state: RolloutState, started: float
-    ) -> tuple[CanaryVerdict, dict[str, Any]]:
-        """Each cohort measured against its own model's reference since ``started``."""
-        canary_ref, stable_ref = state.canary, state.stable
-        assert canary_ref is not None
-        assert stable_ref is not None
-        canary_agg = self.store.aggregate(
-            self.fleet, model_version=canary_ref.version, since=started
-        )
-        stable_agg = self.store.aggregate(
-            self.fleet, model_version=stable_ref.version, since=started
-        )
-        verdict = judge_canary(
-            None if canary_agg is None else self.measure(canary_agg, canary_ref),
-            None if stable_agg is None else self.measure(stable_agg, stable_ref),
-            rules=self.rules,
-            min_reports=self.min_canary_reports,
-            auroc_margin=self.auroc_margin,
-            error_margin=self.error_margin,
-            drift_margin=self.drift_margin,
-            require_labels=self.require_labels,
-        )
-        evidence = {
-            **verdict.evidence,
-            "reasons": list(verdict.reasons),
-            "since": started,
-            "score_shift_js": _score_shift(canary_agg, stable_agg),
-            "canary_version": canary_ref.version,
-            "stable_version": stable_ref.version,
-        }
-        return verdict, evidence
-
-    def _act_on_verdict(
-        self,
-        state: RolloutState,
-        verdict: CanaryVerdict,
-        evidence: Mapping[str, Any],
-        windows: float,
-    ) -> StepResult:
-        canary_ref, stable_ref = state.canary, state.stable
-        assert canary_ref is not None
-        assert stable_ref is not None
-        reasons = "; ".join(verdict.reasons)
-        if verdict.verdict == "worse":
-            return self._roll_back(canary_ref, reasons, evidence)
-        if verdict.verdict == "good" and windows >= self.canary_windows:
-            return self._promote(canary_ref, stable_ref, reasons, evidence)
-        if windows >= self.max_canary_windows:
-            why = f"not enough evidence after {windows:.1f} windows: {reasons}"
-            return self._roll_back(canary_ref, why, evidence)
-        return StepResult(
-            "wait",
-            canary_ref.version,
-            f"canary {canary_ref.version}: {verdict.verdict} after {windows:.1f} of "
-            f"{self.canary_windows} windows ({reasons})",
-        )
-
-    def _promote(
-        self, canary: ModelRef, stable: ModelRef, reason: str, evidence: Mapping[str, Any]
-    ) -> StepResult:
-        promote(
-            self.fleet,
-            self.broker_address,
-            self.private_key,
-            prefix=self.prefix,
-            state_file=self.state_file,
-            progress=self.progress,
-            lifetime=self.lifetime,
-        )
-        self.decide("promoted", canary.version, reason, evidence)
-        self.store.close_alerts_for(self.fleet, stable.version)
-        return StepResult("promoted", canary.version, f"{canary.label} promoted: {reason}")
-
-    def _roll_back(self, canary: ModelRef, reason: str, evidence: Mapping[str, Any]) -> StepResult:
-        rollback(
-            self.fleet,
-            self.broker_address,
-            self.private_key,
-            prefix=self.prefix,
-            state_file=self.state_file,
-            progress=self.progress,
-            lifetime=self.lifetime,
-        )
-        self.decide("rolled_back", canary.version, reason, evidence)
-        return StepResult("rolled_back", canary.version, f"{canary.label} rolled back: {reason}")
+        back, or wait (:class:`~edgefleet.central.monitor.canary_stage.CanaryStage`)."""
+        return self.canary.evaluate()
 
     # -- watch -------------------------------------------------------------------------------
 
     def step(self) -> StepResult:
-        """One monitoring window: evaluate the canary if one is out; otherwise check the
-        stable model over the last window and, on an alert a new model can answer (unless
-        held back: :meth:`_held_back`), retrain, judge and publish a canary or escalate."""
+        """One monitoring window: judge the challenger or the canary if one is out;
+        otherwise check the stable model over the last window and, on an alert a new model
+        can answer (unless held back: :func:`~.escalation.held_back`), retrain, judge, and
+        publish a challenger or canary, or escalate."""
         state = self.rollout()
         if state.challenger is not None:
             return self.shadow.evaluate()
@@ -752,8 +547,8 @@ class RetrainLoop:
         result = self.check(since=now - self.window_seconds, until=now)
         triggers = result.triggers(self.retrain_levels)
         if not triggers:
-            return StepResult("none", result.model_version, _no_alert(result), result.alerts)
-        held = self._held_back(result, triggers, now)
+            return StepResult("none", result.model_version, no_alert(result), result.alerts)
+        held = held_back(self, result, triggers, now)
         if held is not None:
             return held
         return self._retrain_and_release(result, triggers, "on alert")
@@ -770,7 +565,7 @@ class RetrainLoop:
             action=action,
             model_version=model_version,
             reason=reason,
-            evidence=_json_safe(evidence),
+            evidence=json_safe(evidence),
         )
         identifier = self.store.add_decision(record)
         self.progress(f"{action} {model_version}: {reason}")
@@ -783,66 +578,3 @@ class RetrainLoop:
             reason=record.reason,
             evidence=record.evidence,
         )
-
-
-def _score_shift(canary: Aggregate | None, stable: Aggregate | None) -> float | None:
-    """JS distance between the canary's and the stable cohort's score histograms (in the
-    stable scores' 10 quantile groups): how differently the two models score the same
-    population. Evidence only: a better model is allowed to score differently."""
-    if canary is None or stable is None or canary.scored == 0 or stable.scored == 0:
-        return None
-    merged_stable, merged_canary = coarsen(stable.scores.counts.counts, canary.scores.counts.counts)
-    return js_distance(merged_stable, merged_canary)
-
-
-def _alert_key(alert: AlertRecord) -> tuple[str, str, str, Any]:
-    return (alert.rule, alert.scope, alert.subject, alert.evidence.get("model_version"))
-
-
-def _with_id(alert: AlertRecord, identifier: int) -> AlertRecord:
-    return AlertRecord(
-        id=identifier,
-        fleet=alert.fleet,
-        created=alert.created,
-        rule=alert.rule,
-        scope=alert.scope,
-        subject=alert.subject,
-        value=alert.value,
-        threshold=alert.threshold,
-        evidence=alert.evidence,
-        status=alert.status,
-    )
-
-
-def _alert_evidence(alert: AlertRecord) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "rule": alert.rule,
-        "scope": alert.scope,
-        "subject": alert.subject,
-        "value": alert.value,
-        "threshold": alert.threshold,
-    }
-
-
-def _no_alert(result: CheckResult) -> str:
-    fleet = result.fleet_measures
-    if fleet is None:
-        return f"no reports of {result.model_version} in the window"
-    extra = f", {len(result.alerts)} other alert(s)" if result.alerts else ""
-    return (
-        f"{result.model_version}: {fleet.reports} reports, {fleet.scored:,} scored, "
-        f"max feature JS {fleet.max_feature_js():.3f}: nothing a new model can answer{extra}"
-    )
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value

@@ -33,11 +33,12 @@ from edgefleet.central.monitor.shadow import (
     shadow_started,
 )
 from edgefleet.central.monitor.sources import fingerprint, read_labelled
+from edgefleet.central.monitor.steps import StepResult
 from edgefleet.central.shadowing import end_shadow, shadow_to_canary
 from edgefleet.edge.rollout import ModelRef, RolloutState
 
 if TYPE_CHECKING:
-    from edgefleet.central.monitor.loop import RetrainLoop, StepResult
+    from edgefleet.central.monitor.loop import RetrainLoop
 
 
 class ShadowStage:
@@ -69,8 +70,6 @@ class ShadowStage:
 
     def evaluate(self) -> StepResult:
         """Judge the challenger; move it to canary, reject it, drop it, or wait."""
-        from edgefleet.central.monitor.loop import StepResult
-
         loop = self.loop
         state = loop.rollout()
         challenger = state.challenger
@@ -104,8 +103,6 @@ class ShadowStage:
     def _to_canary(
         self, challenger: ModelRef, comparison: ShadowComparison, evidence: Mapping[str, Any]
     ) -> StepResult:
-        from edgefleet.central.monitor.loop import StepResult
-
         loop = self.loop
         state = shadow_to_canary(
             loop.fleet,
@@ -133,8 +130,6 @@ class ShadowStage:
     def _reject(
         self, challenger: ModelRef, comparison: ShadowComparison, evidence: Mapping[str, Any]
     ) -> StepResult:
-        from edgefleet.central.monitor.loop import StepResult
-
         loop = self.loop
         self._end()
         running = comparison.champion_version
@@ -170,8 +165,6 @@ class ShadowStage:
         evidence: Mapping[str, Any],
         windows: float,
     ) -> StepResult:
-        from edgefleet.central.monitor.loop import StepResult
-
         self._end()
         reason = f"not enough shadow evidence after {windows:.1f} windows: {comparison.reason}"
         self.loop.decide("shadow_dropped", challenger.version, reason, evidence)
