@@ -103,7 +103,7 @@ class RetainedKeeper:
         if state is None:
             return []
         restored = [] if self._note_expiry(state) else self._restore_state(envelope, state)
-        for ref in (state.stable, state.canary):
+        for ref in (state.stable, state.canary, state.challenger):
             if ref is not None:
                 restored += self._restore_model(ref)
         self.restored += len(restored)
