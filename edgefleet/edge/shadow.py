@@ -146,7 +146,7 @@ class ShadowCounter:
         champion failed on): a report must add up, and the champion's counts come first."""
         with self._lock:
             counts, self._counts = self._counts, np.zeros_like(self._counts)
-        if not counts.any():
+        if not counts.any() or champion.model_version == self.model_version:
             return None
         sketch = ShadowSketch.from_flat(self.model_version, [int(c) for c in counts.ravel()])
         if sketch.scores.total > champion.scored or sketch.labelled > champion.outcomes.labelled:

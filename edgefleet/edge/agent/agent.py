@@ -379,6 +379,9 @@ class Agent:
                 if self._window is not None:
                     self._window.cohort = cohort
         self._cohort = cohort
+        # The challenger first: a challenger made the canary is dropped from the shadow
+        # slot before it becomes the model this device runs.
+        self._follow_challenger(state)
         self._settle_waiting(ref)
         active = self.installer.active
         if (
@@ -411,7 +414,6 @@ class Agent:
                 self.machine.start(target)
         self._applied_rollout = state.sequence
         self._save_state()
-        self._follow_challenger(state)
         self._publish_status("online")
 
     def _follow_challenger(self, state: RolloutState) -> None:
@@ -507,8 +509,13 @@ class Agent:
             listener(new)
 
     def _shadow_counter(self) -> ShadowCounter | None:
-        challenger = self.installer.challenger
-        return None if challenger is None else ShadowCounter(challenger.scorer.manifest.version)
+        challenger, active = self.installer.challenger, self.installer.active
+        if challenger is None or (
+            active is not None
+            and active.scorer.manifest.version == (challenger.scorer.manifest.version)
+        ):
+            return None  # a model is never its own challenger
+        return ShadowCounter(challenger.scorer.manifest.version)
 
     def add_activation_listener(self, listener: Callable[[ActiveModel], None]) -> None:
         """Call ``listener(model)`` whenever a model becomes active (the scoring service
