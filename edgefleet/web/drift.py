@@ -63,7 +63,8 @@ def view(fleet: str) -> str:
                 "drift.view",
                 fleet=fleet,
                 model_version=version,
-                since=None if seconds is None else f"{now - seconds:.0f}",
+                # On a whole minute: the window is read from rollups alone.
+                since=None if seconds is None else f"{(now - seconds) // 60 * 60:.0f}",
             ),
             "active": (query["since"] is None) == (seconds is None)
             and (seconds is None or abs(now - seconds - (query["since"] or 0)) < 120),

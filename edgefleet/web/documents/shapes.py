@@ -20,19 +20,39 @@ from edgefleet.edge.rollout import ModelRef
 from edgefleet.edge.schema import CategoricalFeature
 from edgefleet.web.documents.common import DISPLAY_SCORE_BINS, number_text
 
+MINUTE = 60
+SNAP_WIDTH = 600.0
+"""Slices at least this wide (seconds) are cut on whole minutes (see :func:`time_slices`)."""
+
 
 def time_slices(
-    start: float, end: float, wanted: int, reports: int, devices: int
+    start: float,
+    end: float,
+    wanted: int,
+    reports: int,
+    devices: int,
+    *,
+    open_start: bool = False,
+    open_end: bool = False,
 ) -> list[tuple[float, float]]:
     """``[start, end)`` cut in equal slices: ``wanted`` of them, fewer when there are not
     as many reports per device (a slice shorter than the time between two reports would be
-    an empty gap), and none shorter than a second."""
+    an empty gap), and none shorter than a second.
+
+    Slices of :data:`SNAP_WIDTH` or more are cut on whole minutes, so that each is read from
+    rollups alone (a partial minute at a cut is read from raw reports); the outer bounds
+    move out to whole minutes too where they are the first and last report's (``open_``),
+    which leaves the reports in the range as they are."""
     count = max(1, min(wanted, reports // max(1, devices), math.ceil(end - start)))
+    if (end - start) / count >= SNAP_WIDTH:
+        start = math.floor(start / MINUTE) * MINUTE if open_start else start
+        end = (math.floor(end / MINUTE) + 1) * MINUTE if open_end else end
     width = (end - start) / count
-    return [
-        (start + i * width, end if i == count - 1 else start + (i + 1) * width)
-        for i in range(count)
-    ]
+    cuts = [start + i * width for i in range(1, count)]
+    if width >= SNAP_WIDTH:
+        cuts = [round(cut / MINUTE) * MINUTE for cut in cuts]
+    edges = [start, *cuts, end]
+    return list(itertools.pairwise(edges))
 
 
 def publisher_warnings(lines: list[str]) -> list[str]:
