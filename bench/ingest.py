@@ -25,7 +25,13 @@ database (polled), from the first commit to the last. Why a helper: a 3.7 KB rep
 ~50 us to parse (json), ~30 us to check, ~20 us to insert and ~70 us to receive through
 paho, and one Python process runs one thread at a time.
 
+With --postgres each measure gets a fresh database on a private PostgreSQL 15 server
+(durable: fsync on), and --monitors 1,2,4 measures how the monitors scale out on it (each
+monitor appends its own rollup rows: no hot row). --compare-rollups adds one monitor
+storing without rollups, the cost of the rollups.
+
     .venv/bin/python -m bench.ingest [--reports 50000] [--devices 300] [--db URL] [--no-registry]
+        [--monitors 1,2,4] [--postgres] [--compare-rollups]
 """
 
 from __future__ import annotations
@@ -132,11 +138,16 @@ def make_payloads(
     for k in range(n):
         body = dict(bodies[k % DISTINCT_BODIES])
         device = f"dev-{k % devices:04d}"
+        # Each device reports once a minute, as a live fleet does (the rollups see the
+        # minutes a monitor sees, not 200 at once).
+        end = 1_750_000_000.0 + 60.0 * (k // devices)
         body.update(
             device_id=device,
             sequence=k // devices,
             device_group=f"g{k % devices % 5}",
             cohort="canary" if k % 10 == 0 else "stable",
+            window_start=end - 60.0,
+            window_end=end,
         )
         payload = json.dumps(body, separators=(",", ":")).encode()
         payloads.append((topics.report(device), payload))
@@ -257,6 +268,7 @@ def spawn_monitor(
     *,
     leave: bool = False,
     workers: int | None = None,
+    rollups: bool = True,
 ) -> subprocess.Popen[str]:
     command = [
         sys.executable,
@@ -279,6 +291,7 @@ def spawn_monitor(
         "2",
         *(["--leave"] if leave else []),
         *([] if workers is None else ["--workers", str(workers)]),
+        *([] if rollups else ["--no-rollups"]),
     ]
     with log.open("a") as output:
         process = subprocess.Popen(
@@ -310,14 +323,16 @@ def bench_monitors(
     work: Path,
     monitors: int,
     workers: int | None,
+    rollups: bool = True,
 ) -> float:
     """Reports/s committed by ``monitors`` monitor processes draining the backlog."""
-    group = f"bench-{monitors}"
-    ids = [f"bench-monitor-{monitors}-{i}" for i in range(monitors)]
+    label = f"{monitors}{'' if rollups else '-raw'}"
+    group = f"bench-{label}"
+    ids = [f"bench-monitor-{label}-{i}" for i in range(monitors)]
     logs = [work / f"{client_id}.log" for client_id in ids]
     # First start: the sessions and their share of the subscription; then away.
     for process in [
-        spawn_monitor(broker, db, work, group, c, lg, workers=workers)
+        spawn_monitor(broker, db, work, group, c, lg, workers=workers, rollups=rollups)
         for c, lg in zip(ids, logs, strict=True)
     ]:
         stop_monitor(process)
@@ -326,7 +341,7 @@ def bench_monitors(
     before = store.report_count(FLEET)
     # Measured start; --leave: once stopped, the sessions stop collecting later phases' share.
     processes = [
-        spawn_monitor(broker, db, work, group, c, lg, leave=True, workers=workers)
+        spawn_monitor(broker, db, work, group, c, lg, leave=True, workers=workers, rollups=rollups)
         for c, lg in zip(ids, logs, strict=True)
     ]
     want = before + len(payloads)
@@ -375,6 +390,21 @@ def main() -> int:
         help="no registry in the monitors' home: reports are not checked against their "
         "version's profile (how this bench ran before that check)",
     )
+    parser.add_argument(
+        "--monitors",
+        default="1,2",
+        help="how many monitor processes to measure, comma-separated (default: 1,2)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a private PostgreSQL 15 server (a fresh database per measure), not SQLite",
+    )
+    parser.add_argument(
+        "--compare-rollups",
+        action="store_true",
+        help="also one monitor without rollups (what they cost; goal: with >= 0.8x without)",
+    )
     parser.add_argument("--raw-subscriber", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_subscriber:
@@ -393,28 +423,58 @@ def main() -> int:
         f"(made in {time.perf_counter() - started:.1f} s); {os.cpu_count()} cores; "
         f"reports {checked}"
     )
+    counts = sorted({int(n) for n in args.monitors.split(",")})
     # Hundreds of MB of databases and broker state: not left behind.
     try:
-        with MosquittoBroker(work / "broker") as broker:
+        with _database_server(args.postgres) as server, MosquittoBroker(work / "broker") as broker:
             raw, publish_rate = bench_raw(broker, payloads)
             print(f"publish (paho, QoS 1):           {publish_rate:9,.0f} reports/s")
             print(f"(i)   raw subscriber (paho):     {raw:9,.0f} reports/s")
-            results = {}
-            for monitors in (1, 2):
-                db = args.db or f"sqlite:///{work / f'monitor-{monitors}.db'}"
-                rate = bench_monitors(broker, payloads, db, work, monitors, args.monitor_workers)
-                results[monitors] = rate
-                label = "(ii)  one monitor" if monitors == 1 else "(iii) two monitors"
-                print(f"{label + ' (stored):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw")
+            results: dict[str, float] = {}
+            runs = [(n, True) for n in counts]
+            if args.compare_rollups:
+                runs.insert(1, (1, False))
+            for monitors, rollups in runs:
+                db = _database(args.db, server, work, monitors, rollups)
+                rate = bench_monitors(
+                    broker, payloads, db, work, monitors, args.monitor_workers, rollups
+                )
+                key = f"{monitors}" if rollups else "1-raw"
+                results[key] = rate
+                what = f"{monitors} monitor(s)" + ("" if rollups else ", no rollups")
+                kind = "PostgreSQL" if server else ("--db" if args.db else "SQLite")
+                print(f"{what + f' ({kind}):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"two monitors / one monitor: {results[2] / results[1]:.2f}")
-    ok = results[1] >= TARGET_REPORTS_PER_SECOND
+    for n in counts[1:]:
+        print(f"{n} monitors / one monitor: {results[str(n)] / results['1']:.2f}")
+    if args.compare_rollups:
+        ratio = results["1"] / results["1-raw"]
+        print(f"one monitor with rollups / without: {ratio:.2f} (goal >= 0.8)")
+    ok = results["1"] >= TARGET_REPORTS_PER_SECOND
     print(
-        f"{'PASS' if ok else 'FAIL'}: one monitor stores {results[1]:,.0f} reports/s "
+        f"{'PASS' if ok else 'FAIL'}: one monitor stores {results['1']:,.0f} reports/s "
         f"(target {TARGET_REPORTS_PER_SECOND:,.0f})"
     )
     return 0 if ok else 1
+
+
+def _database_server(postgres: bool) -> Any:
+    from contextlib import nullcontext
+
+    from bench.postgres import private_postgres
+
+    return private_postgres() if postgres else nullcontext(None)
+
+
+def _database(given: str | None, server: str | None, work: Path, n: int, rollups: bool) -> str:
+    """A fresh database for one measure: on the private PostgreSQL server, else a SQLite
+    file (or --db, shared by every measure)."""
+    if server is not None:
+        from bench.postgres import new_database
+
+        return new_database(server, f"ingest{n}")
+    return given or f"sqlite:///{work / f'monitor-{n}-{rollups}.db'}"
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from edgefleet.central.monitor.merging import add_counts
 from edgefleet.central.monitor.purge import delete_device_records
 from edgefleet.central.monitor.retention import DAY, Retention, compact
 from edgefleet.central.monitor.rollups import HOUR, MINUTE, plan_window
 from edgefleet.central.monitor.store import MonitorStore, reports, rollups
-from edgefleet.edge.report import Aggregate
+from edgefleet.central.monitor.validation import layout_of
+from edgefleet.edge.report import Aggregate, SketchSums, merge_all
 from edgefleet.edge.topics import Topics
 from tests.monitor.conftest import db_url, insert_stored_row, make_report  # noqa: F401
 
@@ -217,3 +219,21 @@ def test_compaction_rolls_up_folds_and_expires(db_url: str) -> None:  # noqa: F8
     _same(first.aggregate("acme", model_version="1.0.0"), before)
     first.close()
     second.close()
+
+
+def test_a_rollup_body_is_the_aggregate_of_its_reports() -> None:
+    """SketchSums.to_dict (the rollup body, made at every batch) is freeze().to_dict():
+    the extension point of docs/architecture.md §7b holds the two equal."""
+    reports_ = [
+        make_report(f"d{i}", i, cohort="canary" if i % 2 else "stable", window_end=START + i)
+        for i in range(5)
+    ]
+    for report in reports_:
+        report_dict = report.to_dict()
+        assert layout_of(report_dict)  # a report parses as the merge reads it
+    total = SketchSums()
+    for report in reports_:
+        raw = report.to_dict()
+        add_counts(total, raw, layout_of(raw))
+    assert total.to_dict() == total.freeze().to_dict()
+    assert total.freeze() == merge_all(reports_)

@@ -146,8 +146,13 @@ def _fold_old(store: MonitorStore, fleet: str, before: float) -> int:
         .having(func.count() > 1)
         .distinct()
     )
-    buckets = sorted({(int(w), int(b)) for w, b in store._rows(query)})
-    return sum(store._fold_bucket(fleet, w, b, writer=None) for w, b in buckets)
+    buckets: dict[int, set[int]] = {}
+    for width, bucket in store._rows(query):
+        buckets.setdefault(int(width), set()).add(int(bucket))
+    return sum(
+        store.fold_buckets(fleet, width, sorted(found), writer=None)
+        for width, found in sorted(buckets.items())
+    )
 
 
 def _delete_chunks(

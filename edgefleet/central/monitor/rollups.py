@@ -13,6 +13,7 @@ here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ __all__ = [
     "HOUR",
     "MINUTE",
     "WIDTHS",
+    "BatchRollups",
     "Partial",
     "ReadPlan",
     "RollupKey",
@@ -51,6 +53,7 @@ def bucket_of(window_end: float, width: int) -> int:
     return math.floor(window_end / width) * width
 
 
+@functools.lru_cache(maxsize=256)
 def layout_id(layout: Layout) -> str:
     """A short, stable name of a feature layout: reports of different layouts cannot be
     summed, so they are rolled up apart and the majority chosen at read time, as raw merges
@@ -74,7 +77,7 @@ class Partial:
         self.rows.append(key)
 
     def body(self) -> dict[str, Any]:
-        return self.sums.freeze().to_dict()
+        return self.sums.to_dict()
 
 
 def minute_key(raw: dict[str, Any], layout: Layout) -> RollupKey:
@@ -96,12 +99,53 @@ def hour_key(key: RollupKey) -> RollupKey:
     return (*key[:6], HOUR, bucket_of(key[7], HOUR))
 
 
+PartialRollup = tuple[int, str, tuple[tuple[str, str, int], ...]]
+"""A rollup of one batch: how many reports, its body (JSON text) and the
+``(fleet, device, sequence)`` of its reports."""
+
+
+class BatchRollups:
+    """The rollups of one batch of parsed reports, summed as they come (a parsed report is
+    dropped at once: holding hundreds of them makes the garbage collector crawl), as the
+    rows to append. The CPU-bound part: the monitor's worker process does it."""
+
+    def __init__(self) -> None:
+        self.minutes: dict[RollupKey, Partial] = {}
+
+    def add(self, raw: dict[str, Any], layout: Layout, member: tuple[str, str, int]) -> None:
+        key = minute_key(raw, layout)
+        partial = self.minutes.get(key) or self.minutes.setdefault(key, Partial(layout))
+        partial.add(raw, member)
+
+    def result(self) -> dict[RollupKey, PartialRollup]:
+        """Every minute rollup, and every hour rollup as the sum of its minutes."""
+        result: dict[RollupKey, PartialRollup] = {}
+        bodies: dict[RollupKey, dict[str, Any]] = {}
+        hours: dict[RollupKey, list[RollupKey]] = {}
+        for key, partial in self.minutes.items():
+            bodies[key] = partial.body()
+            result[key] = (partial.sums.reports, _text(bodies[key]), tuple(partial.rows))
+            hours.setdefault(hour_key(key), []).append(key)
+        for key, parts in hours.items():
+            if len(parts) == 1:  # one minute of the hour in this batch: the same sum
+                result[key] = result[parts[0]]
+                continue
+            body = sum_bodies((bodies[k] for k in parts), self.minutes[parts[0]].layout)
+            members = tuple(m for k in parts for m in result[k][2])
+            result[key] = (body["reports"], _text(body), members)
+        return result
+
+
+def _text(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
 def sum_bodies(bodies: Iterable[dict[str, Any]], layout: Layout) -> dict[str, Any]:
     """Rollup or report bodies of one layout summed, as a rollup body."""
     total = SketchSums()
     for body in bodies:
         add_counts(total, body, layout)
-    return total.freeze().to_dict()
+    return total.to_dict()
 
 
 @dataclass(frozen=True)

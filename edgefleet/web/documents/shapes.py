@@ -21,6 +21,7 @@ from edgefleet.edge.schema import CategoricalFeature
 from edgefleet.web.documents.common import DISPLAY_SCORE_BINS, number_text
 
 MINUTE = 60
+HOUR = 3600
 SNAP_WIDTH = 600.0
 """Slices at least this wide (seconds) are cut on whole minutes (see :func:`time_slices`)."""
 
@@ -39,20 +40,21 @@ def time_slices(
     as many reports per device (a slice shorter than the time between two reports would be
     an empty gap), and none shorter than a second.
 
-    Slices of :data:`SNAP_WIDTH` or more are cut on whole minutes, so that each is read from
-    rollups alone (a partial minute at a cut is read from raw reports); the outer bounds
-    move out to whole minutes too where they are the first and last report's (``open_``),
-    which leaves the reports in the range as they are."""
+    Slices of :data:`SNAP_WIDTH` or more are cut on whole minutes, of two hours or more on
+    whole hours, so that each is read from rollups alone (docs/architecture.md §7b); the
+    outer bounds move out to the same grid where they are the first and last report's
+    (``open_``), which leaves the reports in the range as they are."""
     count = max(1, min(wanted, reports // max(1, devices), math.ceil(end - start)))
-    if (end - start) / count >= SNAP_WIDTH:
-        start = math.floor(start / MINUTE) * MINUTE if open_start else start
-        end = (math.floor(end / MINUTE) + 1) * MINUTE if open_end else end
     width = (end - start) / count
-    cuts = [start + i * width for i in range(1, count)]
-    if width >= SNAP_WIDTH:
-        cuts = [round(cut / MINUTE) * MINUTE for cut in cuts]
-    edges = [start, *cuts, end]
-    return list(itertools.pairwise(edges))
+    grid = HOUR if width >= 2 * HOUR else MINUTE if width >= SNAP_WIDTH else None
+    if grid is None:
+        cuts = [start + i * width for i in range(1, count)]
+        return list(itertools.pairwise([start, *cuts, end]))
+    start = math.floor(start / grid) * grid if open_start else start
+    end = (math.floor(end / grid) + 1) * grid if open_end else end
+    width = (end - start) / count
+    cuts = [round((start + i * width) / grid) * grid for i in range(1, count)]
+    return list(itertools.pairwise([start, *cuts, end]))
 
 
 def publisher_warnings(lines: list[str]) -> list[str]:

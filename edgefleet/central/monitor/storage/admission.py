@@ -13,7 +13,7 @@ from edgefleet.central.monitor.fastpath import fast_decode as _fast_decode
 from edgefleet.central.monitor.merging import (
     check_mergeable_counts,
 )
-from edgefleet.central.monitor.rollups import Partial, RollupKey, minute_key
+from edgefleet.central.monitor.rollups import BatchRollups, PartialRollup, RollupKey
 from edgefleet.central.monitor.storage.records import KnownVersion
 from edgefleet.central.monitor.validation import (
     Layout,
@@ -42,13 +42,9 @@ class PreparedBatch:
     valid: list[tuple[str, dict[str, Any], Layout]]
     refused: list[dict[str, Any]]
     partials: dict[RollupKey, PartialRollup] = field(default_factory=dict)
-    """The valid reports summed per minute rollup, as if every one were stored: the store
-    uses a partial as is when all its reports were, and sums again the ones it stored
-    otherwise (a duplicate, a report of an unknown version)."""
-
-
-PartialRollup = tuple[Layout, dict[str, Any], tuple[tuple[str, str, int], ...]]
-"""A minute rollup's layout, body and the ``(fleet, device, sequence)`` of its reports."""
+    """The valid reports summed per minute and hour rollup, as if every one were stored:
+    the store appends them as they are when it stored all, and sums again the ones it
+    stored otherwise (a duplicate, a report of an unknown version)."""
 
 
 def prepare(
@@ -65,7 +61,7 @@ def prepare(
     valid: list[tuple[str, dict[str, Any], Layout]] = []
     refused: list[dict[str, Any]] = []
     layouts: dict[Layout, Layout] = {}
-    partials: dict[RollupKey, Partial] = {}
+    summed = BatchRollups()
     for topic, payload in items:
         try:
             row, layout, raw = _validate(topic, payload, fleet, prefix)
@@ -81,11 +77,8 @@ def prepare(
         layout = layouts.setdefault(layout, layout)
         valid.append((topic, row, layout))
         if rollups:
-            key = minute_key(raw, layout)
-            partial = partials.get(key) or partials.setdefault(key, Partial(layout))
-            partial.add(raw, (row["fleet"], row["device_id"], row["sequence"]))
-    summed = {k: (p.layout, p.body(), tuple(p.rows)) for k, p in partials.items()}
-    return PreparedBatch(received, valid, refused, summed)
+            summed.add(raw, layout, (row["fleet"], row["device_id"], row["sequence"]))
+    return PreparedBatch(received, valid, refused, summed.result())
 
 
 def version_refusal(

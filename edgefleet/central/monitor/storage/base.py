@@ -46,7 +46,8 @@ class StoreBase:
         reports stored without are merged from raw until compaction rolls them up)."""
         # This store's name on the rollup rows it appends (see storage/rollups.py).
         self.writer = uuid.uuid4().hex[:16]
-        self._touched: set[tuple[str, int, int]] = set()
+        # Rollup rows this store appended per key, not folded yet (storage/rollups.py).
+        self._pending: dict[tuple[str, str, str, str, str, str, int, int], int] = {}
         self._fold_lock = threading.Lock()
         self._last_fold = time.monotonic()
         try:

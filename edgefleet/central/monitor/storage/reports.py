@@ -7,12 +7,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from edgefleet.central.monitor.rollups import Partial, RollupKey, minute_key
+from edgefleet.central.monitor.rollups import BatchRollups, PartialRollup, RollupKey
 from edgefleet.central.monitor.storage.admission import (
-    PartialRollup,
     PreparedBatch,
     prepare,
     quarantine_row,
@@ -23,7 +23,7 @@ from edgefleet.central.monitor.storage.quarantine import QuarantineStore
 from edgefleet.central.monitor.storage.reads import FleetReads
 from edgefleet.central.monitor.storage.records import IngestCounts, KnownVersion
 from edgefleet.central.monitor.storage.schema import reports
-from edgefleet.central.monitor.validation import Layout, layout_of
+from edgefleet.central.monitor.validation import layout_of
 from edgefleet.errors import StoreError
 
 logger = logging.getLogger("edgefleet.monitor")
@@ -87,6 +87,24 @@ class ReportStore(QuarantineStore, FleetReads, DeviceStore):
             stored, len(rows) - stored + repeated, len(refused), committed=tuple(rows)
         )
 
+    def _insert_sqlite(
+        self, connection: Connection, statement: Any, ordered: list[dict[str, Any]]
+    ) -> set[tuple[str, str, int]]:
+        """The keys of the rows an INSERT ... ON CONFLICT DO NOTHING stored on SQLite,
+        without RETURNING (a third dearer, measured): sqlite3's executemany sums the rows
+        each INSERT changed, 0 for a conflict; when some conflicted, the stored ones are
+        the newest ids, since this transaction holds the write lock from its first INSERT
+        and SQLite gives each new row the largest id plus one."""
+        count = int(connection.execute(statement, ordered).rowcount)
+        if count == len(ordered):
+            return {(r["fleet"], r["device_id"], r["sequence"]) for r in ordered}
+        if count == 0:
+            return set()
+        newest = connection.execute(select(func.max(reports.c.id))).scalar_one()
+        keys = (reports.c.fleet, reports.c.device_id, reports.c.sequence)
+        found = connection.execute(select(*keys).where(reports.c.id > newest - count)).all()
+        return _stored_keys(found)
+
     def _insert_reports(
         self,
         connection: Connection,
@@ -102,38 +120,35 @@ class ReportStore(QuarantineStore, FleetReads, DeviceStore):
         statement = self._insert(reports).on_conflict_do_nothing(
             index_elements=["fleet", "device_id", "sequence"]
         )
-        if not self.rollups and self.dialect == "sqlite":
-            # sqlite3's executemany sums the rows each INSERT changed, 0 for a conflict:
-            # exact, and a third cheaper than RETURNING (measured).
-            return int(connection.execute(statement, ordered).rowcount)
-        returning = statement.returning(reports.c.fleet, reports.c.device_id, reports.c.sequence)
-        stored = {(f, d, int(s)) for f, d, s in connection.execute(returning, ordered)}
+        if self.dialect == "sqlite":
+            stored = self._insert_sqlite(connection, statement, ordered)
+        else:
+            keys = (reports.c.fleet, reports.c.device_id, reports.c.sequence)
+            returned = connection.execute(statement.returning(*keys), ordered)
+            stored = {(f, d, int(s)) for f, d, s in returned}
         if self.rollups:
             self._append_rollups(connection, _stored_partials(partials, stored, rows))
             self._count_devices(connection, [rows[key] for key in rows if key in stored])
         return len(stored)
 
 
+def _stored_keys(rows: Sequence[Any]) -> set[tuple[str, str, int]]:
+    return {(str(f), str(d), int(s)) for f, d, s in rows}
+
+
 def _stored_partials(
     partials: Mapping[RollupKey, PartialRollup],
     stored: set[tuple[str, str, int]],
     rows: Mapping[tuple[str, str, int], Mapping[str, Any]],
-) -> dict[RollupKey, tuple[Layout, dict[str, Any]]]:
-    """The minute rollups of the reports stored: a batch's partial as is when every report
-    it sums was stored, each once; the stored reports no such partial covers (beside a
-    duplicate, or prepared without partials) summed here from their bodies."""
-    result: dict[RollupKey, tuple[Layout, dict[str, Any]]] = {}
-    covered: set[tuple[str, str, int]] = set()
-    for key, (layout, body, members) in partials.items():
-        if len(set(members)) == len(members) and stored.issuperset(members):
-            result[key] = (layout, body)
-            covered.update(members)
-    leftover: dict[RollupKey, Partial] = {}
-    for member in sorted(stored - covered):
+) -> Mapping[RollupKey, PartialRollup]:
+    """The rollups of the reports stored: the batch's as they are when they sum exactly
+    the stored reports, each once; else (a duplicate, a refused version, a batch prepared
+    without rollups) summed again from the stored reports' bodies."""
+    members = [m for _, _, rolled in partials.values() for m in rolled]
+    if len(members) == 2 * len(stored) and set(members) == stored:
+        return partials
+    summed = BatchRollups()
+    for member in sorted(stored):
         raw = json.loads(rows[member]["body"])
-        layout = layout_of(raw)
-        key = minute_key(raw, layout)
-        leftover.setdefault(key, Partial(layout)).add(raw, member)
-    for key, partial in leftover.items():
-        result[key] = (partial.layout, partial.body())
-    return result
+        summed.add(raw, layout_of(raw), member)
+    return summed.result()

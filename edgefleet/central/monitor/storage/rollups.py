@@ -24,16 +24,18 @@ from sqlalchemy.sql.elements import ColumnElement
 from edgefleet.central.monitor.rollups import (
     HOUR,
     MINUTE,
+    PartialRollup,
     ReadPlan,
     RollupKey,
-    hour_key,
     sum_bodies,
 )
 from edgefleet.central.monitor.storage.base import StoreBase
 from edgefleet.central.monitor.storage.schema import rollups
-from edgefleet.central.monitor.validation import Layout, layout_of
+from edgefleet.central.monitor.validation import layout_of
 from edgefleet.errors import StoreError
 
+_CHUNK = 200
+"""Buckets per statement of a fold (bounds the statement's size)."""
 FOLD_SECONDS = 5.0
 """How often a store folds the rollup rows it appended (bounds the rows a bucket holds)."""
 
@@ -51,6 +53,10 @@ _KEY_COLUMNS = (
 
 def rollup_row(key: RollupKey, writer: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """The rollups table row of one rollup."""
+    return _text_row(key, writer, int(body["reports"]), json.dumps(body, separators=(",", ":")))
+
+
+def _text_row(key: RollupKey, writer: str, reports: int, text: str) -> dict[str, Any]:
     fleet, name, version, cohort, group, layout, width, bucket = key
     return {
         "fleet": fleet,
@@ -62,8 +68,8 @@ def rollup_row(key: RollupKey, writer: str, body: Mapping[str, Any]) -> dict[str
         "width": width,
         "bucket": bucket,
         "writer": writer,
-        "reports": body["reports"],
-        "body": json.dumps(body, separators=(",", ":")),
+        "reports": reports,
+        "body": text,
     }
 
 
@@ -71,62 +77,83 @@ class RollupStore(StoreBase):
     """Writing, folding and reading rollups."""
 
     def _append_rollups(
-        self, connection: Connection, minutes: Mapping[RollupKey, tuple[Layout, dict[str, Any]]]
+        self, connection: Connection, partials: Mapping[RollupKey, PartialRollup]
     ) -> None:
-        """Append the minute partials of one transaction, and their sums per hour."""
-        hours: dict[RollupKey, list[dict[str, Any]]] = defaultdict(list)
-        layouts: dict[RollupKey, Layout] = {}
-        for key, (layout, body) in minutes.items():
-            hours[hour_key(key)].append(body)
-            layouts[hour_key(key)] = layout
-        rows = [rollup_row(key, self.writer, body) for key, (_, body) in sorted(minutes.items())]
-        for key in sorted(hours):
-            bodies = hours[key]
-            body = bodies[0] if len(bodies) == 1 else sum_bodies(bodies, layouts[key])
-            rows.append(rollup_row(key, self.writer, body))
+        """Append the rollups of one transaction's reports (minutes and hours)."""
+        rows = [
+            _text_row(key, self.writer, count, text)
+            for key, (count, text, _) in sorted(partials.items())
+        ]
         if rows:
             connection.execute(insert(rollups), rows)
+        appended = [tuple(r[c.name] for c in _KEY_COLUMNS) for r in rows]
         with self._fold_lock:
-            self._touched.update((r["fleet"], r["width"], r["bucket"]) for r in rows)
+            for key in appended:
+                self._pending[key] = self._pending.get(key, 0) + 1
 
     def fold_rollups(self, *, force: bool = False) -> int:
         """Fold the rollup rows this store appended since its last fold into one per key
-        (every :data:`FOLD_SECONDS`, or now with ``force``); how many rows it removed."""
+        (every :data:`FOLD_SECONDS`, or now with ``force``), in one transaction; how many
+        rows it removed."""
         with self._fold_lock:
             if not force and time.monotonic() - self._last_fold < FOLD_SECONDS:
                 return 0
-            touched, self._touched = self._touched, set()
             self._last_fold = time.monotonic()
-        removed = 0
+            due = sorted(k for k, n in self._pending.items() if n > 1)
+            # Keys of buckets long closed are left to compaction (reports.retention).
+            old = time.time() - 2 * HOUR
+            for key in [k for k, n in self._pending.items() if n == 1 and k[7] < old]:
+                del self._pending[key]
+        if not due:
+            return 0
+        buckets: dict[tuple[str, int], set[int]] = defaultdict(set)
+        for key in due:
+            buckets[(key[0], key[6])].add(key[7])
         try:
-            for fleet, width, bucket in sorted(touched):
-                removed += self._fold_bucket(fleet, width, bucket, writer=self.writer)
+            removed = sum(
+                self.fold_buckets(fleet, width, sorted(found), writer=self.writer)
+                for (fleet, width), found in sorted(buckets.items())
+            )
         except SQLAlchemyError as error:
-            with self._fold_lock:
-                self._touched |= touched  # folded next time
             raise StoreError(f"cannot fold rollups in {self.display}: {error}") from None
+        with self._fold_lock:
+            for key in due:
+                self._pending[key] = 1
         return removed
 
-    def _fold_bucket(self, fleet: str, width: int, bucket: int, *, writer: str | None) -> int:
-        """Fold the rows of one bucket (of one writer, or of all into this store's) into one
-        per key, in one transaction; the number of rows removed."""
-        where = [rollups.c.fleet == fleet, rollups.c.width == width, rollups.c.bucket == bucket]
-        if writer is not None:
-            where.append(rollups.c.writer == writer)
-        query = select(rollups.c.id, *_KEY_COLUMNS, rollups.c.body).where(*where)
+    def fold_buckets(
+        self, fleet: str, width: int, buckets: list[int], *, writer: str | None
+    ) -> int:
+        """Fold the rows of some buckets (of one writer, or of all into this store's) into
+        one per key, in one transaction; the number of rows removed."""
+        removed = 0
         with self.engine.begin() as connection:
-            # A write first: it takes SQLite's write lock before the read (a read first
-            # could not write after another monitor's commit) and PostgreSQL's row locks.
-            connection.execute(update(rollups).where(*where).values(writer=rollups.c.writer))
-            groups: dict[RollupKey, list[tuple[int, str]]] = defaultdict(list)
-            for row in connection.execute(query):
-                key: RollupKey = tuple(row[1:9])
-                groups[key].append((int(row[0]), row[9]))
-            return sum(
-                self._fold_group(connection, key, members)
-                for key, members in sorted(groups.items())
-                if len(members) > 1
-            )
+            for start in range(0, len(buckets), _CHUNK):
+                chunk = buckets[start : start + _CHUNK]
+                where = [
+                    rollups.c.fleet == fleet,
+                    rollups.c.width == width,
+                    rollups.c.bucket.in_(chunk),
+                ]
+                if writer is not None:
+                    where.append(rollups.c.writer == writer)
+                removed += self._fold_where(connection, where)
+        return removed
+
+    def _fold_where(self, connection: Connection, where: list[ColumnElement[bool]]) -> int:
+        # A write first: it takes SQLite's write lock before the read (a read first could
+        # not write after another monitor's commit) and PostgreSQL's row locks.
+        connection.execute(update(rollups).where(*where).values(writer=rollups.c.writer))
+        query = select(rollups.c.id, *_KEY_COLUMNS, rollups.c.body).where(*where)
+        groups: dict[RollupKey, list[tuple[int, str]]] = defaultdict(list)
+        for row in connection.execute(query):
+            key: RollupKey = tuple(row[1:9])
+            groups[key].append((int(row[0]), row[9]))
+        return sum(
+            self._fold_group(connection, key, members)
+            for key, members in sorted(groups.items())
+            if len(members) > 1
+        )
 
     def _fold_group(
         self, connection: Connection, key: RollupKey, members: list[tuple[int, str]]
