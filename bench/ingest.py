@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -324,8 +325,9 @@ def bench_monitors(
     monitors: int,
     workers: int | None,
     rollups: bool = True,
-) -> float:
-    """Reports/s committed by ``monitors`` monitor processes draining the backlog."""
+) -> Measured:
+    """Reports/s committed by ``monitors`` monitor processes draining the backlog, and
+    what each report cost them and the database in CPU."""
     label = f"{monitors}{'' if rollups else '-raw'}"
     group = f"bench-{label}"
     ids = [f"bench-monitor-{label}-{i}" for i in range(monitors)]
@@ -345,8 +347,10 @@ def bench_monitors(
         for c, lg in zip(ids, logs, strict=True)
     ]
     want = before + len(payloads)
+    poller = _backend_pid(store)
     first_time: float | None = None
     first_count = 0
+    cpu_start = (0.0, 0.0)
     deadline = time.monotonic() + 900
     try:
         while True:
@@ -354,14 +358,16 @@ def bench_monitors(
             now = time.perf_counter()
             if first_time is None and count > before:
                 first_time, first_count = now, count
+                cpu_start = cpu_seconds(processes, db, poller)
             if count >= want:
+                cpu_end = cpu_seconds(processes, db, poller)
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 raise RuntimeError(
                     f"stored {count - before} of {len(payloads)}: "
                     + "; ".join(lg.read_text()[-500:] for lg in logs)
                 )
-            time.sleep(0.02)
+            time.sleep(0.05)
     finally:
         for process in processes:
             stop_monitor(process)
@@ -371,7 +377,63 @@ def bench_monitors(
     store.close()
     if final != want or quarantined:
         raise RuntimeError(f"expected {want} reports and no quarantine; {final}, {quarantined}")
-    return (want - first_count) / (now - first_time)
+    stored = want - first_count
+    return Measured(
+        stored / (now - first_time),
+        (cpu_end[0] - cpu_start[0]) / stored,
+        (cpu_end[1] - cpu_start[1]) / stored,
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Reports/s committed, and CPU seconds per report of the monitor processes (their
+    validating workers included) and of the PostgreSQL backends serving them (0 on
+    SQLite): per-report costs that do not depend on what else loads the machine."""
+
+    rate: float
+    monitor_cpu: float
+    database_cpu: float
+
+
+def _backend_pid(store: MonitorStore) -> int | None:
+    """The PostgreSQL backend of the bench's own polling (not the monitors' cost)."""
+    if store.dialect != "postgresql":
+        return None
+    with store.engine.connect() as connection:
+        return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def cpu_seconds(
+    processes: list[subprocess.Popen[str]], db: str, poller: int | None
+) -> tuple[float, float]:
+    """CPU seconds so far of the monitors (with their children), and of the PostgreSQL
+    backends of database ``db`` (found by the database name in their command line), but
+    the bench's own ``poller``."""
+    import psutil
+
+    def used(process: psutil.Process) -> float:
+        try:
+            times = process.cpu_times()
+            return float(times.user + times.system)
+        except psutil.Error:
+            return 0.0
+
+    monitors = 0.0
+    for popen in processes:
+        try:
+            parent = psutil.Process(popen.pid)
+            monitors += used(parent) + sum(used(c) for c in parent.children(recursive=True))
+        except psutil.Error:
+            continue
+    database = 0.0
+    if db.startswith("postgresql"):
+        name = db.rsplit("/", 1)[-1]
+        for process in psutil.process_iter(["cmdline"]):
+            mine = any(name in part for part in process.info["cmdline"] or ())
+            if mine and process.pid != poller:
+                database += used(process)
+    return monitors, database
 
 
 def main() -> int:
@@ -436,14 +498,19 @@ def main() -> int:
                 runs.insert(1, (1, False))
             for monitors, rollups in runs:
                 db = _database(args.db, server, work, monitors, rollups)
-                rate = bench_monitors(
+                measured = bench_monitors(
                     broker, payloads, db, work, monitors, args.monitor_workers, rollups
                 )
+                rate = measured.rate
                 key = f"{monitors}" if rollups else "1-raw"
                 results[key] = rate
                 what = f"{monitors} monitor(s)" + ("" if rollups else ", no rollups")
                 kind = "PostgreSQL" if server else ("--db" if args.db else "SQLite")
-                print(f"{what + f' ({kind}):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw")
+                print(
+                    f"{what + f' ({kind}):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw"
+                    f"   CPU per report: monitors {measured.monitor_cpu * 1e6:,.0f} us, "
+                    f"database {measured.database_cpu * 1e6:,.0f} us"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for n in counts[1:]:
