@@ -309,7 +309,10 @@ def main() -> int:
             f"{kind}: ingest of {args.sample:,} reports: {plain:,.0f}/s without rollups, "
             f"{rolled:,.0f}/s with: {rolled / plain:.2f}x (goal >= {INGEST_RATIO})"
         )
-        rows = [run_size(size, args, dbs, home, setup) for size in sizes]
+        rows = []
+        for size in sizes:
+            rows.append(run_size(size, args, dbs, home, setup))
+            print_table(rows[-1:])  # as it comes: a long run keeps what it measured
     print()
     print(f"bench.scale on {kind}, {args.days:g} days of windows, medians of {args.repeat}:")
     print_table(rows)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from edgefleet.central.monitor.storage.base import StoreBase
 from edgefleet.central.monitor.storage.records import DeviceSummary
-from edgefleet.central.monitor.storage.schema import devices, reports
+from edgefleet.central.monitor.storage.schema import NOT_ROLLED_UP, devices, reports
 from edgefleet.errors import StoreError
 
 MAX_TOTAL = 2**62
@@ -118,7 +118,7 @@ class DeviceStore(StoreBase):
     def _unrolled_devices(self, fleet: str) -> list[DeviceSummary]:
         """The devices of the reports not rolled up (written by SQL, or stored without
         rollups), summarised from the reports table."""
-        unrolled = (reports.c.fleet == fleet, reports.c.rolled_up == 0)
+        unrolled = (reports.c.fleet == fleet, NOT_ROLLED_UP)
         latest = (
             select(func.max(reports.c.id).label("id"))
             .where(*unrolled)
@@ -159,7 +159,7 @@ class DeviceStore(StoreBase):
         return summaries
 
     def _unrolled_totals(self, fleet: str) -> dict[str, tuple[int, int, int]]:
-        unrolled = (reports.c.fleet == fleet, reports.c.rolled_up == 0)
+        unrolled = (reports.c.fleet == fleet, NOT_ROLLED_UP)
         query = (
             select(
                 reports.c.device_id,

@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from edgefleet.central.monitor.merging import Merged, StoredMerge, StoredRow, dumps_skipped
 from edgefleet.central.monitor.rollups import HOUR, ReadPlan, plan_window
 from edgefleet.central.monitor.storage.rollups import RollupStore
-from edgefleet.central.monitor.storage.schema import MERGE_COLUMNS, reports, rollups
+from edgefleet.central.monitor.storage.schema import MERGE_COLUMNS, NOT_ROLLED_UP, reports, rollups
 from edgefleet.central.monitor.validation import VersionProfile
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.report import Aggregate
@@ -157,7 +157,7 @@ class FleetReads(RollupStore):
         if plan.covered is not None:
             low, high = plan.covered
             where = self._filters(fleet, since=_bound(low), until=_bound(high), **names)
-            self._merge_raw(total, [*where, reports.c.rolled_up == 0])
+            self._merge_raw(total, [*where, NOT_ROLLED_UP])
 
     def _merge_raw(self, total: StoredMerge, where: list[ColumnElement[bool]]) -> None:
         query = select(*MERGE_COLUMNS).where(*where).order_by(reports.c.id)
@@ -220,7 +220,7 @@ class FleetReads(RollupStore):
         if plan.covered is not None:
             low, high = plan.covered
             where = self._filters(fleet, since=_bound(low), until=_bound(high), **names)
-            count += self._raw_count([*where, reports.c.rolled_up == 0])
+            count += self._raw_count([*where, NOT_ROLLED_UP])
         return count
 
     def _raw_count(self, where: list[ColumnElement[bool]]) -> int:
@@ -252,7 +252,7 @@ class FleetReads(RollupStore):
         )
         unrolled = (
             select(reports.c.model_name, reports.c.model_version, func.count())
-            .where(*self._filters(fleet), *_named(reports, names), reports.c.rolled_up == 0)
+            .where(*self._filters(fleet), *_named(reports, names), NOT_ROLLED_UP)
             .group_by(reports.c.model_name, reports.c.model_version)
         )
         for query in (rolled, unrolled):
@@ -265,7 +265,7 @@ class FleetReads(RollupStore):
     def fleets(self) -> list[str]:
         """Every fleet with reports (rolled up or not)."""
         rolled = select(rollups.c.fleet).where(rollups.c.width == HOUR).distinct()
-        unrolled = select(reports.c.fleet).where(reports.c.rolled_up == 0).distinct()
+        unrolled = select(reports.c.fleet).where(NOT_ROLLED_UP).distinct()
         return sorted({str(f) for query in (rolled, unrolled) for (f,) in self._rows(query)})
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from edgefleet.central.monitor.merging import StoredRow, checked_body
 from edgefleet.central.monitor.rollups import WIDTHS, Partial, RollupKey, bucket_of, minute_key
 from edgefleet.central.monitor.storage.rollups import rollup_row
-from edgefleet.central.monitor.storage.schema import MERGE_COLUMNS, reports, rollups
+from edgefleet.central.monitor.storage.schema import MERGE_COLUMNS, NOT_ROLLED_UP, reports, rollups
 from edgefleet.central.monitor.validation import layout_of
 from edgefleet.errors import InputError
 
@@ -90,7 +90,7 @@ def roll_up_pending(connection: Connection, fleet: str, writer: str, limit: int)
     connection.execute(update(reports).where(reports.c.id < 0).values(rolled_up=0))
     query = (
         select(*MERGE_COLUMNS)
-        .where(reports.c.fleet == fleet, reports.c.rolled_up == 0)
+        .where(reports.c.fleet == fleet, NOT_ROLLED_UP)
         .order_by(reports.c.id)
         .limit(limit)
     )

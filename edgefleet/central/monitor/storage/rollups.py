@@ -99,11 +99,9 @@ class RollupStore(StoreBase):
             if not force and time.monotonic() - self._last_fold < FOLD_SECONDS:
                 return 0
             self._last_fold = time.monotonic()
-            due = sorted(k for k, n in self._pending.items() if n > 1)
-            # Keys of buckets long closed are left to compaction (reports.retention).
-            old = time.time() - 2 * HOUR
-            for key in [k for k, n in self._pending.items() if n == 1 and k[7] < old]:
-                del self._pending[key]
+            # Every key appended to since the last fold: a key with one new row may have
+            # an older one (a late report, a backfill), and reads merge rows one by one.
+            due, self._pending = sorted(self._pending), {}
         if not due:
             return 0
         buckets: dict[tuple[str, int], set[int]] = defaultdict(set)
@@ -115,10 +113,10 @@ class RollupStore(StoreBase):
                 for (fleet, width), found in sorted(buckets.items())
             )
         except SQLAlchemyError as error:
+            with self._fold_lock:
+                for key in due:  # folded next time
+                    self._pending[key] = self._pending.get(key, 0) + 1
             raise StoreError(f"cannot fold rollups in {self.display}: {error}") from None
-        with self._fold_lock:
-            for key in due:
-                self._pending[key] = 1
         return removed
 
     def fold_buckets(

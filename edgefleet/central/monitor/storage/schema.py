@@ -13,6 +13,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 
@@ -56,6 +57,11 @@ reports = Table(
         postgresql_where=text("rolled_up = 0"),
     ),
 )
+
+NOT_ROLLED_UP = reports.c.rolled_up == literal_column("0")
+"""The rows not rolled up, as the partial index's own condition: a literal, not a bound
+parameter, or neither SQLite nor a generic PostgreSQL plan can use the index (and the
+query scans every report of its window)."""
 
 # Rollups (docs/architecture.md §7b): partial sums of reports per key and bucket, appended
 # by each monitor in the transaction that stores the reports (never updated there: no hot
