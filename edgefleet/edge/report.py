@@ -641,6 +641,10 @@ class SketchSums:
             "scores": {"counts": h[0], "by_label": [h[1], h[2]]},
             "outcomes": {"counts": h[3], "by_label": [h[4], h[5]]},
             "latency": {"counts": h[6]},
+            "segments": [
+                SegmentSketch.from_flat(name, levels, counts).to_dict()
+                for (name, levels), counts in zip(self.segment_layout, self.segments, strict=True)
+            ],
         }
 
 
