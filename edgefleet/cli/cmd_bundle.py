@@ -35,12 +35,17 @@ def register(subparsers: Any) -> None:
         "holdout and the golden vectors), then write and sign the bundle. A "
         "format that fails parity fails the export: nothing is written.",
         epilog="example:\n  edgefleet export latest --out bundle/\n"
-        "  edgefleet export churn@1.2.0 --formats onnx --out bundle/",
+        "  edgefleet export churn@1.2.0 --formats onnx --out bundle/\n"
+        "  edgefleet export latest --formats onnx,pmml --out bundle/   # PMML too",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("version", help="VERSION, NAME@VERSION or 'latest'")
     export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    export.add_argument("--formats", help="comma-separated formats (default: all)")
+    export.add_argument(
+        "--formats",
+        help="comma-separated formats (default: every device format; add pmml for "
+        "central scoring engines)",
+    )
     export.add_argument("--key", type=Path, help="signing key (default: HOME/keys/edgefleet.key)")
     export.add_argument(
         "--tolerance",
@@ -122,7 +127,11 @@ def run_formats(args: argparse.Namespace) -> int:
         print(f"{family:8} " + " ".join(f"{m:>7}" for m in marks))
     print()
     for fmt in EXPORT_FORMATS.values():
-        default = " (exported by default)" if fmt.name in DEFAULT_FORMATS else ""
+        default = (
+            " (exported by default)"
+            if fmt.name in DEFAULT_FORMATS
+            else " (central only: name it in --formats)"
+        )
         print(f"{fmt.name:7} {fmt.filename:16} {fmt.description}; needs {fmt.runtime}{default}")
     return 0
 
