@@ -102,6 +102,8 @@ def run_export(args: argparse.Namespace) -> int:
     formats = parse_formats(args.formats)
     key = load_private_key(args.key or default_key_dir(args.home) / PRIVATE_NAME)
     version = Registry(args.home).get(args.version)
+    if args.version == "latest":
+        say(f"latest: {version.label}, the version registered last (NAME@latest picks a model)")
     say(f"exporting {version.label} ({version.family}) as {', '.join(formats)}")
     result = export_bundle(
         version,

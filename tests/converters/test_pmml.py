@@ -46,9 +46,9 @@ def test_export_with_pmml_signs_it_and_a_device_scores_onnx(
     trained: Callable[[str], TrainedModel], keypair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from edgefleet.central.export import export_bundle
-    from edgefleet.edge.signing import load_private_key
     from edgefleet.central.registry import Registry
     from edgefleet.edge.scorer import Scorer
+    from edgefleet.edge.signing import load_private_key
 
     version = Registry(tmp_path / "home").register(trained("gb"), data_sha256="d" * 64)
     result = export_bundle(
