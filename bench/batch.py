@@ -120,10 +120,15 @@ def case_c(spark: Any, exported: Exported, data: Path, out: Path) -> int:
 
 
 def _pipeline_bytes(exported: Exported, joblib: Any) -> bytes:
+    """The pipeline for the UDF, its estimator on one thread: each Spark task has one core,
+    and nested threads on busy cores only slow (c) down."""
     import io
 
+    pipeline = exported.version.load_pipeline()
+    if hasattr(pipeline.steps[-1][1], "n_jobs"):
+        pipeline.steps[-1][1].set_params(n_jobs=1)
     buffer = io.BytesIO()
-    joblib.dump(exported.version.load_pipeline(), buffer)
+    joblib.dump(pipeline, buffer)
     return buffer.getvalue()
 
 

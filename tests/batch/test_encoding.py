@@ -80,14 +80,14 @@ def test_typed_columns_read_as_training_reads_them() -> None:
             "a": pa.array([1, 2], pa.int64()),
             "b": pa.array([None, 3.5], pa.float64()),
             "c": pa.array([True, False]),
-            "d": pa.array(["x", "y"]),
+            "d": pa.array(["x", "zz"]).dictionary_encode(),  # as Parquet's categoricals
             "e": pa.array([1.0, float("nan")]),  # codes read as numbers: "1", then missing
         }
     )
     encoded = encode_batch(table, SCHEMA)
     assert list(encoded.reasons) == [None, None]
     np.testing.assert_array_equal(
-        encoded.inputs, np.array([[1, np.nan, 1, 0, -1], [2, 3.5, 0, 1, -1]], dtype=np.float32)
+        encoded.inputs, np.array([[1, np.nan, 1, 0, -1], [2, 3.5, 0, -1, -1]], dtype=np.float32)
     )
 
 
@@ -98,3 +98,12 @@ def test_absent_columns_are_missing_values_or_an_error() -> None:
     encoded = encode_batch(_text_table().drop_columns(["b", "e"]), SCHEMA)
     assert np.isnan(encoded.inputs[0, 1])
     assert encoded.inputs[0, 4] == -1
+
+
+def test_dictionary_columns_with_missing_values() -> None:
+    table = _text_table()
+    encoded = encode_batch(table, SCHEMA)
+    dictionary = table.set_column(3, "d", table.column("d").dictionary_encode())
+    again = encode_batch(dictionary, SCHEMA)
+    assert list(again.reasons) == list(encoded.reasons)
+    np.testing.assert_array_equal(again.inputs[again.ok], encoded.inputs[encoded.ok])

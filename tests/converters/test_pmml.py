@@ -59,3 +59,13 @@ def test_export_with_pmml_signs_it_and_a_device_scores_onnx(
     assert result.manifest.parity["pmml"] <= DEFAULT_TOLERANCE
     scorer = Scorer.from_bundle(tmp_path / "bundle", keypair[1])
     assert scorer.format == "onnx"
+
+
+def test_formats_command_lists_pmml_and_its_families(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.cli.main import main
+
+    assert main(["formats"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["family", "onnx", "tflite", "web", "coreml", "pmml"]
+    assert "pmml    model.pmml" in out
+    assert "central only" in out

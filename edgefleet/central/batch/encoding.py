@@ -124,6 +124,9 @@ def _as_float(
     """Float64 values (NaN where missing) and, for a text column, which rows hold text that
     is not a number (with the texts)."""
     kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = pc.cast(column, kind.value_type)
+        kind = column.type
     if pa.types.is_boolean(kind):
         column = pc.cast(column, pa.int8())
         kind = column.type
@@ -155,20 +158,45 @@ def _as_float(
 def _categorical(
     feature: CategoricalFeature, column: pa.Array | pa.ChunkedArray, reasons: Reasons
 ) -> npt.NDArray[np.float64]:
-    text = as_text(column)
-    missing = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
+    vocabulary = pa.array(feature.vocabulary, pa.string())
+    parts = [_category_codes(chunk, vocabulary) for chunk in _chunks(column)]
+    codes = np.concatenate([p[0] for p in parts]) if parts else np.empty(0)
+    missing = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=bool)
     if not feature.allow_missing:
         _refuse(reasons, missing, feature.name, "value is missing and this feature requires one")
-    codes = pc.index_in(text, value_set=pa.array(feature.vocabulary, pa.string()))
-    return np.array(
-        pc.fill_null(pc.cast(codes, pa.float64()), UNKNOWN_CODE).to_numpy(zero_copy_only=False)
-    )
+    return codes
+
+
+def _chunks(column: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def _category_codes(
+    values: pa.Array, vocabulary: pa.Array
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Codes (-1 unknown or missing) and where the value is missing. A dictionary column
+    (Parquet's categoricals, read as such) is looked up once per distinct value."""
+    if pa.types.is_dictionary(values.type):
+        codes, missing = _category_codes(values.dictionary, vocabulary)
+        indices = values.indices
+        absent = np.asarray(pc.is_null(indices).to_numpy(zero_copy_only=False), dtype=bool)
+        positions = np.asarray(pc.fill_null(indices, 0).to_numpy(zero_copy_only=False))
+        if not len(codes):
+            return np.full(len(values), UNKNOWN_CODE), absent
+        return np.where(absent, UNKNOWN_CODE, codes[positions]), absent | missing[positions]
+    text = as_text(values)
+    missing = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
+    codes = pc.fill_null(pc.cast(pc.index_in(text, value_set=vocabulary), pa.float64()), -1.0)
+    return np.array(codes.to_numpy(zero_copy_only=False)), missing
 
 
 def as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Text with blanks as missing; numbers as training reads them (whole floats as
     integers: a code column with a blank reads as 0.0/1.0), booleans as True/False."""
     kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = pc.cast(column, kind.value_type)
+        kind = column.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
     if pa.types.is_floating(kind):

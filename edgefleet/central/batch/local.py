@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from edgefleet.central.batch.encoding import required_columns
-from edgefleet.central.batch.scoring import ChunkScorer, init_worker, score_in_worker
+from edgefleet.central.batch.scoring import ChunkScorer, Parts, init_worker, score_in_worker
 from edgefleet.central.batch.sinks import Sink
 from edgefleet.central.batch.sources import DEFAULT_CHUNK_ROWS, Chunk, InputSource
 from edgefleet.errors import EdgefleetError, InputError
@@ -90,11 +90,15 @@ def score_source(
         wanted.append(job.key_column)
     started = time.perf_counter()
     scored = rejected = 0
-    chunks = source.chunks(wanted, job.chunk_rows)
+    schema = local.scorer.manifest.schema
+    categorical = [f.name for f in schema.features if f.kind == "categorical"]
+    chunks = source.chunks(wanted, job.chunk_rows, categorical)
     workers = job.worker_count()
     try:
         results = (
-            _inline(local, chunks) if workers == 1 else _pooled(job, scored_at, chunks, workers)
+            _inline(local, chunks)
+            if workers == 1
+            else map(local.finish, _pooled(job, scored_at, chunks, workers))
         )
         for predictions, refused in results:
             sink.write(predictions)
@@ -147,11 +151,11 @@ def _inline(scorer: ChunkScorer, chunks: Iterator[Chunk]) -> Iterator[Result]:
 
 def _pooled(
     job: BatchJob, scored_at: datetime, chunks: Iterator[Chunk], workers: int
-) -> Iterator[Result]:
+) -> Iterator[Parts]:
     context = multiprocessing.get_context("spawn")
     arguments = (job.bundle, job.trusted_key, job.key_column, scored_at, job.format)
     with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=arguments) as pool:
-        pending: deque[Future[Result]] = deque()
+        pending: deque[Future[Parts]] = deque()
         try:
             for chunk in chunks:
                 pending.append(pool.submit(score_in_worker, chunk.batch, chunk.offset))

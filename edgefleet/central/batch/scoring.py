@@ -5,7 +5,7 @@ label, score, probabilities, scored_at) and the rejects (row, key, reason).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edgefleet.central.batch.encoding import as_text, encode_batch, unset
+from edgefleet.central.batch.encoding import Reasons, as_text, encode_batch, unset
 from edgefleet.central.predictions import MAX_KEY_LENGTH
 from edgefleet.edge.scorer import Scorer
 
@@ -32,6 +32,8 @@ RESULT_SCHEMA = pa.schema(
 # What a file of predictions holds (CSV has no lists; the score is the positive class's).
 FILE_COLUMNS = ("key", "model", "version", "label", "score", "scored_at")
 REJECT_SCHEMA = pa.schema([("row", pa.int64()), ("key", pa.string()), ("reason", pa.string())])
+# Keys of the scored rows, their probabilities [N, n_classes] float32, the rejects.
+Parts = tuple[pa.Array, npt.NDArray[np.float32], pa.Table]
 
 
 class ChunkScorer:
@@ -58,59 +60,78 @@ class ChunkScorer:
     def score(self, batch: pa.RecordBatch | pa.Table, offset: int) -> tuple[pa.Table, pa.Table]:
         """Predictions and rejects of ``batch``, whose first row is row ``offset`` of the
         input (rows count from 0)."""
-        keys, key_problem = self._keys(batch, offset)
+        return self.finish(self.score_parts(batch, offset))
+
+    def finish(self, parts: Parts) -> tuple[pa.Table, pa.Table]:
+        keys, probabilities, rejects = parts
+        return self._predictions(keys, np.asarray(probabilities, dtype=np.float64)), rejects
+
+    def score_parts(self, batch: pa.RecordBatch | pa.Table, offset: int) -> Parts:
+        """The scored rows' keys and float32 probabilities, and the rejects: the least a
+        worker process hands back (the columns every row shares are added by
+        :meth:`finish`). Arrow and numpy throughout: no Python object per row."""
+        keys = self._keys(batch, offset)
         encoded = encode_batch(batch, self.scorer.manifest.schema)
-        reasons = np.where(unset(key_problem), encoded.reasons, key_problem)
+        reasons = self._key_problems(keys, encoded.reasons)
         ok = unset(reasons)
         probabilities = (
-            np.asarray(self.scorer.score(encoded.inputs[ok]), dtype=np.float64)
+            self.scorer.score(encoded.inputs[ok])
             if ok.any()
-            else np.empty((0, len(self.classes)))
+            else np.empty((0, len(self.classes)), dtype=np.float32)
         )
-        scored = self._predictions(keys[ok], probabilities)
         bad = np.flatnonzero(~ok)
         rejects = pa.table(
             {
                 "row": pa.array(bad + offset, pa.int64()),
-                "key": pa.array(keys[bad], pa.string()),
+                "key": keys.take(pa.array(bad, pa.int64())),
                 "reason": pa.array(reasons[bad], pa.string()),
             },
             schema=REJECT_SCHEMA,
         )
-        return scored, rejects
+        return keys.filter(pa.array(ok)), probabilities, rejects
 
-    def _keys(
-        self, batch: pa.RecordBatch | pa.Table, offset: int
-    ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_]]:
-        rows = batch.num_rows
-        problems: npt.NDArray[np.object_] = np.full(rows, None, dtype=object)
+    def _keys(self, batch: pa.RecordBatch | pa.Table, offset: int) -> pa.Array:
         if self.key_column is None:
-            return np.array([str(offset + i) for i in range(rows)], dtype=object), problems
-        text = pc.utf8_trim_whitespace(as_text(batch.column(self.key_column)))
-        keys = np.array(text.to_numpy(zero_copy_only=False), dtype=object)
-        lengths = np.asarray(pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
-        problems[lengths > MAX_KEY_LENGTH] = (
-            f"key {self.key_column!r}: longer than {MAX_KEY_LENGTH} characters"
-        )
-        problems[lengths == 0] = f"key {self.key_column!r}: the key is missing"
-        return keys, problems
+            rows = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
+            return pc.cast(pa.array(rows), pa.string())
+        column = batch.column(self.key_column)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        return pc.cast(pc.utf8_trim_whitespace(as_text(column)), pa.string())
 
-    def _predictions(self, keys: npt.NDArray[Any], probabilities: npt.NDArray[Any]) -> pa.Table:
+    def _key_problems(self, keys: pa.Array, reasons: Reasons) -> Reasons:
+        """``reasons`` with a key problem first where a row has one."""
+        if self.key_column is None:
+            return reasons
+        lengths = np.asarray(pc.fill_null(pc.utf8_length(keys), 0).to_numpy(zero_copy_only=False))
+        if not ((lengths == 0) | (lengths > MAX_KEY_LENGTH)).any():
+            return reasons
+        reasons = reasons.copy()
+        name = self.key_column
+        reasons[lengths > MAX_KEY_LENGTH] = f"key {name!r}: longer than {MAX_KEY_LENGTH} characters"
+        reasons[lengths == 0] = f"key {name!r}: the key is missing"
+        return reasons
+
+    def _predictions(self, keys: pa.Array, probabilities: npt.NDArray[Any]) -> pa.Table:
         manifest = self.scorer.manifest
         rows = len(keys)
-        labels = np.array(self.classes, dtype=object)[probabilities.argmax(axis=1)] if rows else []
-        width = probabilities.shape[1] if rows else len(self.classes)
+        width = len(self.classes)
+        best = probabilities.argmax(axis=1) if rows else np.empty(0, dtype=np.int64)
+        zeros = pa.array(np.zeros(rows, dtype=np.int32))
         flat = pa.array(probabilities.reshape(-1), pa.float64())
         offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+        when = np.full(
+            rows, np.datetime64(self.scored_at.astimezone(UTC).replace(tzinfo=None), "us")
+        )
         return pa.table(
             {
-                "key": pa.array(keys, pa.string()),
-                "model": pa.array([manifest.name] * rows, pa.string()),
-                "version": pa.array([manifest.version] * rows, pa.string()),
-                "label": pa.array(labels, pa.string()),
+                "key": keys,
+                "model": pa.array([manifest.name], pa.string()).take(zeros),
+                "version": pa.array([manifest.version], pa.string()).take(zeros),
+                "label": pa.array(self.classes, pa.string()).take(pa.array(best)),
                 "score": pa.array(probabilities[:, 1] if rows else [], pa.float64()),
                 "probabilities": pa.ListArray.from_arrays(offsets, flat),
-                "scored_at": pa.array([self.scored_at] * rows, pa.timestamp("us", tz="UTC")),
+                "scored_at": pa.array(when, pa.timestamp("us", tz="UTC")),
             },
             schema=RESULT_SCHEMA,
         )
@@ -129,7 +150,7 @@ def init_worker(
     _worker = ChunkScorer.load(bundle, trusted_key, key_column, scored_at, fmt)
 
 
-def score_in_worker(batch: pa.RecordBatch, offset: int) -> tuple[pa.Table, pa.Table]:
+def score_in_worker(batch: pa.RecordBatch, offset: int) -> Parts:
     if _worker is None:
         raise RuntimeError("score_in_worker runs in a process started with init_worker")
-    return _worker.score(batch, offset)
+    return _worker.score_parts(batch, offset)
