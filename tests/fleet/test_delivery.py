@@ -502,10 +502,14 @@ def test_an_update_waits_out_a_missing_model_and_a_dead_broker_then_completes(
         own_broker.start()
         with MqttClient(own_broker.address, f"pub2-{fleet}", clean_start=True) as client:
             client.publish(topics.model(withheld.sha256), withheld.data, retain=True).wait()
+        # The version flips at activation, a moment before the update state is idle again.
         wait_for(
-            lambda: agent.status()["model_version"] == "1.1.0",
+            lambda: (
+                (agent.status()["model_version"], agent.status()["update_state"])
+                == ("1.1.0", "idle")
+            ),
             timeout=120,
-            what="1.1.0 installed after the faults passed",
+            what="1.1.0 installed (and the update done) after the faults passed",
         )
         status = agent.status()
         waits = agent.machine.record.waits

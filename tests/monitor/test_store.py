@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from edgefleet.central.monitor.fastpath import fast_decode as _fast_decode
 from edgefleet.central.monitor.store import (
     EXCERPT_BYTES,
     AlertRecord,
     DecisionRecord,
     IngestCounts,
     MonitorStore,
-    _fast_decode,
 )
 from edgefleet.edge.report import MAX_REPORT_BYTES, Report, merge_all
 from edgefleet.edge.topics import Topics

@@ -1,0 +1,203 @@
+"""How records and measures look in a document (plain JSON-able dicts and lists)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from edgefleet.central.monitor.alerts import describe
+from edgefleet.central.monitor.measures import Measures
+from edgefleet.central.monitor.store import (
+    AlertRecord,
+    DecisionRecord,
+)
+from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.profile import SCORE_BINS, CategoricalProfile, NumericProfile
+from edgefleet.edge.report import Aggregate
+from edgefleet.edge.rollout import ModelRef
+from edgefleet.edge.schema import CategoricalFeature
+from edgefleet.web.documents.common import DISPLAY_SCORE_BINS, number_text
+
+
+def time_slices(
+    start: float, end: float, wanted: int, reports: int, devices: int
+) -> list[tuple[float, float]]:
+    """``[start, end)`` cut in equal slices: ``wanted`` of them, fewer when there are not
+    as many reports per device (a slice shorter than the time between two reports would be
+    an empty gap), and none shorter than a second."""
+    count = max(1, min(wanted, reports // max(1, devices), math.ceil(end - start)))
+    width = (end - start) / count
+    return [
+        (start + i * width, end if i == count - 1 else start + (i + 1) * width)
+        for i in range(count)
+    ]
+
+
+def publisher_warnings(lines: list[str]) -> list[str]:
+    """The publisher's warnings among its progress lines (e.g. what it replaced on the
+    broker's rollout topic), for the page and the decision's evidence."""
+    return [line.removeprefix("warning: ") for line in lines if line.startswith("warning: ")]
+
+
+def ref_document(ref: ModelRef | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "label": ref.label,
+        "manifest_sha256": ref.manifest_sha256,
+        "formats": sorted(ref.artifacts),
+    }
+
+
+def alert_document(alert: AlertRecord) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "created": alert.created,
+        "rule": alert.rule,
+        "scope": alert.scope,
+        "subject": alert.subject,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "status": alert.status,
+        "model_version": alert.evidence.get("model_version"),
+        "description": describe(alert),
+        "evidence": dict(alert.evidence),
+    }
+
+
+def decision_document(decision: DecisionRecord) -> dict[str, Any]:
+    return {
+        "id": decision.id,
+        "created": decision.created,
+        "action": decision.action,
+        "model_version": decision.model_version,
+        "reason": decision.reason,
+        "evidence": dict(decision.evidence),
+    }
+
+
+def thresholds_document() -> dict[str, Any]:
+    from edgefleet.central.monitor.drift import DriftDetector
+
+    detector = DriftDetector()
+    return {
+        "psi": detector.psi_threshold,
+        "js": detector.js_threshold,
+        "min_count": detector.min_count,
+    }
+
+
+def measures_summary(measures: Measures) -> dict[str, Any]:
+    performance = measures.performance
+    return {
+        "model_version": measures.model_version,
+        "window": [measures.window_start, measures.window_end],
+        "reports": measures.reports,
+        "devices": measures.devices,
+        "scored": measures.scored,
+        "failed": measures.failed,
+        "labelled": measures.labelled,
+        "error_rate": measures.errors.value,
+        "auroc": None if performance is None else performance.auroc,
+        "reference_auroc": measures.reference_auroc,
+        "average_precision": None if performance is None else performance.average_precision,
+        "expected_auroc": None if measures.expected is None else measures.expected.auroc,
+        "latency_p50_ms": measures.latency.p50_ms,
+        "latency_p95_ms": measures.latency.p95_ms,
+        "drifted_features": [f.feature for f in measures.drifted_features],
+        "score_js": None if measures.score is None else measures.score.js,
+        "score_psi": None if measures.score is None else measures.score.psi,
+    }
+
+
+def feature_rows(measures: Measures) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": f.feature,
+            "psi": f.psi,
+            "js": f.js,
+            "verdict": f.verdict,
+            "reference_n": f.reference_n,
+            "current_n": f.current_n,
+            "extra_reference": f.extra.reference,
+            "extra_current": f.extra.current,
+            "out_of_range": f.extra.out_of_range,
+        }
+        for f in measures.features
+    ]
+
+
+def numeric_labels(edges: Sequence[float]) -> list[str]:
+    if not edges:
+        return ["all values"]
+    labels = [f"< {number_text(edges[0])}"]
+    labels += [f"{number_text(a)} to {number_text(b)}" for a, b in itertools.pairwise(edges)]
+    labels.append(f">= {number_text(edges[-1])}")
+    return labels
+
+
+def feature_histograms(manifest: Manifest, aggregate: Aggregate) -> list[dict[str, Any]]:
+    """Reference and current counts per bin of each feature, in the reference's order; the
+    values without a bin (missing, unknown category) as a last bin when either side has
+    any."""
+    sketches = {s.name: s for s in aggregate.features}
+    histograms = []
+    for profile in manifest.reference.features:
+        sketch = sketches[profile.name]
+        current = list(sketch.bins.counts)
+        current_extra = sketch.missing + sketch.unknown
+        if isinstance(profile, NumericProfile):
+            labels = numeric_labels(profile.edges)
+            extra_label = "missing"
+            reference_extra = profile.missing
+            kind = "numeric"
+        else:
+            assert isinstance(profile, CategoricalProfile)
+            feature = manifest.schema.feature(profile.name)
+            vocabulary = list(feature.vocabulary) if isinstance(feature, CategoricalFeature) else []
+            labels = (
+                vocabulary
+                if len(vocabulary) == len(profile.counts)
+                else [f"code {i}" for i in range(len(profile.counts))]
+            )
+            extra_label = "unknown or missing"
+            reference_extra = profile.unknown
+            kind = "categorical"
+        reference = list(profile.counts)
+        if reference_extra or current_extra:
+            labels = [*labels, extra_label]
+            reference.append(reference_extra)
+            current.append(current_extra)
+        histograms.append(
+            {"kind": kind, "labels": labels, "reference": reference, "current": current}
+        )
+    return histograms
+
+
+def score_histogram(
+    manifest: Manifest, aggregate: Aggregate, measures: Measures | None
+) -> dict[str, Any] | None:
+    reference = list(manifest.reference.scores.counts)
+    current = list(aggregate.scores.counts.counts)
+    if len(reference) != SCORE_BINS or len(current) != SCORE_BINS:
+        return None
+    step = SCORE_BINS // DISPLAY_SCORE_BINS
+    merged_reference = [sum(reference[i : i + step]) for i in range(0, SCORE_BINS, step)]
+    merged_current = [sum(current[i : i + step]) for i in range(0, SCORE_BINS, step)]
+    labels = [
+        f"{i / DISPLAY_SCORE_BINS:.2f} to {(i + 1) / DISPLAY_SCORE_BINS:.2f}"
+        for i in range(DISPLAY_SCORE_BINS)
+    ]
+    score = None if measures is None else measures.score
+    return {
+        "labels": labels,
+        "reference": merged_reference,
+        "current": merged_current,
+        "psi": None if score is None else score.psi,
+        "js": None if score is None else score.js,
+        "verdict": None if score is None else score.verdict,
+    }
