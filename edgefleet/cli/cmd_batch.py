@@ -112,6 +112,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError("--workers must be 0 (one per core) or more")
     if args.chunk_rows < 1:
         raise InputError("--chunk-rows must be at least 1")
+    if args.engine == "spark" and not args.key:
+        raise InputError("--engine spark keys predictions by a column: add --key COLUMN")
     if args.engine == "local" and args.master != "local[*]":
         raise InputError("--master is for --engine spark")
 

@@ -83,5 +83,8 @@ def test_rejected_rows_exit_1_and_bad_options_exit_2(
     wrong_key = run("batch", "score", *common, "--key", "id", "--out", "o.parquet", cwd=tmp_path)
     assert wrong_key.returncode == 2
     assert "the key column 'id' is not in the input" in wrong_key.stderr
+    spark_no_key = run("batch", "score", *common, "--out", "o", "--engine", "spark", cwd=tmp_path)
+    assert spark_no_key.returncode == 2
+    assert "add --key COLUMN" in spark_no_key.stderr
     helped = run("batch", "score", "--help", cwd=tmp_path)
     assert "examples:" in helped.stdout

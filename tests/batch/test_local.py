@@ -43,6 +43,7 @@ def test_a_parquet_folder_on_two_workers_equals_the_scorer(
         lambda state: seen.append(state.rows),
     )
     assert (summary.scored, summary.rejected, summary.workers) == (len(customers), 0, 2)
+    assert not (tmp_path / "rejects.csv").exists()  # nothing refused: no rejects file
     assert seen == sorted(seen)
     assert seen[-1] == len(customers)
     out = pd.read_parquet(tmp_path / "out.parquet")

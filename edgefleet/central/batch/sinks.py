@@ -36,8 +36,18 @@ class Sink(Protocol):
 class FileSink:
     """Rows of ``columns`` to a Parquet or CSV file, by its suffix."""
 
-    def __init__(self, path: Path, schema: pa.Schema, columns: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        columns: tuple[str, ...] | None = None,
+        *,
+        keep_empty: bool = True,
+    ):
+        """``keep_empty=False``: a run that wrote no row leaves no file (and removes the
+        previous run's, which would describe another night)."""
         self.path = Path(path)
+        self.keep_empty = keep_empty
         kind = FILE_FORMATS.get(self.path.suffix.lower())
         if kind is None:
             raise InputError(f"{self.path}: write predictions to a .parquet or .csv file")
@@ -69,6 +79,10 @@ class FileSink:
         self.rows += table.num_rows
 
     def close(self) -> None:
+        if not self.rows and not self.keep_empty:
+            self.abort()
+            self.path.unlink(missing_ok=True)
+            return
         self._open().close()  # an empty run still writes a file with the header
         os.replace(self._partial, self.path)
 
@@ -83,7 +97,7 @@ def prediction_file(path: Path) -> FileSink:
 
 
 def rejects_file(path: Path) -> FileSink:
-    return FileSink(path, REJECT_SCHEMA)
+    return FileSink(path, REJECT_SCHEMA, keep_empty=False)
 
 
 class DatabaseSink:
