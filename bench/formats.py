@@ -1,4 +1,6 @@
-"""Per format and model family: artifact size, conversion time, and single-row / 1,000-row
+"""Per task (binary, multi-class, regression: ``bench/formats_tasks.py``) the max parity
+error and latency of each format against scikit-learn; then per format and model family:
+artifact size, conversion time, and single-row / 1,000-row
 latency in the format's runtime, with ratios to onnxruntime measured in the same run.
 
 Runtimes: onnx in onnxruntime, tflite in LiteRT (both the edge backends devices use);
@@ -8,6 +10,7 @@ web is the ONNX graph that onnxruntime-web runs in the browser (its browser late
 measured by tests/web in Chromium, not here).
 
     .venv/bin/python -m bench.formats [--families rf,hgb] [--formats onnx,tflite,coreml]
+    .venv/bin/python -m bench.formats --tasks-only
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import numpy.typing as npt
 from bench.common import median_seconds
 from edgefleet.central.data.generator import generate
 from edgefleet.central.data.loader import encode_features, load_training_table
+from edgefleet.central.pipeline import FAMILIES
 from edgefleet.central.trainer import train
 from edgefleet.converters.parity import measure_parity
-from edgefleet.converters.registry import ALL_FAMILIES, EXPORT_FORMATS, ExportFormat
+from edgefleet.converters.registry import EXPORT_FORMATS, ExportFormat
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.backends.base import Backend
 
@@ -62,18 +66,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--families", default=",".join(ALL_FAMILIES))
+    parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--formats", default="onnx,tflite,coreml")
     parser.add_argument("--rows", type=int, default=20000, help="training rows")
     parser.add_argument("--repeat", type=int, default=300)
+    parser.add_argument("--tasks-only", action="store_true", help="only the per-task table")
     args = parser.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    from bench.formats_tasks import run as run_tasks
+
+    run_tasks(formats, args.repeat)
+    if args.tasks_only:
+        return 0
+    print()
     scratch = tempfile.mkdtemp(prefix="edgefleet-bench-formats-")
     data = generate(args.rows, seed=0)
     table = load_training_table(data.frame, "churn", schema=data.schema)
     fresh = load_training_table(generate(1000, seed=1).frame, "churn", schema=data.schema)
     batch = encode_features(fresh.features, data.schema)
     one = batch[:1]
-    formats = [f for f in args.formats.split(",") if f]
     print(
         f"{'family':7} {'format':7} {'bytes':>11} {'convert s':>9} {'parity':>8} "
         f"{'1 row us':>10} {'ratio':>6} {'1000 rows us':>13} {'ratio':>6}"

@@ -227,12 +227,27 @@ class Registry:
         major, minor, _ = parse_version(versions[-1].version)
         return f"{major}.{minor + 1}.0"
 
+    def _new_version(self, name: str, asked: str | None) -> str:
+        if asked is None:
+            return self.next_version(name)
+        parse_version(asked)
+        if any(v.version == asked for v in self.versions(name)):
+            raise RegistryError(
+                f"model {name!r} already has version {asked}; choose another --version"
+            )
+        return asked
+
     def register(
-        self, model: TrainedModel, *, name: str = DEFAULT_NAME, data_sha256: str
+        self,
+        model: TrainedModel,
+        *,
+        name: str = DEFAULT_NAME,
+        data_sha256: str,
+        version: str | None = None,
     ) -> ModelVersion:
         if not name or "@" in name or "/" in name:
             raise InputError(f"model name {name!r} must be non-empty without '@' or '/'")
-        version = self.next_version(name)
+        version = self._new_version(name, version)
         relative = Path("models") / name / version
         final = self.home / relative
         final.parent.mkdir(parents=True, exist_ok=True)

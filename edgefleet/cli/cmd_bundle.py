@@ -58,8 +58,10 @@ def register(subparsers: Any) -> None:
 
     formats = subparsers.add_parser(
         "formats",
-        help="print which model families each export format takes",
-        description="The support matrix of the converter registry: model family x format.",
+        help="print what converts: estimators and tasks per export format, and the steps",
+        description="The support matrix, computed from the converter registry: each "
+        "estimator (its family and task) x export format, then the preprocessing steps "
+        "'edgefleet register' reads.",
     )
     formats.set_defaults(handler=run_formats)
 
@@ -120,13 +122,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_formats(args: argparse.Namespace) -> int:
-    from edgefleet.converters.registry import ALL_FAMILIES, DEFAULT_FORMATS, EXPORT_FORMATS
+    from edgefleet.central.byo.reading import COVERED_STEPS
+    from edgefleet.converters.ir import ESTIMATOR_FAMILIES
+    from edgefleet.converters.registry import DEFAULT_FORMATS, EXPORT_FORMATS
 
     names = list(EXPORT_FORMATS)
-    print(f"{'family':8} " + " ".join(f"{n:>7}" for n in names))
-    for family in ALL_FAMILIES:
+    # Computed from the converter registry: a new format or family shows up here by itself.
+    print(f"{'estimator':32} {'family':7} {'task':7} " + " ".join(f"{n:>7}" for n in names))
+    for estimator, family in ESTIMATOR_FAMILIES.items():
         marks = ("yes" if family in EXPORT_FORMATS[n].families else "-" for n in names)
-        print(f"{family:8} " + " ".join(f"{m:>7}" for m in marks))
+        print(f"{estimator:32} {family:7} {'binary':7} " + " ".join(f"{m:>7}" for m in marks))
     print()
     for fmt in EXPORT_FORMATS.values():
         default = (
@@ -135,6 +140,9 @@ def run_formats(args: argparse.Namespace) -> int:
             else " (central only: name it in --formats)"
         )
         print(f"{fmt.name:7} {fmt.filename:16} {fmt.description}; needs {fmt.runtime}{default}")
+    print("\npreprocessing steps (edgefleet register), the same in every format:")
+    for step_name, detail in COVERED_STEPS.items():
+        print(f"  {step_name:18} {detail}")
     return 0
 
 

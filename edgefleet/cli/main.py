@@ -23,6 +23,7 @@ from edgefleet.errors import EdgefleetError
 COMMAND_MODULES = (
     "edgefleet.cli.cmd_data",
     "edgefleet.cli.cmd_train",
+    "edgefleet.cli.cmd_register",
     "edgefleet.cli.cmd_bundle",
     "edgefleet.cli.cmd_score",
     "edgefleet.cli.cmd_batch",

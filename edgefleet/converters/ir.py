@@ -39,7 +39,10 @@ ESTIMATOR_FAMILIES = {
     "HistGradientBoostingClassifier": "hgb",
     "ExtraTreesClassifier": "et",
     "DecisionTreeClassifier": "dt",
+    # Brought by users (edgefleet register); the trainer does not fit it.
+    "SGDClassifier": "sgd",
 }
+LINEAR_FAMILIES = ("logreg", "sgd")
 
 
 def family_of(estimator: Any) -> str:
@@ -205,8 +208,50 @@ def read_pipeline(pipeline: Any) -> ModelIR:
             "edgefleet converts binary classifiers"
         )
     preprocessing = _read_preprocessing(prep)
-    model = _read_linear(estimator) if family == "logreg" else _read_trees(estimator, family)
-    return ModelIR(family=family, preprocessing=preprocessing, model=model)
+    order = _ir_positions(prep, preprocessing)
+    linear = family in LINEAR_FAMILIES
+    model = _read_linear(estimator) if linear else _read_trees(estimator, family)
+    return ModelIR(family=family, preprocessing=preprocessing, model=_reorder(model, order))
+
+
+def _ir_positions(prep: Any, preprocessing: Preprocessing) -> IntArray:
+    """Per feature the ColumnTransformer outputs (in its transformers' order), its position
+    in the IR's layout (numeric columns first, then the one-hot blocks). A pipeline the
+    trainer built is in that layout already; one a user brought may interleave them."""
+    numeric_at, block_at = 0, len(preprocessing.numeric)
+    positions: list[int] = []
+    for name, transformer, columns in prep.transformers_:
+        if name == "remainder":
+            continue
+        if type(transformer).__name__ == "Pipeline":
+            positions.extend(range(numeric_at, numeric_at + len(columns)))
+            numeric_at += len(columns)
+        else:
+            width = sum(len(c) for c in transformer.categories_)
+            positions.extend(range(block_at, block_at + width))
+            block_at += width
+    return np.asarray(positions, dtype=np.int64)
+
+
+def _reorder(model: LinearModel | TreeEnsemble, order: IntArray) -> LinearModel | TreeEnsemble:
+    if np.array_equal(order, np.arange(len(order))):
+        return model
+    if isinstance(model, LinearModel):
+        coefficients = np.zeros_like(model.coefficients)
+        coefficients[order] = model.coefficients
+        return LinearModel(coefficients=coefficients, intercept=model.intercept)
+    trees = tuple(
+        Tree(
+            feature=np.where(t.feature >= 0, order[np.maximum(t.feature, 0)], -1),
+            threshold=t.threshold,
+            left=t.left,
+            right=t.right,
+            value=t.value,
+            missing_left=t.missing_left,
+        )
+        for t in model.trees
+    )
+    return TreeEnsemble(trees, model.aggregation, model.base, model.float32_compare)
 
 
 def _read_preprocessing(prep: Any) -> Preprocessing:
@@ -244,6 +289,12 @@ def _read_preprocessing(prep: Any) -> Preprocessing:
 
 
 def _read_linear(estimator: Any) -> LinearModel:
+    loss = getattr(estimator, "loss", "log_loss")
+    if loss != "log_loss":
+        raise UnsupportedModelError(
+            f"{type(estimator).__name__}(loss={loss!r}) gives no probabilities of the "
+            "logistic form; edgefleet converts SGDClassifier(loss='log_loss')"
+        )
     return LinearModel(
         coefficients=np.asarray(estimator.coef_[0], dtype=np.float64),
         intercept=float(estimator.intercept_[0]),

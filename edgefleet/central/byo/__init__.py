@@ -1,0 +1,1 @@
+"""Bring your own scikit-learn model: load, read, check and register it."""
