@@ -1,5 +1,5 @@
 """Publishing a challenger for shadow scoring, and ending the shadow test
-(docs/architecture.md §16).
+(docs/architecture.md §17).
 
 A shadow test names a challenger beside the stable model: the devices of the shadow cohort
 (``shadow_percent`` %, :func:`edgefleet.edge.rollout.in_shadow`) fetch and verify it like

@@ -159,7 +159,7 @@ class RolloutState:
     format_version: int = field(default=ROLLOUT_FORMAT)
     challenger: ModelRef | None = None
     """A model the shadow cohort scores beside the one it runs, never acting on its answers
-    (docs/architecture.md §16). Signed and fetched like the others; written in the signed
+    (docs/architecture.md §17). Signed and fetched like the others; written in the signed
     bytes only when set, so a state without one reads and verifies as before."""
     shadow_percent: int = 0
     """Share of the devices in the shadow cohort (:func:`in_shadow`)."""

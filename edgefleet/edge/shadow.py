@@ -1,4 +1,4 @@
-"""Shadow scoring on the device (docs/architecture.md §16): the challenger a rollout names
+"""Shadow scoring on the device (docs/architecture.md §17): the challenger a rollout names
 scores every record beside the champion, and only the champion's answer is returned.
 
 What a shadow device measures per window, for the report's ``shadow`` field (report

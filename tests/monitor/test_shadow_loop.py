@@ -279,3 +279,64 @@ def test_a_candidate_not_better_in_shadow_is_rejected_and_escalated(
     assert (state.challenger, state.canary) == (None, None)
     assert state.stable is not None
     assert state.stable.version == "1.0.0"
+
+
+def test_rollups_carry_the_shadow_sums(published: Published) -> None:  # noqa: F811
+    """A rollup body (SketchSums.to_dict) holds the challengers' sums, and rollups merged
+    again give what the raw reports give (docs/architecture.md §7b's extension point)."""
+    from dataclasses import replace
+
+    from edgefleet.central.data.loader import encode_features
+    from edgefleet.central.monitor.merging import add_counts
+    from edgefleet.central.monitor.validation import layout_of
+    from edgefleet.edge.report import SketchSums, merge_all
+    from edgefleet.edge.sketch import SketchBuilder
+
+    manifest = published.running
+    made = []
+    for i in range(4):
+        builder = SketchBuilder.from_manifest(manifest)
+        frame = generate(40, seed=i).frame
+        builder.add(
+            encode_features(frame[list(manifest.schema.names)], manifest.schema),
+            np.linspace(0.05, 0.95, 40),
+            0.001,
+        )
+        labels = [0, 1] * 10
+        builder.add_outcomes(np.linspace(0.05, 0.95, 20), labels)
+        paired = sketch_of(
+            np.linspace(0.05, 0.95, 20).tolist(), np.linspace(0.95, 0.05, 20).tolist(), labels
+        )
+        shadow = ShadowSketch(
+            f"1.{1 + i % 2}.0",
+            histogram(np.linspace(0.05, 0.95, 40).tolist()),
+            paired.challenger,
+            paired.champion,
+        )
+        made.append(
+            Report.from_body(
+                replace(builder.roll(), shadow=shadow),
+                fleet="f",
+                device_id=f"d{i}",
+                sequence=1,
+                cohort="stable",
+                device_group="default",
+            )
+        )
+    halves = []
+    for part in (made[:2], made[2:]):
+        sums = SketchSums()
+        for report in part:
+            raw = report.to_dict()
+            add_counts(sums, raw, layout_of(raw))
+        assert sums.to_dict() == sums.freeze().to_dict()
+        halves.append(sums.to_dict())
+    total = SketchSums()
+    for body in halves:
+        add_counts(total, body, layout_of(body))
+    merged = total.freeze()
+    assert merged == merge_all(made)
+    assert [s.model_version for s in merged.shadow] == ["1.1.0", "1.2.0"]
+    one = merged.shadow_of("1.1.0")
+    assert one is not None
+    assert one.labelled == 40

@@ -1,4 +1,4 @@
-"""Judging a challenger from the shadow devices' paired histograms (docs/architecture.md §16).
+"""Judging a challenger from the shadow devices' paired histograms (docs/architecture.md §17).
 
 Shadow devices score every record with the champion (the stable model, whose answer they
 act on) and the challenger; for the records whose label came back they report both models'

@@ -1,5 +1,5 @@
 """The loop's first stage for a candidate: shadow on the devices, then canary
-(docs/architecture.md §16).
+(docs/architecture.md §17).
 
 With ``shadow_percent`` set, :class:`~edgefleet.central.monitor.loop.RetrainLoop` publishes
 an accepted candidate as the fleet's challenger instead of its canary. Every window

@@ -134,7 +134,7 @@ class _Window:
     records: int = 0
     started: float = field(default_factory=time.monotonic)
     shadow: ShadowCounter | None = None
-    """The challenger's counts, on a shadow device (docs/architecture.md §16)."""
+    """The challenger's counts, on a shadow device (docs/architecture.md §17)."""
 
 
 _Remembered = tuple[float, str, tuple[int, ...], tuple[float, str] | None]
