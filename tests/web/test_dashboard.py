@@ -249,7 +249,7 @@ def site(
         Monitor(site.fleet, broker.address, site.store),
         Simulation(config) as sim,
     ):
-        patch.setattr(publish_module, "_rollout_id", lambda: rollout_id)
+        patch.setattr(publish_module, "new_rollout_id", lambda: rollout_id)
         wait_for(lambda: sim.models() == {"1.0.0": DEVICES}, 30, "every device on 1.0.0")
         feeder = threading.Thread(
             target=sim.run_for, args=(300.0,), kwargs={"step": 0.5, "until": stop.is_set}
