@@ -36,6 +36,8 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_reports",
     "edgefleet.cli.cmd_watch",
     "edgefleet.cli.cmd_serve",
+    "edgefleet.cli.cmd_serve_model",
+    "edgefleet.cli.cmd_stream",
 )
 
 DESCRIPTION = """\

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -123,9 +124,20 @@ class _JsonChannel(HTTPChannel):  # type: ignore[misc]
 class _Server(TcpWSGIServer):  # type: ignore[misc]
     channel_class = _JsonChannel
 
-    def __init__(self, app: WsgiApp, limits: ServerLimits, adj: Adjustments) -> None:
+    def __init__(
+        self,
+        app: WsgiApp,
+        limits: ServerLimits,
+        adj: Adjustments,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.limits = limits
-        super().__init__(app, map={}, adj=adj)
+        if sock is None:
+            super().__init__(app, map={}, adj=adj)
+            return
+        # A socket bound (and listening) already, shared by pre-forked worker processes.
+        info = (sock.family, sock.type, sock.proto, sock.getsockname())
+        super().__init__(app, map={}, adj=adj, _sock=sock, bind_socket=False, sockinfo=info)
 
     def maintenance(self, now: float) -> None:
         """waitress closes the silent connections; this also closes those whose request
@@ -142,12 +154,22 @@ class HttpServer:
     """``app`` served on ``host:port`` (port 0: any free one) within ``limits``.
 
     ``serve_forever`` in the calling thread (Ctrl-C ends it), or ``start`` a thread and
-    ``stop`` it."""
+    ``stop`` it. ``sock``: serve a listening socket made elsewhere (``host`` and ``port``
+    then only describe it), as the scoring service's worker processes share one."""
 
-    def __init__(self, app: WsgiApp, host: str, port: int, limits: ServerLimits) -> None:
+    def __init__(
+        self,
+        app: WsgiApp,
+        host: str,
+        port: int,
+        limits: ServerLimits,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.limits = limits
         try:
-            self._server = _Server(app, limits, Adjustments(**limits.adjustments(host, port)))
+            adj = Adjustments(**limits.adjustments(host, port))
+            self._server = _Server(app, limits, adj, sock)
         except OSError as error:
             raise InputError(
                 f"cannot listen on {host}:{port} ({error.strerror}): choose another port"

@@ -545,6 +545,31 @@ class SketchBuilder:
         with self._lock:
             self._outcomes += counts
 
+    def merge(self, body: ReportBody) -> None:
+        """Add the counts of ``body``, a window of the same model measured elsewhere (a
+        worker process of the scoring service): sketches merge by adding counts."""
+        if (body.model_name, body.model_version) != (self.model_name, self.model_version):
+            raise InputError(
+                f"cannot merge counts of {body.model_name} {body.model_version} into "
+                f"{self.model_name} {self.model_version}"
+            )
+        layout = [(f.name, f.bins.bins) for f in body.features]
+        if layout != [(c.name, c.bins) for c in self._columns]:
+            raise InputError("the counts to merge have another feature layout")
+        with self._lock:
+            for j, feature in enumerate(body.features):
+                self._bins[j] += np.asarray(feature.bins.counts, dtype=np.int64)
+                self._missing[j] += feature.missing
+                self._out_of_range[j] += feature.out_of_range
+                self._unknown[j] += feature.unknown
+            self._scores += np.asarray(body.scores.counts.counts, dtype=np.int64)
+            self._outcomes[0] += np.asarray(body.outcomes.counts.counts, dtype=np.int64)
+            self._outcomes[1] += np.asarray(body.outcomes.by_label[0].counts, dtype=np.int64)
+            self._outcomes[2] += np.asarray(body.outcomes.by_label[1].counts, dtype=np.int64)
+            self._latency += np.asarray(body.latency.counts.counts, dtype=np.int64)
+            self._scored += body.scored
+            self._failed += body.failed
+
     def snapshot(self) -> ReportBody:
         """The counts so far, from the window's start to now."""
         with self._lock:

@@ -56,7 +56,7 @@ from edgefleet.edge.rollout import (
     verify_rollout,
 )
 from edgefleet.edge.signing import TrustedKey
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch import ReportBody, SketchBuilder
 from edgefleet.edge.topics import Topics, validate_device_id
 from edgefleet.errors import BrokerError, EdgefleetError, InputError, RecordError
 
@@ -177,6 +177,7 @@ class Agent:
         self.last_problem: str | None = None
         self._window: _Window | None = None
         self._window_lock = threading.Lock()
+        self._sequence_lock = threading.Lock()
         self._predictions: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._rollouts: queue.Queue[bytes | None] = queue.Queue()
         self._stop = threading.Event()
@@ -185,6 +186,7 @@ class Agent:
         self._acks: deque[tuple[tuple[int, int], ...]] = deque(maxlen=10_000)
         self.acks_refused = 0
         self._threads: list[threading.Thread] = []
+        self._activation_listeners: list[Callable[[ActiveModel], None]] = []
         self.client = MqttClient(
             config.broker,
             f"edgefleet-{config.fleet}-{config.device_id}",
@@ -437,6 +439,16 @@ class Agent:
             self._window = _Window(
                 SketchBuilder.from_manifest(new.scorer.manifest), new.scorer.manifest, self._cohort
             )
+        for listener in list(self._activation_listeners):
+            listener(new)
+
+    def add_activation_listener(self, listener: Callable[[ActiveModel], None]) -> None:
+        """Call ``listener(model)`` whenever a model becomes active (the scoring service
+        hands it to its worker processes), and at once for the model active now."""
+        self._activation_listeners.append(listener)
+        active = self.installer.active
+        if active is not None:
+            listener(active)
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -484,6 +496,11 @@ class Agent:
         if remembered is None:
             raise InputError(f"no recent prediction has id {prediction_id!r}")
         score, version = remembered
+        self.record_outcome(score, version, label)
+
+    def record_outcome(self, score: float, version: str, label: str | int | bool) -> None:
+        """Count the true label of a prediction of ``score`` made by ``version`` elsewhere
+        (the scoring service's workers, whose signed prediction ids carry both)."""
         active = self.installer.active
         if active is None or active.scorer.manifest.version != version:
             return  # the model changed since; its window is reported already
@@ -533,11 +550,33 @@ class Agent:
             window.records = 0
             window.started = time.monotonic()
             cohort = window.cohort
+        return self._queue_report(body, cohort)
+
+    def merge_counts(self, body: ReportBody) -> None:
+        """Add a window measured by another process of this member (a worker of the
+        scoring service) to the open window; counts of a model no longer active (a worker
+        finishing its last batches after a swap) go out as a report of their own."""
+        full = False
+        with self._window_lock:
+            window = self._window
+            cohort = window.cohort if window is not None else self._cohort
+            same = window is not None and window.manifest.version == body.model_version
+            if window is not None and same:
+                window.builder.merge(body)
+                window.records += body.scored
+                full = window.records >= self.config.report_records
+        if not same:
+            self._queue_report(body, cohort)
+        elif full:
+            self.close_window()
+
+    def _queue_report(self, body: ReportBody, cohort: Cohort) -> int | None:
         if body.scored == 0 and body.failed == 0 and body.outcomes.total == 0:
             return None
-        self._sequence += 1
-        sequence = self._sequence
-        self._save_state()
+        with self._sequence_lock:  # windows close on several threads
+            self._sequence += 1
+            sequence = self._sequence
+            self._save_state()
 
         def build(dropped: int) -> bytes:
             return Report.from_body(
