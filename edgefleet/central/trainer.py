@@ -61,14 +61,21 @@ def train(
     seed: int = 0,
     holdout: float = 0.25,
     params: Mapping[str, Any] | None = None,
+    sample_weight: npt.NDArray[np.float64] | None = None,
 ) -> TrainedModel:
-    """Fit ``family`` on ``table`` with a stratified holdout of the given share."""
+    """Fit ``family`` on ``table`` with a stratified holdout of the given share.
+    ``sample_weight`` (one per row of ``table``) weighs the rows in the fit, e.g. newer rows
+    above older ones when a retrain mixes both."""
     inputs = encode_features(table.features, table.schema)
     train_index, test_index = train_test_split(
         np.arange(len(inputs)), test_size=holdout, random_state=seed, stratify=table.labels
     )
     pipeline, used_params = build_pipeline(table.schema, family, seed=seed, params=params)
-    pipeline.fit(inputs[train_index], table.labels[train_index])
+    if sample_weight is None:
+        pipeline.fit(inputs[train_index], table.labels[train_index])
+    else:
+        weights = np.asarray(sample_weight, dtype=np.float64)[train_index]
+        pipeline.fit(inputs[train_index], table.labels[train_index], model__sample_weight=weights)
     holdout_inputs = inputs[test_index]
     holdout_labels = table.labels[test_index].astype(np.int8)
     scores = pipeline.predict_proba(holdout_inputs)[:, 1]

@@ -2,10 +2,12 @@
 
 Generate telco-churn data, train, export every format with parity checks and sign; start a
 local Mosquitto and a monitor; publish to a simulated fleet; part of the fleet is hit by a
-drift scenario (a price increase by default); the monitor detects it from the devices'
-aggregated reports alone, the loop retrains on the newest labelled data, releases a canary,
-judges it against the stable cohort and promotes it. Exit status 0 only when the loop closed
-with the new model promoted to every device.
+drift scenario (a competitor's offer by default: concept drift that retraining fixes); the
+monitor detects it from the devices' aggregated reports alone, the loop retrains on the
+window of data that validates best, ships the candidate only if it beats the running model
+with confidence, releases a canary, judges it against the stable cohort and promotes it, and
+the demo prints the AUROC before and after the update on the drifted devices. Exit status 0
+only when the loop closed with the new model promoted to every device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from edgefleet.cli.cmd_serve import add_demo_options, finish_demo
 from edgefleet.cli.progress import say, step
 
 FLEET = "demo"
+SEGMENTS = ("senior_citizen", "region")
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +37,8 @@ def register(subparsers: Any) -> None:
         "drift, and watch the closed loop detect, retrain, canary and promote. Everything lives "
         "in a work folder (default ./demo-run, replaced each run). Exit status 0 "
         "only when the loop closed.",
-        epilog="example:\n  edgefleet demo --devices 50 --scenario price_increase",
+        epilog="examples:\n  edgefleet demo --devices 50\n"
+        "  edgefleet demo --scenario price_increase   # retraining does not help: escalated",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
@@ -48,11 +52,27 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
     demo.add_argument(
         "--scenario",
-        default="price_increase",
-        help="drift scenario for part of the fleet (default price_increase)",
+        default="competitor_offer",
+        help="drift scenario for part of the fleet (default competitor_offer, where retraining "
+        "helps; price_increase is one where it does not, and the loop escalates)",
     )
     demo.add_argument(
-        "--drift-share", type=float, default=0.4, help="share of devices that drift (default 0.4)"
+        "--drift-share", type=float, default=0.5, help="share of devices that drift (default 0.5)"
+    )
+    demo.add_argument(
+        "--canary",
+        type=int,
+        default=20,
+        metavar="PERCENT",
+        help="share of devices the candidate goes to first (default 20; with few devices, "
+        "more, or the canary may hold none)",
+    )
+    demo.add_argument(
+        "--min-labels",
+        type=int,
+        default=1000,
+        help="labels a scope needs in a window before AUROC and calibration rules speak "
+        "(default 1000; a small demo fleet reports fewer)",
     )
     demo.add_argument(
         "--drift-at",
@@ -91,6 +111,11 @@ class Milestones:
     promoted: float | None = None
     everywhere: float | None = None
     outcome: str = "not closed"
+    drift_wall: float | None = None
+    everywhere_wall: float | None = None
+    before: Any = None
+    after: Any = None
+    fairness: str = ""
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -98,7 +123,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from edgefleet.central.data.loader import data_sha256, load_training_table, write_table
     from edgefleet.central.export import export_bundle
     from edgefleet.central.keys import generate_keys
-    from edgefleet.central.monitor.alerts import describe
+    from edgefleet.central.monitor.alerts import AlertRules, describe
     from edgefleet.central.monitor.ingest import Monitor
     from edgefleet.central.monitor.loop import RetrainLoop
     from edgefleet.central.monitor.store import MonitorStore
@@ -123,7 +148,10 @@ def run_demo(args: argparse.Namespace) -> int:
         write_table(data.frame, work / "churn.csv")
     say(f"  {work / 'churn.csv'}: churn rate {(data.frame['churn'] == 'Yes').mean():.1%}")
     with step(f"training {args.model}"):
-        table = load_training_table(data.frame, "churn", schema=data.schema)
+        # Segments: devices report per-group histograms, the dashboard's drift page shows
+        # fairness across seniors and regions.
+        schema = replace(data.schema, segments=SEGMENTS)
+        table = load_training_table(data.frame, "churn", schema=schema)
         model = train(table, args.model, seed=args.seed)
         version = Registry(home).register(model, data_sha256=data_sha256(data.frame))
     say(
@@ -184,7 +212,9 @@ def run_demo(args: argparse.Namespace) -> int:
             secured.address("publisher"),
             signing_key,
             labelled,
-            canary_percent=20,
+            reference_source=work / "churn.csv",
+            rules=AlertRules(min_labels=args.min_labels),
+            canary_percent=args.canary,
             canary_windows=2,
             max_canary_windows=12,
             min_canary_reports=5,
@@ -213,6 +243,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 _watch(
                     args, sim, loop, monitor, milestones, labelled, describe, generate, write_table
                 )
+                if milestones.everywhere is not None:
+                    _measure_gain(args, sim, store, home, milestones)
             finally:
                 stop.set()
                 feeder.join(timeout=15)
@@ -304,7 +336,7 @@ def _watch(
         window += 1
         now = sim.elapsed
         if milestones.drift is None and now >= args.drift_at:
-            milestones.drift = now
+            milestones.drift, milestones.drift_wall = now, time.time()
             # The newest labelled data, as a CRM export would bring it: customers from the
             # whole fleet, the drifted share among them.
             drifted = generate(
@@ -331,7 +363,7 @@ def _watch(
             milestones.alert_text = describe(result.alerts[0])
         if result.action == "canary":
             milestones.canary, milestones.canary_version = now, result.model_version or ""
-        if result.action in ("promoted", "rolled_back", "rejected"):
+        if result.action in ("promoted", "rolled_back", "escalated"):
             milestones.outcome = result.action
             if result.action != "promoted":
                 return
@@ -341,11 +373,64 @@ def _watch(
             while time.monotonic() < settle:
                 if sim.models() == {target: len(sim.agents)}:
                     milestones.everywhere = sim.elapsed
+                    milestones.everywhere_wall = time.time()
                     return
                 time.sleep(0.5)
             milestones.outcome = "promoted, but not every device updated within 60 s"
             return
     say(f"  the loop did not close within {args.timeout:.0f} s")
+
+
+def _measure_gain(
+    args: argparse.Namespace, sim: Any, store: Any, home: Path, milestones: Milestones
+) -> None:
+    """The AUROC on the drifted devices' labelled reports: the old model's after the drift
+    began, the new one's once every device runs it (fed for three more windows)."""
+    from edgefleet.central.monitor.fielded import field_auroc
+
+    say(f"  measuring the new model on the drifted devices for {3 * args.window:.0f} s")
+    time.sleep(3 * args.window + args.window / 2)
+    drifted = sorted(sim.drifted)
+    old, new = "1.0.0", sim.models()
+    target = next(iter(new)) if len(new) == 1 else None
+    milestones.fairness = _fairness_line(store, home, new)
+    milestones.before = field_auroc(
+        store, FLEET, drifted, old, since=milestones.drift_wall, until=milestones.everywhere_wall
+    )
+    if target is not None:
+        milestones.after = field_auroc(
+            store, FLEET, drifted, str(target), since=milestones.everywhere_wall
+        )
+
+
+def _fairness_line(store: Any, home: Path, running: dict[Any, int]) -> str:
+    """Demographic-parity and equalized-odds differences of the model every device runs,
+    over its reports so far."""
+    from edgefleet.central.monitor.fairness import fairness_of
+    from edgefleet.central.registry import Registry
+
+    if len(running) != 1:
+        return "not measured (the fleet runs several versions)"
+    version = str(next(iter(running)))
+    aggregate = store.aggregate(FLEET, model_version=version)
+    if aggregate is None:
+        return "not measured (no reports)"
+    schema = Registry(home).get(version).manifest().schema
+    return "; ".join(
+        f"{f.feature} DP {f.demographic_parity_difference:.3f} EO {f.equalized_odds_difference:.3f}"
+        for f in fairness_of(aggregate, schema)
+    )
+
+
+def _gain_line(milestones: Milestones) -> str:
+    before, after = milestones.before, milestones.after
+    if before is None or after is None:
+        return "not measured (too few labels on the drifted devices)"
+    return (
+        f"{before.auroc:.4f} ({before.model_version}, {before.labelled:,} labels) -> "
+        f"{after.auroc:.4f} ({after.model_version}, {after.labelled:,} labels): "
+        f"{after.auroc - before.auroc:+.4f}"
+    )
 
 
 def _summary(
@@ -385,6 +470,8 @@ def _summary(
     say(f"  {'canary published':22} {at(milestones.canary)}  {milestones.canary_version}")
     say(f"  {'promoted':22} {at(milestones.promoted)}")
     say(f"  {'every device updated':22} {at(milestones.everywhere)}")
+    say(f"  {'AUROC, drifted devices':22} {_gain_line(milestones)}")
+    say(f"  {'fairness (segments)':22} {milestones.fairness or 'not measured'}")
     say(
         f"  {'loop':22} {milestones.outcome}; decisions: edgefleet --home {work / 'home'} "
         f"rollout history --fleet {FLEET} --db sqlite:///{work / 'monitor.db'}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ examples:
   edgefleet train --data my.parquet --target Churn --positive-class Yes --model hgb \\
       --param max_iter=300 --param learning_rate=0.05
   edgefleet train --data my.csv --target churned --schema schema.json
+  edgefleet train --data churn.csv --target churn --segment senior_citizen --segment region
 
 families: logreg, rf (random forest), gb (gradient boosting), hgb (histogram gradient
 boosting), et (extra trees), dt (decision tree). Without --schema the feature schema is
-inferred: numeric columns stay numeric, text columns become categorical.
+inferred: numeric columns stay numeric, text columns become categorical. --segment marks
+a feature whose groups the monitor compares for fairness (categorical, or whole numbers
+0..15 with --schema bounds); devices then report per-group histograms.
 """
 
 
@@ -59,6 +63,13 @@ def register(subparsers: Any) -> None:
         help="share of rows held out for metrics and parity (default: 0.25)",
     )
     train.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="FEATURE",
+        help="a segment feature for fairness monitoring, repeatable (at most 4)",
+    )
+    train.add_argument(
         "--param",
         type=_parse_param,
         action="append",
@@ -93,6 +104,8 @@ def run_train(args: argparse.Namespace) -> int:
         table = load_training_table(
             frame, args.target, schema=schema, positive_class=args.positive_class
         )
+    if args.segment:
+        table = replace(table, schema=_with_segments(table, args.segment))
     say(
         f"  {len(table.labels):,} rows, {table.schema.n_features} features, "
         f"{table.labels.mean():.1%} {table.schema.classes[1]!r}"
@@ -144,3 +157,20 @@ def run_models(args: argparse.Namespace) -> int:
             f"{v.created:%Y-%m-%d %H:%M}"
         )
     return 0
+
+
+def _with_segments(table: Any, names: list[str]) -> Any:
+    """The table's schema with ``names`` as segment features. An inferred numeric feature
+    has no bounds; one whose values are whole numbers 0..15 (a flag, a small code) gets
+    them from the data, since a segment's levels are its whole values."""
+    from edgefleet.edge.schema import NumericFeature
+
+    features = []
+    for feature in table.schema.features:
+        if feature.name in names and isinstance(feature, NumericFeature):
+            values = table.features[feature.name].dropna()
+            whole = bool(len(values)) and bool((values == values.round()).all())
+            if feature.maximum is None and whole and values.min() >= 0 and values.max() < 16:
+                feature = replace(feature, minimum=0.0, maximum=float(max(values.max(), 1)))
+        features.append(feature)
+    return replace(table.schema, features=tuple(features), segments=tuple(names))

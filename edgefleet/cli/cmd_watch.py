@@ -28,10 +28,14 @@ LOOP_EPILOG = """\
 examples:
   edgefleet retrain --fleet shops --data labelled/
   edgefleet watch --fleet shops --data labelled/ --window 300
+  edgefleet watch --fleet shops --data labelled/ --reference-data churn.csv --min-gain 0.005
   edgefleet alerts --fleet shops --open
   edgefleet decisions --fleet shops
 
 Every step is recorded with its numbers: 'edgefleet decisions --fleet NAME'.
+A candidate ships only when it beats the running model with confidence (a paired bootstrap
+interval on held-out newest rows) or fixes a calibration alert; otherwise the loop opens an
+escalation alert ('edgefleet alerts --open') and does not retrain until the data changes.
 'watch' also re-signs the fleet's rollout state when less than a third of its --lifetime
 is left (devices refuse an expired state), as 'edgefleet rollout refresh' does by hand.
 """
@@ -98,11 +102,30 @@ def _loop_options(parser: argparse.ArgumentParser, identity: str) -> None:
         "--max-rows", type=int, default=50_000, help="newest rows to train on (default 50000)"
     )
     parser.add_argument(
-        "--tolerance",
+        "--reference-data",
+        metavar="SOURCE",
+        help="the running model's training data (same forms as --data): lets the candidate "
+        "learn from it, or from it and the newest rows with recency weights, whichever "
+        "validates best (default: the newest rows alone)",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=("auroc", "log_loss"),
+        default="auroc",
+        help="what 'better' means when candidate and running model are compared (default auroc)",
+    )
+    parser.add_argument(
+        "--min-gain",
         type=float,
-        default=0.01,
-        help="how much lower the candidate's AUROC/AP may be than the running model's "
-        "(default 0.01)",
+        default=0.0,
+        help="the candidate ships only if the lower bound of its gain's interval is above "
+        "this (default 0: better with confidence); else the loop escalates to a person",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="confidence of the paired bootstrap interval of the gain (default 0.95)",
     )
     parser.add_argument("--formats", help="formats to export (default: all)")
     add_lifetime_option(parser)
@@ -131,11 +154,13 @@ def register(subparsers: Any) -> None:
 
     retrain = subparsers.add_parser(
         "retrain",
-        help="retrain on the newest labelled data and publish a canary if it is no worse",
+        help="retrain on the newest labelled data and publish a canary if it is better",
         description="Check the running model, retrain it (same family and parameters) on the "
-        "newest labelled data, compare candidate and running model on held-out recent data, "
-        "export every format with parity and publish the candidate as a canary. 'edgefleet "
-        "watch' then promotes or rolls it back on the canary's evidence.",
+        "newest labelled data, compare candidate and running model on held-out recent data "
+        "(paired bootstrap interval), and when the candidate is better with confidence, "
+        "export every format with parity and publish it as a canary ('edgefleet watch' then "
+        "promotes or rolls it back on the canary's evidence); when it is not, open an "
+        "escalation alert for a person.",
         epilog=LOOP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -309,7 +334,10 @@ def _loop(args: argparse.Namespace, store: MonitorStore) -> RetrainLoop:
         formats=parse_formats(args.formats),
         max_rows=args.max_rows,
         compare_source=args.compare_data,
-        tolerance=args.tolerance,
+        reference_source=args.reference_data,
+        metric=args.metric,
+        min_gain=args.min_gain,
+        confidence=args.confidence,
         prefix=args.prefix,
         progress=lambda m: say(f"  {m}"),
         lifetime=args.lifetime,

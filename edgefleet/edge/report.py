@@ -25,6 +25,11 @@ Shape (abridged; times are Unix epoch seconds)::
      "outcomes": {"counts": [...], "by_label": [[...], [...]]},
      "latency": {"counts": [164 ints]}}
 
+Version 2 (``"schema_version": 2``) is version 1 plus one field, ``segments``: per segment
+feature of the schema, its histograms per level (:mod:`edgefleet.edge.segments`). A device
+sends version 2 only for a model whose schema marks segment features, so monitors of
+either version read every report of a model without them.
+
 Merging: :func:`merge` and :func:`merge_all` turn reports of one fleet and model version
 into an :class:`Aggregate`: sketches and counts summed, the window widened to cover all of
 them, the device identity reduced to the set of devices, cohorts and groups. Summing is
@@ -42,6 +47,7 @@ from typing import Any
 
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.rollout import Cohort
+from edgefleet.edge.segments import SegmentSketch
 from edgefleet.edge.sketch import (
     LATENCY_BUCKETS,
     MAX_BINS,
@@ -72,6 +78,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+SEGMENTS_VERSION = 2
+"""The report version that adds ``segments`` (module docstring)."""
+SCHEMA_VERSIONS = (SCHEMA_VERSION, SEGMENTS_VERSION)
 MAX_REPORT_BYTES = 262_144
 MAX_FEATURES = 256
 MAX_TIME = 253_402_300_799.0
@@ -101,6 +110,8 @@ REPORT_FIELDS = (
     "outcomes",
     "latency",
 )
+OPTIONAL_FIELDS: dict[int, tuple[str, ...]] = {SCHEMA_VERSION: (), SEGMENTS_VERSION: ("segments",)}
+"""The fields each report version adds to :data:`REPORT_FIELDS`."""
 
 
 def _check_time(value: Any, field: str) -> float:
@@ -147,13 +158,10 @@ class Report:
     outcomes: ScoreSketch
     latency: LatencySketch
     dropped_reports: int = 0
+    segments: tuple[SegmentSketch, ...] = ()
 
     def __post_init__(self) -> None:
-        if type(self.schema_version) is not int or self.schema_version != SCHEMA_VERSION:
-            raise InputError(
-                f"report schema_version {self.schema_version!r} is not {SCHEMA_VERSION}, the "
-                "one this edgefleet reads: upgrade the side that is older"
-            )
+        _check_version(self.schema_version)
         check_identifier(self.fleet, "report field 'fleet'")
         check_identifier(self.device_id, "report field 'device_id'")
         check_identifier(self.device_group, "report field 'device_group'")
@@ -194,6 +202,7 @@ class Report:
             raise InputError(
                 f"report field 'scores': {self.scores.total} scores but {self.scored} scored"
             )
+        _check_segments(self)
 
     @classmethod
     def from_body(
@@ -209,6 +218,7 @@ class Report:
     ) -> Report:
         """A report of what a :class:`SketchBuilder` measured, from this device."""
         return cls(
+            schema_version=SEGMENTS_VERSION if body.segments else SCHEMA_VERSION,
             fleet=fleet,
             device_id=device_id,
             sequence=sequence,
@@ -225,6 +235,7 @@ class Report:
             outcomes=body.outcomes,
             latency=body.latency,
             dropped_reports=dropped_reports,
+            segments=tuple(body.segments),
         )
 
     def feature(self, name: str) -> FeatureSketch:
@@ -234,7 +245,7 @@ class Report:
         raise InputError(f"the report has no feature {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema_version": self.schema_version,
             "fleet": self.fleet,
             "device_id": self.device_id,
@@ -253,6 +264,9 @@ class Report:
             "outcomes": self.outcomes.to_dict(),
             "latency": self.latency.to_dict(),
         }
+        if self.schema_version == SEGMENTS_VERSION:
+            data["segments"] = [s.to_dict() for s in self.segments]
+        return data
 
     def encode(self) -> bytes:
         """Compact UTF-8 JSON; :class:`InputError` if it would exceed MAX_REPORT_BYTES (a
@@ -283,13 +297,9 @@ class Report:
         if "schema_version" not in raw:
             raise InputError("report lacks the field 'schema_version'")
         version = raw["schema_version"]
-        if type(version) is not int or version != SCHEMA_VERSION:
-            # Checked first: a newer report may have other fields, and this is the real cause.
-            raise InputError(
-                f"report schema_version {version!r} is not {SCHEMA_VERSION}, the one this "
-                "edgefleet reads: upgrade the side that is older"
-            )
-        exact_keys(raw, REPORT_FIELDS, "report")
+        # Checked first: a newer report may have other fields, and this is the real cause.
+        _check_version(version)
+        exact_keys(raw, REPORT_FIELDS + OPTIONAL_FIELDS[version], "report")
         return cls(
             schema_version=version,
             fleet=raw["fleet"],
@@ -308,7 +318,52 @@ class Report:
             scores=_scores_from_json(raw["scores"], "scores"),
             outcomes=_scores_from_json(raw["outcomes"], "outcomes"),
             latency=_latency_from_json(raw["latency"]),
+            segments=_segments_from_json(raw.get("segments", [])),
         )
+
+
+def _check_version(version: Any) -> None:
+    if type(version) is not int or version not in SCHEMA_VERSIONS:
+        raise InputError(
+            f"report schema_version {version!r} is not one of "
+            f"{', '.join(map(str, SCHEMA_VERSIONS))}, the ones this edgefleet reads: upgrade "
+            "the side that is older"
+        )
+
+
+def _check_segments(report: Report) -> None:
+    """Version 2 carries segments, version 1 none; each segment feature partitions the
+    scores exactly and holds no more outcomes than the report (module docstring)."""
+    segments = report.segments
+    if not isinstance(segments, tuple) or not all(isinstance(s, SegmentSketch) for s in segments):
+        raise InputError("report field 'segments' must be a tuple of SegmentSketch")
+    if (report.schema_version == SEGMENTS_VERSION) != bool(segments):
+        raise InputError("report field 'segments': present in version 2 reports, and only there")
+    names = [s.feature for s in segments]
+    if len(set(names)) != len(names):
+        raise InputError("report field 'segments' names a feature twice")
+    scores = list(report.scores.counts.counts)
+    negatives, positives = (list(h.counts) for h in report.outcomes.by_label)
+    for segment in segments:
+        if segment.score_totals() != scores:
+            raise InputError(
+                f"report field 'segments': segment {segment.feature!r} does not partition "
+                "the report's scores"
+            )
+        got_negatives, got_positives = segment.outcome_totals()
+        if any(map(int.__gt__, got_negatives, negatives)) or any(
+            map(int.__gt__, got_positives, positives)
+        ):
+            raise InputError(
+                f"report field 'segments': segment {segment.feature!r} holds more outcomes "
+                "than the report"
+            )
+
+
+def _segments_from_json(raw: Any) -> tuple[SegmentSketch, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_FEATURES:
+        raise InputError("report field 'segments' must be an array of segment sketches")
+    return tuple(SegmentSketch.from_json(item, f"segments[{i}]") for i, item in enumerate(raw))
 
 
 def _dict(raw: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
@@ -402,6 +457,7 @@ class Aggregate:
     scores: ScoreSketch
     outcomes: ScoreSketch
     latency: LatencySketch
+    segments: tuple[SegmentSketch, ...] = ()
 
     @classmethod
     def of(cls, report: Report) -> Aggregate:
@@ -422,6 +478,7 @@ class Aggregate:
             scores=report.scores,
             outcomes=report.outcomes,
             latency=report.latency,
+            segments=report.segments,
         )
 
     @property
@@ -455,6 +512,7 @@ class Aggregate:
             "scores": self.scores.to_dict(),
             "outcomes": self.outcomes.to_dict(),
             "latency": self.latency.to_dict(),
+            "segments": [s.to_dict() for s in self.segments],
         }
 
 
@@ -503,6 +561,10 @@ class SketchSums:
         self.totals = [0, 0, 0]
         self.features: list[list[int]] = []
         self.histograms: list[list[int]] = []
+        self.segment_layout: list[tuple[str, int]] = []
+        """``(feature, levels)`` of each segment sketch; its counts in :attr:`segments`,
+        flat as :meth:`SegmentSketch.flat` lays them out."""
+        self.segments: list[list[int]] = []
 
     def freeze(self) -> Aggregate:
         if self.key is None:
@@ -536,6 +598,10 @@ class SketchSums:
             scores=ScoreSketch(counts=h[0], by_label=(h[1], h[2])),
             outcomes=ScoreSketch(counts=h[3], by_label=(h[4], h[5])),
             latency=LatencySketch(h[6]),
+            segments=tuple(
+                SegmentSketch.from_flat(name, levels, counts)
+                for (name, levels), counts in zip(self.segment_layout, self.segments, strict=True)
+            ),
         )
 
 
@@ -557,6 +623,8 @@ class _Sum(SketchSums):
             [*f.bins.counts, f.missing, f.out_of_range, f.unknown] for f in start.features
         ]
         self.histograms = [list(h.counts) for h in _histograms(start)]
+        self.segment_layout = [(g.feature, g.levels) for g in start.segments]
+        self.segments = [g.flat() for g in start.segments]
 
     def add(self, item: Report | Aggregate) -> None:
         other = _as_aggregate(item)
@@ -569,7 +637,8 @@ class _Sum(SketchSums):
                 )
             )
         layout = [(f.name, f.kind, f.bins.bins) for f in other.features]
-        if layout != self.layout:
+        segment_layout = [(g.feature, g.levels) for g in other.segments]
+        if layout != self.layout or segment_layout != self.segment_layout:
             raise InputError(
                 f"cannot merge reports of model {self.key[1]} {self.key[2]} whose features "
                 "differ (names, kinds or bins): the reports disagree about the schema"
@@ -589,6 +658,10 @@ class _Sum(SketchSums):
         for counts, histogram in zip(self.histograms, _histograms(other), strict=True):
             for i, value in enumerate(histogram.counts):
                 counts[i] += value
+        self.segments = [
+            [a + b for a, b in zip(mine, theirs.flat(), strict=True)]
+            for mine, theirs in zip(self.segments, other.segments, strict=True)
+        ]
 
 
 def _histograms(aggregate: Aggregate) -> tuple[Histogram, ...]:

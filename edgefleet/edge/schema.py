@@ -119,6 +119,10 @@ class FeatureSchema:
     features: tuple[Feature, ...]
     target: str
     classes: tuple[str, str]
+    segments: tuple[str, ...] = ()
+    """Features whose groups the monitor compares (fairness; :mod:`edgefleet.edge.segments`).
+    Left out of the JSON form when empty, so schemas without segments read and hash as
+    before."""
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -131,6 +135,10 @@ class FeatureSchema:
             raise InputError(f"the target {self.target!r} cannot also be a feature")
         if len(self.classes) != 2 or self.classes[0] == self.classes[1]:
             raise InputError("edgefleet models are binary: the schema needs two distinct classes")
+        if self.segments:
+            from edgefleet.edge.segments import check_segments  # segments builds on this module
+
+            object.__setattr__(self, "segments", check_segments(self.features, self.segments))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -153,11 +161,14 @@ class FeatureSchema:
         return [i for i, f in enumerate(self.features) if isinstance(f, CategoricalFeature)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "target": self.target,
             "classes": list(self.classes),
             "features": [f.to_dict() for f in self.features],
         }
+        if self.segments:
+            data["segments"] = list(self.segments)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> FeatureSchema:
@@ -177,7 +188,15 @@ class FeatureSchema:
         features = tuple(_feature_from_dict(f, i) for i, f in enumerate(raw_features))
         if len(classes) != 2:
             raise InputError("feature schema: 'classes' must hold exactly two class labels")
-        return cls(features=features, target=target, classes=(str(classes[0]), str(classes[1])))
+        segments = data.get("segments", [])
+        if not isinstance(segments, list):
+            raise InputError("feature schema: 'segments' must be a list of feature names")
+        return cls(
+            features=features,
+            target=target,
+            classes=(str(classes[0]), str(classes[1])),
+            segments=tuple(segments),
+        )
 
 
 def _feature_from_dict(data: Any, position: int) -> Feature:

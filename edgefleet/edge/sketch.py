@@ -394,6 +394,8 @@ class ReportBody:
     scores: ScoreSketch
     outcomes: ScoreSketch
     latency: LatencySketch
+    segments: tuple[Any, ...] = ()
+    """:class:`edgefleet.edge.segments.SegmentSketch` per segment feature of the schema."""
 
 
 class SketchBuilder:
@@ -422,6 +424,10 @@ class SketchBuilder:
         self._clock = clock
         self._lock = threading.Lock()
         self._columns = _columns(schema, reference)
+        # Imported here: segments builds on this module's histograms.
+        from edgefleet.edge.segments import SegmentCounter
+
+        self._segments = SegmentCounter(schema)
         self._window_start = clock()
         self._zero()
 
@@ -447,6 +453,13 @@ class SketchBuilder:
         self._latency = np.zeros(LATENCY_BUCKETS, dtype=np.int64)
         self._scored = 0
         self._failed = 0
+        self._segments.zero()
+
+    def segment_levels(self, encoded_rows: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """``[N, S]``: each row's level of each segment feature (remember it with the
+        prediction, and give it back with the outcome)."""
+        rows = np.asarray(encoded_rows, dtype=np.float32).reshape(-1, len(self._columns))
+        return self._segments.levels_of(rows)
 
     def add(
         self,
@@ -494,7 +507,9 @@ class SketchBuilder:
         # Count outside the lock, then add under it: the lock is held for microseconds.
         counted = [column.count(rows[:, j]) for j, column in enumerate(self._columns)]
         score_counts = np.bincount(score_bin_index(scores), minlength=SCORE_BINS)
+        levels = self._segments.levels_of(rows)
         with self._lock:
+            self._segments.add_scores(levels, scores)
             for j, (bins, missing, out_of_range, unknown) in enumerate(counted):
                 self._bins[j] += bins
                 self._missing[j] += missing
@@ -524,7 +539,15 @@ class SketchBuilder:
         """A label that came back for an earlier prediction of probability ``score``."""
         self.add_outcomes([score], [label])
 
-    def add_outcomes(self, scores: npt.ArrayLike, labels: npt.ArrayLike) -> None:
+    def add_outcomes(
+        self,
+        scores: npt.ArrayLike,
+        labels: npt.ArrayLike,
+        segment_levels: npt.ArrayLike | None = None,
+    ) -> None:
+        """Labels that came back for earlier predictions of these scores; with
+        ``segment_levels`` (``[N, S]``, from :meth:`segment_levels`) they count in their
+        segments too."""
         values = np.asarray(scores, dtype=np.float64).ravel()
         raw_labels = np.asarray(labels).ravel()
         if values.shape != raw_labels.shape:
@@ -542,8 +565,13 @@ class SketchBuilder:
                 np.bincount(index[positive], minlength=SCORE_BINS),
             )
         )
+        levels = None
+        if segment_levels is not None and self._segments.features:
+            levels = np.asarray(segment_levels, dtype=np.int64).reshape(values.size, -1)
         with self._lock:
             self._outcomes += counts
+            if levels is not None:
+                self._segments.add_outcomes(levels, values, raw_labels.astype(np.int64))
 
     def merge(self, body: ReportBody) -> None:
         """Add the counts of ``body``, a window of the same model measured elsewhere (a
@@ -623,6 +651,7 @@ class SketchBuilder:
                 ),
             ),
             latency=LatencySketch(Histogram.from_array(self._latency)),
+            segments=self._segments.sketches(),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,11 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
             "6",
             "--window",
             "4",
+            # 12 devices: at 20 % the canary holds none in 7 % of rollouts (0.8 ** 12).
+            "--canary",
+            "50",
+            "--min-labels",
+            "300",
             "--timeout",
             "150",
         ],
@@ -38,6 +44,12 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "loop                   promoted" in summary
     assert "first alert            t=" in summary
     assert "every device updated   t=" in summary
+    # Concept drift (the default scenario): a candidate better with confidence, and the
+    # AUROC of both models measured on the drifted devices' labels.
+    assert "AUROC, drifted devices 0." in summary
+    assert "better with confidence" in result.stderr
+    # Segments: the summary's fairness line, from the devices' version 2 reports.
+    assert re.search(r"fairness \(segments\) +senior_citizen DP 0\.\d+ EO 0\.\d+", summary)
     for fmt in ("onnx", "tflite", "web", "coreml"):
         assert f"export {fmt}" in summary
     assert "dashboard: http://127.0.0.1:8050/fleets/demo/" in summary

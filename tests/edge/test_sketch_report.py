@@ -377,7 +377,12 @@ def _delete(key: str) -> Any:
         pytest.param(
             b'{"schema_version": 1, "scored": 1' + b"1" * 5000 + b"}", "not usable", id="huge-int"
         ),
-        pytest.param(_payload(_set("schema_version", 2)), "schema_version 2 is not 1", id="v2"),
+        pytest.param(
+            _payload(_set("schema_version", 3)), "schema_version 3 is not one of 1, 2", id="v3"
+        ),
+        pytest.param(
+            _payload(_set("schema_version", 2)), "lacks the field 'segments'", id="v2-no-segments"
+        ),
         pytest.param(_payload(_set("schema_version", "1")), "schema_version '1'", id="v-text"),
         pytest.param(
             _payload(_delete("schema_version")), "lacks the field 'schema_version'", id="no-v"

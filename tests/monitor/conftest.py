@@ -19,6 +19,7 @@ import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,10 +163,12 @@ def make_report(
     window_end: float = 1_750_000_000.0,
     rows: int = 50,
     seed: int | None = None,
+    segments: tuple[str, ...] = (),
 ) -> Report:
     """A real report: a SketchBuilder over ``rows`` generated rows, labelled outcomes and
     latencies, for one device and a one-minute window ending at ``window_end``."""
     schema, reference, encoded = _profile()
+    schema = replace(schema, segments=segments)
     stable = zlib.crc32(f"{device_id}/{sequence}".encode())
     rng = np.random.default_rng(seed if seed is not None else stable)
     times = iter((window_end - 60.0, window_end))
@@ -176,10 +179,12 @@ def make_report(
         model_version=model_version,
         clock=lambda: next(times),
     )
-    builder.add(
-        encoded[rng.integers(0, len(encoded), rows)], rng.random(rows), rng.random(rows) / 50
+    picked = encoded[rng.integers(0, len(encoded), rows)]
+    builder.add(picked, rng.random(rows), rng.random(rows) / 50)
+    labelled = picked[: rows // 5]
+    builder.add_outcomes(
+        rng.random(rows // 5), rng.integers(0, 2, rows // 5), builder.segment_levels(labelled)
     )
-    builder.add_outcomes(rng.random(rows // 5), rng.integers(0, 2, rows // 5))
     return Report.from_body(
         builder.snapshot(),
         fleet=fleet,

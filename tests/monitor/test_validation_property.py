@@ -6,12 +6,13 @@ the version's reference.
 
 The mutations: wrong bin counts, negative counts, NaN and Infinity, huge ints, wrong types,
 missing and extra keys, duplicate keys, wrong feature names, other versions, truncation,
-and any combination of them."""
+and any combination of them; version 2 reports (segments) among them."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -29,14 +30,23 @@ from edgefleet.errors import InputError
 from tests.monitor.conftest import _profile, make_report
 
 TOPICS = Topics("acme")
-BASE = [make_report(f"d{i}", i, rows=20 + 10 * i) for i in range(3)]
+SEGMENTS = ("senior_citizen", "region")
+BASE = [make_report(f"d{i}", i, rows=20 + 10 * i) for i in range(3)] + [
+    make_report(f"d{i}", 10 + i, rows=30, model_version="1.2.0", segments=SEGMENTS)
+    for i in range(2)
+]
 SCHEMA, REFERENCE, _ = _profile()
 PROFILE = VersionProfile.of(SCHEMA, REFERENCE, "churn", "1.0.0")
+SEGMENTED = replace(SCHEMA, segments=SEGMENTS)
+PROFILES = {
+    "1.0.0": PROFILE,
+    "1.2.0": VersionProfile.of(SEGMENTED, REFERENCE, "churn", "1.2.0"),
+}
 
 
 def lookup(name: str, version: str) -> VersionProfile | bool | None:
-    if (name, version) == ("churn", "1.0.0"):
-        return PROFILE
+    if name == "churn" and version in PROFILES:
+        return PROFILES[version]
     return True if (name, version) == ("churn", "1.1.0") else None  # known, no profile
 
 
@@ -96,7 +106,11 @@ def mutation(draw: st.DrawFn, raw: dict[str, Any]) -> None:
         target = parent if isinstance(parent, dict) else raw
         target[draw(st.text(min_size=1, max_size=6))] = draw(ODD_VALUES)
     elif kind == "bins":
-        feature = draw(st.sampled_from(raw["features"])) if raw.get("features") else raw
+        # An earlier mutation may have replaced the features with any value.
+        features = raw.get("features")
+        feature = (
+            draw(st.sampled_from(features)) if isinstance(features, list) and features else raw
+        )
         bins = feature.get("bins") if isinstance(feature, dict) else None
         if isinstance(bins, list):
             if draw(st.booleans()) or len(bins) < 2:
@@ -107,14 +121,15 @@ def mutation(draw: st.DrawFn, raw: dict[str, Any]) -> None:
     elif kind == "negative":
         if isinstance(parent[key], int) and not isinstance(parent[key], bool):
             parent[key] = -parent[key] - 1
-    elif kind == "name":
-        for feature in raw.get("features", []):
+    elif kind == "name" and isinstance(raw.get("features"), list):
+        # An earlier mutation may have replaced the features with any value.
+        for feature in raw["features"]:
             if isinstance(feature, dict) and draw(st.booleans()):
                 feature["name"] = draw(st.text(min_size=1, max_size=10))
                 break
     elif kind == "version":
         raw["model_version"] = draw(
-            st.sampled_from(["1.1.0", "1.1.0", "1.0.0", "2.0.0", "1.0", "", "1.0.0 "])
+            st.sampled_from(["1.1.0", "1.1.0", "1.0.0", "1.2.0", "2.0.0", "1.0", "", "1.0.0 "])
         )
     elif kind == "swap" and isinstance(raw.get("features"), list) and len(raw["features"]) > 1:
         features = raw["features"]
@@ -180,7 +195,7 @@ def test_the_validator_refuses_or_accepts_and_what_it_accepts_merges(
         stored = StoredRow(id=number, **{k: row[k] for k in _ROW_KEYS}, body=row["body"])
         by_version.setdefault(row["model_version"], []).append(stored)
     for version, rows in by_version.items():
-        merge = StoredMerge(PROFILE if version == "1.0.0" else None)
+        merge = StoredMerge(PROFILES.get(version))
         # With the version's own valid reports, as in the store.
         others = [r for r in BASE if r.model_version == version]
         for number, report in enumerate(others):
@@ -202,12 +217,12 @@ def test_the_validator_refuses_or_accepts_and_what_it_accepts_merges(
         # Every row is merged or skipped by name, never lost, never an exception.
         assert merged.aggregate is not None
         assert merged.aggregate.reports + merged.skipped_total == len(others) + len(rows)
-        if version == "1.0.0":
+        if version in PROFILES:
             # Everything accepted for a version with a profile merges: nothing skipped.
             assert merged.skipped == (), merged.skipped
             assert merged.aggregate is not None
             assert merged.aggregate.reports == len(others) + len(rows)
-            _measurable(merged.aggregate)
+            _measurable(merged.aggregate, MANIFESTS[version])
             if not rows:
                 assert merged.aggregate == merge_all(others)
 
@@ -231,10 +246,14 @@ MANIFEST = Manifest(
 )
 
 
-def _measurable(aggregate: Any) -> None:
-    measures = measure(aggregate, MANIFEST)
+MANIFESTS = {"1.0.0": MANIFEST, "1.2.0": replace(MANIFEST, version="1.2.0", schema=SEGMENTED)}
+
+
+def _measurable(aggregate: Any, manifest: Manifest) -> None:
+    measures = measure(aggregate, manifest)
     for feature in measures.features:
         assert feature.js is None or math.isfinite(feature.js)
+    assert len(measures.fairness) == len(manifest.schema.segments)
 
 
 def test_a_refusal_is_an_input_error() -> None:

@@ -240,7 +240,7 @@ def site(
         formats=["onnx", "web"],
         canary_percent=50,
         window_seconds=6.0,
-        tolerance=0.05,
+        min_gain=-0.05,  # a test fleet: ship unless clearly worse
     )
     stop = threading.Event()
     rollout_id = balanced_rollout_id(site.fleet)

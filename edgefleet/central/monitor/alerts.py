@@ -25,6 +25,9 @@ expected_auroc_drop    label-free: expected AUROC on the holdout's scores minus 
 error_rate             failed / (scored + failed) above max_rate, beyond noise:    0.02
                        the Wilson 95 % lower bound is above it (``min_records``)   200
 latency                p95 scoring latency per call above p95_ms (``min_calls``)   100 ms, 100
+demographic_parity     segments: largest minus smallest share predicted positive   0.1
+                       (levels of at least ``min_count`` records)                  200
+equalized_odds         segments: the larger spread of TPR and of FPR (labels)      0.1
 =====================  ==========================================================  ===========
 
 Why a lower bound for the error rate: the monitor checks every device every window, and a
@@ -57,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.central.monitor.drift import DriftDetector, FeatureDrift
+from edgefleet.central.monitor.fairness import differences
 from edgefleet.central.monitor.measures import SCOPE_LEVELS, Measures
 from edgefleet.central.monitor.store import AlertRecord
 from edgefleet.errors import InputError
@@ -69,6 +73,8 @@ RULES = (
     "expected_auroc_drop",
     "error_rate",
     "latency",
+    "demographic_parity",
+    "equalized_odds",
 )
 """Rule names, as :attr:`AlertRecord.rule` holds them."""
 
@@ -96,10 +102,20 @@ _TOML_KEYS: dict[tuple[str, str], str] = {
     ("errors", "min_records"): "error_min_records",
     ("latency", "p95_ms"): "latency_p95_ms",
     ("latency", "min_calls"): "latency_min_calls",
+    ("fairness", "dp_difference"): "fairness_dp_difference",
+    ("fairness", "eo_difference"): "fairness_eo_difference",
+    ("fairness", "min_count"): "fairness_min_count",
     ("scopes", "levels"): "levels",
 }
 _COUNTS = frozenset(
-    {"feature_min_count", "score_min_count", "min_labels", "error_min_records", "latency_min_calls"}
+    {
+        "feature_min_count",
+        "score_min_count",
+        "min_labels",
+        "error_min_records",
+        "latency_min_calls",
+        "fairness_min_count",
+    }
 )
 
 
@@ -121,6 +137,9 @@ class AlertRules:
     error_min_records: int = 200
     latency_p95_ms: float = 100.0
     latency_min_calls: int = 100
+    fairness_dp_difference: float = 0.1
+    fairness_eo_difference: float = 0.1
+    fairness_min_count: int = 200
     levels: tuple[str, ...] = SCOPE_LEVELS
 
     def __post_init__(self) -> None:
@@ -143,6 +162,8 @@ class AlertRules:
             "auroc_drop",
             "calibration_gap",
             "expected_auroc_drop",
+            "fairness_dp_difference",
+            "fairness_eo_difference",
         ):
             if getattr(self, name) > 1:
                 raise InputError(f"alert rule {name} is at most 1")
@@ -211,100 +232,123 @@ def evaluate(
     The thresholds are applied to the numbers themselves, not to the verdicts stored in
     ``measures``, so measures taken with any detector are judged by these rules.
     ``evidence`` holds the numbers behind each alert: the statistic, its threshold, the
-    counts, the window and the model version.
+    counts, the window and the model version. One named step per rule.
     """
-    created = time.time() if now is None else now
-    context = {
-        "model_name": measures.model_name,
-        "model_version": measures.model_version,
-        "window": [measures.window_start, measures.window_end],
-        "reports": measures.reports,
-        "devices": measures.devices,
-    }
-    alerts: list[AlertRecord] = []
-
-    def add(rule: str, subject: str, value: float, threshold: float, **numbers: Any) -> None:
-        evidence = _finite({**context, **numbers})
-        alerts.append(
-            AlertRecord(
-                id=None,
-                fleet=measures.fleet,
-                created=created,
-                rule=rule,
-                scope=scope,
-                subject=subject,
-                value=float(value),
-                threshold=float(threshold),
-                evidence=evidence,
-                status="open",
-            )
-        )
-
+    add = _Collector(measures, scope, time.time() if now is None else now)
     for drift in measures.features:
         _drift_rule(drift, "feature_drift", rules.feature_detector(), add)
     if measures.score is not None:
         _drift_rule(measures.score, "score_drift", rules.score_detector(), add)
+    for step in _RULE_STEPS:
+        step(measures, rules, add)
+    return add.alerts
+
+
+class _Collector:
+    """Turns a rule's finding into an :class:`AlertRecord` with the scope's context."""
+
+    def __init__(self, measures: Measures, scope: str, created: float) -> None:
+        self.measures, self.scope, self.created = measures, scope, created
+        self.alerts: list[AlertRecord] = []
+        self.context = {
+            "model_name": measures.model_name,
+            "model_version": measures.model_version,
+            "window": [measures.window_start, measures.window_end],
+            "reports": measures.reports,
+            "devices": measures.devices,
+        }
+
+    def __call__(
+        self, rule: str, subject: str, value: float, threshold: float, **numbers: Any
+    ) -> None:
+        self.alerts.append(
+            AlertRecord(
+                id=None,
+                fleet=self.measures.fleet,
+                created=self.created,
+                rule=rule,
+                scope=self.scope,
+                subject=subject,
+                value=float(value),
+                threshold=float(threshold),
+                evidence=_finite({**self.context, **numbers}),
+                status="open",
+            )
+        )
+
+
+def _auroc_rule(measures: Measures, rules: AlertRules, add: Callable[..., None]) -> None:
     performance = measures.performance
     if (
-        performance is not None
-        and performance.labelled >= rules.min_labels
-        and math.isfinite(measures.reference_auroc)
+        performance is None
+        or performance.labelled < rules.min_labels
+        or not math.isfinite(measures.reference_auroc)
     ):
-        drop = measures.reference_auroc - performance.auroc
-        if drop >= rules.auroc_drop:
-            add(
-                "auroc_drop",
-                "auroc",
-                drop,
-                rules.auroc_drop,
-                auroc=performance.auroc,
-                auroc_bound=performance.auroc_bound,
-                reference_auroc=measures.reference_auroc,
-                average_precision=performance.average_precision,
-                reference_average_precision=measures.reference_average_precision,
-                labelled=performance.labelled,
-                positives=performance.positives,
-                min_labels=rules.min_labels,
-            )
-    if performance is not None and performance.labelled >= rules.min_labels:
-        # Against the holdout's own gap: a model miscalibrated from the start is judged on
-        # how its calibration changed, not on what it always was.
-        baseline_gap = (
-            0.0
-            if measures.reference_performance is None
-            else measures.reference_performance.calibration_gap
+        return
+    drop = measures.reference_auroc - performance.auroc
+    if drop >= rules.auroc_drop:
+        add(
+            "auroc_drop",
+            "auroc",
+            drop,
+            rules.auroc_drop,
+            auroc=performance.auroc,
+            auroc_bound=performance.auroc_bound,
+            reference_auroc=measures.reference_auroc,
+            average_precision=performance.average_precision,
+            reference_average_precision=measures.reference_average_precision,
+            labelled=performance.labelled,
+            positives=performance.positives,
+            min_labels=rules.min_labels,
         )
-        change = performance.calibration_gap - baseline_gap
-        if abs(change) >= rules.calibration_gap:
-            add(
-                "calibration_gap",
-                "positive_rate",
-                abs(change),
-                rules.calibration_gap,
-                positive_rate=performance.positive_rate,
-                mean_score=performance.mean_score,
-                gap=performance.calibration_gap,
-                reference_gap=baseline_gap,
-                labelled=performance.labelled,
-                positives=performance.positives,
-                min_labels=rules.min_labels,
-            )
+
+
+def _calibration_rule(measures: Measures, rules: AlertRules, add: Callable[..., None]) -> None:
+    performance = measures.performance
+    if performance is None or performance.labelled < rules.min_labels:
+        return
+    # Against the holdout's own gap: a model miscalibrated from the start is judged on
+    # how its calibration changed, not on what it always was.
+    reference = measures.reference_performance
+    baseline_gap = 0.0 if reference is None else reference.calibration_gap
+    change = performance.calibration_gap - baseline_gap
+    if abs(change) >= rules.calibration_gap:
+        add(
+            "calibration_gap",
+            "positive_rate",
+            abs(change),
+            rules.calibration_gap,
+            positive_rate=performance.positive_rate,
+            mean_score=performance.mean_score,
+            gap=performance.calibration_gap,
+            reference_gap=baseline_gap,
+            labelled=performance.labelled,
+            positives=performance.positives,
+            min_labels=rules.min_labels,
+        )
+
+
+def _expected_auroc_rule(measures: Measures, rules: AlertRules, add: Callable[..., None]) -> None:
     expected, baseline = measures.expected, measures.reference_expected
-    if expected is not None and baseline is not None and expected.n >= rules.score_min_count:
-        drop = baseline.auroc - expected.auroc
-        if drop >= rules.expected_auroc_drop:
-            add(
-                "expected_auroc_drop",
-                "expected_auroc",
-                drop,
-                rules.expected_auroc_drop,
-                expected_auroc=expected.auroc,
-                reference_expected_auroc=baseline.auroc,
-                expected_positive_rate=expected.positive_rate,
-                reference_positive_rate=baseline.positive_rate,
-                scored=expected.n,
-                min_count=rules.score_min_count,
-            )
+    if expected is None or baseline is None or expected.n < rules.score_min_count:
+        return
+    drop = baseline.auroc - expected.auroc
+    if drop >= rules.expected_auroc_drop:
+        add(
+            "expected_auroc_drop",
+            "expected_auroc",
+            drop,
+            rules.expected_auroc_drop,
+            expected_auroc=expected.auroc,
+            reference_expected_auroc=baseline.auroc,
+            expected_positive_rate=expected.positive_rate,
+            reference_positive_rate=baseline.positive_rate,
+            scored=expected.n,
+            min_count=rules.score_min_count,
+        )
+
+
+def _error_rule(measures: Measures, rules: AlertRules, add: Callable[..., None]) -> None:
     errors = measures.errors
     if errors.denominator >= rules.error_min_records and errors.low > rules.max_error_rate:
         add(
@@ -319,6 +363,9 @@ def evaluate(
             confidence=errors.confidence,
             min_records=rules.error_min_records,
         )
+
+
+def _latency_rule(measures: Measures, rules: AlertRules, add: Callable[..., None]) -> None:
     latency = measures.latency
     if latency.calls >= rules.latency_min_calls and latency.p95_ms > rules.latency_p95_ms:
         add(
@@ -330,7 +377,30 @@ def evaluate(
             calls=latency.calls,
             min_calls=rules.latency_min_calls,
         )
-    return alerts
+
+
+def _fairness_rules(measures: Measures, rules: AlertRules, add: Callable[..., None]) -> None:
+    for feature in measures.fairness:
+        dp, eo = differences(feature.levels, rules.fairness_min_count)
+        evidence = {
+            "decision_threshold": feature.threshold,
+            "min_count": rules.fairness_min_count,
+            "levels": [level.to_dict() for level in feature.levels],
+        }
+        if math.isfinite(dp) and dp >= rules.fairness_dp_difference:
+            add("demographic_parity", feature.feature, dp, rules.fairness_dp_difference, **evidence)
+        if math.isfinite(eo) and eo >= rules.fairness_eo_difference:
+            add("equalized_odds", feature.feature, eo, rules.fairness_eo_difference, **evidence)
+
+
+_RULE_STEPS: tuple[Callable[[Measures, AlertRules, Callable[..., None]], None], ...] = (
+    _auroc_rule,
+    _calibration_rule,
+    _expected_auroc_rule,
+    _error_rule,
+    _latency_rule,
+    _fairness_rules,
+)
 
 
 def evaluate_all(
@@ -381,6 +451,14 @@ def describe(alert: AlertRecord) -> str:
         )
     elif alert.rule == "latency":
         detail = f"p95 {alert.value:.1f} ms > {alert.threshold:.1f} ms over {evidence.get('calls')}"
+    elif alert.rule in ("demographic_parity", "equalized_odds"):
+        what = "positive rate" if alert.rule == "demographic_parity" else "TPR/FPR"
+        detail = (
+            f"{what} differs by {_num(alert.value)} (>= {_num(alert.threshold)}) across the "
+            f"levels of {alert.subject}"
+        )
+    elif alert.rule == "retraining_no_benefit":
+        detail = f"escalated to a person: {evidence.get('reason', '?')}"
     else:
         detail = f"{_num(alert.value)} vs {_num(alert.threshold)}"
     return f"{alert.rule} {alert.subject} at {alert.scope} ({version}): {detail}"

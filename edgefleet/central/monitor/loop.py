@@ -1,19 +1,25 @@
-"""The closed loop: alert, retrain, compare, canary, then promote or roll back on evidence.
+"""The closed loop: alert, retrain, judge the benefit, canary, then promote or roll back on
+evidence; escalate to a person what retraining cannot fix.
 
-:class:`RetrainLoop` holds the parameters; each step is a method, and every step that
-changes something records a :class:`~edgefleet.central.monitor.store.DecisionRecord` with
-the numbers it was taken on (``edgefleet decisions``):
+:class:`RetrainLoop` holds the parameters; each step is a small named method, and every step
+that changes something records a :class:`~edgefleet.central.monitor.store.DecisionRecord`
+with the numbers it was taken on (``edgefleet decisions``):
 
 ==============  =================================================================================
 action          when, and its evidence
 ==============  =================================================================================
 check           the running model was measured (on demand, or because an alert asks for a new
                 model): the alerts and the fleet's measures
-retrained       a candidate was trained on the newest labelled data with the running version's
-                family and parameters, and registered: rows, source, holdout metrics
-rejected        the candidate is worse than the running model on held-out recent labelled data
-                (AUROC or average precision lower by more than ``tolerance``): both numbers
-accepted        it is not: both numbers
+retrained       a candidate was trained with the running version's family and parameters on the
+                window that validated best (newest rows, the reference data, or both with
+                recency weights; :mod:`~edgefleet.central.monitor.windows`) and registered:
+                rows, window, validation scores, holdout metrics
+accepted        on held-out newest labelled rows, the candidate is better than the running model
+                with confidence (paired bootstrap interval of the metric the loop names), or
+                it fixes a calibration alert (:mod:`~edgefleet.central.monitor.benefit`)
+rejected        it is not: "retraining does not help", with the interval
+escalated       an alert for a person was opened; no retrain for this drift until the labelled
+                data changes (:mod:`~edgefleet.central.monitor.escalation`)
 export_failed   a format failed its parity check (or could not be converted): the error
 canary          exported in every format with parity and published as the canary for
                 ``canary_percent`` % of the devices: sizes, parity, rollout sequence
@@ -22,71 +28,59 @@ promoted        the canary cohort was at least as good as the stable one on enou
 rolled_back     the canary was worse (or never produced enough evidence): the same numbers
 ==============  =================================================================================
 
-Canary evaluation (:meth:`RetrainLoop.evaluate_canary`, :func:`judge_canary`) compares the
-canary and stable cohorts over the reports since the canary was published, each model
-against its own reference profile:
+Canary evaluation (:meth:`RetrainLoop.evaluate_canary`,
+:func:`~edgefleet.central.monitor.canary.judge_canary`) compares the canary and stable
+cohorts over the reports since the canary was published, each model against its own
+reference profile: errors, score shift, input drift and AUROC where labels came back (the
+rules are in :mod:`edgefleet.central.monitor.canary`). Any "worse" rolls back at once.
+Promotion needs ``canary_windows`` windows since the canary started, ``min_canary_reports``
+canary reports, ``rules.feature_min_count`` scored records (and, with ``require_labels``,
+the AUROC comparison). A canary still short of evidence after ``max_canary_windows``
+windows is rolled back: a canary that does not report cannot be shown to be good.
 
-- errors: worse when the canary's error rate is above ``rules.max_error_rate`` beyond noise
-  (Wilson lower bound), or above the stable cohort's by more than ``error_margin`` with
-  the intervals apart;
-- score shift: worse when the canary's live scores drift from its own holdout scores (the
-  score-drift rule) by ``drift_margin`` more, in JS distance, than the stable model's do;
-- input drift: worse when the canary's largest feature drift exceeds the stable model's
-  by ``drift_margin`` and crosses the feature-drift rule (the candidate was trained on data
-  unlike what the fleet sees);
-- AUROC where labels came back (at least ``rules.min_labels`` per cohort): worse when the
-  canary's is lower by more than ``auroc_margin`` *and* by more than twice the standard
-  error of the difference (Hanley and McNeil), so that a few hundred labels do not roll
-  back a good model by chance.
-
-Any "worse" rolls back at once. Promotion needs ``canary_windows`` windows since the
-canary started, ``min_canary_reports`` canary reports, ``rules.feature_min_count`` scored
-records (and, with ``require_labels``, the AUROC comparison). A canary still short of
-evidence after ``max_canary_windows`` windows is rolled back: a canary that does not report
-cannot be shown to be good.
-
-The data source (``data_source``) is one of:
-
-- a folder: the newest ``.csv`` / ``.parquet`` files (by modification time) are read until
-  ``max_rows`` rows; of the oldest file read, only its last rows are kept;
-- a single ``.csv`` / ``.parquet`` file;
-- ``"package.module:function"``: the function is imported and called with no arguments and
-  returns a pandas DataFrame (the same columns as the training table, target included);
-- a Python callable returning such a DataFrame.
+The data sources are described in :mod:`edgefleet.central.monitor.sources`.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.model_selection import train_test_split
 
-from edgefleet.central.data.loader import (
-    SUFFIXES,
-    TrainingTable,
-    data_sha256,
-    encode_features,
-    load_training_table,
-    read_table,
-)
-from edgefleet.central.export import export_bundle
+from edgefleet.central.export import ExportResult, export_bundle
 from edgefleet.central.monitor.alerts import RETRAIN_RULES, AlertRules, evaluate_all
+from edgefleet.central.monitor.benefit import METRICS, Metric
+from edgefleet.central.monitor.canary import (
+    CanaryVerdict,
+    Verdict,
+    auroc_standard_error,
+    judge_canary,
+)
 from edgefleet.central.monitor.drift import coarsen, js_distance
+from edgefleet.central.monitor.escalation import escalation_alert, unanswered_escalation
 from edgefleet.central.monitor.measures import Measures, measure, scopes
+from edgefleet.central.monitor.retraining import (
+    Candidate,
+    Comparison,
+    Retrainer,
+    RetrainSettings,
+)
+from edgefleet.central.monitor.sources import (
+    DataSource,
+    LabelledData,
+    fingerprint,
+    read_labelled,
+)
 from edgefleet.central.monitor.store import AlertRecord, DecisionRecord, MonitorStore
 from edgefleet.central.publish import (
+    PublishResult,
     promote,
     publish,
     rollback,
@@ -94,7 +88,6 @@ from edgefleet.central.publish import (
     state_file_for,
 )
 from edgefleet.central.registry import ModelVersion, Registry
-from edgefleet.central.trainer import train
 from edgefleet.converters.registry import DEFAULT_FORMATS
 from edgefleet.edge.bundle import MANIFEST_FILE
 from edgefleet.edge.manifest import Manifest
@@ -103,91 +96,28 @@ from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import DEFAULT_LIFETIME, ModelRef, RolloutState
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.topics import DEFAULT_PREFIX
-from edgefleet.errors import DataError, EdgefleetError, InputError
+from edgefleet.errors import EdgefleetError, InputError
 
-DataSource = str | Path | Callable[[], pd.DataFrame]
+__all__ = [
+    "CanaryVerdict",
+    "Candidate",
+    "CheckResult",
+    "Comparison",
+    "DataSource",
+    "LabelledData",
+    "RetrainLoop",
+    "StepResult",
+    "Verdict",
+    "auroc_standard_error",
+    "judge_canary",
+    "read_labelled",
+]
+
 Progress = Callable[[str], None]
-Verdict = Literal["worse", "good", "insufficient"]
 
-_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_FAILURES = ("rejected", "rolled_back", "export_failed")
-
-
-# ------------------------------------------------------------------------------ data
-
-
-@dataclass(frozen=True)
-class LabelledData:
-    """The newest labelled rows of a source and where they came from."""
-
-    frame: pd.DataFrame
-    source: str
-    files: tuple[str, ...] = ()
-
-
-def read_labelled(source: DataSource, *, max_rows: int = 50_000) -> LabelledData:
-    """The newest ``max_rows`` labelled rows of ``source`` (see the module docstring)."""
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise InputError(f"max_rows must be a whole number >= 1, not {max_rows!r}")
-    if callable(source):
-        name = getattr(source, "__qualname__", repr(source))
-        return LabelledData(_newest(_frame_of(source(), name), max_rows), f"callable {name}")
-    text = str(source)
-    path = Path(source)
-    if isinstance(source, str) and not path.exists() and _CALLABLE.fullmatch(source):
-        module_name, function_name = source.split(":", 1)
-        try:
-            target: Any = importlib.import_module(module_name)
-        except ImportError as error:
-            raise InputError(
-                f"data source {source}: cannot import {module_name}: {error}"
-            ) from None
-        for part in function_name.split("."):
-            target = getattr(target, part, None)
-        if not callable(target):
-            raise InputError(f"data source {source}: {function_name} is not a function there")
-        return LabelledData(_newest(_frame_of(target(), source), max_rows), source)
-    if path.is_file():
-        return LabelledData(_newest(read_table(path), max_rows), text, (text,))
-    if not path.is_dir():
-        raise InputError(
-            f"data source {text}: no such folder or file, and not a 'module:function' either"
-        )
-    files = sorted(
-        (
-            p
-            for p in path.iterdir()
-            if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
-        ),
-        key=lambda p: (p.stat().st_mtime, p.name),
-        reverse=True,
-    )
-    if not files:
-        raise DataError(f"{path}: no .csv or .parquet files to train on")
-    frames: list[pd.DataFrame] = []
-    rows = 0
-    for file in files:
-        frames.append(read_table(file))
-        rows += len(frames[-1])
-        if rows >= max_rows:
-            break
-    # Oldest first, so that cutting to max_rows drops the oldest rows.
-    frame = _newest(pd.concat(frames[::-1], ignore_index=True), max_rows)
-    used = tuple(str(f) for f in files[: len(frames)])
-    return LabelledData(frame, text, used)
-
-
-def _newest(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
-    # Rows are taken to be in time order: the last ones are the newest.
-    return frame.tail(rows).reset_index(drop=True)
-
-
-def _frame_of(value: Any, name: str) -> pd.DataFrame:
-    if not isinstance(value, pd.DataFrame):
-        raise InputError(f"data source {name} returned {type(value).__name__}, not a DataFrame")
-    if value.empty:
-        raise DataError(f"data source {name} returned no rows")
-    return value.reset_index(drop=True)
+# After these, alerts do not start another retrain within the cooldown. A rejection is held
+# by its data instead (escalation): new data may well help at once.
+_FAILURES = ("rolled_back", "export_failed")
 
 
 # ------------------------------------------------------------------------------ records
@@ -217,207 +147,15 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Candidate and running model on the same held-out recent labelled rows."""
-
-    rows: int
-    positives: int
-    candidate_auroc: float
-    candidate_average_precision: float
-    running_auroc: float
-    running_average_precision: float
-    tolerance: float
-
-    @property
-    def accepted(self) -> bool:
-        return (
-            self.candidate_auroc >= self.running_auroc - self.tolerance
-            and self.candidate_average_precision >= self.running_average_precision - self.tolerance
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "positives": self.positives,
-            "candidate": {
-                "auroc": self.candidate_auroc,
-                "average_precision": self.candidate_average_precision,
-            },
-            "running": {
-                "auroc": self.running_auroc,
-                "average_precision": self.running_average_precision,
-            },
-            "tolerance": self.tolerance,
-        }
-
-
-@dataclass(frozen=True)
-class Candidate:
-    version: ModelVersion
-    running: ModelVersion
-    comparison: Comparison
-
-
-@dataclass(frozen=True)
-class CanaryVerdict:
-    """What :func:`judge_canary` concluded, why, and on which numbers."""
-
-    verdict: Verdict
-    reasons: tuple[str, ...]
-    evidence: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
 class StepResult:
     """What one :meth:`RetrainLoop.step` (or :meth:`RetrainLoop.run`) did: ``action`` is the
-    last decision taken (``"none"``, ``"wait"`` or ``"cooldown"`` when none was)."""
+    last decision taken (``"none"``, ``"wait"``, ``"cooldown"`` or ``"held"`` when none
+    was)."""
 
     action: str
     model_version: str | None
     message: str
     alerts: tuple[AlertRecord, ...] = ()
-
-
-# ------------------------------------------------------------------------------ judging
-
-
-def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
-    """Hanley and McNeil's (1982) standard error of an AUROC from its class counts.
-
-    >>> round(auroc_standard_error(0.85, 100, 300), 4)
-    0.0254
-    """
-    if positives < 1 or negatives < 1:
-        return math.inf
-    a = auroc
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    variance = (a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a)) / (
-        positives * negatives
-    )
-    return math.sqrt(max(variance, 0.0))
-
-
-def judge_canary(
-    canary: Measures | None,
-    stable: Measures | None,
-    *,
-    rules: AlertRules = AlertRules(),  # noqa: B008 - frozen, so one shared default is safe
-    min_reports: int = 5,
-    auroc_margin: float = 0.02,
-    error_margin: float = 0.005,
-    drift_margin: float = 0.05,
-    require_labels: bool = False,
-) -> CanaryVerdict:
-    """Is the canary cohort worse than the stable one, good, or not known yet?
-
-    Each model is measured against its own reference profile (see the module docstring
-    for the rules). ``stable`` may be None (every device in the canary): the canary is then
-    judged against the absolute rules alone.
-    """
-    evidence: dict[str, Any] = {
-        "canary": None if canary is None else canary.summary(),
-        "stable": None if stable is None else stable.summary(),
-        "rules": {
-            "min_reports": min_reports,
-            "min_scored": rules.feature_min_count,
-            "min_labels": rules.min_labels,
-            "auroc_margin": auroc_margin,
-            "error_margin": error_margin,
-            "drift_margin": drift_margin,
-            "require_labels": require_labels,
-        },
-    }
-    if canary is None:
-        return CanaryVerdict("insufficient", ("no canary reports yet",), evidence)
-    worse: list[str] = []
-    errors = canary.errors
-    if errors.denominator >= rules.error_min_records:
-        if errors.low > rules.max_error_rate:
-            worse.append(
-                f"canary error rate {errors.value:.2%} is above {rules.max_error_rate:.2%} "
-                f"(95 % lower bound {errors.low:.2%})"
-            )
-        elif (
-            stable is not None
-            and errors.low > stable.errors.high
-            and errors.value - stable.errors.value > error_margin
-        ):
-            worse.append(
-                f"canary error rate {errors.value:.2%} above stable {stable.errors.value:.2%}"
-            )
-    score = canary.score
-    stable_score_js = 0.0 if stable is None or stable.score is None else _finite(stable.score.js)
-    if score is not None and score.current_n >= rules.score_min_count:
-        evidence["score_js"] = {"canary": score.js, "stable": stable_score_js}
-        drifted = score.js >= rules.score_js or score.psi >= rules.score_psi
-        if drifted and score.js > stable_score_js + drift_margin:
-            worse.append(
-                f"canary scores drift from its holdout (JS {score.js:.3f}) more than stable's "
-                f"({stable_score_js:.3f}) by over {drift_margin}"
-            )
-    canary_js = canary.max_feature_js()
-    stable_js = 0.0 if stable is None else stable.max_feature_js()
-    evidence["max_feature_js"] = {"canary": canary_js, "stable": stable_js}
-    over = [
-        f.feature
-        for f in canary.features
-        if min(f.reference_n, f.current_n) >= rules.feature_min_count
-        and (f.js >= rules.feature_js or f.psi >= rules.feature_psi)
-    ]
-    if over and canary_js > stable_js + drift_margin:
-        worse.append(
-            f"canary inputs drift from its training data more (max JS {canary_js:.3f}, "
-            f"{', '.join(over)}) than stable's ({stable_js:.3f})"
-        )
-    labels_compared = False
-    c_perf, s_perf = canary.performance, None if stable is None else stable.performance
-    if (
-        c_perf is not None
-        and s_perf is not None
-        and min(c_perf.labelled, s_perf.labelled) >= rules.min_labels
-    ):
-        labels_compared = True
-        difference = s_perf.auroc - c_perf.auroc
-        noise = math.hypot(
-            auroc_standard_error(
-                c_perf.auroc, c_perf.positives, c_perf.labelled - c_perf.positives
-            ),
-            auroc_standard_error(
-                s_perf.auroc, s_perf.positives, s_perf.labelled - s_perf.positives
-            ),
-        )
-        evidence["auroc"] = {
-            "canary": c_perf.auroc,
-            "stable": s_perf.auroc,
-            "difference": difference,
-            "standard_error": noise,
-            "canary_labels": c_perf.labelled,
-            "stable_labels": s_perf.labelled,
-        }
-        if difference > auroc_margin and difference > 2 * noise:
-            worse.append(
-                f"canary AUROC {c_perf.auroc:.3f} below stable {s_perf.auroc:.3f} by "
-                f"{difference:.3f} (> {auroc_margin} and > 2 x standard error {noise:.3f})"
-            )
-    if worse:
-        return CanaryVerdict("worse", tuple(worse), evidence)
-    short: list[str] = []
-    if canary.reports < min_reports:
-        short.append(f"{canary.reports} canary reports of {min_reports}")
-    if canary.scored < rules.feature_min_count:
-        short.append(f"{canary.scored} canary records scored of {rules.feature_min_count}")
-    if require_labels and not labels_compared:
-        short.append(f"fewer than {rules.min_labels} labels in a cohort")
-    if short:
-        return CanaryVerdict("insufficient", tuple(short), evidence)
-    reasons = ["no worse on errors, score drift and input drift"]
-    if labels_compared:
-        reasons.append("AUROC not significantly lower")
-    return CanaryVerdict("good", tuple(reasons), evidence)
-
-
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else 0.0
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -432,7 +170,10 @@ class RetrainLoop:
         The fleet, the home folder (registry, bundles, rollout state file), the monitor
         store its reports are in, the broker and the publisher's signing key.
     data_source
-        Where the newest labelled data comes from (module docstring).
+        Where the newest labelled data comes from (:mod:`~edgefleet.central.monitor.sources`).
+    reference_source
+        The running model's training data (or data like it), for the ``reference`` and
+        ``both`` training windows; None: the candidate learns from the newest rows alone.
     canary_percent
         Share of devices the candidate goes to first.
     canary_windows, max_canary_windows
@@ -452,14 +193,18 @@ class RetrainLoop:
     compare_source, compare_share
         Labelled data to compare candidate and running model on: a separate source, or by
         default a stratified ``compare_share`` of the newest rows held out of training.
-    tolerance
-        How much lower the candidate's AUROC and average precision may be than the running
-        model's on that data.
+    metric, min_gain, confidence, resamples
+        The candidate ships only if its gain on ``metric`` (``auroc`` or ``log_loss``) over
+        the running model has a ``confidence`` bootstrap interval (``resamples`` paired
+        resamples) whose lower bound is above ``min_gain``, or if it fixes a calibration
+        alert (:mod:`~edgefleet.central.monitor.benefit`).
+    recency
+        In the ``both`` window, the share of the total weight the newest rows carry.
     auroc_margin, error_margin, drift_margin, require_labels
         Canary judgement (:func:`judge_canary`).
     cooldown_windows
-        After a rejected candidate, a rollback or a failed export, alerts do not start
-        another retrain for this many windows.
+        After a rollback or a failed export, alerts do not start another retrain for this
+        many windows. After a rejected candidate, they do not until the data changes.
     retrain_levels
         Scope levels whose alerts start a retrain (a single device's drift does not, by
         default).
@@ -484,7 +229,12 @@ class RetrainLoop:
         max_rows: int = 50_000,
         compare_source: DataSource | None = None,
         compare_share: float = 0.25,
-        tolerance: float = 0.01,
+        reference_source: DataSource | None = None,
+        metric: Metric = "auroc",
+        min_gain: float = 0.0,
+        confidence: float = 0.95,
+        resamples: int = 1000,
+        recency: float = 0.5,
         auroc_margin: float = 0.02,
         error_margin: float = 0.005,
         drift_margin: float = 0.05,
@@ -505,6 +255,14 @@ class RetrainLoop:
             raise InputError(f"window_seconds must be > 0, not {window_seconds!r}")
         if not 0 < compare_share < 1:
             raise InputError(f"compare_share must be between 0 and 1, not {compare_share!r}")
+        if not (math.isfinite(min_gain) and -1 < min_gain < 1):
+            raise InputError(f"min_gain must be between -1 and 1, not {min_gain!r}")
+        if metric not in METRICS:
+            raise InputError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
+        if not 0.5 <= confidence < 1:
+            raise InputError(f"confidence must be at least 0.5 and below 1, not {confidence!r}")
+        if type(resamples) is not int or resamples < 100:
+            raise InputError(f"resamples must be a whole number >= 100, not {resamples!r}")
         self.fleet = fleet
         self.home = Path(home)
         self.store = store
@@ -521,7 +279,12 @@ class RetrainLoop:
         self.max_rows = max_rows
         self.compare_source = compare_source
         self.compare_share = compare_share
-        self.tolerance = tolerance
+        self.reference_source = reference_source
+        self.metric: Metric = metric
+        self.min_gain = min_gain
+        self.confidence = confidence
+        self.resamples = resamples
+        self.recency = recency
         self.auroc_margin = auroc_margin
         self.error_margin = error_margin
         self.drift_margin = drift_margin
@@ -607,104 +370,63 @@ class RetrainLoop:
             stored=tuple(stored),
         )
 
-    # -- (b, c) retrain and compare ----------------------------------------------------------
+    # -- (b, c) retrain and judge the benefit (retraining.py) -----------------------------
 
-    def retrain(self) -> Candidate:
-        """Train a candidate like the running version on the newest labelled data, register
-        it, and compare it with the running version (records ``retrained`` and then
-        ``accepted`` or ``rejected``)."""
+    def retrain(self, *, calibration_alert: bool = False) -> Candidate:
+        """Train a candidate like the running version on the window that validates best,
+        register it, and judge its benefit (:class:`~edgefleet.central.monitor.retraining.
+        Retrainer`; records ``retrained`` and then ``accepted`` or ``rejected``).
+        ``calibration_alert``: a calibration alert asks for the new model, so fixing
+        calibration is a benefit too."""
+        settings = RetrainSettings(
+            data_source=self.data_source,
+            reference_source=self.reference_source,
+            compare_source=self.compare_source,
+            compare_share=self.compare_share,
+            max_rows=self.max_rows,
+            metric=self.metric,
+            min_gain=self.min_gain,
+            confidence=self.confidence,
+            resamples=self.resamples,
+            recency=self.recency,
+            calibration_gap=self.rules.calibration_gap,
+            seed=self.seed,
+        )
+        retrainer = Retrainer(settings, self.registry, self._decide, self.progress)
+        return retrainer.retrain(self.running_version(), calibration_alert=calibration_alert)
+
+    def running_version(self) -> ModelVersion:
         state = self.rollout()
         assert state.stable is not None
-        running = self.version_of(state.stable)
-        card = running.load_card()
-        data = read_labelled(self.data_source, max_rows=self.max_rows)
-        table = load_training_table(data.frame, running.target, schema=card.schema)
-        if self.compare_source is None:
-            train_rows, compare_rows = train_test_split(
-                np.arange(table.n_rows),
-                test_size=self.compare_share,
-                random_state=self.seed,
-                stratify=table.labels,
-            )
-            training = _subset(table, train_rows)
-            compared = _subset(table, compare_rows)
-            compare_from = f"{self.compare_share:.0%} of the newest rows, held out of training"
-        else:
-            other = read_labelled(self.compare_source, max_rows=self.max_rows)
-            training = table
-            compared = load_training_table(other.frame, running.target, schema=card.schema)
-            compare_from = other.source
-        self.progress(
-            f"retraining {running.family} on {training.n_rows:,} rows of {data.source} "
-            f"(running {running.label})"
-        )
-        model = train(training, running.family, seed=self.seed, params=dict(running.params))
-        candidate = self.registry.register(
-            model, name=running.name, data_sha256=data_sha256(training.features)
-        )
-        self._decide(
-            "retrained",
-            candidate.version,
-            f"trained {candidate.label} ({running.family}) on {training.n_rows:,} rows",
-            {
-                "source": data.source,
-                "files": list(data.files),
-                "rows": training.n_rows,
-                "positives": int(training.labels.sum()),
-                "family": running.family,
-                "params": dict(running.params),
-                "based_on": running.version,
-                "holdout_metrics": dict(candidate.metrics),
-                "data_sha256": candidate.data_sha256,
-            },
-        )
-        comparison = self.compare(candidate, running, compared)
-        action = "accepted" if comparison.accepted else "rejected"
-        self._decide(
-            action,
-            candidate.version,
-            f"{candidate.label} vs running {running.version} on {comparison.rows:,} recent "
-            f"labelled rows: AUROC {comparison.candidate_auroc:.4f} vs "
-            f"{comparison.running_auroc:.4f}, AP {comparison.candidate_average_precision:.4f} "
-            f"vs {comparison.running_average_precision:.4f} (tolerance {self.tolerance})",
-            {
-                **comparison.to_dict(),
-                "compared_on": compare_from,
-                "running_version": running.version,
-            },
-        )
-        return Candidate(candidate, running, comparison)
-
-    def compare(
-        self, candidate: ModelVersion, running: ModelVersion, table: TrainingTable
-    ) -> Comparison:
-        """Exact AUROC and AP of both models on ``table`` (raw scores: no binning here)."""
-        if len(set(table.labels.tolist())) < 2:
-            raise DataError("the comparison data hold only one class: cannot compare models")
-        inputs = encode_features(table.features, table.schema)
-        labels = table.labels.astype(int)
-        scores = {
-            "candidate": candidate.load_pipeline().predict_proba(inputs)[:, 1],
-            "running": running.load_pipeline().predict_proba(inputs)[:, 1],
-        }
-        return Comparison(
-            rows=len(labels),
-            positives=int(labels.sum()),
-            candidate_auroc=float(roc_auc_score(labels, scores["candidate"])),
-            candidate_average_precision=float(average_precision_score(labels, scores["candidate"])),
-            running_auroc=float(roc_auc_score(labels, scores["running"])),
-            running_average_precision=float(average_precision_score(labels, scores["running"])),
-            tolerance=self.tolerance,
-        )
+        return self.version_of(state.stable)
 
     # -- (d) export and canary ---------------------------------------------------------------
 
     def release(self, candidate: ModelVersion) -> RolloutState | None:
         """Export every format with parity and publish as the canary (records ``canary``,
         or ``export_failed`` and returns None)."""
+        result = self._export(candidate)
+        if result is None:
+            return None
+        self._manifests[(candidate.name, candidate.version)] = result.manifest
+        published = publish(
+            result.bundle,
+            self.fleet,
+            self.broker_address,
+            self.private_key,
+            canary_percent=self.canary_percent,
+            prefix=self.prefix,
+            state_file=self.state_file,
+            progress=self.progress,
+            lifetime=self.lifetime,
+        )
+        self._record_canary(candidate, result, published)
+        return published.state
+
+    def _export(self, candidate: ModelVersion) -> ExportResult | None:
         out = self.home / "bundles" / f"{candidate.name}-{candidate.version}"
         try:
-            result = export_bundle(
+            return export_bundle(
                 candidate,
                 self.formats,
                 out,
@@ -720,18 +442,10 @@ class RetrainLoop:
                 {"formats": list(self.formats), "error": str(error)},
             )
             return None
-        self._manifests[(candidate.name, candidate.version)] = result.manifest
-        published = publish(
-            result.bundle,
-            self.fleet,
-            self.broker_address,
-            self.private_key,
-            canary_percent=self.canary_percent,
-            prefix=self.prefix,
-            state_file=self.state_file,
-            progress=self.progress,
-            lifetime=self.lifetime,
-        )
+
+    def _record_canary(
+        self, candidate: ModelVersion, result: ExportResult, published: PublishResult
+    ) -> None:
         state = published.state
         self._decide(
             "canary",
@@ -751,7 +465,6 @@ class RetrainLoop:
                 "stable": None if state.stable is None else state.stable.version,
             },
         )
-        return state
 
     def run(self, *, force: bool = True) -> StepResult:
         """On demand: check, then (always with ``force``, else only on an alert a model can
@@ -774,6 +487,22 @@ class RetrainLoop:
     def _retrain_and_release(
         self, result: CheckResult, triggers: Sequence[AlertRecord], why: str
     ) -> StepResult:
+        self._record_check(result, triggers, why)
+        calibration = any(a.rule == "calibration_gap" for a in triggers)
+        candidate = self.retrain(calibration_alert=calibration)
+        if not candidate.comparison.accepted:
+            return self._escalate(candidate, triggers, result.alerts)
+        version = candidate.version.version
+        if self.release(candidate.version) is None:
+            return StepResult("export_failed", version, "the export failed", result.alerts)
+        return StepResult(
+            "canary",
+            version,
+            f"{candidate.version.label} is the canary on {self.canary_percent}% of devices",
+            result.alerts,
+        )
+
+    def _record_check(self, result: CheckResult, triggers: Sequence[AlertRecord], why: str) -> None:
         fleet_measures = result.fleet_measures
         self._decide(
             "check",
@@ -788,17 +517,76 @@ class RetrainLoop:
                 "fleet": None if fleet_measures is None else fleet_measures.summary(),
             },
         )
-        candidate = self.retrain()
-        version = candidate.version.version
-        if not candidate.comparison.accepted:
-            message = "the candidate is worse than the running model"
-            return StepResult("rejected", version, message, result.alerts)
-        if self.release(candidate.version) is None:
-            return StepResult("export_failed", version, "the export failed", result.alerts)
+
+    # -- (c') escalate what retraining cannot fix ----------------------------------------------
+
+    def _escalate(
+        self,
+        candidate: Candidate,
+        triggers: Sequence[AlertRecord],
+        alerts: tuple[AlertRecord, ...],
+    ) -> StepResult:
+        """Open an alert for a person and record ``escalated`` (module docstring of
+        :mod:`~edgefleet.central.monitor.escalation`)."""
+        running = candidate.running.version
+        judgement = candidate.comparison.benefit
+        alert = escalation_alert(
+            self.fleet,
+            self.clock(),
+            running_version=running,
+            candidate_version=candidate.version.version,
+            judgement=judgement,
+            data_fingerprint=candidate.data_fingerprint,
+            triggers=[_alert_evidence(a) for a in triggers[:50]],
+        )
+        alert_id = self.store.add_alert(alert)
+        message = (
+            f"retraining does not help {running} (alert #{alert_id} for a person; no retrain "
+            f"until the labelled data changes): {judgement.reason}"
+        )
+        self._decide(
+            "escalated",
+            running,
+            message,
+            {
+                "alert_id": alert_id,
+                "running_version": running,
+                "candidate_version": candidate.version.version,
+                "data_fingerprint": candidate.data_fingerprint,
+                "window": candidate.window,
+                "benefit": judgement.to_dict(),
+            },
+        )
+        return StepResult("escalated", running, message, alerts)
+
+    def _held_back(
+        self, result: CheckResult, triggers: Sequence[AlertRecord], now: float
+    ) -> StepResult | None:
+        """Why alerts do not start a retrain now, if they do not: the same data already
+        showed that retraining does not help, or a recent rollback or failed export."""
+        decisions = self.store.decisions(self.fleet)
+        cooldown = self.cooldown_windows * self.window_seconds
+        recent = [d for d in decisions if d.action in _FAILURES and now - d.created < cooldown]
+        if recent:
+            last = recent[-1]
+            return StepResult(
+                "cooldown",
+                result.model_version,
+                f"{len(triggers)} alert(s), but {last.action} {now - last.created:.0f} s ago: "
+                f"no retrain within {cooldown:.0f} s of it",
+                result.alerts,
+            )
+        if not any(d.action == "escalated" for d in decisions):
+            return None
+        data = fingerprint(read_labelled(self.data_source, max_rows=self.max_rows))
+        escalated = unanswered_escalation(decisions, result.model_version, data)
+        if escalated is None:
+            return None
         return StepResult(
-            "canary",
-            candidate.version.version,
-            f"{candidate.version.label} is the canary on {self.canary_percent}% of devices",
+            "held",
+            result.model_version,
+            f"{len(triggers)} alert(s); retraining on this data did not help (alert "
+            f"#{escalated.evidence.get('alert_id')}, escalated): waiting for new labelled data",
             result.alerts,
         )
 
@@ -819,22 +607,27 @@ class RetrainLoop:
         state = self.rollout()
         if state.canary is None:
             return StepResult("none", None, "no canary is out")
-        canary_ref, stable_ref = state.canary, state.stable
-        assert stable_ref is not None
         started = self.canary_started(state)
-        now = self.clock()
-        windows = (now - started) / self.window_seconds
+        windows = (self.clock() - started) / self.window_seconds
+        verdict, evidence = self._judge_cohorts(state, started)
+        return self._act_on_verdict(state, verdict, {**evidence, "windows": windows}, windows)
+
+    def _judge_cohorts(
+        self, state: RolloutState, started: float
+    ) -> tuple[CanaryVerdict, dict[str, Any]]:
+        """Each cohort measured against its own model's reference since ``started``."""
+        canary_ref, stable_ref = state.canary, state.stable
+        assert canary_ref is not None
+        assert stable_ref is not None
         canary_agg = self.store.aggregate(
             self.fleet, model_version=canary_ref.version, since=started
         )
         stable_agg = self.store.aggregate(
             self.fleet, model_version=stable_ref.version, since=started
         )
-        canary = None if canary_agg is None else self.measure(canary_agg, canary_ref)
-        stable = None if stable_agg is None else self.measure(stable_agg, stable_ref)
         verdict = judge_canary(
-            canary,
-            stable,
+            None if canary_agg is None else self.measure(canary_agg, canary_ref),
+            None if stable_agg is None else self.measure(stable_agg, stable_ref),
             rules=self.rules,
             min_reports=self.min_canary_reports,
             auroc_margin=self.auroc_margin,
@@ -846,26 +639,35 @@ class RetrainLoop:
             **verdict.evidence,
             "reasons": list(verdict.reasons),
             "since": started,
-            "windows": windows,
             "score_shift_js": _score_shift(canary_agg, stable_agg),
             "canary_version": canary_ref.version,
             "stable_version": stable_ref.version,
         }
+        return verdict, evidence
+
+    def _act_on_verdict(
+        self,
+        state: RolloutState,
+        verdict: CanaryVerdict,
+        evidence: Mapping[str, Any],
+        windows: float,
+    ) -> StepResult:
+        canary_ref, stable_ref = state.canary, state.stable
+        assert canary_ref is not None
+        assert stable_ref is not None
+        reasons = "; ".join(verdict.reasons)
         if verdict.verdict == "worse":
-            return self._roll_back(canary_ref, "; ".join(verdict.reasons), evidence)
+            return self._roll_back(canary_ref, reasons, evidence)
         if verdict.verdict == "good" and windows >= self.canary_windows:
-            return self._promote(canary_ref, stable_ref, "; ".join(verdict.reasons), evidence)
+            return self._promote(canary_ref, stable_ref, reasons, evidence)
         if windows >= self.max_canary_windows:
-            return self._roll_back(
-                canary_ref,
-                f"not enough evidence after {windows:.1f} windows: " + "; ".join(verdict.reasons),
-                evidence,
-            )
+            why = f"not enough evidence after {windows:.1f} windows: {reasons}"
+            return self._roll_back(canary_ref, why, evidence)
         return StepResult(
             "wait",
             canary_ref.version,
             f"canary {canary_ref.version}: {verdict.verdict} after {windows:.1f} of "
-            f"{self.canary_windows} windows ({'; '.join(verdict.reasons)})",
+            f"{self.canary_windows} windows ({reasons})",
         )
 
     def _promote(
@@ -901,8 +703,8 @@ class RetrainLoop:
 
     def step(self) -> StepResult:
         """One monitoring window: evaluate the canary if one is out; otherwise check the
-        stable model over the last window and, on an alert a new model can answer (and
-        outside the cooldown), retrain and publish a canary."""
+        stable model over the last window and, on an alert a new model can answer (unless
+        held back: :meth:`_held_back`), retrain, judge and publish a canary or escalate."""
         state = self.rollout()
         if state.canary is not None:
             return self.evaluate_canary()
@@ -911,21 +713,9 @@ class RetrainLoop:
         triggers = result.triggers(self.retrain_levels)
         if not triggers:
             return StepResult("none", result.model_version, _no_alert(result), result.alerts)
-        cooldown = self.cooldown_windows * self.window_seconds
-        recent = [
-            d
-            for d in self.store.decisions(self.fleet)
-            if d.action in _FAILURES and now - d.created < cooldown
-        ]
-        if recent:
-            last = recent[-1]
-            return StepResult(
-                "cooldown",
-                result.model_version,
-                f"{len(triggers)} alert(s), but {last.action} {now - last.created:.0f} s ago: "
-                f"no retrain within {cooldown:.0f} s of it",
-                result.alerts,
-            )
+        held = self._held_back(result, triggers, now)
+        if held is not None:
+            return held
         return self._retrain_and_release(result, triggers, "on alert")
 
     # -- records -----------------------------------------------------------------------------
@@ -953,14 +743,6 @@ class RetrainLoop:
             reason=record.reason,
             evidence=record.evidence,
         )
-
-
-def _subset(table: TrainingTable, rows: Any) -> TrainingTable:
-    return TrainingTable(
-        features=table.features.iloc[rows].reset_index(drop=True),
-        labels=table.labels[rows],
-        schema=table.schema,
-    )
 
 
 def _score_shift(canary: Aggregate | None, stable: Aggregate | None) -> float | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edgefleet.central.monitor.drift import DriftDetector, FeatureDrift
+from edgefleet.central.monitor.fairness import FeatureFairness, fairness_of
 from edgefleet.central.monitor.quality import (
     ExpectedPerformance,
     Rate,
@@ -120,6 +121,9 @@ class Measures:
     reference_expected: ExpectedPerformance | None
     errors: Rate
     latency: Latency
+    fairness: tuple[FeatureFairness, ...] = ()
+    """Per segment feature of the schema (none without), at the default threshold:
+    :mod:`edgefleet.central.monitor.fairness`."""
 
     @property
     def drifted_features(self) -> tuple[FeatureDrift, ...]:
@@ -252,18 +256,7 @@ def measure(
         )
     scores = aggregate.scores.counts.counts
     scored = sum(scores) > 0
-    negatives = [
-        a + b
-        for a, b in zip(
-            aggregate.outcomes.by_label[0].counts, aggregate.scores.by_label[0].counts, strict=True
-        )
-    ]
-    positives = [
-        a + b
-        for a, b in zip(
-            aggregate.outcomes.by_label[1].counts, aggregate.scores.by_label[1].counts, strict=True
-        )
-    ]
+    negatives, positives = labelled_counts(aggregate)
     calls = aggregate.latency.count
     return Measures(
         fleet=aggregate.fleet,
@@ -294,6 +287,7 @@ def measure(
             p50_ms=aggregate.latency.quantile(0.5) * 1000.0 if calls else math.nan,
             p95_ms=aggregate.latency.quantile(0.95) * 1000.0 if calls else math.nan,
         ),
+        fairness=fairness_of(aggregate, manifest.schema) if aggregate.segments else (),
     )
 
 
@@ -443,3 +437,13 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
+
+
+def labelled_counts(aggregate: Aggregate) -> tuple[list[int], list[int]]:
+    """Negatives and positives per score bin: outcomes that came back in a later window
+    plus labels known at scoring time."""
+    outcomes, scores = aggregate.outcomes.by_label, aggregate.scores.by_label
+    return (
+        [a + b for a, b in zip(outcomes[0].counts, scores[0].counts, strict=True)],
+        [a + b for a, b in zip(outcomes[1].counts, scores[1].counts, strict=True)],
+    )

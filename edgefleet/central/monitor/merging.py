@@ -243,10 +243,13 @@ def _add(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
         raw["latency"]["counts"],
     ]
     totals = (raw["scored"], raw["failed"], raw["dropped_reports"])
+    segments = [_flat_segment(g) for g in raw.get("segments", ())]
     if total.key is None:
         total.key = (raw["fleet"], raw["model_name"], raw["model_version"])
-        total.layout = list(layout)
+        total.layout = [entry for entry in layout if entry[1] != "segment"]
+        total.segment_layout = [(g["feature"], len(g["scores"])) for g in raw.get("segments", ())]
         total.features, total.histograms = features, histograms
+        total.segments = segments
         total.totals = list(totals)
     else:
         total.features = [
@@ -256,12 +259,21 @@ def _add(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
             list(map(operator.add, a, b)) for a, b in zip(total.histograms, histograms, strict=True)
         ]
         total.totals = [a + b for a, b in zip(total.totals, totals, strict=True)]
+        total.segments = [
+            list(map(operator.add, a, b)) for a, b in zip(total.segments, segments, strict=True)
+        ]
     total.window[0] = min(total.window[0], raw["window_start"])
     total.window[1] = max(total.window[1], raw["window_end"])
     total.reports += 1
     total.devices.add(raw["device_id"])
     total.cohorts.add(raw["cohort"])
     total.groups.add(raw["device_group"])
+
+
+def _flat_segment(raw: dict[str, Any]) -> list[int]:
+    """A report's segment sketch as :meth:`SegmentSketch.flat` lays it out (scores,
+    negatives, positives, level by level): the form the sums add."""
+    return [c for key in ("scores", "negatives", "positives") for level in raw[key] for c in level]
 
 
 def dumps_skipped(skipped: tuple[SkippedReport, ...]) -> str:

@@ -54,14 +54,17 @@ MAX_CLOCK_AHEAD = 86_400.0
 """Seconds a report's window may end after the monitor received it (device clock skew)."""
 
 Layout = tuple[tuple[str, str, int], ...]
-"""``(name, kind, bins)`` of every feature of a report, in order."""
+"""``(name, kind, bins)`` of every feature of a report, in order, then ``(name, "segment",
+levels)`` of every segment sketch (report version 2)."""
 
 VersionKey = tuple[str, str]
 
 
 def layout_of(raw: Mapping[str, Any]) -> Layout:
     """The layout of a parsed report whose fields were checked (names, kinds, bin lists)."""
-    return tuple((f["name"], f["kind"], len(f["bins"])) for f in raw["features"])
+    features = tuple((f["name"], f["kind"], len(f["bins"])) for f in raw["features"])
+    segments = tuple((g["feature"], "segment", len(g["scores"])) for g in raw.get("segments", ()))
+    return features + segments
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,10 @@ class VersionProfile:
             model_version=model_version,
             clock=lambda: 0.0,
         )
-        layout = tuple((f.name, f.kind, f.bins.bins) for f in builder.snapshot().features)
+        body = builder.snapshot()
+        layout = tuple((f.name, f.kind, f.bins.bins) for f in body.features) + tuple(
+            (g.feature, "segment", g.levels) for g in body.segments
+        )
         return cls(model_name, model_version, layout)
 
     @property

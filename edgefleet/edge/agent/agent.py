@@ -55,6 +55,7 @@ from edgefleet.edge.rollout import (
     target_for,
     verify_rollout,
 )
+from edgefleet.edge.segments import levels_of, segment_features
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.sketch import ReportBody, SketchBuilder
 from edgefleet.edge.topics import Topics, validate_device_id
@@ -178,7 +179,9 @@ class Agent:
         self._window: _Window | None = None
         self._window_lock = threading.Lock()
         self._sequence_lock = threading.Lock()
-        self._predictions: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        # id -> (score, model version, its record's segment levels): enough to count the
+        # outcome when it comes back, in its segments too.
+        self._predictions: OrderedDict[str, tuple[float, str, tuple[int, ...]]] = OrderedDict()
         self._rollouts: queue.Queue[bytes | None] = queue.Queue()
         self._stop = threading.Event()
         self._outbox_ready = threading.Event()
@@ -477,14 +480,15 @@ class Agent:
         manifest = scorer.manifest
         positive, negative = manifest.schema.classes[1], manifest.schema.classes[0]
         predictions = []
-        for p in probabilities:
+        levels = levels_of(segment_features(manifest.schema), encoded)
+        for p, level in zip(probabilities, levels, strict=True):
             identifier = uuid.uuid4().hex
             predictions.append(
                 Prediction(
                     identifier, float(p), positive if p >= 0.5 else negative, manifest.version
                 )
             )
-            self._predictions[identifier] = (float(p), manifest.version)
+            self._predictions[identifier] = (float(p), manifest.version, tuple(map(int, level)))
         while len(self._predictions) > PREDICTION_MEMORY:
             self._predictions.popitem(last=False)
         self._add_to_window(encoded, probabilities, latency)
@@ -495,12 +499,20 @@ class Agent:
         remembered = self._predictions.pop(prediction_id, None)
         if remembered is None:
             raise InputError(f"no recent prediction has id {prediction_id!r}")
-        score, version = remembered
-        self.record_outcome(score, version, label)
+        score, version, levels = remembered
+        self.record_outcome(score, version, label, levels)
 
-    def record_outcome(self, score: float, version: str, label: str | int | bool) -> None:
+    def record_outcome(
+        self,
+        score: float,
+        version: str,
+        label: str | int | bool,
+        segment_levels: Sequence[int] | None = None,
+    ) -> None:
         """Count the true label of a prediction of ``score`` made by ``version`` elsewhere
-        (the scoring service's workers, whose signed prediction ids carry both)."""
+        (the scoring service's workers, whose signed prediction ids carry both).
+        ``segment_levels`` (the record's level of each segment feature, when known) counts
+        it in its segments too; without them it counts fleet-wide only."""
         active = self.installer.active
         if active is None or active.scorer.manifest.version != version:
             return  # the model changed since; its window is reported already
@@ -513,7 +525,9 @@ class Agent:
             raise InputError(f"label {label!r} is not one of {list(classes)} (or 0/1)")
         with self._window_lock:
             if self._window is not None:
-                self._window.builder.add_outcome(score, value)
+                self._window.builder.add_outcomes(
+                    [score], [value], None if segment_levels is None else [segment_levels]
+                )
 
     def _add_to_window(
         self, encoded: np.ndarray[Any, Any], probabilities: np.ndarray[Any, Any], latency: float

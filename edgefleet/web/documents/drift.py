@@ -130,6 +130,7 @@ class DriftArea(Catalog):
                 "measures": measures_summary(measures),
                 "features": features,
                 "score": score_document,
+                "fairness": [f.to_dict() for f in measures.fairness],
                 "buckets": timeline,
                 "skipped": skipped.document(),
             }

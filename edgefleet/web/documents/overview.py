@@ -14,6 +14,7 @@ from edgefleet.web.documents.shapes import (
     thresholds_document,
     time_slices,
 )
+from edgefleet.web.escalations import escalations
 
 
 class OverviewArea(Catalog):
@@ -82,6 +83,7 @@ class OverviewArea(Catalog):
                     "open": len(open_alerts),
                     "newest": [alert_document(a) for a in reversed(open_alerts[-5:])],
                 },
+                "escalations": escalations(open_alerts, alert_document),
                 "rollout": rollout,
                 "versions": sorted(
                     versions, key=lambda v: (v["model_name"], parse_version(v["model_version"]))
