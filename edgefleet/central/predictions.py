@@ -45,6 +45,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -74,7 +75,8 @@ class Prediction:
     scored_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        """The row as the lookup API answers it (times in ISO 8601, UTC)."""
+        """The row as the lookup API answers it (``scored_at`` in seconds since the epoch,
+        as every time of the API; ``scored_at_iso`` the same in ISO 8601, UTC)."""
         return {
             "key": self.key,
             "model": self.model,
@@ -82,7 +84,8 @@ class Prediction:
             "label": self.label,
             "score": self.score,
             "probabilities": list(self.probabilities),
-            "scored_at": self.scored_at.isoformat(),
+            "scored_at": self.scored_at.timestamp(),
+            "scored_at_iso": self.scored_at.astimezone(UTC).isoformat(),
         }
 
 
@@ -155,9 +158,12 @@ class PredictionStore:
     """The prediction table in one SQLite or PostgreSQL database; creates it if missing.
     Safe to share between threads; each process opens its own."""
 
-    def __init__(self, url: str, table: str = DEFAULT_TABLE):
+    def __init__(self, url: str, table: str = DEFAULT_TABLE, *, create: bool = True):
+        """``create=False`` for readers: nothing is created, and until a writer has made
+        the table :meth:`get` finds nothing."""
         self.url = database_url(url)
         self.table = _table(table)
+        self._exists = create
         try:
             self.engine = self._make_engine()
             self.dialect = self.engine.dialect.name
@@ -166,7 +172,8 @@ class PredictionStore:
                     f"the prediction database {self.display} is {self.dialect}; "
                     "use sqlite:///FILE or postgresql://..."
                 )
-            self.table.metadata.create_all(self.engine)
+            if create:
+                self.table.metadata.create_all(self.engine)
         except (SQLAlchemyError, ArgumentError, ImportError) as error:
             raise StoreError(
                 f"cannot open the prediction database {self.display}: {error}"
@@ -225,6 +232,10 @@ class PredictionStore:
     def get(self, key: str) -> Prediction | None:
         """The newest prediction for ``key``, or None."""
         try:
+            if not self._exists:
+                self._exists = inspect(self.engine).has_table(self.table.name)
+                if not self._exists:
+                    return None
             with self.engine.connect() as connection:
                 row = connection.execute(select(self.table).where(self.table.c.key == key)).first()
         except SQLAlchemyError as error:

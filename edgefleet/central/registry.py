@@ -188,22 +188,37 @@ class Registry:
             versions = [_version(r, self.home) for r in rows]
         return sorted(versions, key=lambda v: (v.name, parse_version(v.version)))
 
-    def get(self, reference: str, name: str = DEFAULT_NAME) -> ModelVersion:
-        """``1.2.0``, ``churn@1.2.0``, ``latest`` or ``churn@latest``."""
+    def get(self, reference: str, name: str | None = None) -> ModelVersion:
+        """``1.2.0``, ``churn@1.2.0``, ``latest`` or ``churn@latest``.
+
+        Without a model name (``latest``, ``1.2.0``), ``latest`` is the version registered
+        last, of whichever model: the one just trained; a bare version must belong to one
+        model only."""
         if "@" in reference:
             name, reference = reference.split("@", 1)
         versions = self.versions(name)
+        if name is None and len({v.name for v in versions}) == 1:
+            name = versions[0].name  # one model: a bare reference is unambiguous
         if not versions:
+            which = f"model {name!r}" if name else "any model"
             raise RegistryError(
-                f"no versions of model {name!r} in {self.url}: train one with 'edgefleet train'"
+                f"no versions of {which} in {self.url}: train one with 'edgefleet train'"
             )
         if reference == "latest":
+            if name is None:
+                return max(versions, key=lambda v: v.created)
             return versions[-1]
-        for version in versions:
-            if version.version == reference:
-                return version
-        known = ", ".join(v.version for v in versions)
-        raise RegistryError(f"model {name!r} has no version {reference!r} (it has: {known})")
+        found = [v for v in versions if v.version == reference]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(f"{v.name}@{reference}" for v in found)
+            raise RegistryError(f"several models have version {reference}: name one ({names})")
+        if name is not None:
+            known = ", ".join(v.version for v in versions)
+            raise RegistryError(f"model {name!r} has no version {reference!r} (it has: {known})")
+        known = ", ".join(f"{v.name}@{v.version}" for v in versions)
+        raise RegistryError(f"no model has version {reference!r} (known: {known})")
 
     def next_version(self, name: str) -> str:
         versions = self.versions(name)

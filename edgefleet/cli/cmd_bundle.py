@@ -35,12 +35,17 @@ def register(subparsers: Any) -> None:
         "holdout and the golden vectors), then write and sign the bundle. A "
         "format that fails parity fails the export: nothing is written.",
         epilog="example:\n  edgefleet export latest --out bundle/\n"
-        "  edgefleet export churn@1.2.0 --formats onnx --out bundle/",
+        "  edgefleet export churn@1.2.0 --formats onnx --out bundle/\n"
+        "  edgefleet export latest --formats onnx,pmml --out bundle/   # PMML too",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("version", help="VERSION, NAME@VERSION or 'latest'")
     export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    export.add_argument("--formats", help="comma-separated formats (default: all)")
+    export.add_argument(
+        "--formats",
+        help="comma-separated formats (default: every device format; add pmml for "
+        "central scoring engines)",
+    )
     export.add_argument("--key", type=Path, help="signing key (default: HOME/keys/edgefleet.key)")
     export.add_argument(
         "--tolerance",
@@ -99,6 +104,8 @@ def run_export(args: argparse.Namespace) -> int:
     formats = parse_formats(args.formats)
     key = load_private_key(args.key or default_key_dir(args.home) / PRIVATE_NAME)
     version = Registry(args.home).get(args.version)
+    if args.version == "latest":
+        say(f"latest: {version.label}, the version registered last (NAME@latest picks a model)")
     say(f"exporting {version.label} ({version.family}) as {', '.join(formats)}")
     result = export_bundle(
         version,
@@ -127,7 +134,11 @@ def run_formats(args: argparse.Namespace) -> int:
         print(f"{estimator:32} {family:7} {'binary':7} " + " ".join(f"{m:>7}" for m in marks))
     print()
     for fmt in EXPORT_FORMATS.values():
-        default = " (exported by default)" if fmt.name in DEFAULT_FORMATS else ""
+        default = (
+            " (exported by default)"
+            if fmt.name in DEFAULT_FORMATS
+            else " (central only: name it in --formats)"
+        )
         print(f"{fmt.name:7} {fmt.filename:16} {fmt.description}; needs {fmt.runtime}{default}")
     print("\npreprocessing steps (edgefleet register), the same in every format:")
     for step_name, detail in COVERED_STEPS.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -466,7 +467,12 @@ def _summary(
         f"  {'drift begins':22} {at(milestones.drift)}  {args.scenario} on "
         f"{args.drift_share:.0%} of the devices"
     )
-    say(f"  {'first alert':22} {at(milestones.alert)}  {milestones.alert_text[:80]}")
+    # The whole alert, wrapped under itself: a cut ends mid-word ("(>= 0.100?), PS").
+    when = at(milestones.alert)
+    first, *rest = textwrap.wrap(milestones.alert_text, width=72) or [""]
+    say(f"  {'first alert':22} {when}  {first}")
+    for line in rest:
+        say(" " * (2 + 22 + 1 + len(when) + 2) + line)
     say(f"  {'canary published':22} {at(milestones.canary)}  {milestones.canary_version}")
     say(f"  {'promoted':22} {at(milestones.promoted)}")
     say(f"  {'every device updated':22} {at(milestones.everywhere)}")

@@ -51,6 +51,17 @@ def register(subparsers: Any) -> None:
         help="monitor database: sqlite:///FILE or postgresql://... (default: HOME/monitor.db)",
     )
     serve.add_argument(
+        "--predictions-db",
+        metavar="URL",
+        help="database of batch predictions for GET /api/predictions/KEY (default: --db's)",
+    )
+    serve.add_argument(
+        "--predictions-table",
+        default="predictions",
+        metavar="NAME",
+        help="their table, as 'batch score --table' wrote it (default: %(default)s)",
+    )
+    serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: loopback)"
     )
     serve.add_argument(
@@ -127,6 +138,8 @@ def run_serve(args: argparse.Namespace) -> int:
         write_token=token,
         online_seconds=args.online_seconds,
         trusted_hosts=trusted,
+        predictions_db=args.predictions_db,
+        predictions_table=args.predictions_table,
     )
     app = create_app(config)
     say(f"monitor database {app.extensions['edgefleet'].dashboard.store.display}, home {args.home}")

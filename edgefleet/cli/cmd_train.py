@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def register(subparsers: Any) -> None:
     train.add_argument("--target", required=True, help="the column to predict (two classes)")
     train.add_argument("--model", default="rf", help="model family (default: rf)")
     train.add_argument(
-        "--name", default="churn", help="model name in the registry (default: churn)"
+        "--name",
+        help="model name in the registry (default: the data file's name: customers.csv "
+        "trains 'customers')",
     )
     train.add_argument("--schema", type=Path, help="feature schema JSON (default: inferred)")
     train.add_argument("--positive-class", help="the class whose probability is the score")
@@ -85,6 +88,16 @@ def register(subparsers: Any) -> None:
     models.set_defaults(handler=run_models)
 
 
+def name_from_path(path: Path) -> str:
+    """A registry name from a data file's name: ``Telco Customers.csv`` -> ``telco-customers``."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", Path(path).stem.lower()).strip("-_")
+    if not name:
+        raise InputError(
+            f"cannot name a model after {Path(path).name!r}: give it a name with --name NAME"
+        )
+    return name
+
+
 def run_train(args: argparse.Namespace) -> int:
     from edgefleet.central.data.loader import data_sha256, load_training_table, read_table
     from edgefleet.central.registry import Registry
@@ -115,8 +128,10 @@ def run_train(args: argparse.Namespace) -> int:
             table, args.model, seed=args.seed, holdout=args.holdout, params=dict(args.param)
         )
     registry = Registry(args.home)
-    version = registry.register(model, name=args.name, data_sha256=data_sha256(frame))
-    say(f"registered {version.label} ({version.family}) in {registry.url}")
+    name = args.name or name_from_path(args.data)
+    version = registry.register(model, name=name, data_sha256=data_sha256(frame))
+    how = "" if args.name else " (named after the data file; --name NAME to choose)"
+    say(f"registered {version.label} ({version.family}) in {registry.url}{how}")
     for key in ("auroc", "average_precision", "log_loss", "brier", "calibration_error"):
         say(f"  {key:18} {model.metrics[key]:.4f}")
     print(version.version)

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "edgefleet.cli.cmd_register",
     "edgefleet.cli.cmd_bundle",
     "edgefleet.cli.cmd_score",
+    "edgefleet.cli.cmd_batch",
     "edgefleet.cli.cmd_demo",
     "edgefleet.cli.cmd_broker",
     "edgefleet.cli.cmd_identity",

@@ -98,10 +98,22 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             ALL_FAMILIES,
             "Core ML classic spec (coremltools builders), for iOS and macOS",
         ),
+        ExportFormat(
+            "pmml",
+            "edgefleet.converters.pmml",
+            "model.pmml",
+            "a PMML 4.4 evaluator (JPMML-Evaluator, Java 11+)",
+            ALL_FAMILIES,
+            "PMML 4.4 for central scoring engines (checked by JPMML-Evaluator); "
+            "never loaded by devices",
+        ),
     )
 }
-# Every format, unless --formats chooses.
-DEFAULT_FORMATS: tuple[str, ...] = tuple(EXPORT_FORMATS)
+# Formats for the central side only: not in a bundle unless --formats names them (devices
+# would download bytes they never load).
+CENTRAL_ONLY_FORMATS: tuple[str, ...] = ("pmml",)
+# Every device format, unless --formats chooses.
+DEFAULT_FORMATS: tuple[str, ...] = tuple(n for n in EXPORT_FORMATS if n not in CENTRAL_ONLY_FORMATS)
 
 
 def export_format(name: str) -> ExportFormat:

@@ -19,8 +19,11 @@ from edgefleet.edge.schema import FeatureSchema
 from edgefleet.errors import InputError, ManifestError
 
 MANIFEST_FORMAT = 1
-FORMATS = ("onnx", "tflite", "coreml", "web")
-"""Artifact formats a bundle can carry."""
+FORMATS = ("onnx", "tflite", "coreml", "web", "pmml")
+"""Artifact formats a bundle can carry. A device runs only those of its backends
+(``backends/base.py``); ``pmml`` is carried for central scoring engines and never loaded
+here. Devices running an edgefleet older than this list refuse a manifest naming it: keep
+PMML in a bundle of its own (``--formats pmml``) unless the fleet is up to date."""
 
 DEFAULT_TOLERANCE = 1e-5
 """Largest absolute probability difference any artifact may show against scikit-learn."""

@@ -27,6 +27,9 @@ Read (GET)::
                                                  formats, signature check, download links
     /api/fleets/FLEET/rollout                    the verified rollout state and what can be done
     /api/fleets/FLEET/demo                       the promoted web bundle the demo serves
+    /api/predictions/KEY                         the newest batch prediction of KEY (a
+                                                 customer id): label, score, model version,
+                                                 when it was scored; 404 if none
 
 Write (POST, JSON body optional), with the write token in ``X-Edgefleet-Token`` (or
 ``Authorization: Bearer TOKEN``); a browser request must come from the dashboard's own
@@ -50,6 +53,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from edgefleet.central.predictions import check_key
 from edgefleet.edge.jsonbody import parse_json
 from edgefleet.edge.topics import check_identifier
 from edgefleet.errors import InputError
@@ -60,6 +64,16 @@ from edgefleet.web.rollouts import expected_sequence
 from edgefleet.web.security import require_api_write
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+@bp.get("/predictions/<path:key>")
+def prediction(key: str) -> Response:
+    found = state().predictions.get(check_key(key))
+    if found is None:
+        raise NotFoundError(
+            f"no prediction for key {key[:80]!r} in table {state().config.predictions_table}"
+        )
+    return jsonify(found.to_json())
 
 
 @bp.get("/fleets")

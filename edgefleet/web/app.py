@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from edgefleet import __version__
 from edgefleet.central.monitor.store import MonitorStore
+from edgefleet.central.predictions import PredictionStore
 from edgefleet.errors import EdgefleetError
 from edgefleet.web import api, demo, devices, drift, models, overview, rollouts, security
 from edgefleet.web.config import WebConfig
@@ -78,7 +79,13 @@ def create_app(config: WebConfig | Mapping[str, Any]) -> Flask:
         online_seconds=settings.online_seconds,
         prefix=settings.prefix,
     )
-    app.extensions[EXTENSION] = WebState(config=settings, dashboard=dashboard)
+    # A reader: the table is made by the first batch run that writes it.
+    predictions = PredictionStore(
+        settings.predictions_url, settings.predictions_table, create=False
+    )
+    app.extensions[EXTENSION] = WebState(
+        config=settings, dashboard=dashboard, predictions=predictions
+    )
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     _add_template_helpers(app, settings, store)

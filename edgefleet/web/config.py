@@ -39,6 +39,9 @@ class WebConfig:
     trusted_hosts
         Host names the dashboard answers to (the Host header), against DNS rebinding; None
         answers any.
+    predictions_db, predictions_table
+        Where ``GET /api/predictions/KEY`` looks (``edgefleet batch score --db``'s table);
+        the database defaults to the monitor's.
     """
 
     home: Path
@@ -50,6 +53,8 @@ class WebConfig:
     online_seconds: float = 120.0
     prefix: str = DEFAULT_PREFIX
     trusted_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
+    predictions_db: str | None = None
+    predictions_table: str = "predictions"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
@@ -80,6 +85,10 @@ class WebConfig:
     @property
     def db_url(self) -> str:
         return self.db or f"sqlite:///{self.home / 'monitor.db'}"
+
+    @property
+    def predictions_url(self) -> str:
+        return self.predictions_db or self.db_url
 
     def broker_address(self) -> BrokerAddress:
         if isinstance(self.broker, BrokerAddress):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app, request
 
+from edgefleet.central.predictions import PredictionStore
 from edgefleet.errors import BrokerError, EdgefleetError, InputError, RequestError, RolloutError
 from edgefleet.web.config import WebConfig
 from edgefleet.web.dashboard import ConflictError, Dashboard, NotFoundError
@@ -17,6 +18,7 @@ EXTENSION = "edgefleet"
 class WebState:
     config: WebConfig
     dashboard: Dashboard
+    predictions: PredictionStore
 
 
 def state() -> WebState:

@@ -43,6 +43,11 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     summary = result.stderr.split("\nsummary\n", 1)[1]
     assert "loop                   promoted" in summary
     assert "first alert            t=" in summary
+    # The alert is shown whole (wrapped), never cut mid-word: a drift alert ends "n COUNT".
+    block = summary.split("first alert", 1)[1].split("canary published", 1)[0]
+    alert = " ".join(block.split())
+    if "drift" in alert:
+        assert re.search(r"PSI [0-9.]+ \(>= [0-9.]+\?\), n \d+$", alert), alert
     assert "every device updated   t=" in summary
     # Concept drift (the default scenario): a candidate better with confidence, and the
     # AUROC of both models measured on the drifted devices' labels.

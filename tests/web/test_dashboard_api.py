@@ -722,7 +722,7 @@ def test_config_is_checked() -> None:
 
 
 def test_every_api_route_is_documented(app: Flask) -> None:
-    names = {"fleet": "FLEET", "device_id": "ID"}
+    names = {"fleet": "FLEET", "device_id": "ID", "key": "KEY"}
     rules = sorted(
         {
             re.sub(r"<(?:\w+:)?(\w+)>", lambda m: names[m.group(1)], rule.rule)
@@ -730,7 +730,7 @@ def test_every_api_route_is_documented(app: Flask) -> None:
             if rule.rule.startswith("/api/")
         }
     )
-    assert len(rules) == 12
+    assert len(rules) == 13
     guide = (WEB_DIR / "API.md").read_text(encoding="utf-8")
     docstring = sys.modules["edgefleet.web.api"].__doc__ or ""
     for rule in rules:
