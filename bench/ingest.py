@@ -25,7 +25,13 @@ database (polled), from the first commit to the last. Why a helper: a 3.7 KB rep
 ~50 us to parse (json), ~30 us to check, ~20 us to insert and ~70 us to receive through
 paho, and one Python process runs one thread at a time.
 
+With --postgres each measure gets a fresh database on a private PostgreSQL 15 server
+(durable: fsync on), and --monitors 1,2,4 measures how the monitors scale out on it (each
+monitor appends its own rollup rows: no hot row). --compare-rollups adds one monitor
+storing without rollups, the cost of the rollups.
+
     .venv/bin/python -m bench.ingest [--reports 50000] [--devices 300] [--db URL] [--no-registry]
+        [--monitors 1,2,4] [--postgres] [--compare-rollups]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +139,16 @@ def make_payloads(
     for k in range(n):
         body = dict(bodies[k % DISTINCT_BODIES])
         device = f"dev-{k % devices:04d}"
+        # Each device reports once a minute, as a live fleet does (the rollups see the
+        # minutes a monitor sees, not 200 at once).
+        end = 1_750_000_000.0 + 60.0 * (k // devices)
         body.update(
             device_id=device,
             sequence=k // devices,
             device_group=f"g{k % devices % 5}",
             cohort="canary" if k % 10 == 0 else "stable",
+            window_start=end - 60.0,
+            window_end=end,
         )
         payload = json.dumps(body, separators=(",", ":")).encode()
         payloads.append((topics.report(device), payload))
@@ -257,6 +269,7 @@ def spawn_monitor(
     *,
     leave: bool = False,
     workers: int | None = None,
+    rollups: bool = True,
 ) -> subprocess.Popen[str]:
     command = [
         sys.executable,
@@ -279,6 +292,7 @@ def spawn_monitor(
         "2",
         *(["--leave"] if leave else []),
         *([] if workers is None else ["--workers", str(workers)]),
+        *([] if rollups else ["--no-rollups"]),
     ]
     with log.open("a") as output:
         process = subprocess.Popen(
@@ -310,14 +324,17 @@ def bench_monitors(
     work: Path,
     monitors: int,
     workers: int | None,
-) -> float:
-    """Reports/s committed by ``monitors`` monitor processes draining the backlog."""
-    group = f"bench-{monitors}"
-    ids = [f"bench-monitor-{monitors}-{i}" for i in range(monitors)]
+    rollups: bool = True,
+) -> Measured:
+    """Reports/s committed by ``monitors`` monitor processes draining the backlog, and
+    what each report cost them and the database in CPU."""
+    label = f"{monitors}{'' if rollups else '-raw'}"
+    group = f"bench-{label}"
+    ids = [f"bench-monitor-{label}-{i}" for i in range(monitors)]
     logs = [work / f"{client_id}.log" for client_id in ids]
     # First start: the sessions and their share of the subscription; then away.
     for process in [
-        spawn_monitor(broker, db, work, group, c, lg, workers=workers)
+        spawn_monitor(broker, db, work, group, c, lg, workers=workers, rollups=rollups)
         for c, lg in zip(ids, logs, strict=True)
     ]:
         stop_monitor(process)
@@ -326,12 +343,14 @@ def bench_monitors(
     before = store.report_count(FLEET)
     # Measured start; --leave: once stopped, the sessions stop collecting later phases' share.
     processes = [
-        spawn_monitor(broker, db, work, group, c, lg, leave=True, workers=workers)
+        spawn_monitor(broker, db, work, group, c, lg, leave=True, workers=workers, rollups=rollups)
         for c, lg in zip(ids, logs, strict=True)
     ]
     want = before + len(payloads)
+    poller = _backend_pid(store)
     first_time: float | None = None
     first_count = 0
+    cpu_start = (0.0, 0.0)
     deadline = time.monotonic() + 900
     try:
         while True:
@@ -339,14 +358,16 @@ def bench_monitors(
             now = time.perf_counter()
             if first_time is None and count > before:
                 first_time, first_count = now, count
+                cpu_start = cpu_seconds(processes, db, poller)
             if count >= want:
+                cpu_end = cpu_seconds(processes, db, poller)
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 raise RuntimeError(
                     f"stored {count - before} of {len(payloads)}: "
                     + "; ".join(lg.read_text()[-500:] for lg in logs)
                 )
-            time.sleep(0.02)
+            time.sleep(0.05)
     finally:
         for process in processes:
             stop_monitor(process)
@@ -356,7 +377,63 @@ def bench_monitors(
     store.close()
     if final != want or quarantined:
         raise RuntimeError(f"expected {want} reports and no quarantine; {final}, {quarantined}")
-    return (want - first_count) / (now - first_time)
+    stored = want - first_count
+    return Measured(
+        stored / (now - first_time),
+        (cpu_end[0] - cpu_start[0]) / stored,
+        (cpu_end[1] - cpu_start[1]) / stored,
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Reports/s committed, and CPU seconds per report of the monitor processes (their
+    validating workers included) and of the PostgreSQL backends serving them (0 on
+    SQLite): per-report costs that do not depend on what else loads the machine."""
+
+    rate: float
+    monitor_cpu: float
+    database_cpu: float
+
+
+def _backend_pid(store: MonitorStore) -> int | None:
+    """The PostgreSQL backend of the bench's own polling (not the monitors' cost)."""
+    if store.dialect != "postgresql":
+        return None
+    with store.engine.connect() as connection:
+        return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def cpu_seconds(
+    processes: list[subprocess.Popen[str]], db: str, poller: int | None
+) -> tuple[float, float]:
+    """CPU seconds so far of the monitors (with their children), and of the PostgreSQL
+    backends of database ``db`` (found by the database name in their command line), but
+    the bench's own ``poller``."""
+    import psutil
+
+    def used(process: psutil.Process) -> float:
+        try:
+            times = process.cpu_times()
+            return float(times.user + times.system)
+        except psutil.Error:
+            return 0.0
+
+    monitors = 0.0
+    for popen in processes:
+        try:
+            parent = psutil.Process(popen.pid)
+            monitors += used(parent) + sum(used(c) for c in parent.children(recursive=True))
+        except psutil.Error:
+            continue
+    database = 0.0
+    if db.startswith("postgresql"):
+        name = db.rsplit("/", 1)[-1]
+        for process in psutil.process_iter(["cmdline"]):
+            mine = any(name in part for part in process.info["cmdline"] or ())
+            if mine and process.pid != poller:
+                database += used(process)
+    return monitors, database
 
 
 def main() -> int:
@@ -374,6 +451,21 @@ def main() -> int:
         action="store_true",
         help="no registry in the monitors' home: reports are not checked against their "
         "version's profile (how this bench ran before that check)",
+    )
+    parser.add_argument(
+        "--monitors",
+        default="1,2",
+        help="how many monitor processes to measure, comma-separated (default: 1,2)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a private PostgreSQL 15 server (a fresh database per measure), not SQLite",
+    )
+    parser.add_argument(
+        "--compare-rollups",
+        action="store_true",
+        help="also one monitor without rollups (what they cost; goal: with >= 0.8x without)",
     )
     parser.add_argument("--raw-subscriber", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -393,28 +485,63 @@ def main() -> int:
         f"(made in {time.perf_counter() - started:.1f} s); {os.cpu_count()} cores; "
         f"reports {checked}"
     )
+    counts = sorted({int(n) for n in args.monitors.split(",")})
     # Hundreds of MB of databases and broker state: not left behind.
     try:
-        with MosquittoBroker(work / "broker") as broker:
+        with _database_server(args.postgres) as server, MosquittoBroker(work / "broker") as broker:
             raw, publish_rate = bench_raw(broker, payloads)
             print(f"publish (paho, QoS 1):           {publish_rate:9,.0f} reports/s")
             print(f"(i)   raw subscriber (paho):     {raw:9,.0f} reports/s")
-            results = {}
-            for monitors in (1, 2):
-                db = args.db or f"sqlite:///{work / f'monitor-{monitors}.db'}"
-                rate = bench_monitors(broker, payloads, db, work, monitors, args.monitor_workers)
-                results[monitors] = rate
-                label = "(ii)  one monitor" if monitors == 1 else "(iii) two monitors"
-                print(f"{label + ' (stored):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw")
+            results: dict[str, float] = {}
+            runs = [(n, True) for n in counts]
+            if args.compare_rollups:
+                runs.insert(1, (1, False))
+            for monitors, rollups in runs:
+                db = _database(args.db, server, work, monitors, rollups)
+                measured = bench_monitors(
+                    broker, payloads, db, work, monitors, args.monitor_workers, rollups
+                )
+                rate = measured.rate
+                key = f"{monitors}" if rollups else "1-raw"
+                results[key] = rate
+                what = f"{monitors} monitor(s)" + ("" if rollups else ", no rollups")
+                kind = "PostgreSQL" if server else ("--db" if args.db else "SQLite")
+                print(
+                    f"{what + f' ({kind}):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw"
+                    f"   CPU per report: monitors {measured.monitor_cpu * 1e6:,.0f} us, "
+                    f"database {measured.database_cpu * 1e6:,.0f} us"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"two monitors / one monitor: {results[2] / results[1]:.2f}")
-    ok = results[1] >= TARGET_REPORTS_PER_SECOND
+    for n in counts[1:]:
+        print(f"{n} monitors / one monitor: {results[str(n)] / results['1']:.2f}")
+    if args.compare_rollups:
+        ratio = results["1"] / results["1-raw"]
+        print(f"one monitor with rollups / without: {ratio:.2f} (goal >= 0.8)")
+    ok = results["1"] >= TARGET_REPORTS_PER_SECOND
     print(
-        f"{'PASS' if ok else 'FAIL'}: one monitor stores {results[1]:,.0f} reports/s "
+        f"{'PASS' if ok else 'FAIL'}: one monitor stores {results['1']:,.0f} reports/s "
         f"(target {TARGET_REPORTS_PER_SECOND:,.0f})"
     )
     return 0 if ok else 1
+
+
+def _database_server(postgres: bool) -> Any:
+    from contextlib import nullcontext
+
+    from bench.postgres import private_postgres
+
+    return private_postgres() if postgres else nullcontext(None)
+
+
+def _database(given: str | None, server: str | None, work: Path, n: int, rollups: bool) -> str:
+    """A fresh database for one measure: on the private PostgreSQL server, else a SQLite
+    file (or --db, shared by every measure)."""
+    if server is not None:
+        from bench.postgres import new_database
+
+        return new_database(server, f"ingest{n}")
+    return given or f"sqlite:///{work / f'monitor-{n}-{rollups}.db'}"
 
 
 if __name__ == "__main__":

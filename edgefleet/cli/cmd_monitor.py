@@ -91,6 +91,9 @@ def register(subparsers: Any) -> None:
         help="on exit, unsubscribe so the broker stops keeping a share of the fleet for "
         "this monitor (for a monitor retired for good)",
     )
+    # What rollups cost, measured by bench.ingest --compare-rollups; never for a fleet
+    # (its reports would be merged raw, at a cost growing with every report).
+    monitor.add_argument("--no-rollups", action="store_true", help=argparse.SUPPRESS)
     add_broker_options(monitor, "monitor")
     monitor.set_defaults(handler=run_monitor)
 
@@ -99,12 +102,12 @@ def default_db(home: Path) -> str:
     return f"sqlite:///{Path(home) / 'monitor.db'}"
 
 
-def open_store(args: argparse.Namespace) -> Any:
+def open_store(args: argparse.Namespace, *, rollups: bool = True) -> Any:
     from edgefleet.central.monitor.store import MonitorStore
 
     if args.db is None:
         Path(args.home).mkdir(parents=True, exist_ok=True)
-    return MonitorStore(args.db or default_db(args.home))
+    return MonitorStore(args.db or default_db(args.home), rollups=rollups)
 
 
 def default_workers() -> int:
@@ -137,7 +140,7 @@ def run_monitor(args: argparse.Namespace) -> int:
         from edgefleet.errors import InputError
 
         raise InputError(f"--every must be a positive number of seconds, not {args.every}")
-    store = open_store(args)
+    store = open_store(args, rollups=not args.no_rollups)
     known = registry_versions(args.home)
     if known is None:
         say(

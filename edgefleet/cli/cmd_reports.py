@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from edgefleet.cli.cmd_compact import add_compact
 from edgefleet.cli.cmd_monitor import db_option, open_store
 from edgefleet.errors import InputError
 
@@ -21,6 +22,7 @@ examples:
   edgefleet reports delete --fleet shops --device pos-0042
   edgefleet reports delete --fleet shops --device pos-0042 \\
       --since 2025-06-01T00:00:00Z --until 2025-06-02T00:00:00Z --yes
+  edgefleet reports compact --raw-days 7 --minute-days 30 --hour-days 365
 """
 
 QUARANTINE_EPILOG = """\
@@ -35,10 +37,11 @@ examples:
 
 DELETE_EPILOG = """\
 For a device that was compromised or sent nonsense: its reports go, with everything
-derived from them (there are no rollup tables: every page, measure and alert rule reads
-the reports), in one transaction. Without --since/--until its last status row goes too.
-Its quarantined messages and refusal count stay (the evidence), and so do alerts and
-decisions already recorded. Times select reports by the end of their window
+derived from them (the rollups of their buckets are summed again without them, its totals
+drop them), in one transaction; reports past the raw retention live on only inside
+rollups, which no longer say which device sent what. Without --since/--until its last
+status row goes too. Its quarantined messages and refusal count stay (the evidence), and so
+do alerts and decisions already recorded. Times select reports by the end of their window
 (since <= end < until), as ISO 8601 (2025-06-01T12:00:00Z; no zone means UTC) or epoch
 seconds. Asks before deleting unless --yes. Revoke the device's broker credentials too,
 or it reports again.
@@ -52,9 +55,9 @@ examples:
 def register(subparsers: Any) -> None:
     reports = subparsers.add_parser(
         "reports",
-        help="inspect refused reports, delete a device's reports",
-        description="The monitor database's reports: what was refused (quarantine) and "
-        "removing a device's reports (delete).",
+        help="inspect refused reports, delete a device's reports, apply retention",
+        description="The monitor database's reports: what was refused (quarantine), "
+        "removing a device's reports (delete), and retention (compact).",
         epilog=REPORTS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -74,6 +77,7 @@ def register(subparsers: Any) -> None:
     delete.add_argument("--yes", action="store_true", help="delete without asking")
     db_option(delete)
     delete.set_defaults(handler=run_delete)
+    add_compact(actions)
     # The older name, kept for scripts that use it.
     _add_quarantine(subparsers.add_parser, "quarantine")
 

@@ -88,6 +88,51 @@ def register(subparsers: Any) -> None:
     score.add_argument("--key-file", type=Path, help="private key of the client certificate")
     score.add_argument("--insecure", action="store_true", help="skip the broker host name check")
     score.set_defaults(handler=run_stream_score, broker=None)
+    spark = commands.add_parser(
+        "spark",
+        help="the same with Spark Structured Streaming: new files in a folder, upserted by key",
+        description="Spark Structured Streaming: every new file (JSON lines or CSV) in a "
+        "folder scored with batch scoring's Spark path (mapInPandas) and upserted into the "
+        "prediction table in foreachBatch; Spark's checkpoint and the idempotent upsert make a "
+        "restarted query neither lose nor double a row.",
+        epilog=SPARK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    spark.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder")
+    spark.add_argument(
+        "--source",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the folder new files land in (move them in whole)",
+    )
+    spark.add_argument("--input-format", choices=("json", "csv"), default="json")
+    spark.add_argument("--db", required=True, metavar="URL")
+    spark.add_argument("--table", required=True)
+    spark.add_argument("--key", required=True, metavar="COLUMN")
+    spark.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="Spark's checkpoint: which files are done (keep it with the table)",
+    )
+    spark.add_argument("--trust-key", type=Path, required=True, help="publisher key to trust")
+    spark.add_argument("--format", help="artifact format to run")
+    spark.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
+    spark.add_argument(
+        "--once",
+        action="store_true",
+        help="score what is in the folder now, then stop (availableNow)",
+    )
+    spark.add_argument(
+        "--trigger",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="look for new files this often (default 5)",
+    )
+    spark.set_defaults(handler=run_stream_spark)
     stream.set_defaults(handler=lambda args: stream.print_help() or 2)
 
 
@@ -191,3 +236,40 @@ def _scoring(args: argparse.Namespace, identity: Any, address: Any) -> tuple[Any
         )
     )
     return AgentScoring(agent), agent
+
+
+SPARK_EPILOG = """\
+examples:
+  edgefleet stream spark bundle/ --trust-key edgefleet.pub --source incoming/ \\
+      --db postgresql://crm@db/crm --table churn_scores --key customer_id \\
+      --checkpoint checkpoints/churn_scores --master local[2]
+  mv /tmp/customers-0042.json incoming/      # picked up at the next trigger
+"""
+
+
+def run_stream_spark(args: argparse.Namespace) -> int:
+    from edgefleet.central.batch.spark import spark_session
+    from edgefleet.central.stream.spark_stream import SparkStream, start
+
+    stream = SparkStream(
+        args.source,
+        args.input_format,
+        args.bundle,
+        args.trust_key,
+        args.key,
+        args.db,
+        args.table,
+        args.checkpoint,
+        args.format,
+    )
+    session = spark_session(args.master, app="edgefleet-stream")
+    query = start(session, stream, once=args.once, trigger_seconds=args.trigger)
+    say(
+        f"streaming new files of {args.source} into {args.table}"
+        + (" (what is there now, then stop)" if args.once else "; Ctrl-C stops")
+    )
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli.cmd_broker import add_broker_options, broker_from_args
+from edgefleet.cli.cmd_compact import retention_of, retention_options
 from edgefleet.cli.lifetime import add_lifetime_option
 from edgefleet.cli.progress import say
 
@@ -78,7 +79,9 @@ def _loop_options(parser: argparse.ArgumentParser, identity: str) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="monitoring window (default 60)",
+        help="monitoring window (default 60); a whole number of minutes is checked on "
+        "whole minutes, read from rollups alone (the newest partial minute waits for the "
+        "next window)",
     )
     parser.add_argument(
         "--canary-windows",
@@ -203,6 +206,15 @@ def register(subparsers: Any) -> None:
         help="how often to check that the broker still holds the fleet's rollout state and "
         "models, re-publishing what it lost (default: 30; 0 turns it off)",
     )
+    watch.add_argument(
+        "--compact-every",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="apply the retention (as 'edgefleet reports compact') this often "
+        "(default: 3600; 0 turns it off)",
+    )
+    retention_options(watch)
     watch.set_defaults(handler=run_watch)
 
 
@@ -341,6 +353,8 @@ def _loop(args: argparse.Namespace, store: MonitorStore) -> RetrainLoop:
         prefix=args.prefix,
         progress=lambda m: say(f"  {m}"),
         lifetime=args.lifetime,
+        # Windows of whole minutes read rollups alone, whatever the fleet's size.
+        whole_minutes=True,
     )
 
 
@@ -376,11 +390,15 @@ def run_watch(args: argparse.Namespace) -> int:
     try:
         step = 0
         _refresh(args, loop)  # a state that expired while nothing watched, at once
+        compacted = time.monotonic()
         while args.steps is None or step < args.steps:
             time.sleep(loop.window_seconds)
             step += 1
             _refresh(args, loop)
             _step(loop)
+            if args.compact_every > 0 and time.monotonic() - compacted >= args.compact_every:
+                compacted = time.monotonic()
+                _compact(args, store)
     finally:
         if monitor is not None:
             monitor.stop()
@@ -400,6 +418,23 @@ def _step(loop: RetrainLoop) -> None:
         print(f"{_when(time.time())} error: {error}", flush=True)
         return
     print(f"{_when(time.time())} {result.action}: {result.message}", flush=True)
+
+
+def _compact(args: argparse.Namespace, store: MonitorStore) -> None:
+    """Retention, between windows; a failure is said and tried again next time."""
+    from edgefleet.central.monitor.retention import compact
+    from edgefleet.errors import EdgefleetError
+
+    try:
+        done = compact(store, retention_of(args))
+    except EdgefleetError as error:
+        print(f"{_when(time.time())} error: compacting: {error}", flush=True)
+        return
+    print(
+        f"{_when(time.time())} compacted in {done.seconds:.1f} s: {done.raw_deleted:,} raw "
+        f"report(s), {done.minute_deleted + done.hour_deleted:,} rollup row(s) expired",
+        flush=True,
+    )
 
 
 def _refresh(args: argparse.Namespace, loop: RetrainLoop) -> None:

@@ -604,6 +604,49 @@ class SketchSums:
             ),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """``self.freeze().to_dict()``, without building (and checking) the sketches: the
+        monitor's rollups are made of it at every batch. A field added to
+        :meth:`Aggregate.to_dict` is added here too (a test holds the two equal)."""
+        if self.key is None:
+            raise InputError("nothing to merge: no report was added")
+        features = []
+        for (name, kind, bins), counts in zip(self.layout, self.features, strict=True):
+            numeric = kind == "numeric"
+            feature = {
+                "name": name,
+                "kind": "numeric" if numeric else "categorical",
+                "bins": counts[:bins],
+                "missing": counts[bins],
+            }
+            feature.update(
+                {"out_of_range": counts[bins + 1]} if numeric else {"unknown": counts[bins + 2]}
+            )
+            features.append(feature)
+        h = [list(counts) for counts in self.histograms]
+        return {
+            "fleet": self.key[0],
+            "model_name": self.key[1],
+            "model_version": self.key[2],
+            "window_start": float(self.window[0]),
+            "window_end": float(self.window[1]),
+            "reports": self.reports,
+            "devices": sorted(self.devices),
+            "cohorts": sorted(self.cohorts),
+            "device_groups": sorted(self.groups),
+            "scored": self.totals[0],
+            "failed": self.totals[1],
+            "dropped_reports": self.totals[2],
+            "features": features,
+            "scores": {"counts": h[0], "by_label": [h[1], h[2]]},
+            "outcomes": {"counts": h[3], "by_label": [h[4], h[5]]},
+            "latency": {"counts": h[6]},
+            "segments": [
+                SegmentSketch.from_flat(name, levels, counts).to_dict()
+                for (name, levels), counts in zip(self.segment_layout, self.segments, strict=True)
+            ],
+        }
+
 
 class _Sum(SketchSums):
     """The running sum of :func:`merge_all`, over reports and aggregates."""

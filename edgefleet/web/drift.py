@@ -34,6 +34,13 @@ def _float(args: Mapping[str, str], name: str) -> float | None:
     return value
 
 
+def _whole(since: float, seconds: float) -> float:
+    """``since`` on a whole minute (a whole hour for a day or more): the window is then
+    read from rollups alone (docs/architecture.md §7b)."""
+    grid = 3600 if seconds >= 86_400 else 60
+    return since // grid * grid
+
+
 def drift_query(args: Mapping[str, str]) -> dict[str, Any]:
     """The keyword arguments of :meth:`Dashboard.drift` from a query string."""
     buckets_text = args.get("buckets") or "12"
@@ -63,7 +70,7 @@ def view(fleet: str) -> str:
                 "drift.view",
                 fleet=fleet,
                 model_version=version,
-                since=None if seconds is None else f"{now - seconds:.0f}",
+                since=None if seconds is None else f"{_whole(now - seconds, seconds):.0f}",
             ),
             "active": (query["since"] is None) == (seconds is None)
             and (seconds is None or abs(now - seconds - (query["since"] or 0)) < 120),

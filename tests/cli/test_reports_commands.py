@@ -104,3 +104,27 @@ def test_delete_explains_bad_input(
         cwd=tmp_path, ok=False,
     )  # fmt: skip
     assert "--device must be" in bad_device.stderr
+
+
+def test_compact_applies_the_retention_and_keeps_the_measures(
+    seeded_db: str, tmp_path: Path
+) -> None:
+    store = MonitorStore(seeded_db)
+    before = store.aggregate("acme", model_version="1.0.0")
+    store.close()
+    assert before is not None
+    # The seeded windows ended in 1970: raw reports and minute rollups expire, hours stay.
+    out = run("reports", "compact", "--db", seeded_db, "--hour-days", "100000", cwd=tmp_path).stdout
+    assert "raw reports 7 days, minute rollups 30 days, hour rollups 100000 days" in out
+    assert "6 raw report(s)" in out
+    store = MonitorStore(seeded_db)
+    after = store.aggregate("acme", model_version="1.0.0")
+    assert store.report_count("acme", device_id="a") == 0  # the raw reports are gone
+    store.close()
+    assert after is not None
+    assert after.to_dict() == before.to_dict()
+    bad = run("reports", "compact", "--db", seeded_db, "--raw-days", "-1", cwd=tmp_path, ok=False)
+    assert bad.returncode == 2
+    assert "a positive number of days, not '-1'" in bad.stderr
+    helped = run("reports", "compact", "--help", cwd=tmp_path).stdout
+    assert "raw reports      7 days" in helped

@@ -478,6 +478,7 @@ class Monitor:
                 [(d.topic, d.payload) for d in items],
                 fleet=self.fleet,
                 prefix=self.topics.prefix,
+                rollups=self.store.rollups,
             )
         except Exception as error:  # a broken pool: carry on without it
             self._drop_pool(error)
@@ -492,7 +493,10 @@ class Monitor:
             except Exception as error:
                 self._drop_pool(error)
         return prepare(
-            [(d.topic, d.payload) for d in items], fleet=self.fleet, prefix=self.topics.prefix
+            [(d.topic, d.payload) for d in items],
+            fleet=self.fleet,
+            prefix=self.topics.prefix,
+            rollups=self.store.rollups,
         )
 
     def _drop_pool(self, error: Exception) -> None:

@@ -72,6 +72,7 @@ from edgefleet.central.monitor.retraining import (
     Retrainer,
     RetrainSettings,
 )
+from edgefleet.central.monitor.rollups import MINUTE
 from edgefleet.central.monitor.sources import (
     DataSource,
     LabelledData,
@@ -208,6 +209,10 @@ class RetrainLoop:
     retrain_levels
         Scope levels whose alerts start a retrain (a single device's drift does not, by
         default).
+    whole_minutes
+        Check windows of whole minutes (when ``window_seconds`` is a whole number of
+        minutes): their measures are read from rollups alone, the cost of a fleet of any
+        size; the newest, partial minute is checked in the next window.
     """
 
     def __init__(
@@ -246,6 +251,7 @@ class RetrainLoop:
         clock: Callable[[], float] = time.time,
         progress: Progress = lambda _: None,
         lifetime: timedelta = DEFAULT_LIFETIME,
+        whole_minutes: bool = False,
     ) -> None:
         if type(canary_percent) is not int or not 1 <= canary_percent <= 100:
             raise InputError(f"canary_percent must be 1 to 100, not {canary_percent!r}")
@@ -290,6 +296,7 @@ class RetrainLoop:
         self.drift_margin = drift_margin
         self.require_labels = require_labels
         self.cooldown_windows = cooldown_windows
+        self.whole_minutes = whole_minutes
         self.retrain_levels = tuple(retrain_levels)
         self.seed = seed
         self.prefix = prefix
@@ -337,6 +344,16 @@ class RetrainLoop:
         return measure(aggregate, self.manifest_of(ref), detector=self.rules.feature_detector())
 
     # -- (a) check ---------------------------------------------------------------------------
+
+    def last_window(self, now: float) -> tuple[float, float]:
+        """``(since, until)`` of the window checked at ``now``: of whole minutes with
+        ``whole_minutes`` when the window is a whole number of minutes, so that its
+        measures are read from rollups alone (docs/architecture.md §7b)."""
+        until = now
+        minutes = self.window_seconds >= MINUTE and self.window_seconds % MINUTE == 0
+        if self.whole_minutes and minutes:
+            until = math.floor(now / MINUTE) * MINUTE
+        return until - self.window_seconds, until
 
     def check(
         self, *, since: float | None = None, until: float | None = None, store_alerts: bool = True
@@ -476,7 +493,8 @@ class RetrainLoop:
                 "let 'edgefleet watch' evaluate it, or promote or roll it back first"
             )
         now = self.clock()
-        result = self.check(since=now - self.window_seconds, until=now)
+        since, until = self.last_window(now)
+        result = self.check(since=since, until=until)
         triggers = result.triggers(self.retrain_levels)
         if not force and not triggers:
             return StepResult(
@@ -709,7 +727,8 @@ class RetrainLoop:
         if state.canary is not None:
             return self.evaluate_canary()
         now = self.clock()
-        result = self.check(since=now - self.window_seconds, until=now)
+        since, until = self.last_window(now)
+        result = self.check(since=since, until=until)
         triggers = result.triggers(self.retrain_levels)
         if not triggers:
             return StepResult("none", result.model_version, _no_alert(result), result.alerts)

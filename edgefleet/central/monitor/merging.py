@@ -34,6 +34,7 @@ __all__ = [
     "SkippedReport",
     "StoredMerge",
     "StoredRow",
+    "add_counts",
     "check_mergeable_counts",
 ]
 
@@ -187,10 +188,32 @@ class StoredMerge:
         group = self._groups.get(layout)
         if group is None:
             group = self._groups[layout] = _Group()
-        _add(group.sums, raw, layout)
+        add_counts(group.sums, raw, layout)
         group.count += 1
         if len(group.rows) < MAX_NAMED:
             group.rows.append((row.id, row.device_id, row.sequence, row.model_version))
+        return True
+
+    def add_rollup(self, raw: dict[str, Any]) -> bool:
+        """Merge one rollup body (an :meth:`Aggregate.to_dict` the store wrote itself from
+        reports it had validated); False if it is of another model version than the rows
+        before it. A rollup whose layout does not fit is skipped whole, counted but not
+        named (its reports are summed, no longer listed)."""
+        key = (raw["fleet"], raw["model_name"], raw["model_version"])
+        if self.key is not None and key != self.key:
+            return False
+        layout = layout_of(raw)
+        try:
+            self._check_layout(layout)
+        except InputError:
+            self._skipped_total += int(raw["reports"])
+            return True
+        self.key = key
+        group = self._groups.get(layout)
+        if group is None:
+            group = self._groups[layout] = _Group()
+        add_counts(group.sums, raw, layout)
+        group.count += int(raw["reports"])
         return True
 
     def _check_layout(self, layout: Layout) -> None:
@@ -228,9 +251,16 @@ class StoredMerge:
         return Merged(chosen.sums.freeze(), tuple(self._skipped), self._skipped_total)
 
 
-def _add(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
-    """Add one checked report to the sums of its layout: exact Python ints, summed in C by
-    ``map(operator.add)``."""
+def add_counts(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
+    """Add one checked report, or one rollup (docs/architecture.md §7b), to the sums of its
+    layout: exact Python ints, summed in C by ``map(operator.add)``.
+
+    This is the one place that says how the counts of report JSON are summed, for raw
+    reports and rollups alike: a rollup's body is an :meth:`Aggregate.to_dict`, whose
+    sketches have the very shape of a report's (the same ``to_dict``), plus ``reports``,
+    ``devices``, ``cohorts`` and ``device_groups`` in place of one report's identity. A
+    sketch field added to reports is added here (and to :class:`SketchSums` and
+    :class:`Aggregate`) once, and rollups carry it with no rollup code changed."""
     features = [
         [*f["bins"], f["missing"], f.get("out_of_range", 0), f.get("unknown", 0)]
         for f in raw["features"]
@@ -264,10 +294,16 @@ def _add(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
         ]
     total.window[0] = min(total.window[0], raw["window_start"])
     total.window[1] = max(total.window[1], raw["window_end"])
-    total.reports += 1
-    total.devices.add(raw["device_id"])
-    total.cohorts.add(raw["cohort"])
-    total.groups.add(raw["device_group"])
+    if "devices" in raw:  # a rollup: many reports, sets of identities
+        total.reports += raw["reports"]
+        total.devices.update(raw["devices"])
+        total.cohorts.update(raw["cohorts"])
+        total.groups.update(raw["device_groups"])
+    else:
+        total.reports += 1
+        total.devices.add(raw["device_id"])
+        total.cohorts.add(raw["cohort"])
+        total.groups.add(raw["device_group"])
 
 
 def _flat_segment(raw: dict[str, Any]) -> list[int]:

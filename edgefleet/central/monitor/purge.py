@@ -1,14 +1,15 @@
 """Removing a device's reports (docs/architecture.md §10): what ``edgefleet reports delete``
 does for a compromised device.
 
-Everything derived from the reports goes with them, in the same transaction: today the
-reports table is the only store of measurements (aggregates are computed from it on demand,
-there are no rollup tables), so deleting the rows is enough for every page, measure and
-alert rule to forget them. When the whole history of the device goes (no time bounds), its
-last retained status row goes too: the device's outbox counts and update state came from
-the same identity. What stays: its quarantined messages and refusal count (the evidence),
-and the alerts and decisions already taken (the audit trail; they carry their own
-evidence).
+Everything derived from the reports goes with them, in the same transaction: the rollups
+of every bucket the deleted reports were in are summed again from the reports that stay
+(docs/architecture.md §7b), and the device's row of totals loses them, so every page,
+measure and alert rule forgets them. Reports past the raw retention exist only inside
+rollups, which no longer say which device sent what: those are not removed. When the whole
+history of the device goes (no time bounds), its device row and its last retained status
+row go too: the device's outbox counts and update state came from the same identity. What
+stays: its quarantined messages and refusal count (the evidence), and the alerts and
+decisions already taken (the audit trail; they carry their own evidence).
 
 Time bounds select reports by the end of their window, as every query of the store does:
 ``since <= window_end < until``.
@@ -16,14 +17,17 @@ Time bounds select reports by the end of their window, as every query of the sto
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
-from edgefleet.central.monitor.store import MonitorStore, device_status, reports
+from edgefleet.central.monitor.storage.rebuild import rebuild_rollups
+from edgefleet.central.monitor.store import MonitorStore, device_status, devices, reports
 from edgefleet.errors import InputError, StoreError
 
 __all__ = ["DeviceRecords", "count_device_records", "delete_device_records"]
@@ -60,6 +64,37 @@ def _where(
     if until is not None:
         where.append(reports.c.window_end < until)
     return where
+
+
+_GONE_COLUMNS = (
+    reports.c.model_name,
+    reports.c.model_version,
+    reports.c.cohort,
+    reports.c.device_group,
+    reports.c.window_end,
+    reports.c.scored,
+    reports.c.failed,
+)
+
+
+def _forget_totals(
+    connection: Connection, fleet: str, device_id: str, gone: Sequence[Any], *, whole: bool
+) -> None:
+    """The device's row of totals without the deleted reports (gone with them all)."""
+    where = (devices.c.fleet == fleet, devices.c.device_id == device_id)
+    if whole:
+        connection.execute(delete(devices).where(*where))
+        return
+    if gone:
+        connection.execute(
+            update(devices)
+            .where(*where)
+            .values(
+                reports=devices.c.reports - len(gone),
+                scored=devices.c.scored - min(sum(int(r.scored) for r in gone), 2**62),
+                failed=devices.c.failed - min(sum(int(r.failed) for r in gone), 2**62),
+            )
+        )
 
 
 def _status_where(fleet: str, device_id: str) -> list[ColumnElement[bool]]:
@@ -112,9 +147,17 @@ def delete_device_records(
     _check(since, until)
     try:
         with store.engine.begin() as connection:
-            deleted = connection.execute(
-                delete(reports).where(*_where(fleet, device_id, since, until))
-            ).rowcount
+            # DELETE first: it takes SQLite's write lock before any read.
+            gone = connection.execute(
+                delete(reports)
+                .where(*_where(fleet, device_id, since, until))
+                .returning(*_GONE_COLUMNS)
+            ).all()
+            deleted = len(gone)
+            rebuild_rollups(connection, fleet, gone, store.writer)
+            _forget_totals(
+                connection, fleet, device_id, gone, whole=since is None and until is None
+            )
             statuses = 0
             if since is None and until is None:
                 statuses = connection.execute(

@@ -79,9 +79,11 @@ from edgefleet.central.monitor.storage.schema import (
     database_url,
     decisions,
     device_status,
+    devices,
     quarantine,
     refusals,
     reports,
+    rollups,
 )
 from edgefleet.central.monitor.storage.statuses import StatusStore
 from edgefleet.errors import StoreError
@@ -106,10 +108,12 @@ __all__ = [
     "database_url",
     "decisions",
     "device_status",
+    "devices",
     "prepare",
     "quarantine",
     "refusals",
     "reports",
+    "rollups",
     "version_refusal",
 ]
 

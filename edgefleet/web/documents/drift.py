@@ -85,7 +85,15 @@ class DriftArea(Catalog):
         start = whole.window_start if since is None else since
         # Slices by window end, as the store filters: the last one ends just past the newest.
         end = math.nextafter(whole.window_end, math.inf) if until is None else until
-        slices = time_slices(start, end, buckets, whole.reports, len(whole.devices))
+        slices = time_slices(
+            start,
+            end,
+            buckets,
+            whole.reports,
+            len(whole.devices),
+            open_start=since is None,
+            open_end=until is None,
+        )
         timeline: list[dict[str, Any]] = []
         series: list[tuple[list[float | None], list[float | None]]] = [
             ([], []) for _ in measures.features

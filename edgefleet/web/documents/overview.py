@@ -120,7 +120,9 @@ class OverviewArea(Catalog):
             end = math.nextafter(max(whole.window_end for _, whole in wholes), math.inf)
             devices = set().union(*(whole.devices for _, whole in wholes))
             reports = sum(whole.reports for _, whole in wholes)
-            slices = time_slices(start, end, buckets, reports, len(devices))
+            slices = time_slices(
+                start, end, buckets, reports, len(devices), open_start=True, open_end=True
+            )
             document["buckets"] = [{"start": low, "end": high} for low, high in slices]
             for manifest, whole in wholes:
                 features: list[float | None] = []

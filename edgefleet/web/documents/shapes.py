@@ -20,19 +20,41 @@ from edgefleet.edge.rollout import ModelRef
 from edgefleet.edge.schema import CategoricalFeature
 from edgefleet.web.documents.common import DISPLAY_SCORE_BINS, number_text
 
+MINUTE = 60
+HOUR = 3600
+SNAP_WIDTH = 600.0
+"""Slices at least this wide (seconds) are cut on whole minutes (see :func:`time_slices`)."""
+
 
 def time_slices(
-    start: float, end: float, wanted: int, reports: int, devices: int
+    start: float,
+    end: float,
+    wanted: int,
+    reports: int,
+    devices: int,
+    *,
+    open_start: bool = False,
+    open_end: bool = False,
 ) -> list[tuple[float, float]]:
     """``[start, end)`` cut in equal slices: ``wanted`` of them, fewer when there are not
     as many reports per device (a slice shorter than the time between two reports would be
-    an empty gap), and none shorter than a second."""
+    an empty gap), and none shorter than a second.
+
+    Slices of :data:`SNAP_WIDTH` or more are cut on whole minutes, of two hours or more on
+    whole hours, so that each is read from rollups alone (docs/architecture.md §7b); the
+    outer bounds move out to the same grid where they are the first and last report's
+    (``open_``), which leaves the reports in the range as they are."""
     count = max(1, min(wanted, reports // max(1, devices), math.ceil(end - start)))
     width = (end - start) / count
-    return [
-        (start + i * width, end if i == count - 1 else start + (i + 1) * width)
-        for i in range(count)
-    ]
+    grid = HOUR if width >= 2 * HOUR else MINUTE if width >= SNAP_WIDTH else None
+    if grid is None:
+        cuts = [start + i * width for i in range(1, count)]
+        return list(itertools.pairwise([start, *cuts, end]))
+    start = math.floor(start / grid) * grid if open_start else start
+    end = (math.floor(end / grid) + 1) * grid if open_end else end
+    width = (end - start) / count
+    cuts = [round((start + i * width) / grid) * grid for i in range(1, count)]
+    return list(itertools.pairwise([start, *cuts, end]))
 
 
 def publisher_warnings(lines: list[str]) -> list[str]:

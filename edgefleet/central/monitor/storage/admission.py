@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.central.monitor.fastpath import fast_decode as _fast_decode
 from edgefleet.central.monitor.merging import (
     check_mergeable_counts,
 )
+from edgefleet.central.monitor.rollups import BatchRollups, PartialRollup, RollupKey
 from edgefleet.central.monitor.storage.records import KnownVersion
 from edgefleet.central.monitor.validation import (
     Layout,
@@ -40,20 +41,30 @@ class PreparedBatch:
     received: float
     valid: list[tuple[str, dict[str, Any], Layout]]
     refused: list[dict[str, Any]]
+    partials: dict[RollupKey, PartialRollup] = field(default_factory=dict)
+    """The valid reports summed per minute and hour rollup, as if every one were stored:
+    the store appends them as they are when it stored all, and sums again the ones it
+    stored otherwise (a duplicate, a report of an unknown version)."""
 
 
 def prepare(
-    items: Sequence[tuple[str, bytes]], *, fleet: str | None = None, prefix: str | None = None
+    items: Sequence[tuple[str, bytes]],
+    *,
+    fleet: str | None = None,
+    prefix: str | None = None,
+    rollups: bool = True,
 ) -> PreparedBatch:
-    """Validate ``(topic, payload)`` messages (everything but the registry's say): the
-    CPU-bound half of :meth:`MonitorStore.ingest_many`, needing no database."""
+    """Validate ``(topic, payload)`` messages (everything but the registry's say), and sum
+    the valid ones per minute rollup: the CPU-bound half of
+    :meth:`MonitorStore.ingest_many`, needing no database."""
     received = time.time()
     valid: list[tuple[str, dict[str, Any], Layout]] = []
     refused: list[dict[str, Any]] = []
     layouts: dict[Layout, Layout] = {}
+    summed = BatchRollups()
     for topic, payload in items:
         try:
-            row, layout = _validate(topic, payload, fleet, prefix)
+            row, layout, raw = _validate(topic, payload, fleet, prefix)
         except InputError as error:
             refused.append(quarantine_row(topic, payload, str(error), received, fleet))
             continue
@@ -63,8 +74,11 @@ def prepare(
             continue
         row["received"] = received
         # One object per distinct layout: pickled once per batch on the way from a worker.
-        valid.append((topic, row, layouts.setdefault(layout, layout)))
-    return PreparedBatch(received, valid, refused)
+        layout = layouts.setdefault(layout, layout)
+        valid.append((topic, row, layout))
+        if rollups:
+            summed.add(raw, layout, (row["fleet"], row["device_id"], row["sequence"]))
+    return PreparedBatch(received, valid, refused, summed.result())
 
 
 def version_refusal(
@@ -92,9 +106,9 @@ def version_refusal(
 
 def _validate(
     topic: str, payload: bytes, fleet: str | None, prefix: str | None
-) -> tuple[dict[str, Any], Layout]:
-    """The row and feature layout of a valid report, or :class:`InputError` saying why it
-    is not one."""
+) -> tuple[dict[str, Any], Layout, dict[str, Any]]:
+    """The row, feature layout and parsed JSON of a valid report, or :class:`InputError`
+    saying why it is not one."""
     topic_fleet, topic_device = _parse_topic(topic, fleet, prefix)
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise InputError(f"a report payload is bytes, not {type(payload).__name__}")
@@ -131,7 +145,7 @@ def _validate(
         # The bytes that were validated, not a re-encoding: the exact report, for free.
         "body": bytes(payload).decode("utf-8"),
     }
-    return row, layout_of(raw)
+    return row, layout_of(raw), raw
 
 
 def _parse_topic(topic: str, fleet: str | None, prefix: str | None) -> tuple[str, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from typing import Any, Literal, Self
 
 from sqlalchemy import (
@@ -10,6 +13,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,6 +33,7 @@ class StoreBase:
         *,
         quarantine_limit: int = DEFAULT_QUARANTINE_LIMIT,
         sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        rollups: bool = True,
     ):
         if quarantine_limit < 1:
             raise InputError(f"quarantine_limit must be at least 1, not {quarantine_limit}")
@@ -36,9 +41,19 @@ class StoreBase:
             raise InputError("sqlite_synchronous must be NORMAL or FULL")
         self.url = database_url(url)
         self.quarantine_limit = quarantine_limit
+        self.rollups = rollups
+        """Whether ingest sums reports into rollups (off only to measure what they cost:
+        reports stored without are merged from raw until compaction rolls them up)."""
+        # This store's name on the rollup rows it appends (see storage/rollups.py).
+        self.writer = uuid.uuid4().hex[:16]
+        # Rollup rows this store appended per key, not folded yet (storage/rollups.py).
+        self._pending: dict[tuple[str, str, str, str, str, str, int, int], int] = {}
+        self._fold_lock = threading.Lock()
+        self._last_fold = time.monotonic()
         try:
             self.engine = self._make_engine(sqlite_synchronous)
             metadata.create_all(self.engine)
+            self._add_missing_columns()
         except (SQLAlchemyError, ImportError) as error:
             raise StoreError(f"cannot open the monitor database {self.display}: {error}") from None
         self.dialect = self.engine.dialect.name
@@ -47,6 +62,18 @@ class StoreBase:
                 f"the monitor database {self.display} is {self.dialect}; "
                 "use sqlite:///FILE or postgresql://..."
             )
+
+    def _add_missing_columns(self) -> None:
+        """A database made by an older edgefleet gets the columns added since (its rows
+        count as not rolled up: reads merge them raw until compaction rolls them up)."""
+        present = {c["name"] for c in inspect(self.engine).get_columns("monitor_reports")}
+        if "rolled_up" in present:
+            return
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "ALTER TABLE monitor_reports ADD COLUMN rolled_up INTEGER NOT NULL DEFAULT 0"
+            )
+        metadata.create_all(self.engine)  # the index on the new column
 
     @property
     def display(self) -> str:

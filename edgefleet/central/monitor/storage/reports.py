@@ -2,43 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import (
-    func,
-    select,
-)
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from edgefleet.central.monitor.merging import (
-    Merged,
-    StoredMerge,
-    StoredRow,
-    dumps_skipped,
-)
+from edgefleet.central.monitor.rollups import BatchRollups, PartialRollup, RollupKey
 from edgefleet.central.monitor.storage.admission import (
     PreparedBatch,
     prepare,
     quarantine_row,
     version_refusal,
 )
+from edgefleet.central.monitor.storage.devices import DeviceStore
 from edgefleet.central.monitor.storage.quarantine import QuarantineStore
-from edgefleet.central.monitor.storage.records import DeviceSummary, IngestCounts, KnownVersion
-from edgefleet.central.monitor.storage.schema import MERGE_COLUMNS, reports
-from edgefleet.central.monitor.validation import (
-    VersionProfile,
-)
-from edgefleet.edge.manifest import parse_version
-from edgefleet.edge.report import Aggregate
-from edgefleet.errors import InputError, StoreError
+from edgefleet.central.monitor.storage.reads import FleetReads
+from edgefleet.central.monitor.storage.records import IngestCounts, KnownVersion
+from edgefleet.central.monitor.storage.schema import reports
+from edgefleet.central.monitor.validation import layout_of
+from edgefleet.errors import StoreError
 
 logger = logging.getLogger("edgefleet.monitor")
 
 
-class ReportStore(QuarantineStore):
+class ReportStore(QuarantineStore, FleetReads, DeviceStore):
     """Ingest and the queries over raw reports."""
 
     # -- ingest --------------------------------------------------------------------------
@@ -59,9 +50,8 @@ class ReportStore(QuarantineStore):
         :class:`StoreError` if the database fails, in which case nothing was written and
         the call can be repeated as is. The same as :func:`prepare` (the CPU-bound half,
         which another process may do) then :meth:`store_prepared`."""
-        return self.store_prepared(
-            prepare(items, fleet=fleet, prefix=prefix), known_version=known_version
-        )
+        batch = prepare(items, fleet=fleet, prefix=prefix, rollups=self.rollups)
+        return self.store_prepared(batch, known_version=known_version)
 
     def store_prepared(
         self, batch: PreparedBatch, *, known_version: KnownVersion | None = None
@@ -84,264 +74,81 @@ class ReportStore(QuarantineStore):
                 repeated += 1
                 continue
             rows[key] = row
-        stored = 0
         try:
             with self.engine.begin() as connection:
-                if rows:
-                    ordered = [rows[key] for key in sorted(rows)]
-                    statement = self._insert(reports).on_conflict_do_nothing(
-                        index_elements=["fleet", "device_id", "sequence"]
-                    )
-                    if self.dialect == "sqlite":
-                        # sqlite3's executemany sums the rows each INSERT changed, 0 for a
-                        # conflict: exact, and a third cheaper than RETURNING (measured).
-                        stored = connection.execute(statement, ordered).rowcount
-                    else:
-                        returning = statement.returning(reports.c.id)
-                        stored = len(connection.execute(returning, ordered).all())
+                stored = self._insert_reports(connection, rows, batch.partials)
                 if refused:
                     self._add_quarantine(connection, refused)
         except SQLAlchemyError as error:
             raise StoreError(f"cannot store reports in {self.display}: {error}") from None
+        if self.rollups:
+            self.fold_rollups()
         return IngestCounts(
             stored, len(rows) - stored + repeated, len(refused), committed=tuple(rows)
         )
 
-    # -- queries -------------------------------------------------------------------------
+    def _insert_sqlite(
+        self, connection: Connection, statement: Any, ordered: list[dict[str, Any]]
+    ) -> set[tuple[str, str, int]]:
+        """The keys of the rows an INSERT ... ON CONFLICT DO NOTHING stored on SQLite,
+        without RETURNING (a third dearer, measured): sqlite3's executemany sums the rows
+        each INSERT changed, 0 for a conflict; when some conflicted, the stored ones are
+        the newest ids, since this transaction holds the write lock from its first INSERT
+        and SQLite gives each new row the largest id plus one."""
+        count = int(connection.execute(statement, ordered).rowcount)
+        if count == len(ordered):
+            return {(r["fleet"], r["device_id"], r["sequence"]) for r in ordered}
+        if count == 0:
+            return set()
+        newest = connection.execute(select(func.max(reports.c.id))).scalar_one()
+        keys = (reports.c.fleet, reports.c.device_id, reports.c.sequence)
+        found = connection.execute(select(*keys).where(reports.c.id > newest - count)).all()
+        return _stored_keys(found)
 
-    def _filters(
+    def _insert_reports(
         self,
-        fleet: str,
-        *,
-        model_name: str | None = None,
-        model_version: str | None = None,
-        cohort: str | None = None,
-        device_group: str | None = None,
-        device_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[ColumnElement[bool]]:
-        where = [reports.c.fleet == fleet]
-        for column, value in (
-            (reports.c.model_name, model_name),
-            (reports.c.model_version, model_version),
-            (reports.c.cohort, cohort),
-            (reports.c.device_group, device_group),
-            (reports.c.device_id, device_id),
-        ):
-            if value is not None:
-                where.append(column == value)
-        if since is not None:
-            where.append(reports.c.window_end >= since)
-        if until is not None:
-            where.append(reports.c.window_end < until)
-        return where
-
-    def aggregate(
-        self,
-        fleet: str,
-        *,
-        model_version: str | None = None,
-        cohort: str | None = None,
-        device_group: str | None = None,
-        device_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        model_name: str | None = None,
-        expected: VersionProfile | None = None,
-    ) -> Aggregate | None:
-        """The merge of the stored reports matching every filter given (window_end in
-        ``[since, until)``), or None if none match; :meth:`merged`'s aggregate, the reports
-        it had to skip only logged. :class:`InputError` lists the versions if several match
-        (pass ``model_version``)."""
-        merged = self.merged(
-            fleet,
-            model_version=model_version,
-            cohort=cohort,
-            device_group=device_group,
-            device_id=device_id,
-            since=since,
-            until=until,
-            model_name=model_name,
-            expected=expected,
-        )
-        return merged.aggregate
-
-    def merged(
-        self,
-        fleet: str,
-        *,
-        model_version: str | None = None,
-        cohort: str | None = None,
-        device_group: str | None = None,
-        device_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        model_name: str | None = None,
-        expected: VersionProfile | None = None,
-    ) -> Merged:
-        """Like :meth:`aggregate`, with the stored reports that could not be merged named
-        (:class:`~edgefleet.central.monitor.merging.Merged`): each row is checked again
-        before it is merged, against ``expected`` (the version's profile) when given, else
-        against the layout of most of the rows."""
-        where = self._filters(
-            fleet,
-            model_name=model_name,
-            model_version=model_version,
-            cohort=cohort,
-            device_group=device_group,
-            device_id=device_id,
-            since=since,
-            until=until,
-        )
-        query = select(*MERGE_COLUMNS).where(*where).order_by(reports.c.id)
-        total = StoredMerge(expected)
-        try:
-            with self.engine.connect() as connection:
-                result = connection.execution_options(yield_per=2000).execute(query)
-                for values in result:
-                    if not total.add(StoredRow(*values)):
-                        raise InputError(self._mixed_versions(where))
-        except SQLAlchemyError as error:
-            raise StoreError(f"cannot read reports from {self.display}: {error}") from None
-        merged = total.result()
-        if merged.skipped_total:
-            logger.warning(
-                "fleet %s: %d stored report(s) skipped, they cannot be merged: %s",
-                fleet,
-                merged.skipped_total,
-                dumps_skipped(merged.skipped),
-            )
-        return merged
-
-    def _mixed_versions(self, where: list[ColumnElement[bool]]) -> str:
-        query = (
-            select(reports.c.model_name, reports.c.model_version, func.count())
-            .where(*where)
-            .group_by(reports.c.model_name, reports.c.model_version)
-            .order_by(reports.c.model_name, reports.c.model_version)
-        )
-        with self.engine.connect() as connection:
-            found = connection.execute(query).all()
-        listed = ", ".join(f"{name} {version} ({count} reports)" for name, version, count in found)
-        return (
-            f"reports of several model versions match ({listed}): pass model_version (and "
-            "model_name) to aggregate one, since their histograms are binned differently"
-        )
-
-    def report_count(
-        self,
-        fleet: str,
-        *,
-        model_version: str | None = None,
-        cohort: str | None = None,
-        device_group: str | None = None,
-        device_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        model_name: str | None = None,
+        connection: Connection,
+        rows: dict[tuple[str, str, int], dict[str, Any]],
+        partials: Mapping[RollupKey, PartialRollup],
     ) -> int:
-        """How many stored reports :meth:`aggregate` with the same filters would merge."""
-        where = self._filters(
-            fleet,
-            model_name=model_name,
-            model_version=model_version,
-            cohort=cohort,
-            device_group=device_group,
-            device_id=device_id,
-            since=since,
-            until=until,
+        """Insert the reports new to the database and append their rollups; how many were
+        new."""
+        if not rows:
+            return 0
+        rolled = 1 if self.rollups else 0
+        ordered = [{**rows[key], "rolled_up": rolled} for key in sorted(rows)]
+        statement = self._insert(reports).on_conflict_do_nothing(
+            index_elements=["fleet", "device_id", "sequence"]
         )
-        return int(self._scalar(select(func.count()).select_from(reports).where(*where)))
-
-    def model_versions(self, fleet: str) -> list[tuple[str, str, int]]:
-        """``(model_name, model_version, reports)`` of every version a fleet reported on."""
-        query = (
-            select(reports.c.model_name, reports.c.model_version, func.count())
-            .where(reports.c.fleet == fleet)
-            .group_by(reports.c.model_name, reports.c.model_version)
-        )
-        rows = [(str(n), str(v), int(c)) for n, v, c in self._rows(query)]
-        return sorted(rows, key=lambda r: (r[0], _version_key(r[1])))
-
-    def fleets(self) -> list[str]:
-        return sorted(str(f) for (f,) in self._rows(select(reports.c.fleet).distinct()))
-
-    def devices(self, fleet: str) -> list[DeviceSummary]:
-        """Every device that reported to ``fleet``, by device id."""
-        latest = (
-            select(func.max(reports.c.id).label("id"))
-            .where(reports.c.fleet == fleet)
-            .group_by(reports.c.device_id)
-            .subquery()
-        )
-        last_rows = self._rows(
-            select(
-                reports.c.device_id,
-                reports.c.device_group,
-                reports.c.model_name,
-                reports.c.model_version,
-                reports.c.cohort,
-                reports.c.received,
-                reports.c.window_end,
-                reports.c.sequence,
-            ).join(latest, reports.c.id == latest.c.id)
-        )
-        totals = self._device_totals(fleet)
-        summaries = []
-        for device, group, name, version, cohort, seen, end, sequence in last_rows:
-            count, scored, failed = totals.get(device, (0, 0, 0))
-            summaries.append(
-                DeviceSummary(
-                    device_id=device,
-                    device_group=group,
-                    model_name=name,
-                    model_version=version,
-                    cohort=cohort,
-                    last_seen=float(seen),
-                    last_window_end=float(end),
-                    last_sequence=int(sequence),
-                    reports=count,
-                    scored=scored,
-                    failed=failed,
-                )
-            )
-        return sorted(summaries, key=lambda s: s.device_id)
-
-    def _device_totals(self, fleet: str) -> dict[str, tuple[int, int, int]]:
-        query = (
-            select(
-                reports.c.device_id,
-                func.count(),
-                func.sum(reports.c.scored),
-                func.sum(reports.c.failed),
-            )
-            .where(reports.c.fleet == fleet)
-            .group_by(reports.c.device_id)
-        )
-        try:
-            with self.engine.connect() as connection:
-                rows = connection.execute(query).all()
-            return {d: (int(n), int(s), int(f)) for d, n, s, f in rows}
-        except DBAPIError as error:
-            # SQLite's sum() refuses to overflow 64 bits, which valid reports near the
-            # count limit can make it do: sum in Python, exactly.
-            if "overflow" not in str(error).lower():
-                raise StoreError(f"cannot read devices from {self.display}: {error}") from None
-        sums: dict[str, list[int]] = {}
-        query_rows = select(reports.c.device_id, reports.c.scored, reports.c.failed).where(
-            reports.c.fleet == fleet
-        )
-        for device, scored, failed in self._rows(query_rows):
-            entry = sums.setdefault(device, [0, 0, 0])
-            entry[0] += 1
-            entry[1] += int(scored)
-            entry[2] += int(failed)
-        return {d: (n, s, f) for d, (n, s, f) in sums.items()}
+        if self.dialect == "sqlite":
+            stored = self._insert_sqlite(connection, statement, ordered)
+        else:
+            keys = (reports.c.fleet, reports.c.device_id, reports.c.sequence)
+            returned = connection.execute(statement.returning(*keys), ordered)
+            stored = {(f, d, int(s)) for f, d, s in returned}
+        if self.rollups:
+            self._append_rollups(connection, _stored_partials(partials, stored, rows))
+            self._count_devices(connection, [rows[key] for key in rows if key in stored])
+        return len(stored)
 
 
-def _version_key(version: str) -> tuple[int, int, int]:
-    try:
-        return parse_version(version)
-    except InputError:
-        return (0, 0, 0)
+def _stored_keys(rows: Sequence[Any]) -> set[tuple[str, str, int]]:
+    return {(str(f), str(d), int(s)) for f, d, s in rows}
+
+
+def _stored_partials(
+    partials: Mapping[RollupKey, PartialRollup],
+    stored: set[tuple[str, str, int]],
+    rows: Mapping[tuple[str, str, int], Mapping[str, Any]],
+) -> Mapping[RollupKey, PartialRollup]:
+    """The rollups of the reports stored: the batch's as they are when they sum exactly
+    the stored reports, each once; else (a duplicate, a refused version, a batch prepared
+    without rollups) summed again from the stored reports' bodies."""
+    members = [m for _, _, rolled in partials.values() for m in rolled]
+    if len(members) == 2 * len(stored) and set(members) == stored:
+        return partials
+    summed = BatchRollups()
+    for member in sorted(stored):
+        raw = json.loads(rows[member]["body"])
+        summed.add(raw, layout_of(raw), member)
+    return summed.result()

@@ -13,6 +13,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 
 # -- schema ----------------------------------------------------------------------------------
@@ -39,11 +41,66 @@ reports = Table(
     Column("dropped_reports", BigInteger, nullable=False),
     Column("received", Double, nullable=False),
     Column("body", Text, nullable=False),
+    # 1 when the report was summed into the rollups in the transaction that stored it; 0
+    # for rows written otherwise (by SQL, an older edgefleet, a restored backup), which
+    # reads merge from here until `edgefleet reports compact` rolls them up.
+    Column("rolled_up", Integer, nullable=False, server_default=text("0")),
     # The deduplication key; also serves queries by device (its prefix is (fleet, device)).
     UniqueConstraint("fleet", "device_id", "sequence", name="uq_monitor_reports_key"),
     Index("ix_monitor_reports_window", "fleet", "window_end"),
     Index("ix_monitor_reports_version", "fleet", "model_version", "window_end"),
-    Index("ix_monitor_reports_group", "fleet", "device_group", "window_end"),
+    Index(
+        "ix_monitor_reports_unrolled",
+        "fleet",
+        "window_end",
+        sqlite_where=text("rolled_up = 0"),
+        postgresql_where=text("rolled_up = 0"),
+    ),
+)
+
+NOT_ROLLED_UP = reports.c.rolled_up == literal_column("0")
+"""The rows not rolled up, as the partial index's own condition: a literal, not a bound
+parameter, or neither SQLite nor a generic PostgreSQL plan can use the index (and the
+query scans every report of its window)."""
+
+# Rollups (docs/architecture.md §7b): partial sums of reports per key and bucket, appended
+# by each monitor in the transaction that stores the reports (never updated there: no hot
+# row), folded into one row per key and writer as the monitor goes, merged at read time.
+rollups = Table(
+    "monitor_rollups",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("fleet", String(64), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("bucket", BigInteger, nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("cohort", String(16), nullable=False),
+    Column("device_group", String(64), nullable=False),
+    Column("layout", String(16), nullable=False),
+    Column("writer", String(32), nullable=False),
+    Column("reports", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_monitor_rollups_bucket", "fleet", "width", "bucket"),
+)
+
+# One row per device (storage/devices.py): its latest report by arrival and its totals,
+# kept by an upsert that adds in the transaction that stores its reports.
+devices = Table(
+    "monitor_devices",
+    metadata,
+    Column("fleet", String(64), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Column("device_group", String(64), nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("cohort", String(16), nullable=False),
+    Column("last_seen", Double, nullable=False),
+    Column("last_window_end", Double, nullable=False),
+    Column("last_sequence", BigInteger, nullable=False),
+    Column("reports", BigInteger, nullable=False),
+    Column("scored", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
 )
 
 quarantine = Table(
