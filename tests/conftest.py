@@ -7,10 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from edgefleet.central.data.generator import generate
 from edgefleet.central.data.loader import TrainingTable, load_training_table
 from edgefleet.central.trainer import TrainedModel, train
+
+# Hypothesis's per-example deadline is a timing assertion: on a loaded 2-core CI machine a
+# slow example is not a bug, so property tests are judged on what they assert, not on speed.
+settings.register_profile("edgefleet", deadline=None)
+settings.load_profile("edgefleet")
 
 FAMILIES = ("logreg", "rf", "gb", "hgb", "et", "dt")
 # Small but real: enough rows for every family to grow deep trees.

@@ -63,6 +63,7 @@ from edgefleet.edge.broker_address import (
     identity_secret,
 )
 from edgefleet.edge.netloop import NetworkLoop
+from edgefleet.edge.unclaimed import Unclaimed
 from edgefleet.errors import BackpressureError, BrokerError, InputError
 
 __all__ = [
@@ -238,6 +239,7 @@ class MqttClient:
         self.on_disconnected = on_disconnected
         self.manual_ack = manual_ack
         self._generation = 0
+        self._unclaimed: Unclaimed[Message] = Unclaimed()
         self.marker_base = marker_base
         self.callback_errors = 0
         self.server_receive_maximum: int | None = None
@@ -442,6 +444,7 @@ class MqttClient:
             self._connack.set()  # connect() reconnects with a smaller window: stay quiet
             return
         self._generation += 1
+        self._unclaimed.clear()
         with self._lock:
             subscriptions = list(self._subscriptions.items())
         if subscriptions:
@@ -533,12 +536,36 @@ class MqttClient:
         )
         with self._lock:
             entries = [e for e in self._subscriptions.values() if e.matches(topic)]
+        if not entries and self.manual_ack and delivered.qos:
+            self._hold(delivered)
+            return
         raw = False
         for entry in entries:
             raw = raw or entry.raw
             self._deliver(entry, delivered)
         if self.manual_ack and not raw:
             self.ack(delivered)
+
+    def _hold(self, message: Message) -> None:
+        if not self._unclaimed.hold(message.topic, message):
+            logger.warning(
+                "%d messages wait for a subscription; %r stays unacknowledged (the broker "
+                "sends it again on the next connection)",
+                self._unclaimed.limit,
+                message.topic,
+            )
+
+    @property
+    def unclaimed(self) -> int:
+        """Messages held, unacknowledged, until a subscription of this client matches them."""
+        return len(self._unclaimed)
+
+    def _claim_held(self, entry: _Subscription) -> None:
+        for message in self._unclaimed.claim(entry.matches):
+            if message.generation == self._generation:
+                self._deliver(entry, message)
+                if not entry.raw:
+                    self.ack(message)
 
     def _deliver(self, entry: _Subscription, message: Message) -> None:
         try:
@@ -733,7 +760,10 @@ class MqttClient:
         if not isinstance(topic_filter, str) or not topic_filter:
             raise InputError("a topic filter must be a non-empty string")
         with self._lock:
-            self._subscriptions[topic_filter] = _Subscription(topic_filter, qos, callback, raw)
+            entry = self._subscriptions[topic_filter] = _Subscription(
+                topic_filter, qos, callback, raw
+            )
+        self._claim_held(entry)
         if not self._started:
             return  # sent by _on_connect when the connection comes up
         try:

@@ -283,3 +283,19 @@ def test_bad_model_paths_get_one_clear_line(
     assert main([*base, str(folder), *tail]) == 2
     assert "is outside the folder" in capsys.readouterr().err
     assert not (tmp_path / "home" / "models").exists()
+
+
+def test_formats_prints_the_matrix_from_the_registry(capsys: Any) -> None:
+    from edgefleet.central.byo.reading import COVERED_STEPS
+    from edgefleet.converters.ir import ESTIMATOR_FAMILIES
+    from edgefleet.converters.registry import EXPORT_FORMATS
+
+    assert main(["formats"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[3:] == list(EXPORT_FORMATS)  # every registered format is a column
+    rows = {line.split()[0]: line.split() for line in lines[1 : 1 + len(ESTIMATOR_FAMILIES)]}
+    assert set(rows) == set(ESTIMATOR_FAMILIES)
+    assert rows["SGDClassifier"][1:3] == ["sgd", "binary"]
+    for step_name in COVERED_STEPS:
+        assert any(line.strip().startswith(step_name) for line in lines)

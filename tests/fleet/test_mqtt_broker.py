@@ -457,3 +457,30 @@ def test_shared_subscriptions_reach_their_callback_and_manual_acks_wait(
     assert [m.payload for m in got] == [b"two"]
     second.ack(got[0])
     second.disconnect()
+
+
+def test_a_resumed_session_before_its_subscription_loses_nothing(
+    broker: MosquittoBroker,
+) -> None:
+    """A persistent session delivers its queue right after CONNACK. On a manual-ack client
+    whose owner subscribes only after connect(), those messages are held, not acknowledged
+    and dropped, and reach the subscription when it comes."""
+    name = f"resume-{uuid.uuid4().hex[:8]}"
+    topic = f"test/{name}/x"
+    first = MqttClient(broker.address, name, manual_ack=True, session_expiry=300)
+    first.connect()
+    first.subscribe_messages(topic, lambda message: None)  # the session now holds the filter
+    first.disconnect()
+    with MqttClient(broker.address, f"{name}-pub", clean_start=True) as publisher:
+        for number in range(20):
+            publisher.publish(topic, str(number).encode()).wait()
+    got: list[Delivered] = []
+    second = MqttClient(broker.address, name, manual_ack=True, session_expiry=300)
+    second.connect()
+    wait_for(lambda: second.unclaimed == 20, timeout=30, what="the queued messages, held")
+    second.subscribe_messages(topic, got.append)
+    assert [m.payload for m in got] == [str(n).encode() for n in range(20)]
+    assert second.unclaimed == 0
+    for message in got:
+        second.ack(message)
+    second.disconnect()

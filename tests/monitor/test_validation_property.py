@@ -61,8 +61,10 @@ ODD_VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
     st.lists(st.integers(min_value=0, max_value=3), max_size=4),
-    st.just({}),
-    st.just({"counts": []}),
+    # Fresh objects each draw: a shared ``st.just({})`` could be inserted into itself by a
+    # later mutation (a cycle) and would carry one example's changes into the next.
+    st.builds(dict),
+    st.builds(lambda: {"counts": []}),
 )
 
 
