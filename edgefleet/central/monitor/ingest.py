@@ -81,7 +81,7 @@ from edgefleet.edge.mqtt import (
 )
 from edgefleet.edge.status import DeviceStatus
 from edgefleet.edge.topics import DEFAULT_PREFIX, Topics, validate_name
-from edgefleet.errors import BrokerError, InputError
+from edgefleet.errors import BackpressureError, BrokerError, InputError
 
 __all__ = ["DEFAULT_GROUP", "CachedVersions", "Monitor", "MonitorStats", "share_filter"]
 
@@ -595,19 +595,32 @@ class Monitor:
 
     def _send_acks(self, client: MqttClient, committed: list[tuple[str, str, int]]) -> None:
         """Tell each device which of its reports the store now holds. An ack that cannot
-        go out is only logged: the device re-sends, and the re-send is acknowledged."""
+        go out is only logged: the device re-sends, and the re-send is acknowledged.
+
+        Never waits for room in the publish window: the room comes from PUBACKs that the
+        network thread reads, and that thread may itself be waiting for this writer to
+        drain a full queue (a deadlock that only the 5 s timeouts broke, one ack at a
+        time: a 6,000-report burst from 300 devices stalled for minutes)."""
         by_device: defaultdict[str, list[int]] = defaultdict(list)
         for _, device_id, sequence in committed:
             by_device[device_id].append(sequence)
-        sent = 0
+        sent = deferred = 0
         for device_id, sequences in by_device.items():
             for ack in Ack.from_sequences(device_id, sequences):
                 try:
-                    client.publish(self.topics.ack(device_id), ack.encode(), qos=1, timeout=5.0)
+                    client.publish(self.topics.ack(device_id), ack.encode(), qos=1, timeout=0.0)
                     sent += 1
+                except BackpressureError:
+                    deferred += 1
                 except BrokerError as error:
                     logger.warning(
                         "monitor %s: ack to %s not sent: %s", self.client_id, device_id, error
                     )
+        if deferred:
+            logger.info(
+                "monitor %s: %d acks not sent (publish window full); their devices re-send",
+                self.client_id,
+                deferred,
+            )
         with self._lock:
             self._acks_sent += sent
