@@ -123,15 +123,26 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_formats(args: argparse.Namespace) -> int:
     from edgefleet.central.byo.reading import COVERED_STEPS
-    from edgefleet.converters.ir import ESTIMATOR_FAMILIES
+    from edgefleet.converters.ir import ESTIMATOR_FAMILIES, REFUSED_ESTIMATORS, estimator_tasks
     from edgefleet.converters.registry import DEFAULT_FORMATS, EXPORT_FORMATS
 
     names = list(EXPORT_FORMATS)
-    # Computed from the converter registry: a new format or family shows up here by itself.
-    print(f"{'estimator':32} {'family':7} {'task':7} " + " ".join(f"{n:>7}" for n in names))
+    # Computed from the converter registry: a new format, family or task shows up by itself.
+    print(f"{'estimator':32} {'family':7} {'task':10} " + " ".join(f"{n:>7}" for n in names))
+    reasons: dict[str, str] = {}
     for estimator, family in ESTIMATOR_FAMILIES.items():
-        marks = ("yes" if family in EXPORT_FORMATS[n].families else "-" for n in names)
-        print(f"{estimator:32} {family:7} {'binary':7} " + " ".join(f"{m:>7}" for m in marks))
+        for task in estimator_tasks(estimator):
+            marks = []
+            for name in names:
+                refusal = EXPORT_FORMATS[name].refusal(family, task)
+                if refusal is not None and family in EXPORT_FORMATS[name].families:
+                    reasons.setdefault(refusal, f"[{len(reasons) + 1}]")
+                marks.append("yes" if refusal is None else reasons.get(refusal, "-"))
+            print(f"{estimator:32} {family:7} {task:10} " + " ".join(f"{m:>7}" for m in marks))
+    for refusal, mark in reasons.items():
+        print(f"  {mark} {refusal}")
+    for estimator, why in REFUSED_ESTIMATORS.items():
+        print(f"  not converted: {estimator} {why}")
     print()
     for fmt in EXPORT_FORMATS.values():
         default = (

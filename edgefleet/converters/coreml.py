@@ -77,6 +77,7 @@ from edgefleet.errors import ConversionError
 INPUT_NAME = "input"
 LABEL_NAME = "classLabel"
 PROBABILITY_NAME = "classProbability"
+VALUE_NAME = "prediction"  # a regressor's output (double)
 CLASS_LABELS = (0, 1)
 # Every model type used here exists since Core ML 1; the lowest version loads everywhere.
 SPECIFICATION_VERSION = 1
@@ -90,9 +91,9 @@ _F32_POS_INF = 0x7F800000
 
 
 def convert(source: ConversionSource) -> bytes:
-    spec = build_spec(
-        source.ir, feature_names=source.schema.names, positive_class=source.schema.classes[1]
-    )
+    ir = source.ir
+    positive = source.schema.classes[1] if ir.task == "binary" else None
+    spec = build_spec(ir, feature_names=source.schema.names, positive_class=positive)
     data: bytes = spec.SerializeToString()
     return data
 
@@ -107,32 +108,44 @@ def predict(artifact: bytes, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.
     if x.ndim != 2:
         raise ConversionError(f"inputs must be [N, F], got shape {list(x.shape)}")
     outputs = coreml_eval.evaluate(spec, {INPUT_NAME: x})
+    if spec.WhichOneof("Type") == "pipelineRegressor":
+        value = outputs.get(VALUE_NAME)
+        if value is None or isinstance(value, coreml_eval.DictBatch):
+            raise ConversionError(f"the regressor's {VALUE_NAME} is not a double output")
+        return np.asarray(value, dtype=np.float64).reshape(len(x), 1)
     probabilities = outputs[PROBABILITY_NAME]
     if not isinstance(probabilities, coreml_eval.DictBatch):
         raise ConversionError(f"{PROBABILITY_NAME} is not a dictionary output")
-    return probabilities.dense(CLASS_LABELS)
+    return probabilities.dense(sorted(probabilities.keys))
 
 
 def build_spec(
     ir: ModelIR, *, feature_names: Sequence[str] | None = None, positive_class: str | None = None
 ) -> Model_pb2.Model:
-    """The ``pipelineClassifier`` spec of ``ir``; :class:`ConversionError` if it cannot be
-    expressed exactly."""
+    """The ``pipelineClassifier`` (or, for a regressor, ``pipelineRegressor``) spec of
+    ``ir``; :class:`ConversionError` if it cannot be expressed exactly."""
     n_inputs = ir.preprocessing.n_inputs
     if feature_names is not None and len(feature_names) != n_inputs:
         raise ConversionError(
             f"the model takes {n_inputs} inputs, the schema names {len(feature_names)}"
         )
+    labels = tuple(range(ir.n_outputs))
     if isinstance(ir.model, LinearModel):
-        stages = _linear_stages(ir.preprocessing, ir.model)
+        stages = _linear_stages(ir.preprocessing, ir.model, labels)
     elif isinstance(ir.model, TreeEnsemble):
-        stages = _tree_stages(ir.preprocessing, ir.model)
+        stages = _tree_stages(ir.preprocessing, ir.model, labels)
     else:
         raise ConversionError(f"Core ML export has no emitter for {type(ir.model).__name__}")
-    spec = _model([(INPUT_NAME, _array(n_inputs))], _classifier_outputs())
-    _classifier_interface(spec)
-    _describe(spec, ir.family, feature_names, positive_class)
-    pipeline = spec.pipelineClassifier.pipeline
+    regression = ir.task == "regression"
+    outputs = _regressor_outputs() if regression else _classifier_outputs()
+    spec = _model([(INPUT_NAME, _array(n_inputs))], outputs)
+    if regression:
+        spec.description.predictedFeatureName = VALUE_NAME
+        pipeline = spec.pipelineRegressor.pipeline
+    else:
+        _classifier_interface(spec)
+        pipeline = spec.pipelineClassifier.pipeline
+    _describe(spec, ir, feature_names, positive_class)
     for name, stage in stages:
         pipeline.models.add().CopyFrom(stage)
         pipeline.names.append(name)
@@ -160,8 +173,16 @@ def _int64_dictionary(feature_type: Any) -> None:
     feature_type.dictionaryType.int64KeyType.SetInParent()
 
 
+def _double(feature_type: Any) -> None:
+    feature_type.doubleType.SetInParent()
+
+
 def _classifier_outputs() -> list[tuple[str, _TypeSetter]]:
     return [(LABEL_NAME, _int64), (PROBABILITY_NAME, _int64_dictionary)]
+
+
+def _regressor_outputs() -> list[tuple[str, _TypeSetter]]:
+    return [(VALUE_NAME, _double)]
 
 
 def _model(
@@ -187,14 +208,10 @@ def _classifier_interface(model: Model_pb2.Model) -> None:
 
 def _describe(
     spec: Model_pb2.Model,
-    family: str,
+    ir: ModelIR,
     feature_names: Sequence[str] | None,
     positive_class: str | None,
 ) -> None:
-    positive = f" ({positive_class})" if positive_class else ""
-    spec.description.metadata.shortDescription = (
-        f"edgefleet {family} model: P(positive{positive}) = classProbability[1]"
-    )
     order = ", ".join(feature_names) if feature_names else "schema order"
     inputs, outputs = spec.description.input, spec.description.output
     inputs[
@@ -202,9 +219,20 @@ def _describe(
     ].shortDescription = (
         f"raw features [{order}]; categorical = vocabulary code, -1 unknown; NaN = missing"
     )
-    outputs[0].shortDescription = "1 = positive class, 0 = negative"
-    outputs[1].shortDescription = "class -> probability; read key 1"
-    spec.description.metadata.userDefined["edgefleet.family"] = family
+    if ir.task == "regression":
+        summary = "the predicted value = prediction"
+        outputs[0].shortDescription = "the predicted value"
+    elif ir.task == "multiclass":
+        summary = "P(class k) = classProbability[k], k indexing the schema's classes"
+        outputs[0].shortDescription = "index of the most probable class in the schema's classes"
+        outputs[1].shortDescription = "class index -> probability"
+    else:
+        positive = f" ({positive_class})" if positive_class else ""
+        summary = f"P(positive{positive}) = classProbability[1]"
+        outputs[0].shortDescription = "1 = positive class, 0 = negative"
+        outputs[1].shortDescription = "class -> probability; read key 1"
+    spec.description.metadata.shortDescription = f"edgefleet {ir.family} model: {summary}"
+    spec.description.metadata.userDefined["edgefleet.family"] = ir.family
 
 
 def _imputer(values: Sequence[float], width: int) -> Model_pb2.Model:
@@ -242,13 +270,15 @@ def _as_float32(values: Sequence[float]) -> Float64Array:
 # --- linear model ------------------------------------------------------------------------
 
 
-def _linear_stages(prep: Preprocessing, linear: LinearModel) -> list[tuple[str, Any]]:
+def _linear_stages(
+    prep: Preprocessing, linear: LinearModel, labels: tuple[int, ...]
+) -> list[tuple[str, Any]]:
     weights = np.asarray(linear.coefficients, dtype=np.float64)
-    if weights.shape != (prep.n_outputs,) or prep.n_outputs == 0:
+    if weights.shape[1:] != (prep.n_outputs,) or prep.n_outputs == 0:
         raise ConversionError(
-            f"the linear model has {weights.size} coefficients for {prep.n_outputs} features"
+            f"the linear model has {weights.shape[-1]} coefficients for {prep.n_outputs} features"
         )
-    if not (np.isfinite(weights).all() and np.isfinite(linear.intercept)):
+    if not (np.isfinite(weights).all() and np.isfinite(linear.intercept).all()):
         raise ConversionError("the linear model has non-finite coefficients")
     offsets, scales, imputed = _float32_constants(prep)
     impute = np.full(prep.n_inputs, UNKNOWN_CODE)
@@ -263,8 +293,23 @@ def _linear_stages(prep: Preprocessing, linear: LinearModel) -> list[tuple[str, 
         *stages,
         *encoding,
         ("features", _vectorizer(blocks)),
-        ("glm", _glm(weights, float(linear.intercept))),
+        _linear_head(linear, labels),
     ]
+
+
+def _linear_head(linear: LinearModel, labels: tuple[int, ...]) -> tuple[str, Any]:
+    """The last stage: a GLM (binary, regression) or a softmax network (multi-class)."""
+    weights, intercept = linear.coefficients, linear.intercept
+    if linear.link == "logistic":
+        return "glm", _glm(weights[0], float(intercept[0]))
+    if linear.link == "identity":
+        return "glm", _glm_regressor(weights[0], float(intercept[0]))
+    if linear.link == "softmax":
+        return "softmax", _softmax_network(weights, intercept, labels)
+    raise ConversionError(
+        f"Core ML has no linear classifier with the {linear.link} link (normalised "
+        "one-vs-rest probabilities); export this model as onnx, tflite or web"
+    )
 
 
 _Block = tuple[str, int, _TypeSetter]  # a FeatureVectorizer input: name, width, type
@@ -345,6 +390,46 @@ def _glm(weights: Float64Array, intercept: float) -> Model_pb2.Model:
     return model
 
 
+def _glm_regressor(weights: Float64Array, intercept: float) -> Model_pb2.Model:
+    model = _model([("features", _array(len(weights)))], _regressor_outputs())
+    model.description.predictedFeatureName = VALUE_NAME
+    glm = model.glmRegressor
+    glm.weights.add().value.extend(weights.tolist())
+    glm.offset.append(intercept)
+    glm.postEvaluationTransform = glm.NoTransform
+    return model
+
+
+def _softmax_network(
+    weights: Float64Array, intercept: Float64Array, labels: tuple[int, ...]
+) -> Model_pb2.Model:
+    """A ``neuralNetworkClassifier`` of two layers, innerProduct (the K score rows) and
+    softmax: Core ML's GLM classifier has no multinomial link. Its weights are float32
+    (Core ML's neural networks compute in float32 on the CPU)."""
+    n_classes, n_features = weights.shape
+    model = _model([("features", _array(n_features))], _classifier_outputs())
+    _classifier_interface(model)
+    network = model.neuralNetworkClassifier
+    dense = network.layers.add()
+    dense.name = "scores"
+    dense.input.append("features")
+    dense.output.append("scores")
+    product = dense.innerProduct
+    product.inputChannels = n_features
+    product.outputChannels = n_classes
+    product.hasBias = True
+    product.weights.floatValue.extend(weights.astype(np.float32).ravel().tolist())
+    product.bias.floatValue.extend(intercept.astype(np.float32).tolist())
+    softmax = network.layers.add()
+    softmax.name = "probabilities"
+    softmax.input.append("scores")
+    softmax.output.append("probabilities")
+    softmax.softmax.SetInParent()
+    network.labelProbabilityLayerName = "probabilities"
+    network.int64ClassLabels.vector.extend(labels)
+    return model
+
+
 # --- tree ensembles ----------------------------------------------------------------------
 
 # Per numeric split (IR node): the threshold on the raw input, and whether the imputed value
@@ -352,14 +437,16 @@ def _glm(weights: Float64Array, intercept: float) -> Model_pb2.Model:
 _Folds = dict[int, tuple[float, bool]]
 
 
-def _tree_stages(prep: Preprocessing, ensemble: TreeEnsemble) -> list[tuple[str, Any]]:
+def _tree_stages(
+    prep: Preprocessing, ensemble: TreeEnsemble, labels: tuple[int, ...]
+) -> list[tuple[str, Any]]:
     if not ensemble.trees:
         raise ConversionError("the tree ensemble has no trees")
     offsets, scales, imputed = _float32_constants(prep)
     impute = np.full(prep.n_inputs, UNKNOWN_CODE)
     impute[[c.input_index for c in prep.numeric]] = imputed
     folds = [_fold_tree(tree, offsets, scales, imputed) for tree in ensemble.trees]
-    trees = _tree_model(prep, ensemble, folds)
+    trees = _tree_model(prep, ensemble, folds, labels)
     return [("impute", _imputer(impute.tolist(), prep.n_inputs)), ("trees", trees)]
 
 
@@ -459,34 +546,58 @@ def _one_hot_column(prep: Preprocessing, feature: int) -> tuple[int, int]:
 
 
 def _tree_model(
-    prep: Preprocessing, ensemble: TreeEnsemble, folds: Sequence[_Folds]
+    prep: Preprocessing,
+    ensemble: TreeEnsemble,
+    folds: Sequence[_Folds],
+    labels: tuple[int, ...],
 ) -> Model_pb2.Model:
-    model = _model([("imputed", _array(prep.n_inputs))], _classifier_outputs())
-    _classifier_interface(model)
-    classifier = model.treeEnsembleClassifier
-    classifier.int64ClassLabels.vector.extend(CLASS_LABELS)
-    params = classifier.treeEnsemble
-    # One score with two labels is Core ML's binary mode: the score is P(class 1).
-    params.numPredictionDimensions = 1
-    if ensemble.aggregation == "average_probability":
+    regression = ensemble.link == "identity"
+    outputs = _regressor_outputs() if regression else _classifier_outputs()
+    model = _model([("imputed", _array(prep.n_inputs))], outputs)
+    if regression:
+        model.description.predictedFeatureName = VALUE_NAME
+        head: Any = model.treeEnsembleRegressor
+    else:
+        _classifier_interface(model)
+        head = model.treeEnsembleClassifier
+        head.int64ClassLabels.vector.extend(labels)
+    params = head.treeEnsemble
+    # One score with two labels is Core ML's binary mode (the score is P(class 1)); K scores
+    # with K labels its multi-class mode.
+    params.numPredictionDimensions = ensemble.n_scores
+    head.postEvaluationTransform = _tree_transform(ensemble)
+    if ensemble.aggregation == "average":
         # Core ML sums the trees: averaging is a sum of leaves divided by the count.
-        divisor, base = float(len(ensemble.trees)), 0.0
-        classifier.postEvaluationTransform = TreeEnsemble_pb2.NoTransform
-    elif ensemble.aggregation == "additive_logit":
-        divisor, base = 1.0, float(ensemble.base)
-        classifier.postEvaluationTransform = TreeEnsemble_pb2.Regression_Logistic
+        divisor, base = float(len(ensemble.trees)), np.zeros(ensemble.n_scores)
+    elif ensemble.aggregation == "additive":
+        divisor, base = 1.0, ensemble.base
     else:
         raise ConversionError(f"Core ML export cannot aggregate trees by {ensemble.aggregation!r}")
-    params.basePredictionValue.append(base)
+    params.basePredictionValue.extend(np.broadcast_to(base, (ensemble.n_scores,)).tolist())
     for index, (tree, tree_folds) in enumerate(zip(ensemble.trees, folds, strict=True)):
         _emit_tree(params, index, prep, tree, divisor, tree_folds)
     return model
 
 
+def _tree_transform(ensemble: TreeEnsemble) -> int:
+    transforms = {
+        "probability": TreeEnsemble_pb2.NoTransform,
+        "identity": TreeEnsemble_pb2.NoTransform,
+        "logistic": TreeEnsemble_pb2.Regression_Logistic,
+        "softmax": TreeEnsemble_pb2.Classification_SoftMax,
+    }
+    if ensemble.link not in transforms:
+        raise ConversionError(f"Core ML trees have no {ensemble.link} transform")
+    return int(transforms[ensemble.link])
+
+
 def _emit_tree(
     params: Any, index: int, prep: Preprocessing, tree: Tree, divisor: float, folds: _Folds
 ) -> None:
-    """Depth-first, numbering nodes afresh: splits that always take one side vanish."""
+    """Depth-first, numbering nodes afresh: splits that always take one side vanish. A leaf
+    writes the dimensions the tree scores (a multi-class booster's tree scores one class)."""
+    dimensions = np.flatnonzero((tree.value[tree.is_leaf] != 0).any(axis=0))
+    dimensions = dimensions if dimensions.size else np.zeros(1, dtype=np.int64)
     pending = [(0, 0)]  # (IR node, Core ML node id)
     next_id = 1
     while pending:
@@ -499,9 +610,10 @@ def _emit_tree(
         spec_node.nodeId = node_id
         if isinstance(target, int):
             spec_node.nodeBehavior = _TreeNode.LeafNode
-            leaf = spec_node.evaluationInfo.add()
-            leaf.evaluationIndex = 0
-            leaf.evaluationValue = float(tree.value[target]) / divisor
+            for dimension in dimensions:
+                leaf = spec_node.evaluationInfo.add()
+                leaf.evaluationIndex = int(dimension)
+                leaf.evaluationValue = float(tree.value[target, dimension]) / divisor
             continue
         _fill_branch(spec_node, target, next_id, next_id + 1)
         pending.extend([(target.false_child, next_id + 1), (target.true_child, next_id)])

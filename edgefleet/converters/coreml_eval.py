@@ -18,6 +18,13 @@ documentation (``mlmodel/format/*.proto``) and coremltools' own tree-ensemble ch
   a dictionary ``{position: 1.0}``.
 - ``featureVectorizer``: the inputs concatenated in ``inputList`` order, each taking
   ``inputDimensions`` slots; a dictionary fills the slots its keys name.
+- ``glmRegressor``: ``w . x + offset`` per weight row, NoTransform; ``treeEnsembleRegressor``:
+  the summed leaves plus ``basePredictionValue`` (NoTransform or Regression_Logistic); both
+  give a double for one value, a multiArray for several (as the output declares).
+- ``neuralNetworkClassifier`` with ``innerProduct`` and ``softmax`` layers on a rank-1 input
+  (``[C]``, Core ML's C x 1 x 1): the layers run in order over named blobs, in float32 (Core
+  ML's CPU precision), and ``labelProbabilityLayerName`` (default: the last layer's output)
+  holds one probability per class label.
 - ``glmClassifier``: ``z = w . x + offset``; with one weight row and two class labels,
   P(labels[1]) = logistic(z) and P(labels[0]) = 1 - P(labels[1]) (both class encodings; the
   validator allows one row for two classes in each).
@@ -332,7 +339,10 @@ def _input_matrix(model: Model_pb2.Model, features: Features) -> Float64Array:
 def _class_labels(spec: Any, n_default: int) -> tuple[int, ...]:
     kind = spec.WhichOneof("ClassLabels")
     if kind == "int64ClassLabels":
-        return tuple(int(v) for v in spec.int64ClassLabels.vector)
+        labels = tuple(int(v) for v in spec.int64ClassLabels.vector)
+        if len(set(labels)) != len(labels):
+            raise ConversionError(f"the class labels {list(labels)} repeat a label")
+        return labels
     if kind is None:
         # TreeEnsembleCommon.cpp: no labels means 0/1 in binary mode, else 0..n-1.
         return (0, 1) if n_default == 1 else tuple(range(n_default))
@@ -567,9 +577,114 @@ def _tree_ensemble_classifier(model: Model_pb2.Model, features: Features) -> Fea
     return _classifier_outputs(model, labels, probabilities)
 
 
+def _regressor_output(model: Model_pb2.Model, values: Float64Array) -> Features:
+    """A regressor's prediction as its declared output: a double, or a multiArray."""
+    name = model.description.predictedFeatureName or _output_name(model)
+    declared = {f.name: f.type.WhichOneof("Type") for f in model.description.output}
+    kind = declared.get(name)
+    if kind == "doubleType" and values.shape[1] == 1:
+        return {name: values[:, 0]}
+    if kind == "multiArrayType":
+        return {name: values}
+    raise ConversionError(
+        f"{model.WhichOneof('Type')}: {values.shape[1]} predicted values cannot be "
+        f"the declared output {name!r} ({kind})"
+    )
+
+
+def _glm_regressor(model: Model_pb2.Model, features: Features) -> Features:
+    spec = model.glmRegressor
+    x = _input_matrix(model, features)
+    if spec.postEvaluationTransform != spec.NoTransform:
+        raise ConversionError("the evaluator's glmRegressor supports NoTransform only")
+    weights = np.asarray([list(row.value) for row in spec.weights], dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != x.shape[1] or len(spec.offset) != len(weights):
+        raise ConversionError(
+            f"glmRegressor: {len(spec.weights)} weight rows and {len(spec.offset)} offsets "
+            f"do not fit {x.shape[1]} input values"
+        )
+    offset = np.asarray(spec.offset, dtype=np.float64)
+    return _regressor_output(model, x @ weights.T + offset)
+
+
+def _tree_ensemble_regressor(model: Model_pb2.Model, features: Features) -> Features:
+    spec = model.treeEnsembleRegressor
+    x = _input_matrix(model, features)
+    forest = _read_forest(spec.treeEnsemble, x.shape[1])
+    raw = forest.base[None, :] + _walk(forest, x)
+    transform = int(spec.postEvaluationTransform)
+    if transform == LOGISTIC:
+        raw = _logistic(raw)
+    elif transform != NO_TRANSFORM:
+        raise ConversionError(f"treeEnsembleRegressor: {_TRANSFORM_NAMES[transform]} is refused")
+    return _regressor_output(model, raw)
+
+
+def _neural_network_classifier(model: Model_pb2.Model, features: Features) -> Features:
+    """Layers in order over named blobs, each a float32 ``[N, C]`` batch (a rank-1 input of
+    C channels, as Core ML reads a ``[C]`` multiArray). Core ML's CPU computes neural
+    networks in float32, and so does this evaluator."""
+    spec = model.neuralNetworkClassifier
+    if spec.preprocessing:
+        raise ConversionError("the evaluator's neural networks take no image preprocessing")
+    blobs: dict[str, npt.NDArray[np.float32]] = {}
+    for declared in model.description.input:
+        value = features[declared.name]
+        if isinstance(value, DictBatch) or np.ndim(value) != 2:
+            raise ConversionError(f"neuralNetworkClassifier input {declared.name!r} is not [C]")
+        blobs[declared.name] = np.asarray(value, dtype=np.float32)
+    if not spec.layers:
+        raise ConversionError("the neural network has no layers")
+    for layer in spec.layers:
+        if len(layer.input) != 1 or len(layer.output) != 1 or layer.input[0] not in blobs:
+            raise ConversionError(
+                f"layer {layer.name!r} must read one known blob and write one; it reads "
+                f"{list(layer.input)}"
+            )
+        blobs[layer.output[0]] = _layer(layer, blobs[layer.input[0]])
+    source = spec.labelProbabilityLayerName or spec.layers[-1].output[0]
+    if source not in blobs:
+        raise ConversionError(f"labelProbabilityLayerName {source!r} names no blob")
+    probabilities = blobs[source].astype(np.float64)
+    labels = _class_labels(spec, probabilities.shape[1])
+    if len(labels) != probabilities.shape[1]:
+        raise ConversionError(
+            f"the network gives {probabilities.shape[1]} probabilities for {len(labels)} labels"
+        )
+    return _classifier_outputs(model, labels, probabilities)
+
+
+def _layer(layer: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    kind = layer.WhichOneof("layer")
+    if kind == "innerProduct":
+        params = layer.innerProduct
+        rows, columns = int(params.outputChannels), int(params.inputChannels)
+        weights = np.asarray(params.weights.floatValue, dtype=np.float32)
+        if columns != x.shape[1] or weights.size != rows * columns:
+            raise ConversionError(
+                f"innerProduct {layer.name!r}: {weights.size} float weights for "
+                f"{rows} x {columns}, input has {x.shape[1]} channels"
+            )
+        out = x @ weights.reshape(rows, columns).T
+        if params.hasBias:
+            bias = np.asarray(params.bias.floatValue, dtype=np.float32)
+            if bias.size != rows:
+                raise ConversionError(f"innerProduct {layer.name!r}: {bias.size} bias values")
+            out = out + bias
+        return np.asarray(out, dtype=np.float32)
+    if kind == "softmax":
+        shifted = np.exp(x - x.max(axis=1, keepdims=True))
+        return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float32)
+    raise ConversionError(f"the evaluator does not know the neural network layer {kind!r}")
+
+
 _HANDLERS: dict[str, _Handler] = {
     "pipeline": _pipeline,
     "pipelineClassifier": _pipeline,
+    "pipelineRegressor": _pipeline,
+    "glmRegressor": _glm_regressor,
+    "treeEnsembleRegressor": _tree_ensemble_regressor,
+    "neuralNetworkClassifier": _neural_network_classifier,
     "imputer": _imputer,
     "scaler": _scaler,
     "arrayFeatureExtractor": _array_feature_extractor,

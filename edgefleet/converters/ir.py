@@ -5,22 +5,31 @@ of skl2onnx and hummingbird).
 The IR has two parts. ``Preprocessing`` maps the contract's raw float32 inputs to the
 estimator's feature vector: numeric columns first (impute NaN, then ``(x - offset) / scale``),
 then one one-hot block per categorical column (codes outside ``0..k-1`` give all zeros).
-The model is either a ``LinearModel`` (logit = w.x + b) or a ``TreeEnsemble``.
+The model is either a ``LinearModel`` (R score rows ``w.x + b``) or a ``TreeEnsemble`` (each
+leaf holds R values). R is 1 for a binary classifier (the positive class's score) and for a
+regressor (the value), K for a K-class classifier. Then the ``link`` makes the outputs
+(docs/architecture.md §2: ``[N, n_outputs]``):
 
-Tree semantics follow scikit-learn exactly: at a split, go left when
-``x <= threshold`` (float64 threshold), NaN goes left when ``missing_left``. For
-``average_probability`` ensembles (random forest, extra trees, one decision tree) each
-leaf holds P(positive) and the ensemble averages; for ``additive_logit`` ensembles
-(gradient boosting) logit = base + sum of leaves (learning rate already applied) and
-P(positive) = sigmoid(logit).
+* ``logistic`` (binary): P(positive) = sigmoid(score), outputs ``[1 - p, p]``;
+* ``softmax`` (multi-class): the K probabilities, in the estimator's ``classes_`` order;
+* ``ovr_logistic`` (SGDClassifier, multi-class): sigmoid per class, normalised to sum 1;
+* ``probability``: the scores are probabilities already (forests: ``[1 - p, p]`` binary);
+* ``identity`` (regression): the value, one column.
+
+Tree semantics follow scikit-learn exactly: at a split, go left when ``x <= threshold``
+(float64 threshold), NaN goes left when ``missing_left``. ``average`` ensembles (random
+forest, extra trees, one decision tree) average the leaf vectors (class probabilities, or
+values); ``additive`` ensembles (gradient boosting) add ``base`` and the leaves (learning
+rate already applied; a multi-class booster's tree for class k holds its leaves in column k).
 
 ``predict_proba`` here is the numpy reference evaluator of the IR: the tests hold it equal
-to scikit-learn, so any backend that matches the IR matches scikit-learn.
+to scikit-learn (``predict_proba``, or ``predict`` as one column for a regressor), so any
+backend that matches the IR matches scikit-learn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -31,18 +40,46 @@ from edgefleet.errors import UnsupportedModelError
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+Task = Literal["binary", "multiclass", "regression"]
+Link = Literal["logistic", "softmax", "ovr_logistic", "probability", "identity"]
+Aggregation = Literal["average", "additive"]
 
-ESTIMATOR_FAMILIES = {
+CLASSIFIER_FAMILIES = {
     "LogisticRegression": "logreg",
     "RandomForestClassifier": "rf",
     "GradientBoostingClassifier": "gb",
     "HistGradientBoostingClassifier": "hgb",
     "ExtraTreesClassifier": "et",
     "DecisionTreeClassifier": "dt",
-    # Brought by users (edgefleet register); the trainer does not fit it.
+    # Brought by users (edgefleet register); the trainer does not fit these.
     "SGDClassifier": "sgd",
 }
-LINEAR_FAMILIES = ("logreg", "sgd")
+REGRESSOR_FAMILIES = {
+    "LinearRegression": "linear",
+    "Ridge": "ridge",
+    "Lasso": "lasso",
+    "ElasticNet": "enet",
+    "RandomForestRegressor": "rf",
+    "GradientBoostingRegressor": "gb",
+    "HistGradientBoostingRegressor": "hgb",
+    "ExtraTreesRegressor": "et",
+    "DecisionTreeRegressor": "dt",
+}
+ESTIMATOR_FAMILIES = {**CLASSIFIER_FAMILIES, **REGRESSOR_FAMILIES}
+LINEAR_FAMILIES = ("logreg", "sgd", "linear", "ridge", "lasso", "enet")
+CLASSIFIER_TASKS: tuple[Task, ...] = ("binary", "multiclass")
+REGRESSOR_TASKS: tuple[Task, ...] = ("regression",)
+# Estimators users bring that edgefleet refuses, and why (named in the refusal and in
+# ``edgefleet formats``).
+REFUSED_ESTIMATORS = {
+    "LinearSVC": "gives no probabilities (only a decision function); use "
+    "LogisticRegression or SGDClassifier(loss='log_loss')",
+}
+
+
+def estimator_tasks(name: str) -> tuple[Task, ...]:
+    """The tasks an estimator class (by name) is converted for."""
+    return REGRESSOR_TASKS if name in REGRESSOR_FAMILIES else CLASSIFIER_TASKS
 
 
 def family_of(estimator: Any) -> str:
@@ -51,9 +88,26 @@ def family_of(estimator: Any) -> str:
         return ESTIMATOR_FAMILIES[name]
     except KeyError:
         known = ", ".join(ESTIMATOR_FAMILIES)
+        why = f" ({name} {REFUSED_ESTIMATORS[name]})" if name in REFUSED_ESTIMATORS else ""
         raise UnsupportedModelError(
-            f"edgefleet has no converter for {name}; it converts: {known}"
+            f"edgefleet has no converter for {name}{why}; it converts: {known}"
         ) from None
+
+
+def task_of(estimator: Any) -> Task:
+    """The task of a fitted estimator: regression, or binary / multi-class by its classes."""
+    name = type(estimator).__name__
+    if name in REGRESSOR_FAMILIES:
+        if np.ndim(getattr(estimator, "coef_", np.zeros(1))) > 1 and estimator.coef_.shape[0] > 1:
+            raise UnsupportedModelError(f"{name} predicts several targets; edgefleet takes one")
+        return "regression"
+    classes = getattr(estimator, "classes_", None)
+    if classes is None or np.ndim(classes) != 1 or len(classes) < 2:
+        raise UnsupportedModelError(
+            f"{name} has no single list of at least 2 classes (multi-output classifiers "
+            "are not converted)"
+        )
+    return "binary" if len(classes) == 2 else "multiclass"
 
 
 @dataclass(frozen=True)
@@ -106,10 +160,30 @@ class Preprocessing:
         return out
 
 
+def _rows(values: Any, what: str) -> Float64Array:
+    array = np.asarray(values, dtype=np.float64)
+    return array[None, :] if array.ndim == 1 and what == "coefficients" else array
+
+
 @dataclass(frozen=True)
 class LinearModel:
+    """``scores = features @ coefficients.T + intercept`` (``[R, F]`` and ``[R]``), then
+    ``link``. A 1-D coefficient vector and a scalar intercept are one row."""
+
     coefficients: Float64Array
-    intercept: float
+    intercept: Float64Array
+    link: Link = "logistic"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "coefficients", _rows(self.coefficients, "coefficients"))
+        object.__setattr__(self, "intercept", np.atleast_1d(np.asarray(self.intercept, float)))
+
+    @property
+    def n_scores(self) -> int:
+        return int(self.coefficients.shape[0])
+
+    def scores(self, features: Float64Array) -> Float64Array:
+        return np.asarray(features @ self.coefficients.T + self.intercept, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -118,8 +192,12 @@ class Tree:
     threshold: Float64Array
     left: IntArray  # -1 at leaves
     right: IntArray
-    value: Float64Array  # P(positive) or additive raw score, per node
+    value: Float64Array  # [nodes, R]: per node R values (a 1-D array is one column)
     missing_left: npt.NDArray[np.bool_]
+
+    def __post_init__(self) -> None:
+        value = np.asarray(self.value, dtype=np.float64)
+        object.__setattr__(self, "value", value[:, None] if value.ndim == 1 else value)
 
     @property
     def is_leaf(self) -> npt.NDArray[np.bool_]:
@@ -133,6 +211,7 @@ class Tree:
         return int(depth.max())
 
     def leaf_values(self, features: Float64Array, float32_compare: bool) -> Float64Array:
+        """``[N, R]``: the values of the leaf each row reaches."""
         x = features.astype(np.float32).astype(np.float64) if float32_compare else features
         node = np.zeros(len(x), dtype=np.int64)
         rows = np.arange(len(x))
@@ -151,13 +230,29 @@ class Tree:
 @dataclass(frozen=True)
 class TreeEnsemble:
     trees: tuple[Tree, ...]
-    aggregation: Literal["average_probability", "additive_logit"]
-    base: float
+    aggregation: Aggregation
+    base: Float64Array  # [R], added to an additive ensemble's sum (a scalar is one value)
     # scikit-learn's trees (not HGB) compare the float32-cast feature against the threshold.
     float32_compare: bool
+    link: Link = "probability"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", np.atleast_1d(np.asarray(self.base, dtype=np.float64)))
+
+    @property
+    def n_scores(self) -> int:
+        return int(self.trees[0].value.shape[1]) if self.trees else len(self.base)
 
     def max_depth(self) -> int:
         return max(t.depth() for t in self.trees)
+
+    def scores(self, features: Float64Array) -> Float64Array:
+        total = np.zeros((len(features), self.n_scores), dtype=np.float64)
+        for tree in self.trees:
+            total += tree.leaf_values(features, self.float32_compare)
+        if self.aggregation == "average":
+            return total / len(self.trees)
+        return self.base + total
 
 
 @dataclass(frozen=True)
@@ -165,22 +260,38 @@ class ModelIR:
     family: str
     preprocessing: Preprocessing
     model: LinearModel | TreeEnsemble
+    task: Task = "binary"
+    # The estimator's class labels as text (classification), in its ``classes_`` order.
+    classes: tuple[str, ...] = field(default=())
+
+    @property
+    def n_outputs(self) -> int:
+        """Columns of the model's output: classes, or 1 for a regressor's value."""
+        if self.task == "regression":
+            return 1
+        return 2 if self.task == "binary" else self.model.n_scores
 
     def predict_proba(self, inputs: Float32Array) -> Float64Array:
-        features = self.preprocessing.transform(inputs)
-        if isinstance(self.model, LinearModel):
-            positive = _sigmoid(features @ self.model.coefficients + self.model.intercept)
-        elif self.model.aggregation == "average_probability":
-            total = sum(
-                t.leaf_values(features, self.model.float32_compare) for t in self.model.trees
-            )
-            positive = np.asarray(total, dtype=np.float64) / len(self.model.trees)
-        else:
-            total = sum(
-                t.leaf_values(features, self.model.float32_compare) for t in self.model.trees
-            )
-            positive = _sigmoid(self.model.base + np.asarray(total, dtype=np.float64))
-        return np.column_stack([1.0 - positive, positive])
+        """``[N, n_outputs]``: class probabilities, or a regressor's value in one column."""
+        scores = self.model.scores(self.preprocessing.transform(inputs))
+        return outputs(self.model.link, scores)
+
+    predict = predict_proba
+
+
+def outputs(link: Link, scores: Float64Array) -> Float64Array:
+    """The model's outputs from its ``[N, R]`` scores (see the module docstring)."""
+    if link == "identity":
+        return scores
+    if link == "softmax":
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
+    probabilities = _sigmoid(scores) if link in ("logistic", "ovr_logistic") else scores
+    if probabilities.shape[1] == 1:
+        return np.column_stack([1.0 - probabilities[:, 0], probabilities[:, 0]])
+    if link == "ovr_logistic":
+        return np.asarray(probabilities / probabilities.sum(axis=1, keepdims=True))
+    return probabilities
 
 
 def _f32(values: Float64Array) -> Float64Array:
@@ -188,30 +299,27 @@ def _f32(values: Float64Array) -> Float64Array:
 
 
 def _sigmoid(z: Float64Array) -> Float64Array:
-    return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 
 def read_pipeline(pipeline: Any) -> ModelIR:
     """The IR of a fitted ``Pipeline([("prep", ColumnTransformer), ("model", estimator)])``
-    as edgefleet's trainer builds it."""
+    as edgefleet's trainer (or ``edgefleet register``'s rebuild) makes it."""
     steps = getattr(pipeline, "steps", None)
     if not steps or len(steps) != 2:
         raise UnsupportedModelError(
-            "edgefleet converts pipelines of two steps: a ColumnTransformer and a classifier"
+            "edgefleet converts pipelines of two steps: a ColumnTransformer and an estimator"
         )
     (_, prep), (_, estimator) = steps
     family = family_of(estimator)
-    classes = list(getattr(estimator, "classes_", []))
-    if len(classes) != 2:
-        raise UnsupportedModelError(
-            f"{type(estimator).__name__} has {len(classes)} classes; "
-            "edgefleet converts binary classifiers"
-        )
+    task = task_of(estimator)
     preprocessing = _read_preprocessing(prep)
     order = _ir_positions(prep, preprocessing)
     linear = family in LINEAR_FAMILIES
-    model = _read_linear(estimator) if linear else _read_trees(estimator, family)
-    return ModelIR(family=family, preprocessing=preprocessing, model=_reorder(model, order))
+    model = _read_linear(estimator, task) if linear else _read_trees(estimator, family, task)
+    classes = () if task == "regression" else tuple(str(c) for c in estimator.classes_)
+    return ModelIR(family, preprocessing, _reorder(model, order), task, classes)
 
 
 def _ir_positions(prep: Any, preprocessing: Preprocessing) -> IntArray:
@@ -238,8 +346,8 @@ def _reorder(model: LinearModel | TreeEnsemble, order: IntArray) -> LinearModel 
         return model
     if isinstance(model, LinearModel):
         coefficients = np.zeros_like(model.coefficients)
-        coefficients[order] = model.coefficients
-        return LinearModel(coefficients=coefficients, intercept=model.intercept)
+        coefficients[:, order] = model.coefficients
+        return LinearModel(coefficients, model.intercept, model.link)
     trees = tuple(
         Tree(
             feature=np.where(t.feature >= 0, order[np.maximum(t.feature, 0)], -1),
@@ -251,7 +359,7 @@ def _reorder(model: LinearModel | TreeEnsemble, order: IntArray) -> LinearModel 
         )
         for t in model.trees
     )
-    return TreeEnsemble(trees, model.aggregation, model.base, model.float32_compare)
+    return TreeEnsemble(trees, model.aggregation, model.base, model.float32_compare, model.link)
 
 
 def _read_preprocessing(prep: Any) -> Preprocessing:
@@ -288,20 +396,27 @@ def _read_preprocessing(prep: Any) -> Preprocessing:
     return Preprocessing(n_inputs=n_inputs, numeric=tuple(numeric), categorical=tuple(categorical))
 
 
-def _read_linear(estimator: Any) -> LinearModel:
+def _read_linear(estimator: Any, task: Task) -> LinearModel:
+    name = type(estimator).__name__
     loss = getattr(estimator, "loss", "log_loss")
-    if loss != "log_loss":
+    if name == "SGDClassifier" and loss != "log_loss":
         raise UnsupportedModelError(
-            f"{type(estimator).__name__}(loss={loss!r}) gives no probabilities of the "
-            "logistic form; edgefleet converts SGDClassifier(loss='log_loss')"
+            f"SGDClassifier(loss={loss!r}) gives no probabilities of the logistic form; "
+            "edgefleet converts SGDClassifier(loss='log_loss')"
         )
-    return LinearModel(
-        coefficients=np.asarray(estimator.coef_[0], dtype=np.float64),
-        intercept=float(estimator.intercept_[0]),
-    )
+    coefficients = np.asarray(estimator.coef_, dtype=np.float64)
+    intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+    if task == "regression":
+        return LinearModel(coefficients.reshape(1, -1), intercept.reshape(1), "identity")
+    if task == "binary":
+        return LinearModel(coefficients[:1], intercept[:1], "logistic")
+    link: Link = "ovr_logistic" if name == "SGDClassifier" else "softmax"
+    return LinearModel(coefficients, intercept, link)
 
 
 def _sklearn_tree(tree: Any, value: Float64Array) -> Tree:
+    if tree.n_outputs != 1:
+        raise UnsupportedModelError("a tree with several outputs is not converted")
     missing = getattr(tree, "missing_go_to_left", None)
     return Tree(
         feature=np.where(tree.children_left < 0, -1, tree.feature).astype(np.int64),
@@ -317,49 +432,98 @@ def _sklearn_tree(tree: Any, value: Float64Array) -> Tree:
     )
 
 
-def _read_trees(estimator: Any, family: str) -> TreeEnsemble:
+def _read_trees(estimator: Any, family: str, task: Task) -> TreeEnsemble:
     if family in ("rf", "et", "dt"):
-        members = estimator.estimators_ if family != "dt" else [estimator]
-        trees = []
-        for member in members:
-            raw = np.asarray(member.tree_.value[:, 0, :], dtype=np.float64)
-            probability = raw[:, 1] / raw.sum(axis=1)
-            trees.append(_sklearn_tree(member.tree_, probability))
-        return TreeEnsemble(tuple(trees), "average_probability", 0.0, float32_compare=True)
+        return _read_forest(estimator, family, task)
     if family == "gb":
-        rate = float(estimator.learning_rate)
-        trees = [
-            _sklearn_tree(
-                stage[0].tree_, rate * np.asarray(stage[0].tree_.value[:, 0, 0], dtype=np.float64)
-            )
-            for stage in estimator.estimators_
-        ]
-        base = float(
-            np.asarray(
-                estimator._raw_predict_init(np.zeros((1, estimator.n_features_in_)))
-            ).ravel()[0]
-        )
-        return TreeEnsemble(tuple(trees), "additive_logit", base, float32_compare=True)
-    # hgb: leaf values already include the learning rate.
+        return _read_gradient_boosting(estimator, task)
+    return _read_hist_gradient_boosting(estimator, task)
+
+
+def _read_forest(estimator: Any, family: str, task: Task) -> TreeEnsemble:
+    members = estimator.estimators_ if family != "dt" else [estimator]
     trees = []
-    for (predictor,) in estimator._predictors:
-        nodes = predictor.nodes
-        if nodes["is_categorical"].any():
-            raise UnsupportedModelError(
-                "HistGradientBoosting with native categorical splits "
-                "is not supported; one-hot encode instead"
-            )
-        leaf = nodes["is_leaf"].astype(bool)
-        # HGB stores children as uint32 (0 at leaves): widen before marking leaves with -1.
-        trees.append(
-            Tree(
-                feature=np.where(leaf, -1, nodes["feature_idx"].astype(np.int64)),
-                threshold=np.asarray(nodes["num_threshold"], dtype=np.float64),
-                left=np.where(leaf, -1, nodes["left"].astype(np.int64)),
-                right=np.where(leaf, -1, nodes["right"].astype(np.int64)),
-                value=np.asarray(nodes["value"], dtype=np.float64),
-                missing_left=np.asarray(nodes["missing_go_to_left"], dtype=bool),
-            )
+    for member in members:
+        raw = np.asarray(member.tree_.value[:, 0, :], dtype=np.float64)
+        if task != "regression":
+            # Class fractions per node (scikit-learn >= 1.4 stores them normalised already).
+            raw = raw / raw.sum(axis=1, keepdims=True)
+            raw = raw[:, 1:] if task == "binary" else raw
+        trees.append(_sklearn_tree(member.tree_, raw))
+    link: Link = "identity" if task == "regression" else "probability"
+    return TreeEnsemble(tuple(trees), "average", np.zeros(1), float32_compare=True, link=link)
+
+
+_ADDITIVE_LINKS: dict[Task, Link] = {
+    "binary": "logistic",
+    "multiclass": "softmax",
+    "regression": "identity",
+}
+# Regression losses whose raw sum is the prediction (no link function).
+GB_IDENTITY_LOSSES = ("squared_error", "absolute_error", "huber", "quantile")
+HGB_IDENTITY_LOSSES = ("squared_error", "absolute_error", "quantile")
+
+
+def _additive_link(task: Task) -> Link:
+    return _ADDITIVE_LINKS[task]
+
+
+def _read_gradient_boosting(estimator: Any, task: Task) -> TreeEnsemble:
+    _require_identity_loss(
+        estimator, task, ("squared_error", "absolute_error", "huber", "quantile")
+    )
+    rate = float(estimator.learning_rate)
+    stages = np.asarray(estimator.estimators_, dtype=object)
+    width = stages.shape[1]
+    trees = []
+    for stage in stages:
+        for k, member in enumerate(stage):
+            value = np.zeros((member.tree_.node_count, width))
+            value[:, k] = rate * np.asarray(member.tree_.value[:, 0, 0], dtype=np.float64)
+            trees.append(_sklearn_tree(member.tree_, value))
+    zeros = np.zeros((1, estimator.n_features_in_))
+    base = np.asarray(estimator._raw_predict_init(zeros), dtype=np.float64).ravel()
+    return TreeEnsemble(tuple(trees), "additive", base, True, _additive_link(task))
+
+
+def _require_identity_loss(estimator: Any, task: Task, identity: tuple[str, ...]) -> None:
+    """A regressor's raw sum is its prediction only for losses without a link function."""
+    loss = getattr(estimator, "loss", "squared_error")
+    if task == "regression" and loss not in identity:
+        raise UnsupportedModelError(
+            f"{type(estimator).__name__}(loss={loss!r}) predicts through a link function "
+            f"edgefleet does not convert; losses converted: {', '.join(identity)}"
         )
-    base = float(np.asarray(estimator._baseline_prediction).ravel()[0])
-    return TreeEnsemble(tuple(trees), "additive_logit", base, float32_compare=False)
+
+
+def _read_hist_gradient_boosting(estimator: Any, task: Task) -> TreeEnsemble:
+    _require_identity_loss(estimator, task, HGB_IDENTITY_LOSSES)
+    predictors = estimator._predictors
+    width = len(predictors[0])
+    trees = []
+    for iteration in predictors:
+        for k, predictor in enumerate(iteration):
+            trees.append(_hist_tree(predictor.nodes, k, width))
+    base = np.asarray(estimator._baseline_prediction, dtype=np.float64).ravel()
+    return TreeEnsemble(tuple(trees), "additive", base, False, _additive_link(task))
+
+
+def _hist_tree(nodes: Any, column: int, width: int) -> Tree:
+    """One HGB predictor: leaf values already include the learning rate."""
+    if nodes["is_categorical"].any():
+        raise UnsupportedModelError(
+            "HistGradientBoosting with native categorical splits "
+            "is not supported; one-hot encode instead"
+        )
+    leaf = nodes["is_leaf"].astype(bool)
+    value = np.zeros((len(nodes), width))
+    value[:, column] = np.asarray(nodes["value"], dtype=np.float64)
+    # HGB stores children as uint32 (0 at leaves): widen before marking leaves with -1.
+    return Tree(
+        feature=np.where(leaf, -1, nodes["feature_idx"].astype(np.int64)),
+        threshold=np.asarray(nodes["num_threshold"], dtype=np.float64),
+        left=np.where(leaf, -1, nodes["left"].astype(np.int64)),
+        right=np.where(leaf, -1, nodes["right"].astype(np.int64)),
+        value=value,
+        missing_left=np.asarray(nodes["missing_go_to_left"], dtype=bool),
+    )

@@ -1,7 +1,10 @@
 """ONNX export with skl2onnx and its onnxruntime check.
 
-The graph's input is ``input`` (float32 ``[N, F]``), its outputs ``label`` and
-``probabilities`` (no ZipMap: onnxruntime-web cannot return maps). A StandardScaler is
+The graph's input is ``input`` (float32 ``[N, F]``), its output ``probabilities``
+(docs/architecture.md §2: ``[N, n_outputs]``): a classifier's class probabilities in its
+``classes_`` order (no ZipMap: onnxruntime-web cannot return maps) beside its ``label``; a
+regressor's value ``[N, 1]``, renamed from skl2onnx's ``variable`` so that every task's graph
+has the one output the edge backends and the browser module read. A StandardScaler is
 emitted as Sub + Div rather than Scaler's multiply by reciprocal, which matches
 scikit-learn's float rounding (docs/architecture.md §4).
 """
@@ -15,15 +18,20 @@ import numpy.typing as npt
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 
+from edgefleet.converters.ir import REGRESSOR_FAMILIES
 from edgefleet.converters.source import ConversionSource
-from edgefleet.edge.backends.onnx import OnnxBackend
+from edgefleet.edge.backends.onnx import PROBABILITIES, OnnxBackend
 from edgefleet.errors import ConversionError
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+REGRESSOR_OUTPUT = "variable"  # skl2onnx's name for a regressor's prediction
 
 
 def _options(pipeline: Any) -> dict[int, dict[str, Any]]:
-    options: dict[int, dict[str, Any]] = {id(pipeline.steps[-1][1]): {"zipmap": False}}
+    estimator = pipeline.steps[-1][1]
+    options: dict[int, dict[str, Any]] = {}
+    if type(estimator).__name__ not in REGRESSOR_FAMILIES:
+        options[id(estimator)] = {"zipmap": False}
     for _, transformer, _ in pipeline.steps[0][1].transformers_:
         for _, step in getattr(transformer, "steps", []):
             if type(step).__name__ == "StandardScaler":
@@ -41,10 +49,24 @@ def convert(source: ConversionSource) -> bytes:
         )
     except Exception as error:  # skl2onnx raises many untyped errors
         raise ConversionError(f"skl2onnx could not convert the pipeline: {error}") from None
+    if type(source.pipeline.steps[-1][1]).__name__ in REGRESSOR_FAMILIES:
+        _rename_output(model, REGRESSOR_OUTPUT, PROBABILITIES)
     model.doc_string = f"edgefleet {source.family} model"
     data: bytes = model.SerializeToString()
     return data
 
 
+def _rename_output(model: Any, old: str, new: str) -> None:
+    names = [o.name for o in model.graph.output]
+    if old not in names:
+        raise ConversionError(f"skl2onnx's graph has outputs {names}, not {old!r}")
+    for node in model.graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+    for output in model.graph.output:
+        if output.name == old:
+            output.name = new
+
+
 def predict(artifact: bytes, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
-    return OnnxBackend(artifact).predict_proba(inputs)
+    result = np.asarray(OnnxBackend(artifact).predict_proba(inputs))
+    return result.reshape(len(result), -1)

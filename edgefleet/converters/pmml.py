@@ -57,6 +57,11 @@ def _el(parent: ET.Element, tag: str, **attributes: str) -> ET.Element:
 
 def convert(source: ConversionSource) -> bytes:
     ir = source.ir
+    if ir.task != "binary":
+        raise ConversionError(
+            f"the PMML export takes binary classifiers; this is a {ir.task} model "
+            "(export it as onnx, tflite, coreml or web)"
+        )
     names = list(source.schema.names)
     classes = [str(c) for c in source.schema.classes]
     root = ET.Element("PMML", {"xmlns": NAMESPACE, "version": "4.4"})
@@ -167,8 +172,8 @@ def _logit_regression(
 def _linear(
     root: ET.Element, linear: LinearModel, features: list[str], classes: list[str]
 ) -> ET.Element:
-    terms = [(name, float(c)) for name, c in zip(features, linear.coefficients, strict=True)]
-    return _logit_regression(root, classes, linear.intercept, terms)
+    terms = [(name, float(c)) for name, c in zip(features, linear.coefficients[0], strict=True)]
+    return _logit_regression(root, classes, float(linear.intercept[0]), terms)
 
 
 def _ensemble(
@@ -181,7 +186,7 @@ def _ensemble(
     """Nested models list the document's input fields in their mining schemas: derived
     fields are visible everywhere, but JPMML resolves a nested schema's fields as inputs."""
     model = _el(root, "MiningModel", functionName="classification")
-    if ensemble.aggregation == "average_probability":
+    if ensemble.aggregation == "average":
         segmentation = _el(model, "Segmentation", multipleModelMethod="average")
         for index, tree in enumerate(ensemble.trees):
             segment = _el(segmentation, "Segment", id=str(index + 1))
@@ -203,7 +208,7 @@ def _ensemble(
         _tree_model(segment, tree, features, None, inputs)
     second = _el(chain, "Segment", id="2")
     _el(second, "True")
-    logit = _logit_regression(second, classes, ensemble.base, [("decision", 1.0)])
+    logit = _logit_regression(second, classes, float(ensemble.base[0]), [("decision", 1.0)])
     _mining_schema(logit, ["decision"], target=True)
     return model
 
@@ -230,7 +235,7 @@ def _node(
     element: ET.Element, tree: Tree, node: int, features: list[str], classes: list[str] | None
 ) -> None:
     if tree.left[node] < 0:
-        _leaf(element, float(tree.value[node]), classes)
+        _leaf(element, float(tree.value[node, 0]), classes)
         return
     field = features[int(tree.feature[node])]
     threshold = _num(tree.threshold[node])

@@ -1,10 +1,11 @@
-"""The table of export formats: which model families each can take, and where its
-converter lives.
+"""The table of export formats: which model families and tasks each can take, and where
+its converter lives.
 
 A format module exports ``convert(source: ConversionSource) -> bytes`` (the artifact) and
-``predict(artifact: bytes, inputs: float32 [N, F]) -> probabilities [N, 2]`` (the format's
-own runtime, or an evaluator of its semantics, used for the parity check). Modules are
-imported only when used, so listing the support matrix never loads TensorFlow.
+``predict(artifact: bytes, inputs: float32 [N, F]) -> [N, n_outputs]`` (class probabilities
+or a regressor's value, docs/architecture.md §2: the format's own runtime, or an evaluator of
+its semantics, used for the parity check). Modules are imported only when used, so listing
+the support matrix (``edgefleet formats``) never loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet.converters.ir import ESTIMATOR_FAMILIES
+from edgefleet.converters.ir import ESTIMATOR_FAMILIES, Task, task_of
 from edgefleet.converters.source import ConversionSource
 from edgefleet.errors import InputError, UnsupportedModelError
 
-ALL_FAMILIES = tuple(ESTIMATOR_FAMILIES.values())
+ALL_FAMILIES = tuple(dict.fromkeys(ESTIMATOR_FAMILIES.values()))
+ALL_TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
 Predict = Callable[[bytes, npt.NDArray[np.float32]], npt.NDArray[Any]]
 
 
@@ -33,6 +35,20 @@ class ExportFormat:
     runtime: str
     families: tuple[str, ...]
     description: str
+    tasks: tuple[Task, ...] = ALL_TASKS
+    # (family, task, why): cells the format refuses although it takes the family and task.
+    refused: tuple[tuple[str, str, str], ...] = ()
+
+    def refusal(self, family: str, task: str) -> str | None:
+        """Why this format cannot take a ``family`` model for ``task``, or None if it can."""
+        if family not in self.families:
+            return f"{self.name} cannot take a {family} model"
+        if task not in self.tasks:
+            return f"{self.name} takes {', '.join(self.tasks)} models, not {task}"
+        for refused_family, refused_task, why in self.refused:
+            if (refused_family, refused_task) == (family, task):
+                return f"{self.name} cannot take a {task} {family} model: {why}"
+        return None
 
     def _module(self) -> Any:
         try:
@@ -44,11 +60,12 @@ class ExportFormat:
             ) from None
 
     def convert(self, source: ConversionSource) -> bytes:
-        if source.family not in self.families:
+        task = task_of(source.pipeline.steps[-1][1])
+        refusal = self.refusal(source.family, task)
+        if refusal is not None:
             raise UnsupportedModelError(
-                f"{self.name} cannot take a {source.family} model "
-                f"({type(source.pipeline.steps[-1][1]).__name__}); formats that can: "
-                f"{', '.join(formats_for(source.family)) or 'none'}"
+                f"{refusal} ({type(source.pipeline.steps[-1][1]).__name__}); formats that "
+                f"can: {', '.join(formats_for(source.family, task)) or 'none'}"
             )
         return cast(bytes, self._module().convert(source))
 
@@ -97,6 +114,13 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "Core ML 3 (iOS 13+, macOS 10.15+)",
             ALL_FAMILIES,
             "Core ML classic spec (coremltools builders), for iOS and macOS",
+            refused=(
+                (
+                    "sgd",
+                    "multiclass",
+                    "Core ML's linear classifier has no normalised one-vs-rest link",
+                ),
+            ),
         ),
         ExportFormat(
             "pmml",
@@ -106,6 +130,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             ALL_FAMILIES,
             "PMML 4.4 for central scoring engines (checked by JPMML-Evaluator); "
             "never loaded by devices",
+            tasks=("binary",),
         ),
     )
 }
@@ -125,8 +150,8 @@ def export_format(name: str) -> ExportFormat:
         ) from None
 
 
-def formats_for(family: str) -> list[str]:
-    return [f.name for f in EXPORT_FORMATS.values() if family in f.families]
+def formats_for(family: str, task: str = "binary") -> list[str]:
+    return [f.name for f in EXPORT_FORMATS.values() if f.refusal(family, task) is None]
 
 
 def parse_formats(text: str | None) -> tuple[str, ...]:

@@ -2,7 +2,10 @@
 ``TFLiteConverter`` to builtin ops only, with a dynamic batch (docs/architecture.md §4).
 
 The graph takes ``input`` float32 ``[N, F]`` and returns ``probabilities`` float32
-``[N, 2]`` (the signature's output key). Everything the pipeline does happens inside it:
+``[N, n_outputs]`` (the signature's output key; docs/architecture.md §2): ``[1 - p, p]`` for
+a binary classifier, the K class probabilities (softmax, or normalised one-vs-rest
+sigmoids) for a multi-class one, the value in one column for a regressor (the name is the
+contract's for every task). Everything the pipeline does happens inside it:
 NaN -> the imputed value, ``(x - offset) / scale``, one-hot by equality with the codes
 ``0..k-1`` (so an unknown code, -1, gives all zeros).
 
@@ -51,6 +54,7 @@ import tensorflow as tf
 
 from edgefleet.converters.ir import (
     LinearModel,
+    Link,
     ModelIR,
     Preprocessing,
     Tree,
@@ -160,7 +164,7 @@ class PerfectForest:
     depth: int
     feature: Int32Array  # [trees, 2**depth - 1]
     threshold: Float32Array  # [trees, 2**depth - 1]
-    leaf: Float32Array  # [trees, 2**depth]
+    leaf: Float32Array  # [trees * 2**depth, R]
 
     @property
     def nbytes(self) -> int:
@@ -174,7 +178,7 @@ class SparseForest:
     feature: Int32Array  # [nodes]
     threshold: Float32Array  # [nodes]
     children: Int32Array  # [2 * nodes]: left of node i at 2i, right at 2i + 1
-    value: Float32Array  # [nodes]
+    value: Float32Array  # [nodes, R]
 
     @property
     def nbytes(self) -> int:
@@ -207,14 +211,15 @@ def perfect_forest(
     ensemble: TreeEnsemble, thresholds: list[Float32Array], depth: int
 ) -> PerfectForest:
     n_trees, n_internal = len(ensemble.trees), (1 << depth) - 1
-    if perfect_nbytes(n_trees, depth) > PERFECT_MAX_BYTES:
+    size = perfect_nbytes(n_trees, depth, ensemble.n_scores)
+    if size > PERFECT_MAX_BYTES:
         raise ConversionError(
             f"{n_trees} trees of depth {depth} padded to perfect trees would take "
-            f"{perfect_nbytes(n_trees, depth) / 2**20:.0f} MiB; use the sparse form"
+            f"{size / 2**20:.0f} MiB; use the sparse form"
         )
     feature = np.zeros((n_trees, n_internal), dtype=np.int32)
     threshold = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
-    leaf = np.zeros((n_trees, 1 << depth), dtype=np.float32)
+    leaf = np.zeros((n_trees, 1 << depth, ensemble.n_scores), dtype=np.float32)
     for t, (tree, raw) in enumerate(zip(ensemble.trees, thresholds, strict=True)):
         leaves = tree.is_leaf
         nodes, slots, level = np.array([0]), np.array([0]), 0
@@ -224,14 +229,14 @@ def perfect_forest(
             span = 1 << (depth - level)
             first = slots[~internal] * span + (span - 1) - n_internal
             cover = (first[:, None] + np.arange(span)).ravel()
-            leaf[t, cover] = np.repeat(tree.value[nodes[~internal]], span)
+            leaf[t, cover] = np.repeat(tree.value[nodes[~internal]], span, axis=0)
             parents, parent_slots = nodes[internal], slots[internal]
             feature[t, parent_slots] = tree.feature[parents]
             threshold[t, parent_slots] = raw[parents]
             nodes = np.concatenate([tree.left[parents], tree.right[parents]])
             slots = np.concatenate([2 * parent_slots + 1, 2 * parent_slots + 2])
             level += 1
-    return PerfectForest(depth, feature, threshold, leaf)
+    return PerfectForest(depth, feature, threshold, leaf.reshape(-1, ensemble.n_scores))
 
 
 def sparse_forest(
@@ -259,21 +264,22 @@ def sparse_forest(
         feature=np.concatenate(features).astype(np.int32),
         threshold=np.concatenate(raws).astype(np.float32),
         children=np.concatenate(children).astype(np.int32),
-        value=np.concatenate(values).astype(np.float32),
+        value=np.concatenate(values, axis=0).astype(np.float32),
     )
 
 
-def perfect_nbytes(n_trees: int, depth: int) -> int:
-    return n_trees * (((1 << depth) - 1) * 8 + (1 << depth) * 4)
+def perfect_nbytes(n_trees: int, depth: int, n_scores: int = 1) -> int:
+    return n_trees * (((1 << depth) - 1) * 8 + (1 << depth) * 4 * n_scores)
 
 
-def sparse_nbytes(n_nodes: int, n_trees: int) -> int:
-    return n_nodes * 20 + n_trees * 4
+def sparse_nbytes(n_nodes: int, n_trees: int, n_scores: int = 1) -> int:
+    return n_nodes * (16 + 4 * n_scores) + n_trees * 4
 
 
 def choose_form(ensemble: TreeEnsemble, depth: int) -> Form:
-    perfect = perfect_nbytes(len(ensemble.trees), depth)
-    sparse = sparse_nbytes(sum(len(t.left) for t in ensemble.trees), len(ensemble.trees))
+    width = ensemble.n_scores
+    perfect = perfect_nbytes(len(ensemble.trees), depth, width)
+    sparse = sparse_nbytes(sum(len(t.left) for t in ensemble.trees), len(ensemble.trees), width)
     if perfect <= PERFECT_FREE_BYTES or perfect <= PERFECT_MAX_RATIO * sparse:
         return "perfect"
     return "sparse"
@@ -295,9 +301,9 @@ def _graph(ir: ModelIR, form: Form | None) -> tuple[Any, Any]:
     # float32(impute) is the value scikit-learn's imputer writes into float32 input.
     impute = np.array([c.impute for c in prep.numeric], dtype=np.float32)
     if isinstance(model, LinearModel):
-        if model.coefficients.shape != (prep.n_outputs,):
+        if model.coefficients.shape[1:] != (prep.n_outputs,):
             raise ConversionError(
-                f"the linear model has {model.coefficients.size} coefficients for "
+                f"the linear model has {model.coefficients.shape[-1]} coefficients for "
                 f"{prep.n_outputs} features"
             )
     else:
@@ -332,9 +338,8 @@ def _graph(ir: ModelIR, form: Form | None) -> tuple[Any, Any]:
         # The converter turns the division by the constant scale into a multiplication by
         # its reciprocal: harmless for a linear model (~1e-7 on the logit), and the reason
         # trees never see scaled values (their scaling is folded into the thresholds).
-        weights = tf.constant(model.coefficients.astype(np.float32)[:, None])
-        logit = tf.matmul(features(x, scaled=True), weights) + np.float32(model.intercept)
-        return tf.sigmoid(logit)
+        weights = tf.constant(model.coefficients.T.astype(np.float32))
+        return tf.matmul(features(x, scaled=True), weights) + model.intercept.astype(np.float32)
 
     def trees(x: Any) -> Any:
         assert isinstance(model, TreeEnsemble)
@@ -356,7 +361,7 @@ def _graph(ir: ModelIR, form: Form | None) -> tuple[Any, Any]:
                 right = tf.cast(value > tf.gather(node_threshold, node), tf.int32)
                 slot = 2 * slot + 1 + right
             leaf_base = tf.constant(np.arange(n_trees, dtype=np.int32) * (n_internal + 1))
-            leaf = tf.gather(tf.constant(forest.leaf.ravel()), slot - n_internal + leaf_base)
+            leaf = tf.gather(tf.constant(forest.leaf), slot - n_internal + leaf_base)
         else:
             node_feature = tf.constant(forest.feature)
             node_threshold = tf.constant(forest.threshold)
@@ -367,16 +372,15 @@ def _graph(ir: ModelIR, form: Form | None) -> tuple[Any, Any]:
                 right = tf.cast(value > tf.gather(node_threshold, node), tf.int32)
                 node = tf.gather(children, 2 * node + right)
             leaf = tf.gather(tf.constant(forest.value), node)
-        total = tf.reduce_sum(leaf, axis=1, keepdims=True)
-        if model.aggregation == "average_probability":
+        total = tf.reduce_sum(leaf, axis=1)  # [N, trees, R] -> [N, R]
+        if model.aggregation == "average":
             return total / np.float32(n_trees)
-        return tf.sigmoid(total + np.float32(model.base))
+        return total + model.base.astype(np.float32)
 
     body = linear if isinstance(model, LinearModel) else trees
 
     def serve(x: Any) -> dict[str, Any]:
-        positive = body(x)
-        return {PROBABILITIES: tf.concat([1.0 - positive, positive], axis=1)}
+        return {PROBABILITIES: _link(model.link, body(x))}
 
     # The converter reads signatures (input and output names) from a trackable owner.
     module = tf.Module()
@@ -384,6 +388,20 @@ def _graph(ir: ModelIR, form: Form | None) -> tuple[Any, Any]:
         serve, input_signature=[tf.TensorSpec([None, n_inputs], tf.float32, name=INPUT)]
     )
     return module.serve.get_concrete_function(), module
+
+
+def _link(link: Link, scores: Any) -> Any:
+    """The outputs from the ``[N, R]`` scores, as ``ir.outputs`` makes them."""
+    if link == "identity":
+        return scores
+    if link == "softmax":
+        return tf.nn.softmax(scores, axis=1)
+    probabilities = tf.sigmoid(scores) if link in ("logistic", "ovr_logistic") else scores
+    if scores.shape[1] == 1:
+        return tf.concat([1.0 - probabilities, probabilities], axis=1)
+    if link == "ovr_logistic":
+        return probabilities / tf.reduce_sum(probabilities, axis=1, keepdims=True)
+    return probabilities
 
 
 def convert_ir(ir: ModelIR, form: Form | None = None) -> bytes:

@@ -214,7 +214,7 @@ def _stump_ir(
             numeric=(NumericColumn(0, impute=impute, offset=offset, scale=scale),),
             categorical=(OneHotColumn(1, 3),),
         ),
-        model=TreeEnsemble((first, onehot, leaf), "additive_logit", -0.3, float32_compare),
+        model=TreeEnsemble((first, onehot, leaf), "additive", -0.3, float32_compare, "logistic"),
     )
 
 
@@ -298,7 +298,7 @@ def test_deep_trees_take_the_sparse_form() -> None:
     ir = ModelIR(
         family="dt",
         preprocessing=Preprocessing(1, (NumericColumn(0, 3.0, 0.0, 1.0),), ()),
-        model=TreeEnsemble((tree,), "average_probability", 0.0, float32_compare=True),
+        model=TreeEnsemble((tree,), "average", 0.0, float32_compare=True),
     )
     assert isinstance(ir.model, TreeEnsemble)
     assert tflite.ensemble_depth(ir.model) == depth
@@ -310,9 +310,7 @@ def test_deep_trees_take_the_sparse_form() -> None:
     assert np.abs(tflite.predict(content, rows) - ir.predict_proba(rows)).max() <= 1e-6
     with pytest.raises(ConversionError, match="use the sparse form"):
         tflite.convert_ir(
-            ModelIR(
-                "dt", ir.preprocessing, TreeEnsemble((tree,) * 20, "average_probability", 0.0, True)
-            ),
+            ModelIR("dt", ir.preprocessing, TreeEnsemble((tree,) * 20, "average", 0.0, True)),
             "perfect",
         )
 
