@@ -313,7 +313,7 @@ def read_pipeline(pipeline: Any) -> ModelIR:
         )
     (_, prep), (_, estimator) = steps
     family = family_of(estimator)
-    task = task_of(estimator)
+    task = check_estimator(estimator)
     preprocessing = _read_preprocessing(prep)
     order = _ir_positions(prep, preprocessing)
     linear = family in LINEAR_FAMILIES
@@ -335,9 +335,15 @@ def _ir_positions(prep: Any, preprocessing: Preprocessing) -> IntArray:
             positions.extend(range(numeric_at, numeric_at + len(columns)))
             numeric_at += len(columns)
         else:
-            width = sum(len(c) for c in transformer.categories_)
-            positions.extend(range(block_at, block_at + width))
-            block_at += width
+            # A dropped category has no feature of its own (edgefleet register keeps the
+            # user's ``drop`` in front of trees): the IR's block still has its column.
+            drops = getattr(transformer, "drop_idx_", None)
+            for position, categories in enumerate(transformer.categories_):
+                dropped = None if drops is None else drops[position]
+                positions.extend(
+                    block_at + c for c in range(len(categories)) if dropped is None or c != dropped
+                )
+                block_at += len(categories)
     return np.asarray(positions, dtype=np.int64)
 
 
@@ -398,12 +404,6 @@ def _read_preprocessing(prep: Any) -> Preprocessing:
 
 def _read_linear(estimator: Any, task: Task) -> LinearModel:
     name = type(estimator).__name__
-    loss = getattr(estimator, "loss", "log_loss")
-    if name == "SGDClassifier" and loss != "log_loss":
-        raise UnsupportedModelError(
-            f"SGDClassifier(loss={loss!r}) gives no probabilities of the logistic form; "
-            "edgefleet converts SGDClassifier(loss='log_loss')"
-        )
     coefficients = np.asarray(estimator.coef_, dtype=np.float64)
     intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
     if task == "regression":
@@ -486,6 +486,25 @@ def _read_gradient_boosting(estimator: Any, task: Task) -> TreeEnsemble:
     return TreeEnsemble(tuple(trees), "additive", base, True, _additive_link(task))
 
 
+def check_estimator(estimator: Any) -> Task:
+    """Refuse, naming why, an estimator the IR cannot read (before anything is fitted or
+    written: ``edgefleet register`` calls it); its task otherwise."""
+    family = family_of(estimator)
+    task = task_of(estimator)
+    if family == "sgd":
+        loss = getattr(estimator, "loss", "log_loss")
+        if loss != "log_loss":
+            raise UnsupportedModelError(
+                f"SGDClassifier(loss={loss!r}) has no probabilities edgefleet can serve; "
+                "SGDClassifier(loss='log_loss') is converted"
+            )
+    elif family == "gb":
+        _require_identity_loss(estimator, task, GB_IDENTITY_LOSSES)
+    elif family == "hgb":
+        _require_identity_loss(estimator, task, HGB_IDENTITY_LOSSES)
+    return task
+
+
 def _require_identity_loss(estimator: Any, task: Task, identity: tuple[str, ...]) -> None:
     """A regressor's raw sum is its prediction only for losses without a link function."""
     loss = getattr(estimator, "loss", "squared_error")
@@ -497,7 +516,6 @@ def _require_identity_loss(estimator: Any, task: Task, identity: tuple[str, ...]
 
 
 def _read_hist_gradient_boosting(estimator: Any, task: Task) -> TreeEnsemble:
-    _require_identity_loss(estimator, task, HGB_IDENTITY_LOSSES)
     predictors = estimator._predictors
     width = len(predictors[0])
     trees = []

@@ -1,5 +1,8 @@
-"""The grid of user pipelines the bring-your-own tests run: scikit-learn's own data sets,
-preprocessing variants and estimators, fitted small (session fixtures share them)."""
+"""The grid of user pipelines the bring-your-own tests run: scikit-learn's own data sets
+(per task), preprocessing variants and estimators, fitted small (session fixtures share
+them). ``cells()`` lists every (task, data set, preprocessing, estimator) cell and whether
+edgefleet converts it: the rules are written out here, independently of the code under
+test, so a cell that starts or stops converting fails the grid."""
 
 from __future__ import annotations
 
@@ -12,13 +15,23 @@ from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_iris, load_wine, make_regression
 from sklearn.ensemble import (
     ExtraTreesClassifier,
+    ExtraTreesRegressor,
     GradientBoostingClassifier,
+    GradientBoostingRegressor,
     HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
 )
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier
+from sklearn.linear_model import (
+    ElasticNet,
+    Lasso,
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    SGDClassifier,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
     MinMaxScaler,
@@ -27,7 +40,7 @@ from sklearn.preprocessing import (
     RobustScaler,
     StandardScaler,
 )
-from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 TARGET = "target"
 CATEGORY = "colour"
@@ -77,14 +90,24 @@ def _robust_ordinal(frame: pd.DataFrame) -> ColumnTransformer:
 
 
 def _unscaled_passthrough(frame: pd.DataFrame) -> ColumnTransformer:
-    """No imputer, no scaler: numbers as they are; the first column dropped."""
+    """No imputer, no scaler: numbers as they are; the first column dropped, and the
+    one-hot encoder drops the first category (in front of trees too)."""
     numeric = _numeric(frame)
     return ColumnTransformer(
         [
             ("drop", "drop", numeric[:1]),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), [CATEGORY]),
+            ("cat", OneHotEncoder(drop="first", handle_unknown="ignore"), [CATEGORY]),
         ],
         remainder="passthrough",
+    )
+
+
+def _infrequent(frame: pd.DataFrame) -> ColumnTransformer:
+    """Infrequent categories: of the three colours the most frequent keeps its column, the
+    other two share one, which an unknown colour sets too."""
+    encoder = OneHotEncoder(max_categories=2, handle_unknown="infrequent_if_exist")
+    return ColumnTransformer(
+        [("num", StandardScaler(), _numeric(frame)), ("cat", encoder, [CATEGORY])]
     )
 
 
@@ -93,6 +116,7 @@ PREPROCESSING: dict[str, Callable[[pd.DataFrame], ColumnTransformer]] = {
     "onehot-first+minmax": _minmax_categories_first,
     "robust+ordinal": _robust_ordinal,
     "passthrough+drop": _unscaled_passthrough,
+    "infrequent": _infrequent,
 }
 
 
@@ -137,4 +161,53 @@ def fit(frame: pd.DataFrame, preprocessing: str, estimator: Any) -> Pipeline:
 REGRESSORS: dict[str, Callable[[], Any]] = {
     "ridge": lambda: Ridge(),
     "rf": lambda: RandomForestRegressor(n_estimators=5, max_depth=4, random_state=0),
+    "linear": lambda: LinearRegression(),
+    "lasso": lambda: Lasso(alpha=0.05),
+    "enet": lambda: ElasticNet(alpha=0.01),
+    "gb": lambda: GradientBoostingRegressor(n_estimators=10, max_depth=3, random_state=0),
+    "hgb": lambda: HistGradientBoostingRegressor(max_iter=10, random_state=0),
+    "et": lambda: ExtraTreesRegressor(n_estimators=5, max_depth=4, random_state=0),
+    "dt": lambda: DecisionTreeRegressor(max_depth=4, random_state=0),
 }
+LINEAR = ("logreg", "sgd", "ridge", "linear", "lasso", "enet")
+TASKS = ("binary", "multiclass", "regression")
+DATA_SETS = {
+    "binary": ("iris", "wine"),
+    "multiclass": ("iris", "wine"),
+    "regression": ("diabetes", "make_regression"),
+}
+
+
+def frames(task: str) -> dict[str, pd.DataFrame]:
+    return {"binary": binary_sets, "multiclass": multiclass_sets, "regression": regression_sets}[
+        task
+    ]()
+
+
+def estimators(task: str) -> dict[str, Callable[[], Any]]:
+    return REGRESSORS if task == "regression" else ESTIMATORS
+
+
+def refusal(task: str, prep: str, est: str) -> str | None:
+    """What edgefleet's refusal of a cell must say, or None where it converts the cell."""
+    if prep == "infrequent" and est not in LINEAR:
+        return "infrequent categories are converted for linear models"
+    return None
+
+
+def format_refusal(task: str, est: str, fmt: str) -> str | None:
+    """What a format's refusal of a converted cell must say, or None where it exports it."""
+    if fmt == "coreml" and task == "multiclass" and est == "sgd":
+        return "coreml cannot take a multiclass sgd model"
+    return None
+
+
+def cells() -> list[tuple[str, str, str, str]]:
+    """Every (task, data set, preprocessing, estimator): each estimator x preprocessing of a
+    task on one of the task's two data sets, in turn, so both are used and each cell once."""
+    out = []
+    for task in TASKS:
+        names = DATA_SETS[task]
+        for i, (prep, est) in enumerate((p, e) for p in PREPROCESSING for e in estimators(task)):
+            out.append((task, names[i % 2], prep, est))
+    return out

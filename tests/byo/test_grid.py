@@ -1,78 +1,112 @@
-"""The grid: (estimator x preprocessing x data set) x format. Every binary cell must export
-with parity against scikit-learn; every multi-class and regression cell must be refused with
-an error that names why, before anything is written (docs/architecture.md §4)."""
+"""The grid: (estimator x preprocessing x task) x format, on scikit-learn's own data sets
+(iris and wine for binary and multi-class, diabetes and make_regression for regression).
+Every cell edgefleet converts must export in every device format with parity against
+scikit-learn (probabilities within the manifest's tolerance, a regressor's value within it
+plus its relative share); every cell it does not convert must be refused with an error that
+names why, before anything is written (docs/architecture.md §4)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import SGDClassifier
+from sklearn.svm import LinearSVC
 
 from edgefleet.central.byo.register import Card, prepare
 from edgefleet.central.byo.source import LoadedModel
-from edgefleet.converters.parity import measure_parity
+from edgefleet.converters.parity import expected_outputs, measure_parity
 from edgefleet.converters.registry import export_format
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.manifest import DEFAULT_TOLERANCE
 from edgefleet.errors import UnsupportedModelError
 from tests.byo import grid
 
-# web is the onnx artifact byte for byte (tests/web checks it in Chromium).
-FORMATS = ("onnx", "tflite", "coreml")
-CELLS = [
-    (data, prep, est)
-    for data in ("iris", "wine")
-    for prep in grid.PREPROCESSING
-    for est in grid.ESTIMATORS
-]
-
-
-@pytest.fixture(scope="session")
-def binary_frames() -> dict[str, pd.DataFrame]:
-    return grid.binary_sets()
-
-
-@pytest.fixture(scope="session")
-def cards(binary_frames: dict[str, pd.DataFrame]) -> dict[tuple[str, str, str], Card]:
-    """Each cell read and registered in memory, once."""
-    made = {}
-    for data, prep, est in CELLS:
-        frame = binary_frames[data]
-        pipeline = grid.fit(frame, prep, grid.ESTIMATORS[est]())
-        made[(data, prep, est)] = prepare(LoadedModel(pipeline, "grid"), frame, grid.TARGET)
-    return made
-
-
-# TFLite conversion is the slow one (~1 s a model): every estimator x preprocessing cell on
-# iris; wine's cells run the same TFLite code paths and are converted to the other formats.
+# web is the onnx artifact byte for byte, run by onnxruntime-web (tests/web runs it in
+# Chromium); here onnxruntime checks it.
+FORMATS = ("onnx", "tflite", "coreml", "web")
+CELLS = grid.cells()
+CONVERTED = [c for c in CELLS if grid.refusal(c[0], c[2], c[3]) is None]
+REFUSED = [c for c in CELLS if grid.refusal(c[0], c[2], c[3]) is not None]
 FORMAT_CELLS = [
-    (data, prep, est, fmt)
-    for data, prep, est in CELLS
+    (*cell, fmt)
+    for cell in CONVERTED
     for fmt in FORMATS
-    if fmt != "tflite" or data == "iris"
+    if grid.format_refusal(cell[0], cell[3], fmt) is None
 ]
+FORMAT_REFUSED = [
+    (*cell, fmt)
+    for cell in CONVERTED
+    for fmt in FORMATS
+    if grid.format_refusal(cell[0], cell[3], fmt) is not None
+]
+Cell = tuple[str, str, str, str]
 
 
-@pytest.mark.parametrize(("data", "prep", "est", "fmt"), FORMAT_CELLS)
-def test_binary_cell_exports_with_parity(
-    cards: dict[tuple[str, str, str], Card], data: str, prep: str, est: str, fmt: str
-) -> None:
-    card = cards[(data, prep, est)]
+@pytest.fixture(scope="session")
+def grid_frames() -> dict[str, dict[str, pd.DataFrame]]:
+    return {task: grid.frames(task) for task in grid.TASKS}
+
+
+def _user_pipeline(frames: dict[str, dict[str, pd.DataFrame]], cell: Cell) -> Any:
+    task, data, prep, est = cell
+    return grid.fit(frames[task][data], prep, grid.estimators(task)[est]())
+
+
+@pytest.fixture(scope="session")
+def card(grid_frames: dict[str, dict[str, pd.DataFrame]]) -> Callable[[Cell], Card]:
+    """``card(cell)``: the cell read and registered in memory, once a session."""
+    made: dict[Cell, Card] = {}
+
+    def get(cell: Cell) -> Card:
+        if cell not in made:
+            frame = grid_frames[cell[0]][cell[1]]
+            pipeline = _user_pipeline(grid_frames, cell)
+            made[cell] = prepare(LoadedModel(pipeline, "grid"), frame, grid.TARGET)
+        return made[cell]
+
+    return get
+
+
+def _source(card: Card) -> tuple[ConversionSource, np.ndarray]:
     model = card.model
-    # The rebuilt pipeline is the user's on every row (as held, or as float32 input).
-    assert card.agreement.rows_over == 0
-    assert card.agreement.max_abs_diff <= 1e-5
     inputs = np.concatenate([model.holdout_inputs, model.golden_inputs()])
-    source = ConversionSource(model.pipeline, model.schema, model.family, inputs[:16])
+    return ConversionSource(model.pipeline, model.schema, model.family, inputs[:16]), inputs
+
+
+@pytest.mark.parametrize(("task", "data", "prep", "est", "fmt"), FORMAT_CELLS)
+def test_cell_exports_with_parity(
+    card: Callable[[Cell], Card], task: str, data: str, prep: str, est: str, fmt: str
+) -> None:
+    registered = card((task, data, prep, est))
+    model = registered.model
+    assert model.schema.task == task
+    # The rebuilt pipeline is the user's on every row (as held, or as float32 input).
+    assert registered.agreement.rows_over == 0
+    source, inputs = _source(registered)
     exporter = export_format(fmt)
     artifact = exporter.convert(source)
-    parity = measure_parity(
-        fmt, exporter.predict(artifact, inputs), model.pipeline.predict_proba(inputs)
-    )
-    assert parity.max_abs_diff <= DEFAULT_TOLERANCE, (data, prep, est, fmt, parity)
+    got = exporter.predict(artifact, inputs)
+    expected = expected_outputs(model.pipeline, inputs)
+    assert expected.shape == (len(inputs), model.schema.n_outputs)
+    parity = measure_parity(fmt, got, expected, task)
+    assert parity.max_excess <= DEFAULT_TOLERANCE, (task, data, prep, est, fmt, parity)
+
+
+@pytest.mark.parametrize(("task", "data", "prep", "est", "fmt"), FORMAT_REFUSED)
+def test_format_refuses_a_cell_clearly(
+    card: Callable[[Cell], Card], task: str, data: str, prep: str, est: str, fmt: str
+) -> None:
+    source, _ = _source(card((task, data, prep, est)))
+    with pytest.raises(UnsupportedModelError) as caught:
+        export_format(fmt).convert(source)
+    message = str(caught.value)
+    assert grid.format_refusal(task, est, fmt) in message  # type: ignore[operator]
+    assert "formats that can: onnx, tflite, web" in message
 
 
 def _refusal(frame: pd.DataFrame, pipeline: Any) -> str:
@@ -81,20 +115,46 @@ def _refusal(frame: pd.DataFrame, pipeline: Any) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("data", ["iris", "wine"])
-@pytest.mark.parametrize("est", ["logreg", "rf", "hgb"])
-def test_multiclass_cells_are_refused_clearly(data: str, est: str) -> None:
-    frame = grid.multiclass_sets()[data]
-    message = _refusal(frame, grid.fit(frame, "standard+onehot", grid.ESTIMATORS[est]()))
-    assert re.search(r"has 3 classes; edgefleet registers binary classifiers", message)
+@pytest.mark.parametrize(("task", "data", "prep", "est"), REFUSED)
+def test_unconverted_cell_is_refused_clearly(
+    grid_frames: dict[str, dict[str, pd.DataFrame]], task: str, data: str, prep: str, est: str
+) -> None:
+    cell = (task, data, prep, est)
+    message = _refusal(grid_frames[task][data], _user_pipeline(grid_frames, cell))
+    assert grid.refusal(task, prep, est) in message  # type: ignore[operator]
+    assert "OneHotEncoder" in message  # the step it names
 
 
-@pytest.mark.parametrize("data", ["diabetes", "make_regression"])
-@pytest.mark.parametrize("est", list(grid.REGRESSORS))
-def test_regression_cells_are_refused_clearly(data: str, est: str) -> None:
-    frame = grid.regression_sets()[data]
-    message = _refusal(frame, grid.fit(frame, "standard+onehot", grid.REGRESSORS[est]()))
-    name = type(grid.REGRESSORS[est]()).__name__
-    assert f"the estimator {name} is not converted" in message
-    assert "LogisticRegression" in message
-    assert "OneHotEncoder" in message
+@pytest.mark.parametrize(
+    ("task", "make", "expected"),
+    [
+        ("binary", lambda: LinearSVC(), "LinearSVC is not converted (gives no probabilities"),
+        ("multiclass", lambda: LinearSVC(), "LinearSVC is not converted (gives no probabilities"),
+        (
+            "binary",
+            lambda: SGDClassifier(loss="hinge", random_state=0),
+            "SGDClassifier(loss='hinge') has no probabilities",
+        ),
+        (
+            "regression",
+            lambda: HistGradientBoostingRegressor(loss="poisson", max_iter=5),
+            "loss='poisson') predicts through a link function",
+        ),
+    ],
+)
+def test_unconverted_estimator_is_refused_clearly(
+    grid_frames: dict[str, dict[str, pd.DataFrame]], task: str, make: Any, expected: str
+) -> None:
+    name = grid.DATA_SETS[task][0]
+    frame = grid_frames[task][name]
+    message = _refusal(frame, grid.fit(frame, "standard+onehot", make()))
+    assert expected in message
+    assert "LogisticRegression" in message or "converted:" in message
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_pmml_takes_binary_models_only(card: Callable[[Cell], Card], task: str) -> None:
+    cell = next(c for c in CONVERTED if c[0] == task and c[3] == "rf")
+    source, _ = _source(card(cell))
+    with pytest.raises(UnsupportedModelError, match=f"pmml takes binary models, not {task}"):
+        export_format("pmml").convert(source)

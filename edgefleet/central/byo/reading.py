@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -27,7 +28,13 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from edgefleet.central.byo.splits import FloatArray, Scale, fold_into_trees
 from edgefleet.central.data.loader import _text
-from edgefleet.converters.ir import ESTIMATOR_FAMILIES, LINEAR_FAMILIES, family_of
+from edgefleet.converters.ir import (
+    ESTIMATOR_FAMILIES,
+    LINEAR_FAMILIES,
+    REFUSED_ESTIMATORS,
+    check_estimator,
+    family_of,
+)
 from edgefleet.edge.schema import UNKNOWN_CODE
 from edgefleet.errors import UnsupportedModelError
 
@@ -37,8 +44,8 @@ COVERED_STEPS: dict[str, str] = {
     "StandardScaler": "with or without mean / std",
     "MinMaxScaler": "without clip",
     "RobustScaler": "with or without centering / scaling",
-    "OneHotEncoder": "handle_unknown 'ignore' or 'error'; drop (linear models); "
-    "not infrequent categories",
+    "OneHotEncoder": "handle_unknown 'ignore', 'error' or 'infrequent_if_exist'; drop; "
+    "infrequent categories (min_frequency / max_categories) in front of linear models",
     "OrdinalEncoder": "handle_unknown 'error', or 'use_encoded_value' with unknown_value=-1",
     "Pipeline": "of the steps above, then one estimator",
 }
@@ -70,9 +77,14 @@ class Block:
     allow_missing: bool = False
     # MinMaxScaler computes x * multiply + add: kept as is to fold it into tree splits exactly.
     affine: tuple[list[float], list[float]] | None = None
-    # OneHotEncoder(drop=...): per column the dropped category (None: none), and how to name it.
-    dropped: list[int | None] = field(default_factory=list)
-    drop_text: str = ""
+    # A OneHotEncoder's own layout, per column: for each category the output column it sets
+    # (None: it sets none, a dropped category), the column an unknown category sets (None:
+    # none), and the count of output columns. Empty when the layout is one column per
+    # category. ``drop`` or infrequent categories make it differ.
+    groups: list[list[int | None]] = field(default_factory=list)
+    unknown_to: list[int | None] = field(default_factory=list)
+    group_widths: list[int] = field(default_factory=list)
+    layout_text: str = ""
 
     def scale_values(self, values: FloatArray, positions: npt.NDArray[np.int64]) -> FloatArray:
         """The user's scaled values (float64, as scikit-learn computes them) of raw values of
@@ -86,8 +98,21 @@ class Block:
 
     @property
     def width(self) -> int:
-        """How many features the block gives the estimator."""
+        """How many features the rebuilt block gives (one per category for one-hot)."""
         return sum(map(len, self.vocabularies)) if self.kind == "onehot" else len(self.columns)
+
+    @property
+    def user_width(self) -> int:
+        """How many features the user's block gave the estimator."""
+        return sum(self.group_widths) if self.groups else self.width
+
+    @property
+    def merges(self) -> bool:
+        """Whether some output column stands for several categories (infrequent ones)."""
+        return any(
+            len([g for g in groups if g is not None]) != len({g for g in groups if g is not None})
+            for groups in self.groups
+        )
 
 
 @dataclass(frozen=True)
@@ -140,12 +165,12 @@ def read_pipeline(model: Any, signature: Sequence[str] | None = None) -> ReadPip
     prep_steps, estimator = split_pipeline(model)
     name = type(estimator).__name__
     if name not in ESTIMATOR_FAMILIES:
-        raise unsupported(f"the estimator {name} is not converted")
-    if getattr(estimator, "loss", "log_loss") != "log_loss" and name == "SGDClassifier":
-        raise unsupported(
-            f"SGDClassifier(loss={estimator.loss!r}) has no probabilities edgefleet can serve; "
-            "SGDClassifier(loss='log_loss') is converted"
-        )
+        why = f" ({REFUSED_ESTIMATORS[name]})" if name in REFUSED_ESTIMATORS else ""
+        raise unsupported(f"the estimator {name} is not converted{why}")
+    try:
+        check_estimator(estimator)
+    except UnsupportedModelError as error:
+        raise unsupported(str(error)) from None
     names = input_names(model, signature)
     if not prep_steps:
         blocks = [_numeric_block("passthrough", list(names), [])]
@@ -157,11 +182,12 @@ def read_pipeline(model: Any, signature: Sequence[str] | None = None) -> ReadPip
     else:
         blocks = [_block("steps", list(names), prep_steps)]
     _check_disjoint(blocks)
-    dropping = [b for b in blocks if b.dropped]
-    if dropping and ESTIMATOR_FAMILIES[name] not in LINEAR_FAMILIES:
+    merging = [b for b in blocks if b.merges or any(u is not None for u in b.unknown_to)]
+    if merging and ESTIMATOR_FAMILIES[name] not in LINEAR_FAMILIES:
         raise unsupported(
-            f"step {dropping[0].name!r}: {dropping[0].drop_text} in front of {name} (a dropped "
-            "category is converted for linear models)"
+            f"step {merging[0].name!r}: {merging[0].layout_text} in front of {name} "
+            "(infrequent categories are converted for linear models; in front of trees, "
+            "one-hot encode without min_frequency / max_categories)"
         )
     return ReadPipeline(input_names=names, blocks=tuple(blocks), estimator=estimator)
 
@@ -292,37 +318,58 @@ def _encoded_block(entry: str, columns: list[str], steps: list[tuple[str, Any]])
             )
         imputed = True
     kind = type(encoder).__name__
-    dropped: list[int | None] = []
-    drop_text = ""
-    if getattr(encoder, "_infrequent_enabled", False):
-        raise unsupported(f"step {name!r}: {kind} with infrequent categories")
-    if kind == "OneHotEncoder":
-        if encoder.drop is not None:
-            dropped = [None if d is None else int(d) for d in encoder.drop_idx_]
-        allow_missing = encoder.handle_unknown == "ignore" and not imputed
-        block_kind = "onehot"
-        drop_text = f"OneHotEncoder(drop={encoder.drop!r})" if encoder.drop is not None else ""
-    else:
-        if encoder.handle_unknown != "error" and encoder.unknown_value != UNKNOWN_CODE:
-            raise unsupported(
-                f"step {name!r}: OrdinalEncoder(unknown_value={encoder.unknown_value!r}); "
-                "edgefleet's code for an unknown category is -1"
-            )
-        allow_missing = encoder.handle_unknown != "error" and not imputed
-        block_kind = "ordinal"
     vocabularies = [
         _vocabulary(name, column, cats)
         for column, cats in zip(columns, encoder.categories_, strict=True)
     ]
-    return Block(
-        entry,
-        columns,
-        block_kind,
-        vocabularies=vocabularies,
-        allow_missing=allow_missing,
-        dropped=dropped,
-        drop_text=drop_text,
-    )
+    block = Block(entry, columns, "ordinal", vocabularies=vocabularies)
+    if kind == "OneHotEncoder":
+        block.kind = "onehot"
+        unknown = encoder.handle_unknown
+        block.allow_missing = unknown in ("ignore", "infrequent_if_exist") and not imputed
+        _read_layout(encoder, block)
+        return block
+    if encoder.handle_unknown != "error" and encoder.unknown_value != UNKNOWN_CODE:
+        raise unsupported(
+            f"step {name!r}: OrdinalEncoder(unknown_value={encoder.unknown_value!r}); "
+            "edgefleet's code for an unknown category is -1"
+        )
+    if getattr(encoder, "_infrequent_enabled", False):
+        raise unsupported(f"step {name!r}: OrdinalEncoder with infrequent categories")
+    block.allow_missing = encoder.handle_unknown != "error" and not imputed
+    return block
+
+
+def _read_layout(encoder: Any, block: Block) -> None:
+    """The user's one-hot layout (``Block.groups``), read by encoding each category: the
+    encoder's ``drop`` and infrequent categories decide it, and scikit-learn is the
+    authority on both."""
+    infrequent = bool(getattr(encoder, "_infrequent_enabled", False))
+    if encoder.drop is None and not infrequent:
+        return
+    widths = [int(w) for w in encoder._n_features_outs]
+    starts = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    first = [cats[0] for cats in encoder.categories_]
+    for i, cats in enumerate(encoder.categories_):
+        probe = np.array([first] * len(cats), dtype=object)
+        probe[:, i] = list(cats)
+        names = getattr(encoder, "feature_names_in_", None)
+        rows = probe if names is None else pd.DataFrame(probe, columns=list(names))
+        encoded = encoder.transform(rows)
+        encoded = np.asarray(encoded.toarray() if hasattr(encoded, "toarray") else encoded)
+        block_i = encoded[:, starts[i] : starts[i + 1]]
+        groups = [int(np.argmax(row)) if row.any() else None for row in block_i]
+        block.groups.append(groups)
+        block.group_widths.append(widths[i])
+        infrequent_i = (encoder.infrequent_categories_[i] if infrequent else None) is not None
+        to_infrequent = encoder.handle_unknown == "infrequent_if_exist" and infrequent_i
+        block.unknown_to.append(widths[i] - 1 if to_infrequent else None)
+    parts = [f"drop={encoder.drop!r}"] if encoder.drop is not None else []
+    if infrequent:
+        parts.append(
+            f"min_frequency={encoder.min_frequency!r}, max_categories={encoder.max_categories!r}"
+        )
+    block.layout_text = f"OneHotEncoder({', '.join(parts)})"
 
 
 def _vocabulary(step: str, column: str, categories: Any) -> tuple[str, ...]:
@@ -361,13 +408,20 @@ def contract_pipeline(
     folded into the splits (``splits.fold_into_trees``)."""
     trees = family_of(read.estimator) not in LINEAR_FAMILIES
     index = {name: i for i, name in enumerate(schema_names)}
-    entries = []
+    entries, owners = [], []
     for position, block in enumerate(read.blocks):
         columns = [index[c] for c in block.columns]
+        if trees and block.groups:
+            # A tree reads the user's layout: each column keeps the category it dropped.
+            for j, column in enumerate(columns):
+                entries.append((f"onehot_{position}_{j}", _dropping(block, j), [column]))
+                owners.append(block)
+            continue
         entries.append((f"{block.kind}_{position}", _fresh(block, trees), columns))
+        owners.append(block)
     prep = ColumnTransformer(entries, remainder="drop", sparse_threshold=0.0)
     prep.fit(encoded)
-    for block, (_, fitted, _) in zip(read.blocks, prep.transformers_, strict=False):
+    for block, (_, fitted, _) in zip(owners, prep.transformers_, strict=False):
         _patch(block, fitted, trees)
     estimator = copy.deepcopy(read.estimator)
     # The estimator now receives an array; its fitted column names would only warn.
@@ -377,38 +431,66 @@ def contract_pipeline(
         numeric, scale = _feature_scaling(read.blocks)
         fold_into_trees(estimator, numeric, scale)
     else:
-        _widen_dropped(estimator, read.blocks)
+        _widen_to_categories(estimator, read.blocks)
     return Pipeline([("prep", prep), ("model", estimator)])
 
 
-def _widen_dropped(estimator: Any, blocks: Sequence[Block]) -> None:
-    """The rebuilt one-hot blocks keep every category; a category the user's encoder dropped
-    gets weight 0, which is what dropping it means (and an unknown category, all zeros under
-    ``handle_unknown='ignore'``, scores as the dropped one did)."""
-    if not any(b.dropped for b in blocks):
+def _dropping(block: Block, column: int) -> OneHotEncoder:
+    groups = block.groups[column]
+    dropped = [float(c) for c, group in enumerate(groups) if group is None]
+    return OneHotEncoder(
+        categories=[np.arange(len(groups), dtype=np.float64)],
+        drop=dropped or None,
+        handle_unknown="ignore",
+        sparse_output=False,
+    )
+
+
+def _widen_to_categories(estimator: Any, blocks: Sequence[Block]) -> None:
+    """The rebuilt one-hot blocks in front of a linear model have one feature per category.
+    A category's weight is that of the user's column it sets: 0 for a dropped category (what
+    dropping it means; an unknown category, all zeros under ``handle_unknown='ignore'``,
+    scores as the dropped one did), the infrequent column's for each infrequent category.
+    Where an unknown category sets the infrequent column (``'infrequent_if_exist'``; the
+    contract's unknown code -1 gives all zeros), that column's weight moves into the
+    intercept and off every category's weight, so all zeros scores as infrequent."""
+    if not any(b.groups for b in blocks):
         return
-    kept: list[int] = []
+    old = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+    source: list[int | None] = []  # per new feature, the user's feature it copies
+    subtract: list[int | None] = []  # ... and the one whose weight moved into the intercept
     at = 0
     for block in blocks:
-        if block.kind != "onehot":
-            kept.extend(range(at, at + block.width))
-            at += block.width
+        if not block.groups:
+            source.extend(range(at, at + block.user_width))
+            subtract.extend([None] * block.user_width)
+            at += block.user_width
             continue
-        drops = block.dropped or [None] * len(block.vocabularies)
-        for vocabulary, dropped in zip(block.vocabularies, drops, strict=True):
-            kept.extend(at + c for c in range(len(vocabulary)) if c != dropped)
-            at += len(vocabulary)
-    coefficients = np.zeros((estimator.coef_.shape[0], at), dtype=np.float64)
-    coefficients[:, kept] = estimator.coef_
-    estimator.coef_ = coefficients
-    estimator.n_features_in_ = at
+        for groups, unknown, width in zip(
+            block.groups, block.unknown_to, block.group_widths, strict=True
+        ):
+            source.extend(None if g is None else at + g for g in groups)
+            subtract.extend([None if unknown is None else at + unknown] * len(groups))
+            at += width
+    coefficients = np.zeros((old.shape[0], len(source)))
+    for j, (copied, moved) in enumerate(zip(source, subtract, strict=True)):
+        coefficients[:, j] = (0.0 if copied is None else old[:, copied]) - (
+            0.0 if moved is None else old[:, moved]
+        )
+    moved_columns = sorted({m for m in subtract if m is not None})
+    intercept = np.asarray(estimator.intercept_, dtype=np.float64)
+    estimator.intercept_ = intercept + old[:, moved_columns].sum(axis=1).reshape(intercept.shape)
+    estimator.coef_ = coefficients.reshape(
+        (-1,) if np.ndim(estimator.coef_) == 1 else (-1, len(source))
+    )
+    estimator.n_features_in_ = len(source)
 
 
 def _feature_scaling(blocks: Sequence[Block]) -> tuple[list[bool], Scale]:
     """Per estimator feature whether it is numeric, and the user's scaling of each."""
     owner: list[tuple[Block, int]] = []
     for block in blocks:
-        owner.extend((block, position) for position in range(block.width))
+        owner.extend((block, position) for position in range(block.user_width))
     numeric = [block.kind == "numeric" for block, _ in owner]
 
     def scale(values: FloatArray, features: npt.NDArray[np.int64]) -> FloatArray:
