@@ -283,15 +283,25 @@ def outputs(link: Link, scores: Float64Array) -> Float64Array:
     """The model's outputs from its ``[N, R]`` scores (see the module docstring)."""
     if link == "identity":
         return scores
+    if link == "ovr_logistic" and scores.shape[1] > 1:
+        # scikit-learn's one-vs-rest normalisation: uniform where every sigmoid underflows
+        # to 0 (all scores below OVR_UNDERFLOW; an unscaled SGD model's reach -1e5).
+        probabilities = _sigmoid(scores)
+        total = probabilities.sum(axis=1, keepdims=True)
+        uniform = np.full_like(probabilities, 1.0 / probabilities.shape[1])
+        with np.errstate(invalid="ignore"):
+            return np.where(total > 0, probabilities / total, uniform)
     if link == "softmax":
         shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
         return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
     probabilities = _sigmoid(scores) if link in ("logistic", "ovr_logistic") else scores
     if probabilities.shape[1] == 1:
         return np.column_stack([1.0 - probabilities[:, 0], probabilities[:, 0]])
-    if link == "ovr_logistic":
-        return np.asarray(probabilities / probabilities.sum(axis=1, keepdims=True))
     return probabilities
+
+
+OVR_UNDERFLOW = -709.782712893384
+"""Below this score, scikit-learn's float64 sigmoid (scipy's ``expit``) is exactly 0."""
 
 
 def _f32(values: Float64Array) -> Float64Array:

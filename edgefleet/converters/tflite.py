@@ -53,6 +53,7 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from edgefleet.converters.ir import (
+    OVR_UNDERFLOW,
     LinearModel,
     Link,
     ModelIR,
@@ -394,13 +395,20 @@ def _link(link: Link, scores: Any) -> Any:
     """The outputs from the ``[N, R]`` scores, as ``ir.outputs`` makes them."""
     if link == "identity":
         return scores
+    if link == "ovr_logistic" and scores.shape[1] > 1:
+        # sigmoid(z_k) / sum_j sigmoid(z_j) as softmax(log sigmoid(z)): float32 sigmoids
+        # underflow below -88, scikit-learn's float64 ones only below OVR_UNDERFLOW, where
+        # it answers uniform probabilities (as ir.outputs).
+        log_sigmoid = tf.minimum(scores, 0.0) - tf.math.log(1.0 + tf.exp(-tf.abs(scores)))
+        normalised = tf.nn.softmax(log_sigmoid, axis=1)
+        underflow = tf.reduce_max(scores, axis=1, keepdims=True) < np.float32(OVR_UNDERFLOW)
+        uniform = tf.ones_like(scores) / np.float32(scores.shape[1])
+        return tf.where(underflow, uniform, normalised)
     if link == "softmax":
         return tf.nn.softmax(scores, axis=1)
     probabilities = tf.sigmoid(scores) if link in ("logistic", "ovr_logistic") else scores
     if scores.shape[1] == 1:
         return tf.concat([1.0 - probabilities, probabilities], axis=1)
-    if link == "ovr_logistic":
-        return probabilities / tf.reduce_sum(probabilities, axis=1, keepdims=True)
     return probabilities
 
 
