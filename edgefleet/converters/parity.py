@@ -3,7 +3,8 @@
 
 Probabilities must agree within an absolute tolerance. A regressor's value is in the
 target's units, where float32 arithmetic alone is off by a few parts in 10^7 per operation,
-so it must agree within ``tolerance + REGRESSION_RTOL * |expected|``.
+so it must agree within ``tolerance + REGRESSION_RTOL * |expected|``
+(``manifest.within_tolerance``, the device self-test's rule).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet.edge.manifest import REGRESSION_RTOL
 from edgefleet.errors import ParityError
-
-REGRESSION_RTOL = 1e-5
 
 
 @dataclass(frozen=True)
