@@ -67,7 +67,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--families", default=",".join(FAMILIES))
-    parser.add_argument("--formats", default="onnx,tflite,coreml")
+    parser.add_argument("--formats", default="onnx,tflite,coreml,web")
     parser.add_argument("--rows", type=int, default=20000, help="training rows")
     parser.add_argument("--repeat", type=int, default=300)
     parser.add_argument("--tasks-only", action="store_true", help="only the per-task table")

@@ -141,6 +141,9 @@ def run_formats(args: argparse.Namespace) -> int:
             print(f"{estimator:32} {family:7} {task:10} " + " ".join(f"{m:>7}" for m in marks))
     for refusal, mark in reasons.items():
         print(f"  {mark} {refusal}")
+    for fmt in EXPORT_FORMATS.values():
+        for limit in fmt.limits:
+            print(f"  {fmt.name} refuses: {limit}")
     for estimator, why in REFUSED_ESTIMATORS.items():
         print(f"  not converted: {estimator} {why}")
     print()

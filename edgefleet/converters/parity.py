@@ -35,7 +35,7 @@ class ParityResult:
             object.__setattr__(self, "max_excess", self.max_abs_diff)
 
 
-def expected_outputs(pipeline: Any, inputs: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+def expected_outputs(pipeline: Any, inputs: Any) -> npt.NDArray[np.float64]:
     """scikit-learn's outputs in the contract's shape: ``predict_proba`` of a classifier,
     ``predict`` as one column for a regressor."""
     if hasattr(pipeline, "predict_proba"):

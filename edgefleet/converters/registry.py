@@ -38,6 +38,8 @@ class ExportFormat:
     tasks: tuple[Task, ...] = ALL_TASKS
     # (family, task, why): cells the format refuses although it takes the family and task.
     refused: tuple[tuple[str, str, str], ...] = ()
+    # What else the format refuses, of a model's make-up rather than its family or task.
+    limits: tuple[str, ...] = ()
 
     def refusal(self, family: str, task: str) -> str | None:
         """Why this format cannot take a ``family`` model for ``task``, or None if it can."""
@@ -80,6 +82,8 @@ class ExportFormat:
         return {} if hook is None else cast(dict[str, bytes], hook())
 
 
+_NATIVE_CATEGORICAL = "HistGradientBoosting with native categorical features (skl2onnx)"
+
 EXPORT_FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
@@ -90,6 +94,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "onnxruntime>=1.17",
             ALL_FAMILIES,
             "ONNX (skl2onnx), for onnxruntime",
+            limits=(_NATIVE_CATEGORICAL,),
         ),
         ExportFormat(
             "tflite",
@@ -106,6 +111,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "onnxruntime-web 1.30 (WebAssembly)",
             ALL_FAMILIES,
             "browser bundle: ONNX for onnxruntime-web, a page and an ES module",
+            limits=(_NATIVE_CATEGORICAL,),
         ),
         ExportFormat(
             "coreml",

@@ -58,7 +58,6 @@ from edgefleet.converters.ir import (
     Link,
     ModelIR,
     Preprocessing,
-    Tree,
     TreeEnsemble,
 )
 from edgefleet.converters.source import ConversionSource
@@ -192,20 +191,8 @@ class SparseForest:
         )
 
 
-def _depths(tree: Tree) -> IntArray64:
-    depth = np.zeros(len(tree.left), dtype=np.int64)
-    leaves = tree.is_leaf
-    frontier = np.array([0])
-    while frontier.size:
-        internal = frontier[~leaves[frontier]]
-        children = np.concatenate([tree.left[internal], tree.right[internal]])
-        depth[children] = np.concatenate([depth[internal] + 1, depth[internal] + 1])
-        frontier = children
-    return depth
-
-
 def ensemble_depth(ensemble: TreeEnsemble) -> int:
-    return max(int(_depths(tree).max()) for tree in ensemble.trees)
+    return max(tree.depth() for tree in ensemble.trees)
 
 
 def perfect_forest(

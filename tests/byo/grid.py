@@ -214,3 +214,15 @@ def cells() -> list[tuple[str, str, str, str]]:
         for i, (prep, est) in enumerate((p, e) for p in PREPROCESSING for e in estimators(task)):
             out.append((task, names[i % 2], prep, est))
     return out
+
+
+def fit_native_categorical(frame: pd.DataFrame, task: str) -> Pipeline:
+    """HistGradientBoosting reading the colour's ordinal code as a native categorical
+    feature (unknown colours -1, which HGB takes as missing)."""
+    numeric = _numeric(frame)
+    ordinal = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+    prep = ColumnTransformer([("num", "passthrough", numeric), ("ord", ordinal, [CATEGORY])])
+    kind = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
+    model = kind(max_iter=10, categorical_features=[len(numeric)], random_state=0)
+    features = frame.drop(columns=[TARGET])
+    return Pipeline([("prep", prep), ("model", model)]).fit(features, frame[TARGET])

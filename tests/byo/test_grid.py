@@ -158,3 +158,29 @@ def test_pmml_takes_binary_models_only(card: Callable[[Cell], Card], task: str) 
     source, _ = _source(card(cell))
     with pytest.raises(UnsupportedModelError, match=f"pmml takes binary models, not {task}"):
         export_format("pmml").convert(source)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("task", grid.TASKS)
+def test_native_categorical_histgradientboosting(
+    grid_frames: dict[str, dict[str, pd.DataFrame]], task: str, fmt: str
+) -> None:
+    """Its categorical splits become numeric splits around each code (ir.py): parity in
+    TFLite and Core ML; onnx and web refuse it (skl2onnx mis-converts it)."""
+    frame = grid_frames[task][grid.DATA_SETS[task][1]]
+    registered = prepare(
+        LoadedModel(grid.fit_native_categorical(frame, task), "grid"), frame, grid.TARGET
+    )
+    assert registered.agreement.rows_over == 0
+    source, inputs = _source(registered)
+    unknown = inputs[:8].copy()
+    unknown[:, registered.model.schema.names.index(grid.CATEGORY)] = -1.0
+    inputs = np.concatenate([inputs, unknown])
+    exporter = export_format(fmt)
+    if fmt in ("onnx", "web"):
+        with pytest.raises(UnsupportedModelError, match="native categorical features"):
+            exporter.convert(source)
+        return
+    got = exporter.predict(exporter.convert(source), inputs)
+    parity = measure_parity(fmt, got, expected_outputs(registered.model.pipeline, inputs), task)
+    assert parity.max_excess <= DEFAULT_TOLERANCE, parity

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet.converters.ir import hgb_input_columns
+
 FloatArray = npt.NDArray[np.float64]
 Scale = Callable[[FloatArray, npt.NDArray[np.int64]], FloatArray]
 """``scale(values, features)``: the user's scaled value of each raw value, per feature."""
@@ -94,11 +96,14 @@ def fold_into_trees(estimator: Any, numeric: Sequence[bool], scale: Scale) -> No
     user's estimator). ``numeric[j]``: whether estimator feature ``j`` is a numeric column
     (one-hot and ordinal codes are exact small integers in float32 and stay)."""
     is_numeric = np.asarray(numeric, dtype=bool)
-    for predictors in getattr(estimator, "_predictors", []):
+    predictors_of = getattr(estimator, "_predictors", [])
+    columns = hgb_input_columns(estimator) if predictors_of else np.zeros(0, dtype=np.int64)
+    for predictors in predictors_of:
         for predictor in predictors:
             nodes = predictor.nodes
             split = ~nodes["is_leaf"].astype(bool) & ~nodes["is_categorical"].astype(bool)
-            features = nodes["feature_idx"].astype(np.int64)
+            # HGB numbers its native categorical features first (ir.hgb_input_columns).
+            features = columns[nodes["feature_idx"].astype(np.int64)]
             chosen = split & is_numeric[np.where(split, features, 0)]
             nodes["num_threshold"][chosen] = float64_thresholds(
                 nodes["num_threshold"][chosen], features[chosen], scale
