@@ -17,13 +17,18 @@ class Xcode generates, whose output has ``classProbability: [Int64: Double]``)::
     let scores = out.featureValue(for: "classProbability")!.dictionaryValue
     let pPositive = scores[NSNumber(value: Int64(1))]!.doubleValue
 
+Multi-class models keep that interface with K labels: ``classProbability[k]`` is P(schema
+class k), ``classLabel`` the index of the most probable class. A regressor is a
+``pipelineRegressor`` whose one output ``prediction`` (double) is the value.
+
 The spec is a ``pipelineClassifier`` (preprocessing lives inside the model, never in app glue):
 
-- Linear model: Imputer (NaN -> median; NaN codes -> -1) -> Scaler (``(x - mean) / scale`` as
+- Linear model (``coreml_linear.py``): Imputer (NaN -> median; NaN codes -> -1) -> Scaler (``(x - mean) / scale`` as
   ``(x + shift) * scale``) -> ArrayFeatureExtractor of the numeric columns, and per
   categorical column ArrayFeatureExtractor (int64) -> OneHotEncoder (``IgnoreUnknown``, so -1
   gives all zeros) -> FeatureVectorizer -> GLMClassifier (one weight row, Logit): the layout
-  coremltools' own scikit-learn converters produce. scikit-learn scales float32 input in
+  coremltools' own scikit-learn converters produce. K classes end in a
+  NeuralNetworkClassifier (innerProduct + softmax), a regressor in a GLMRegressor. scikit-learn scales float32 input in
   float32, Core ML in double: the two differ by a float32 ulp of a feature (~3e-8 in P).
 - Trees: Imputer -> TreeEnsembleClassifier reading the raw columns. Everything else is folded
   into the tree:
@@ -41,8 +46,10 @@ The spec is a ``pipelineClassifier`` (preprocessing lives inside the model, neve
     float32-rounded median scikit-learn's imputer uses, and every numeric branch also sets
     ``missingValueTracksTrueChild`` to the side that value takes, so the tree on its own
     routes NaN as the pipeline would.
-  * Random forest / extra trees / one tree: Core ML sums leaf values, so each leaf holds
-    P(positive) / n_trees; one prediction dimension with ``NoTransform`` is Core ML's binary
+  * Multi-class: K prediction dimensions (K labels), each leaf writing the dimensions its
+    tree scores; Classification_SoftMax for boosting. Regression: a TreeEnsembleRegressor,
+    NoTransform. Random forest / extra trees / one tree: Core ML sums leaf values, so each
+    leaf holds P(positive) / n_trees; one prediction dimension with ``NoTransform`` is Core ML's binary
     mode (the score is P(class 1), class 0 gets 1 - score). Gradient boosting: leaves hold
     raw scores, ``basePredictionValue`` the initial logit, ``Regression_Logistic``.
 
@@ -54,7 +61,7 @@ exactly); the edge encoder never produces such codes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +70,20 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from edgefleet.converters import coreml_eval
-from edgefleet.converters.coreml_proto import FeatureTypes_pb2, Model_pb2, TreeEnsemble_pb2
+from edgefleet.converters.coreml_linear import linear_stages
+from edgefleet.converters.coreml_proto import Model_pb2, TreeEnsemble_pb2
+from edgefleet.converters.coreml_spec import (
+    INPUT_NAME,
+    PROBABILITY_NAME,
+    VALUE_NAME,
+    array,
+    classifier_interface,
+    classifier_outputs,
+    float32_constants,
+    imputer,
+    new_model,
+    regressor_outputs,
+)
 from edgefleet.converters.ir import (
     LinearModel,
     ModelIR,
@@ -74,18 +94,10 @@ from edgefleet.converters.ir import (
 from edgefleet.converters.source import ConversionSource
 from edgefleet.errors import ConversionError
 
-INPUT_NAME = "input"
-LABEL_NAME = "classLabel"
-PROBABILITY_NAME = "classProbability"
-VALUE_NAME = "prediction"  # a regressor's output (double)
-CLASS_LABELS = (0, 1)
-# Every model type used here exists since Core ML 1; the lowest version loads everywhere.
-SPECIFICATION_VERSION = 1
 UNKNOWN_CODE = -1.0
 
 Float64Array = npt.NDArray[np.float64]
 _TreeNode = TreeEnsemble_pb2.TreeEnsembleParameters.TreeNode
-_DOUBLE = FeatureTypes_pb2.ArrayFeatureType.DOUBLE
 _F32_NEG_INF = -0x7F800000  # order of -inf among float32 values (see _float32_at)
 _F32_POS_INF = 0x7F800000
 
@@ -131,79 +143,25 @@ def build_spec(
         )
     labels = tuple(range(ir.n_outputs))
     if isinstance(ir.model, LinearModel):
-        stages = _linear_stages(ir.preprocessing, ir.model, labels)
+        stages = linear_stages(ir.preprocessing, ir.model, labels)
     elif isinstance(ir.model, TreeEnsemble):
         stages = _tree_stages(ir.preprocessing, ir.model, labels)
     else:
         raise ConversionError(f"Core ML export has no emitter for {type(ir.model).__name__}")
     regression = ir.task == "regression"
-    outputs = _regressor_outputs() if regression else _classifier_outputs()
-    spec = _model([(INPUT_NAME, _array(n_inputs))], outputs)
+    outputs = regressor_outputs() if regression else classifier_outputs()
+    spec = new_model([(INPUT_NAME, array(n_inputs))], outputs)
     if regression:
         spec.description.predictedFeatureName = VALUE_NAME
         pipeline = spec.pipelineRegressor.pipeline
     else:
-        _classifier_interface(spec)
+        classifier_interface(spec)
         pipeline = spec.pipelineClassifier.pipeline
     _describe(spec, ir, feature_names, positive_class)
     for name, stage in stages:
         pipeline.models.add().CopyFrom(stage)
         pipeline.names.append(name)
     return spec
-
-
-# --- spec plumbing -----------------------------------------------------------------------
-
-_TypeSetter = Callable[[Any], None]
-
-
-def _array(size: int) -> _TypeSetter:
-    def set_type(feature_type: Any) -> None:
-        feature_type.multiArrayType.shape.append(size)
-        feature_type.multiArrayType.dataType = _DOUBLE
-
-    return set_type
-
-
-def _int64(feature_type: Any) -> None:
-    feature_type.int64Type.SetInParent()
-
-
-def _int64_dictionary(feature_type: Any) -> None:
-    feature_type.dictionaryType.int64KeyType.SetInParent()
-
-
-def _double(feature_type: Any) -> None:
-    feature_type.doubleType.SetInParent()
-
-
-def _classifier_outputs() -> list[tuple[str, _TypeSetter]]:
-    return [(LABEL_NAME, _int64), (PROBABILITY_NAME, _int64_dictionary)]
-
-
-def _regressor_outputs() -> list[tuple[str, _TypeSetter]]:
-    return [(VALUE_NAME, _double)]
-
-
-def _model(
-    inputs: Sequence[tuple[str, _TypeSetter]], outputs: Sequence[tuple[str, _TypeSetter]]
-) -> Model_pb2.Model:
-    model = Model_pb2.Model()
-    model.specificationVersion = SPECIFICATION_VERSION
-    for features, declared in (
-        (model.description.input, inputs),
-        (model.description.output, outputs),
-    ):
-        for name, set_type in declared:
-            feature = features.add()
-            feature.name = name
-            set_type(feature.type)
-    return model
-
-
-def _classifier_interface(model: Model_pb2.Model) -> None:
-    model.description.predictedFeatureName = LABEL_NAME
-    model.description.predictedProbabilitiesName = PROBABILITY_NAME
 
 
 def _describe(
@@ -235,201 +193,6 @@ def _describe(
     spec.description.metadata.userDefined["edgefleet.family"] = ir.family
 
 
-def _imputer(values: Sequence[float], width: int) -> Model_pb2.Model:
-    model = _model([(INPUT_NAME, _array(width))], [("imputed", _array(width))])
-    model.imputer.imputedDoubleArray.vector.extend(values)
-    model.imputer.replaceDoubleValue = float("nan")
-    return model
-
-
-def _float32_constants(prep: Preprocessing) -> tuple[Float64Array, Float64Array, Float64Array]:
-    """Offsets, scales and imputed values of the numeric columns as scikit-learn applies them
-    to float32 input: rounded to float32 (see ``Preprocessing.transform``)."""
-    offsets = _as_float32([c.offset for c in prep.numeric])
-    scales = _as_float32([c.scale for c in prep.numeric])
-    imputed = _as_float32([c.impute for c in prep.numeric])
-    for position, column in enumerate(prep.numeric):
-        if not (np.isfinite(offsets[position]) and np.isfinite(imputed[position])):
-            raise ConversionError(
-                f"input {column.input_index}: the offset {column.offset} or "
-                f"imputed value {column.impute} is not a finite float32"
-            )
-        if not (np.isfinite(scales[position]) and scales[position] > 0):
-            raise ConversionError(
-                f"input {column.input_index}: a scale of {column.scale} "
-                "cannot be inverted or folded (it must be > 0)"
-            )
-    return offsets, scales, imputed
-
-
-def _as_float32(values: Sequence[float]) -> Float64Array:
-    with np.errstate(over="ignore"):
-        return np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64)
-
-
-# --- linear model ------------------------------------------------------------------------
-
-
-def _linear_stages(
-    prep: Preprocessing, linear: LinearModel, labels: tuple[int, ...]
-) -> list[tuple[str, Any]]:
-    weights = np.asarray(linear.coefficients, dtype=np.float64)
-    if weights.shape[1:] != (prep.n_outputs,) or prep.n_outputs == 0:
-        raise ConversionError(
-            f"the linear model has {weights.shape[-1]} coefficients for {prep.n_outputs} features"
-        )
-    if not (np.isfinite(weights).all() and np.isfinite(linear.intercept).all()):
-        raise ConversionError("the linear model has non-finite coefficients")
-    offsets, scales, imputed = _float32_constants(prep)
-    impute = np.full(prep.n_inputs, UNKNOWN_CODE)
-    impute[[c.input_index for c in prep.numeric]] = imputed
-    stages: list[tuple[str, Any]] = [("impute", _imputer(impute.tolist(), prep.n_inputs))]
-    scaled = "imputed"
-    if (offsets != 0.0).any() or (scales != 1.0).any():
-        stages.append(("scale", _scaler(prep, offsets, scales)))
-        scaled = "scaled"
-    encoding, blocks = _encoding_stages(prep, scaled)
-    return [
-        *stages,
-        *encoding,
-        ("features", _vectorizer(blocks)),
-        _linear_head(linear, labels),
-    ]
-
-
-def _linear_head(linear: LinearModel, labels: tuple[int, ...]) -> tuple[str, Any]:
-    """The last stage: a GLM (binary, regression) or a softmax network (multi-class)."""
-    weights, intercept = linear.coefficients, linear.intercept
-    if linear.link == "logistic":
-        return "glm", _glm(weights[0], float(intercept[0]))
-    if linear.link == "identity":
-        return "glm", _glm_regressor(weights[0], float(intercept[0]))
-    if linear.link == "softmax":
-        return "softmax", _softmax_network(weights, intercept, labels)
-    raise ConversionError(
-        f"Core ML has no linear classifier with the {linear.link} link (normalised "
-        "one-vs-rest probabilities); export this model as onnx, tflite or web"
-    )
-
-
-_Block = tuple[str, int, _TypeSetter]  # a FeatureVectorizer input: name, width, type
-
-
-def _encoding_stages(
-    prep: Preprocessing, scaled: str
-) -> tuple[list[tuple[str, Any]], list[_Block]]:
-    """The stages that lay out the estimator's features as the IR does: the numeric columns,
-    then one one-hot block per categorical column."""
-    stages: list[tuple[str, Any]] = []
-    blocks: list[_Block] = []
-    if prep.numeric:
-        indices = [c.input_index for c in prep.numeric]
-        numeric = _array(len(indices))
-        stages.append(("numeric", _extractor(scaled, prep.n_inputs, ("numeric", numeric), indices)))
-        blocks.append(("numeric", len(indices), numeric))
-    for position, onehot in enumerate(prep.categorical):
-        code, encoded = f"code_{position}", f"onehot_{position}"
-        # The one-hot encoder takes an int64 scalar: the extractor converts the code.
-        extractor = _extractor("imputed", prep.n_inputs, (code, _int64), [onehot.input_index])
-        stages.append((code, extractor))
-        stages.append((encoded, _one_hot(code, encoded, onehot.categories)))
-        blocks.append((encoded, onehot.categories, _int64_dictionary))
-    return stages, blocks
-
-
-def _scaler(prep: Preprocessing, offsets: Float64Array, scales: Float64Array) -> Model_pb2.Model:
-    # scikit-learn subtracts and divides by the float32-rounded mean and scale for float32
-    # input; Core ML computes in double, within a float32 ulp of it.
-    shift = np.zeros(prep.n_inputs)
-    scale = np.ones(prep.n_inputs)
-    indices = [c.input_index for c in prep.numeric]
-    shift[indices] = -offsets
-    scale[indices] = 1.0 / scales
-    model = _model([("imputed", _array(prep.n_inputs))], [("scaled", _array(prep.n_inputs))])
-    model.scaler.shiftValue.extend(shift.tolist())
-    model.scaler.scaleValue.extend(scale.tolist())
-    return model
-
-
-def _extractor(
-    source: str, width: int, output: tuple[str, _TypeSetter], indices: Sequence[int]
-) -> Model_pb2.Model:
-    model = _model([(source, _array(width))], [output])
-    model.arrayFeatureExtractor.extractIndex.extend(indices)
-    return model
-
-
-def _one_hot(source: str, name: str, categories: int) -> Model_pb2.Model:
-    model = _model([(source, _int64)], [(name, _int64_dictionary)])
-    encoder = model.oneHotEncoder
-    encoder.int64Categories.vector.extend(range(categories))
-    encoder.outputSparse = True
-    encoder.handleUnknown = encoder.IgnoreUnknown
-    return model
-
-
-def _vectorizer(blocks: Sequence[_Block]) -> Model_pb2.Model:
-    inputs = [(name, set_type) for name, _, set_type in blocks]
-    model = _model(inputs, [("features", _array(sum(width for _, width, _ in blocks)))])
-    for name, width, _ in blocks:
-        column = model.featureVectorizer.inputList.add()
-        column.inputColumn = name
-        column.inputDimensions = width
-    return model
-
-
-def _glm(weights: Float64Array, intercept: float) -> Model_pb2.Model:
-    model = _model([("features", _array(len(weights)))], _classifier_outputs())
-    _classifier_interface(model)
-    glm = model.glmClassifier
-    glm.weights.add().value.extend(weights.tolist())
-    glm.offset.append(intercept)
-    glm.postEvaluationTransform = glm.Logit
-    glm.classEncoding = glm.ReferenceClass
-    glm.int64ClassLabels.vector.extend(CLASS_LABELS)
-    return model
-
-
-def _glm_regressor(weights: Float64Array, intercept: float) -> Model_pb2.Model:
-    model = _model([("features", _array(len(weights)))], _regressor_outputs())
-    model.description.predictedFeatureName = VALUE_NAME
-    glm = model.glmRegressor
-    glm.weights.add().value.extend(weights.tolist())
-    glm.offset.append(intercept)
-    glm.postEvaluationTransform = glm.NoTransform
-    return model
-
-
-def _softmax_network(
-    weights: Float64Array, intercept: Float64Array, labels: tuple[int, ...]
-) -> Model_pb2.Model:
-    """A ``neuralNetworkClassifier`` of two layers, innerProduct (the K score rows) and
-    softmax: Core ML's GLM classifier has no multinomial link. Its weights are float32
-    (Core ML's neural networks compute in float32 on the CPU)."""
-    n_classes, n_features = weights.shape
-    model = _model([("features", _array(n_features))], _classifier_outputs())
-    _classifier_interface(model)
-    network = model.neuralNetworkClassifier
-    dense = network.layers.add()
-    dense.name = "scores"
-    dense.input.append("features")
-    dense.output.append("scores")
-    product = dense.innerProduct
-    product.inputChannels = n_features
-    product.outputChannels = n_classes
-    product.hasBias = True
-    product.weights.floatValue.extend(weights.astype(np.float32).ravel().tolist())
-    product.bias.floatValue.extend(intercept.astype(np.float32).tolist())
-    softmax = network.layers.add()
-    softmax.name = "probabilities"
-    softmax.input.append("scores")
-    softmax.output.append("probabilities")
-    softmax.softmax.SetInParent()
-    network.labelProbabilityLayerName = "probabilities"
-    network.int64ClassLabels.vector.extend(labels)
-    return model
-
-
 # --- tree ensembles ----------------------------------------------------------------------
 
 # Per numeric split (IR node): the threshold on the raw input, and whether the imputed value
@@ -442,12 +205,12 @@ def _tree_stages(
 ) -> list[tuple[str, Any]]:
     if not ensemble.trees:
         raise ConversionError("the tree ensemble has no trees")
-    offsets, scales, imputed = _float32_constants(prep)
+    offsets, scales, imputed = float32_constants(prep)
     impute = np.full(prep.n_inputs, UNKNOWN_CODE)
     impute[[c.input_index for c in prep.numeric]] = imputed
     folds = [_fold_tree(tree, offsets, scales, imputed) for tree in ensemble.trees]
     trees = _tree_model(prep, ensemble, folds, labels)
-    return [("impute", _imputer(impute.tolist(), prep.n_inputs)), ("trees", trees)]
+    return [("impute", imputer(impute.tolist(), prep.n_inputs)), ("trees", trees)]
 
 
 def _fold_tree(
@@ -552,13 +315,13 @@ def _tree_model(
     labels: tuple[int, ...],
 ) -> Model_pb2.Model:
     regression = ensemble.link == "identity"
-    outputs = _regressor_outputs() if regression else _classifier_outputs()
-    model = _model([("imputed", _array(prep.n_inputs))], outputs)
+    outputs = regressor_outputs() if regression else classifier_outputs()
+    model = new_model([("imputed", array(prep.n_inputs))], outputs)
     if regression:
         model.description.predictedFeatureName = VALUE_NAME
         head: Any = model.treeEnsembleRegressor
     else:
-        _classifier_interface(model)
+        classifier_interface(model)
         head = model.treeEnsembleClassifier
         head.int64ClassLabels.vector.extend(labels)
     params = head.treeEnsemble

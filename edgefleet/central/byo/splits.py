@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet.converters.ir import hgb_input_columns
+from edgefleet.converters.ir_hgb import hgb_input_columns
 
 FloatArray = npt.NDArray[np.float64]
 Scale = Callable[[FloatArray, npt.NDArray[np.int64]], FloatArray]

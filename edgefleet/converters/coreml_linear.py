@@ -1,0 +1,193 @@
+"""Core ML stages of a linear model (:mod:`edgefleet.converters.coreml`): impute, scale,
+lay out the numeric columns and the one-hot blocks as the IR does, then the head: a GLM
+classifier (binary, Logit), a GLM regressor, or for K classes a neural-network classifier
+(innerProduct + softmax: the GLM classifier has no multinomial link)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.converters.coreml_proto import Model_pb2
+from edgefleet.converters.coreml_spec import (
+    VALUE_NAME,
+    TypeSetter,
+    array,
+    classifier_interface,
+    classifier_outputs,
+    float32_constants,
+    imputer,
+    int64,
+    int64_dictionary,
+    new_model,
+    regressor_outputs,
+)
+from edgefleet.converters.ir import LinearModel, Preprocessing
+from edgefleet.errors import ConversionError
+
+CLASS_LABELS = (0, 1)
+UNKNOWN_CODE = -1.0
+Float64Array = npt.NDArray[np.float64]
+
+
+def linear_stages(
+    prep: Preprocessing, linear: LinearModel, labels: tuple[int, ...]
+) -> list[tuple[str, Any]]:
+    weights = np.asarray(linear.coefficients, dtype=np.float64)
+    if weights.shape[1:] != (prep.n_outputs,) or prep.n_outputs == 0:
+        raise ConversionError(
+            f"the linear model has {weights.shape[-1]} coefficients for {prep.n_outputs} features"
+        )
+    if not (np.isfinite(weights).all() and np.isfinite(linear.intercept).all()):
+        raise ConversionError("the linear model has non-finite coefficients")
+    offsets, scales, imputed = float32_constants(prep)
+    impute = np.full(prep.n_inputs, UNKNOWN_CODE)
+    impute[[c.input_index for c in prep.numeric]] = imputed
+    stages: list[tuple[str, Any]] = [("impute", imputer(impute.tolist(), prep.n_inputs))]
+    scaled = "imputed"
+    if (offsets != 0.0).any() or (scales != 1.0).any():
+        stages.append(("scale", _scaler(prep, offsets, scales)))
+        scaled = "scaled"
+    encoding, blocks = _encoding_stages(prep, scaled)
+    return [
+        *stages,
+        *encoding,
+        ("features", _vectorizer(blocks)),
+        _linear_head(linear, labels),
+    ]
+
+
+def _linear_head(linear: LinearModel, labels: tuple[int, ...]) -> tuple[str, Any]:
+    """The last stage: a GLM (binary, regression) or a softmax network (multi-class)."""
+    weights, intercept = linear.coefficients, linear.intercept
+    if linear.link == "logistic":
+        return "glm", _glm(weights[0], float(intercept[0]))
+    if linear.link == "identity":
+        return "glm", _glm_regressor(weights[0], float(intercept[0]))
+    if linear.link == "softmax":
+        return "softmax", _softmax_network(weights, intercept, labels)
+    raise ConversionError(
+        f"Core ML has no linear classifier with the {linear.link} link (normalised "
+        "one-vs-rest probabilities); export this model as onnx, tflite or web"
+    )
+
+
+_Block = tuple[str, int, TypeSetter]  # a FeatureVectorizer input: name, width, type
+
+
+def _encoding_stages(
+    prep: Preprocessing, scaled: str
+) -> tuple[list[tuple[str, Any]], list[_Block]]:
+    """The stages that lay out the estimator's features as the IR does: the numeric columns,
+    then one one-hot block per categorical column."""
+    stages: list[tuple[str, Any]] = []
+    blocks: list[_Block] = []
+    if prep.numeric:
+        indices = [c.input_index for c in prep.numeric]
+        numeric = array(len(indices))
+        stages.append(("numeric", _extractor(scaled, prep.n_inputs, ("numeric", numeric), indices)))
+        blocks.append(("numeric", len(indices), numeric))
+    for position, onehot in enumerate(prep.categorical):
+        code, encoded = f"code_{position}", f"onehot_{position}"
+        # The one-hot encoder takes an int64 scalar: the extractor converts the code.
+        extractor = _extractor("imputed", prep.n_inputs, (code, int64), [onehot.input_index])
+        stages.append((code, extractor))
+        stages.append((encoded, _one_hot(code, encoded, onehot.categories)))
+        blocks.append((encoded, onehot.categories, int64_dictionary))
+    return stages, blocks
+
+
+def _scaler(prep: Preprocessing, offsets: Float64Array, scales: Float64Array) -> Model_pb2.Model:
+    # scikit-learn subtracts and divides by the float32-rounded mean and scale for float32
+    # input; Core ML computes in double, within a float32 ulp of it.
+    shift = np.zeros(prep.n_inputs)
+    scale = np.ones(prep.n_inputs)
+    indices = [c.input_index for c in prep.numeric]
+    shift[indices] = -offsets
+    scale[indices] = 1.0 / scales
+    model = new_model([("imputed", array(prep.n_inputs))], [("scaled", array(prep.n_inputs))])
+    model.scaler.shiftValue.extend(shift.tolist())
+    model.scaler.scaleValue.extend(scale.tolist())
+    return model
+
+
+def _extractor(
+    source: str, width: int, output: tuple[str, TypeSetter], indices: Sequence[int]
+) -> Model_pb2.Model:
+    model = new_model([(source, array(width))], [output])
+    model.arrayFeatureExtractor.extractIndex.extend(indices)
+    return model
+
+
+def _one_hot(source: str, name: str, categories: int) -> Model_pb2.Model:
+    model = new_model([(source, int64)], [(name, int64_dictionary)])
+    encoder = model.oneHotEncoder
+    encoder.int64Categories.vector.extend(range(categories))
+    encoder.outputSparse = True
+    encoder.handleUnknown = encoder.IgnoreUnknown
+    return model
+
+
+def _vectorizer(blocks: Sequence[_Block]) -> Model_pb2.Model:
+    inputs = [(name, set_type) for name, _, set_type in blocks]
+    model = new_model(inputs, [("features", array(sum(width for _, width, _ in blocks)))])
+    for name, width, _ in blocks:
+        column = model.featureVectorizer.inputList.add()
+        column.inputColumn = name
+        column.inputDimensions = width
+    return model
+
+
+def _glm(weights: Float64Array, intercept: float) -> Model_pb2.Model:
+    model = new_model([("features", array(len(weights)))], classifier_outputs())
+    classifier_interface(model)
+    glm = model.glmClassifier
+    glm.weights.add().value.extend(weights.tolist())
+    glm.offset.append(intercept)
+    glm.postEvaluationTransform = glm.Logit
+    glm.classEncoding = glm.ReferenceClass
+    glm.int64ClassLabels.vector.extend(CLASS_LABELS)
+    return model
+
+
+def _glm_regressor(weights: Float64Array, intercept: float) -> Model_pb2.Model:
+    model = new_model([("features", array(len(weights)))], regressor_outputs())
+    model.description.predictedFeatureName = VALUE_NAME
+    glm = model.glmRegressor
+    glm.weights.add().value.extend(weights.tolist())
+    glm.offset.append(intercept)
+    glm.postEvaluationTransform = glm.NoTransform
+    return model
+
+
+def _softmax_network(
+    weights: Float64Array, intercept: Float64Array, labels: tuple[int, ...]
+) -> Model_pb2.Model:
+    """A ``neuralNetworkClassifier`` of two layers, innerProduct (the K score rows) and
+    softmax: Core ML's GLM classifier has no multinomial link. Its weights are float32
+    (Core ML's neural networks compute in float32 on the CPU)."""
+    n_classes, n_features = weights.shape
+    model = new_model([("features", array(n_features))], classifier_outputs())
+    classifier_interface(model)
+    network = model.neuralNetworkClassifier
+    dense = network.layers.add()
+    dense.name = "scores"
+    dense.input.append("features")
+    dense.output.append("scores")
+    product = dense.innerProduct
+    product.inputChannels = n_features
+    product.outputChannels = n_classes
+    product.hasBias = True
+    product.weights.floatValue.extend(weights.astype(np.float32).ravel().tolist())
+    product.bias.floatValue.extend(intercept.astype(np.float32).tolist())
+    softmax = network.layers.add()
+    softmax.name = "probabilities"
+    softmax.input.append("scores")
+    softmax.output.append("probabilities")
+    softmax.softmax.SetInParent()
+    network.labelProbabilityLayerName = "probabilities"
+    network.int64ClassLabels.vector.extend(labels)
+    return model
