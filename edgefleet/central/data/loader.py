@@ -278,8 +278,10 @@ def _classes(
     if len(observed) > 2:
         shown = ", ".join(map(repr, observed[:10])) + (", ..." if len(observed) > 10 else "")
         raise DataError(
-            f"{source}: the target {target!r} has {len(observed)} classes ({shown}); "
-            "edgefleet models are binary: map the target to two classes"
+            f"{source}: the target {target!r} has {len(observed)} values ({shown}); "
+            "edgefleet train fits binary classifiers: map the target to two classes, or fit "
+            "a multi-class classifier or a regressor with scikit-learn and bring it: "
+            f"edgefleet register MODEL.joblib --reference DATA --target {target}"
         )
     if schema is not None:
         return _schema_classes(observed, schema, target, source, positive_class)
