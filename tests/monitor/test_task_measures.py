@@ -1,0 +1,217 @@
+"""Monitoring that fits the task (docs/architecture.md §7c): a multi-class model's accuracy,
+log loss and one-vs-rest AUROC, a regressor's MAE, RMSE and R², measured from merged reports,
+agree with scikit-learn's metrics on the very same rows, after the wire format, a merge of
+several devices' windows, and a store's rollups on SQLite and PostgreSQL.
+
+Bounds: accuracy exactly; log loss, MAE, RMSE and R² within a relative 1e-9 (float sums;
+the data's target mean/spread ratio is 1.6, far from R²'s cancellation); macro and weighted
+OvR AUROC within the stated binning bound, which the test also holds below 0.01."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+    roc_auc_score,
+)
+
+from edgefleet.central.monitor.measures import measure
+from edgefleet.central.monitor.store import MonitorStore
+from edgefleet.central.monitor.task_measures import TASK_METRICS, judging_metric
+from edgefleet.central.monitor.validation import VersionProfile
+from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.report import Aggregate, Report, merge_all
+from edgefleet.edge.topics import Topics
+from edgefleet.errors import InputError
+from tests.monitor import tasks
+from tests.monitor.conftest import db_url  # noqa: F401
+
+REL = 1e-9
+
+
+def manifest(task: str, version: str = "1.0.0") -> Manifest:
+    metrics = {"accuracy": 0.6, "log_loss": 1.0} if task == "multiclass" else {"rmse": 6.0}
+    return Manifest(
+        name="iris",
+        version=version,
+        created="2026-12-02T00:00:00+00:00",
+        model_family="test",
+        target="species" if task == "multiclass" else "price",
+        data_sha256="0" * 64,
+        schema=tasks.schema(task),
+        metrics=metrics,
+        reference=tasks.reference(task),
+        golden=(),
+        artifacts=(),
+    )
+
+
+def merged(payloads: list[bytes]) -> Aggregate:
+    return merge_all(Report.decode(p) for p in payloads)
+
+
+def expected_multiclass(data: tasks.Rows) -> dict[str, float]:
+    """scikit-learn's metrics of the labelled rows (float64, as the device computes)."""
+    labels = data.labels[data.labelled]
+    proba = data.outputs[data.labelled].astype(np.float64)
+    classes = list(range(len(tasks.CLASSES)))
+    return {
+        "accuracy": accuracy_score(labels, proba.argmax(axis=1)),
+        "log_loss": log_loss(labels, proba, labels=classes),
+        "auroc_macro": roc_auc_score(labels, proba, multi_class="ovr", average="macro"),
+        "auroc_weighted": roc_auc_score(labels, proba, multi_class="ovr", average="weighted"),
+    }
+
+
+def expected_regression(data: tasks.Rows) -> dict[str, float]:
+    truth = data.labels[data.labelled]
+    predicted = data.outputs[data.labelled].astype(np.float64)
+    return {
+        "mae": mean_absolute_error(truth, predicted),
+        "rmse": math.sqrt(mean_squared_error(truth, predicted)),
+        "r2": r2_score(truth, predicted),
+    }
+
+
+def check_multiclass(aggregate: Aggregate, data: tasks.Rows) -> None:
+    measures = measure(aggregate, manifest("multiclass"))
+    assert measures.task is not None
+    got = measures.metrics()
+    want = expected_multiclass(data)
+    assert set(got) == set(TASK_METRICS["multiclass"])
+    assert got["accuracy"] == pytest.approx(want["accuracy"], rel=1e-12)
+    assert got["log_loss"] == pytest.approx(want["log_loss"], rel=REL)
+    bounds = measures.task.to_dict()["bounds"]
+    for name in ("auroc_macro", "auroc_weighted"):
+        assert 0 < bounds[name] < 0.01
+        assert abs(got[name] - want[name]) <= bounds[name] + 1e-12
+    assert measures.labelled == int(data.labelled.sum())
+    assert measures.scored == len(data.labels)
+    assert measures.performance is None  # no binary AUROC of a multi-class model
+
+
+def test_multiclass_measures_agree_with_scikit_learn_after_the_wire_and_a_merge() -> None:
+    data = tasks.rows("multiclass")
+    payloads = tasks.reports(data)
+    assert len({Report.decode(p).device_id for p in payloads}) == 5
+    assert all(Report.decode(p).schema_version == 4 for p in payloads)
+    check_multiclass(merged(payloads), data)
+    # The merge is a sum: in any order, pairwise or all at once, the same counts.
+    halves = merged(payloads[:7]).merge(merged(payloads[7:]))
+    assert halves.task == merged(payloads[::-1]).task
+
+
+def test_regression_measures_agree_with_scikit_learn_after_the_wire_and_a_merge() -> None:
+    data = tasks.rows("regression")
+    aggregate = merged(tasks.reports(data))
+    measures = measure(aggregate, manifest("regression"))
+    got, want = measures.metrics(), expected_regression(data)
+    assert set(got) == set(TASK_METRICS["regression"])
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=REL), name
+    assert measures.task is not None
+    assert measures.task.reference_metrics()["rmse"] == 6.0
+    performance = measures.task.performance
+    truth = data.labels[data.labelled]
+    residual = truth - data.outputs[data.labelled].astype(np.float64)
+    assert performance is not None
+    assert performance.mean_error == pytest.approx(residual.mean(), rel=1e-6)
+
+
+def test_prediction_drift_is_the_label_free_proxy() -> None:
+    for task in ("multiclass", "regression"):
+        same = measure(merged(tasks.reports(tasks.rows(task))), manifest(task))
+        moved = measure(merged(tasks.reports(tasks.rows(task, shift=1.0))), manifest(task))
+        assert same.task is not None and moved.task is not None
+        quiet, loud = same.task.prediction_drift, moved.task.prediction_drift
+        assert quiet is not None and loud is not None, task
+        assert quiet.verdict == "no_drift", (task, quiet)
+        assert loud.verdict == "drift", (task, loud)
+        assert loud.js > 3 * quiet.js
+        summary = moved.summary()
+        assert summary["task"] == task
+        assert summary["prediction_drift"]["verdict"] == "drift"
+
+
+def test_the_loop_judges_each_task_by_its_metric() -> None:
+    assert judging_metric("binary") == ("auroc", False)
+    assert judging_metric("multiclass") == ("log_loss", True)
+    assert judging_metric("regression") == ("rmse", True)
+
+
+def test_a_report_of_another_task_is_refused_against_its_version() -> None:
+    binary_layout = VersionProfile(
+        "iris", "1.0.0", (("x1", "numeric", 4), ("x2", "numeric", 4))
+    )
+    profile = VersionProfile.of(
+        tasks.schema("multiclass"), tasks.reference("multiclass"), "iris", "1.0.0"
+    )
+    assert profile.layout[-1] == ("multiclass", "task", 4)
+    with pytest.raises(InputError, match="multiclass .4 classes. model; the version is a binary"):
+        binary_layout.check(profile.layout, 0.0, 0.0)
+    regression = VersionProfile.of(
+        tasks.schema("regression"), tasks.reference("regression"), "iris", "1.0.0"
+    )
+    assert regression.layout[-1][:2] == ("regression", "task")
+    with pytest.raises(InputError, match="regression model; the version is a multiclass"):
+        profile.check(regression.layout, 0.0, 0.0)
+
+
+def test_reports_of_different_tasks_do_not_merge() -> None:
+    one = Report.decode(tasks.reports(tasks.rows("multiclass"), devices=1, windows=1)[0])
+    other = Report.decode(tasks.reports(tasks.rows("regression"), devices=1, windows=1)[0])
+    with pytest.raises(InputError, match="disagree about the schema"):
+        merge_all([one, other])
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_measures_from_the_store_equal_the_raw_merge_on_both_databases(
+    db_url: str,  # noqa: F811
+    task: str,
+    tmp_path: Any,
+) -> None:
+    """The fleet's task metrics as the store answers them (rollups of whole minutes, raw
+    edges, a second writer) equal those of the raw merge, and scikit-learn's."""
+    data = tasks.rows(task)
+    payloads = tasks.reports(data, start=1_750_000_020.0)
+    topics = Topics("acme")
+    messages = [(topics.report(Report.decode(p).device_id), p) for p in payloads]
+    rolled = MonitorStore(db_url)
+    other = MonitorStore(db_url)
+    try:
+        rolled.ingest_many(messages[:8])
+        other.ingest_many(messages[8:])
+        other.ingest_many(messages[:3])  # duplicates: stored once
+        rolled.fold_rollups(force=True)
+        raw = merged(payloads)
+        for since, until in ((None, None), (1_749_999_900.0, 1_750_000_200.0)):
+            aggregate = rolled.aggregate("acme", model_version="1.0.0", since=since, until=until)
+            assert aggregate is not None
+            assert aggregate.task is not None
+            assert aggregate.reports == len(payloads)
+            counts, sums = aggregate.task.flat()
+            want_counts, want_sums = raw.task.flat() if raw.task else ([], [])
+            assert counts == want_counts
+            assert sums == pytest.approx(want_sums, rel=1e-12)
+            got = measure(aggregate, manifest(task)).metrics()
+            want = measure(raw, manifest(task)).metrics()
+            assert got == pytest.approx(want, rel=1e-12)
+        fleet = rolled.aggregate("acme", model_version="1.0.0")
+        assert fleet is not None
+        if task == "multiclass":
+            check_multiclass(fleet, data)
+        else:
+            got = measure(fleet, manifest(task)).metrics()
+            for name, value in expected_regression(data).items():
+                assert got[name] == pytest.approx(value, rel=REL), name
+    finally:
+        rolled.close()
+        other.close()
