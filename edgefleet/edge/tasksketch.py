@@ -20,14 +20,17 @@ and adds a :class:`MulticlassSketch` or a :class:`RegressionSketch`:
   (``positives[k]``) and is not (``negatives[k]``): one-vs-rest AUROC per class, within the
   binning bound of :func:`edgefleet.central.monitor.quality.auroc_error_bound`; and
   ``log_loss``, the exact sum of ``-log(clip(p_true, eps, 1 - eps))`` (scikit-learn's clip,
-  ``eps`` of float64).
+  ``eps`` of float64), and ``log_loss_squares``, the sum of its squares (the standard error
+  of the mean loss, for comparing two models).
 - :class:`RegressionSketch`: the histogram of every prediction in the bins of the reference
   profile's ``prediction`` (the holdout's quantiles, like a numeric feature's: prediction
   drift compares the two; fixed value buckets without one), the histogram of every labelled
   residual ``r = y - prediction`` in fixed signed log buckets (:func:`value_bucket_index`,
   5 % relative error, mergeable by adding), and the exact float sums ``sum_y``, ``sum_y2``,
   ``sum_r``, ``sum_abs_r``, ``sum_r2`` over the labelled rows (their count is the residual
-  histogram's total): MAE, RMSE, mean error and R² follow from them exactly.
+  histogram's total): MAE, RMSE, mean error and R² follow from them exactly; ``sum_r4``
+  gives the standard error of the mean squared error. A label or residual beyond
+  :data:`MAX_VALUE` is refused at the device (its fourth power would leave the sums' range).
 
 Every field is checked as hostile input (:meth:`MulticlassSketch.from_json`,
 :meth:`RegressionSketch.from_json`): exact keys, K within its cap, exact shapes, counts
@@ -95,7 +98,12 @@ VALUE_BUCKETS = 2 * _SIDE + 3
 _ZERO = _SIDE + 1
 
 # Which float sum is which, in a regression sketch's flat form.
-REGRESSION_SUMS = ("sum_y", "sum_y2", "sum_r", "sum_abs_r", "sum_r2")
+REGRESSION_SUMS = ("sum_y", "sum_y2", "sum_r", "sum_abs_r", "sum_r2", "sum_r4")
+MULTICLASS_SUMS = ("log_loss", "log_loss_squares")
+
+MAX_VALUE = 1e20
+"""Largest magnitude of a regression label or residual a device counts: 2**40 rows of
+fourth powers stay within :data:`MAX_SUM`."""
 # Relative slack of the cross-checks between float sums (their rounding, not a fudge).
 _SLACK = 1e-9
 
@@ -167,6 +175,8 @@ class MulticlassSketch:
     """``positives[k]``: P(k) of the labelled rows whose true class is k."""
     log_loss: float
     """Sum over the labelled rows of ``-log(clip(p_true))``."""
+    log_loss_squares: float
+    """Sum over the labelled rows of the square of each row's loss."""
 
     kind: TaskKind = field(default="multiclass", init=False)
 
@@ -195,6 +205,9 @@ class MulticlassSketch:
                     f"{labelled} labelled ones"
                 )
         loss = _finite_sum(self.log_loss, f"{where}.log_loss", non_negative=True)
+        squares = _finite_sum(self.log_loss_squares, f"{where}.log_loss_squares", non_negative=True)
+        if loss * loss > labelled * squares * (1 + _SLACK) + 1e-300:
+            raise InputError(f"{where}: log_loss and log_loss_squares are inconsistent")
         if loss > labelled * MAX_ROW_LOSS * (1 + _SLACK):
             raise InputError(
                 f"{where}.log_loss {loss!r} is more than {labelled} labelled rows can add "
@@ -221,7 +234,10 @@ class MulticlassSketch:
     def flat(self) -> tuple[list[int], list[float]]:
         """Counts (predicted, confusion rows, negatives, positives) and sums: what merges add."""
         rows = (self.predicted, *self.confusion, *self.negatives, *self.positives)
-        return [c for h in rows for c in h.counts], [float(self.log_loss)]
+        return [c for h in rows for c in h.counts], [
+            float(self.log_loss),
+            float(self.log_loss_squares),
+        ]
 
     @classmethod
     def from_flat(cls, classes: int, counts: list[int], sums: list[float]) -> MulticlassSketch:
@@ -234,7 +250,7 @@ class MulticlassSketch:
         negatives = tuple(Histogram(tuple(counts[at + i * b : at + (i + 1) * b])) for i in range(k))
         at += k * b
         positives = tuple(Histogram(tuple(counts[at + i * b : at + (i + 1) * b])) for i in range(k))
-        return cls(k, predicted, confusion, negatives, positives, sums[0])
+        return cls(k, predicted, confusion, negatives, positives, sums[0], sums[1])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -245,11 +261,20 @@ class MulticlassSketch:
             "negatives": [h.to_list() for h in self.negatives],
             "positives": [h.to_list() for h in self.positives],
             "log_loss": float(self.log_loss),
+            "log_loss_squares": float(self.log_loss_squares),
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> MulticlassSketch:
-        keys = ("kind", "classes", "predicted", "confusion", "negatives", "positives", "log_loss")
+        keys = (
+            "kind",
+            "classes",
+            "predicted",
+            "confusion",
+            "negatives",
+            "positives",
+            *MULTICLASS_SUMS,
+        )
         exact_keys(raw, keys, "report field 'task'")
         k = raw["classes"]
         if type(k) is not int or not 3 <= k <= MAX_CLASSES:
@@ -262,6 +287,9 @@ class MulticlassSketch:
             negatives=_rows(raw["negatives"], k, SCORE_BINS, where + "negatives'"),
             positives=_rows(raw["positives"], k, SCORE_BINS, where + "positives'"),
             log_loss=_finite_sum(raw["log_loss"], where + "log_loss'", non_negative=True),
+            log_loss_squares=_finite_sum(
+                raw["log_loss_squares"], where + "log_loss_squares'", non_negative=True
+            ),
         )
 
 
@@ -276,6 +304,7 @@ class RegressionSketch:
     sum_r: float
     sum_abs_r: float
     sum_r2: float
+    sum_r4: float
 
     kind: TaskKind = field(default="regression", init=False)
 
@@ -298,6 +327,8 @@ class RegressionSketch:
             self.sum_abs_r**2 > n * self.sum_r2 * bound + 1e-300
         ):
             raise InputError(f"{where}: the residual sums are inconsistent with each other")
+        if self.sum_r2**2 > n * self.sum_r4 * bound + 1e-300:
+            raise InputError(f"{where}: sum_r2 and sum_r4 are inconsistent with each other")
         if self.sum_y**2 > n * self.sum_y2 * bound + 1e-300:
             raise InputError(f"{where}: sum_y and sum_y2 are inconsistent with each other")
 
@@ -325,10 +356,10 @@ class RegressionSketch:
 
     @classmethod
     def from_flat(cls, size: int, counts: list[int], sums: list[float]) -> RegressionSketch:
-        y, y2, r, abs_r, r2 = sums
+        y, y2, r, abs_r, r2, r4 = sums
         predictions = Histogram(tuple(counts[:size]))
         residuals = Histogram(tuple(counts[size : size + VALUE_BUCKETS]))
-        return cls(predictions, residuals, y, y2, r, abs_r, r2)
+        return cls(predictions, residuals, y, y2, r, abs_r, r2, r4)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -344,7 +375,7 @@ class RegressionSketch:
             raw, ("kind", "predictions", "residuals", *REGRESSION_SUMS), "report field 'task'"
         )
         where = "report field 'task."
-        y, y2, r, abs_r, r2 = (
+        y, y2, r, abs_r, r2, r4 = (
             _finite_sum(raw[name], f"{where}{name}'", non_negative=name in _NON_NEGATIVE)
             for name in REGRESSION_SUMS
         )
@@ -353,10 +384,10 @@ class RegressionSketch:
             raise InputError(f"{where}predictions' must be an array of 1 to {MAX_BINS} counts")
         predictions = _counts(bins, len(bins), where + "predictions'")
         residuals = _counts(raw["residuals"], VALUE_BUCKETS, where + "residuals'")
-        return cls(predictions, residuals, y, y2, r, abs_r, r2)
+        return cls(predictions, residuals, y, y2, r, abs_r, r2, r4)
 
 
-_NON_NEGATIVE = frozenset(("sum_y2", "sum_abs_r", "sum_r2"))
+_NON_NEGATIVE = frozenset(("sum_y2", "sum_abs_r", "sum_r2", "sum_r4"))
 
 TaskSketch = MulticlassSketch | RegressionSketch
 
@@ -393,7 +424,8 @@ def flat_of_json(raw: dict[str, Any]) -> tuple[str, int, list[int], list[float]]
     the sketch."""
     if raw["kind"] == "multiclass":
         rows = (raw["predicted"], *raw["confusion"], *raw["negatives"], *raw["positives"])
-        return "multiclass", raw["classes"], [c for h in rows for c in h], [raw["log_loss"]]
+        sums = [raw[name] for name in MULTICLASS_SUMS]
+        return "multiclass", raw["classes"], [c for h in rows for c in h], sums
     counts = [*raw["predictions"], *raw["residuals"]]
     return "regression", len(raw["predictions"]), counts, [raw[name] for name in REGRESSION_SUMS]
 
@@ -487,6 +519,14 @@ class TaskCounter:
         if truth.shape != outputs.shape or not np.isfinite(truth).all():
             raise InputError("a regression outcome's label must be one finite number per row")
         residual = truth - outputs
+        if (
+            np.abs(truth).max(initial=0.0) > MAX_VALUE
+            or np.abs(residual).max(initial=0.0) > MAX_VALUE
+        ):
+            raise InputError(
+                f"a regression outcome's label or its distance from the prediction is over "
+                f"{MAX_VALUE:g}: too large to be monitored (check the label's units)"
+            )
         delta = np.zeros_like(self.counts)
         delta[self.bins :] = np.bincount(value_bucket_index(residual), minlength=VALUE_BUCKETS)
         sums = [
@@ -495,6 +535,7 @@ class TaskCounter:
             math.fsum(residual),
             math.fsum(np.abs(residual)),
             math.fsum(residual * residual),
+            math.fsum(residual**4),
         ]
         return delta, sums, np.zeros(len(truth), dtype=np.int64)
 
@@ -519,8 +560,9 @@ class TaskCounter:
         at += k * SCORE_BINS
         delta[at:] = np.bincount(flat_bins[is_true], minlength=k * SCORE_BINS)
         p_true = outputs[np.arange(len(truth)), truth]
-        loss = math.fsum(-np.log(np.clip(p_true, LOG_CLIP, 1 - LOG_CLIP)))
-        return delta, [loss], (predicted == truth).astype(np.int64)
+        losses = -np.log(np.clip(p_true, LOG_CLIP, 1 - LOG_CLIP))
+        sums = [math.fsum(losses), math.fsum(losses * losses)]
+        return delta, sums, (predicted == truth).astype(np.int64)
 
     def add(self, counts: npt.NDArray[np.int64], sums: list[float] | None = None) -> None:
         self.counts += counts
@@ -544,8 +586,8 @@ def _empty(kind: str, classes: int, bins: int) -> TaskSketch:
         zeros = Histogram.empty(SCORE_BINS)
         row = Histogram.empty(classes)
         return MulticlassSketch(
-            classes, row, (row,) * classes, (zeros,) * classes, (zeros,) * classes, 0.0
+            classes, row, (row,) * classes, (zeros,) * classes, (zeros,) * classes, 0.0, 0.0
         )
     return RegressionSketch(
-        Histogram.empty(bins), Histogram.empty(VALUE_BUCKETS), 0.0, 0.0, 0.0, 0.0, 0.0
+        Histogram.empty(bins), Histogram.empty(VALUE_BUCKETS), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     )

@@ -82,6 +82,16 @@ class ClassPerformance:
     """Per class (NaN for a class without both kinds of rows)."""
     class_share: tuple[float, ...]
     """Per class, its share of the labelled rows."""
+    log_loss_se: float = math.nan
+    """Standard error of ``log_loss`` (the rows' losses' spread over sqrt(n))."""
+
+    def standard_error(self, metric: str) -> float:
+        """The standard error of ``metric`` (log loss and accuracy; NaN for the others)."""
+        if metric == "log_loss":
+            return self.log_loss_se
+        if metric == "accuracy":
+            return math.sqrt(self.accuracy * (1 - self.accuracy) / self.labelled)
+        return math.nan
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,12 @@ class RegressionPerformance:
     r2: float
     mean_error: float
     """Mean of ``y - prediction``: positive when the model predicts too low."""
+    rmse_se: float = math.nan
+    """Standard error of ``rmse`` (of the mean squared error, by the delta method)."""
+
+    def standard_error(self, metric: str) -> float:
+        """The standard error of ``metric`` (RMSE; NaN for the others)."""
+        return self.rmse_se if metric == "rmse" else math.nan
 
 
 @dataclass(frozen=True)
@@ -191,7 +207,14 @@ def class_performance(sketch: MulticlassSketch, *, min_labels: int = 1) -> Class
         else math.nan,
         class_auroc=tuple(aurocs),
         class_share=tuple(shares),
+        log_loss_se=_mean_error(sketch.log_loss, sketch.log_loss_squares, labelled),
     )
+
+
+def _mean_error(total: float, squares: float, n: int) -> float:
+    """Standard error of the mean of ``n`` values from their sum and sum of squares."""
+    mean = total / n
+    return math.sqrt(max(squares / n - mean * mean, 0.0) / n)
 
 
 def _mean(values: list[float]) -> float:
@@ -209,12 +232,15 @@ def regression_performance(
     # A constant target: scikit-learn's answer (force_finite), 1 if perfect, else 0.
     constant = 1.0 if sketch.sum_r2 == 0 else 0.0
     r2 = 1.0 - sketch.sum_r2 / total if total > 0 else constant
+    rmse = math.sqrt(sketch.sum_r2 / n)
+    mse_se = _mean_error(sketch.sum_r2, sketch.sum_r4, n)
     return RegressionPerformance(
         labelled=n,
         mae=sketch.sum_abs_r / n,
-        rmse=math.sqrt(sketch.sum_r2 / n),
+        rmse=rmse,
         r2=r2,
         mean_error=sketch.sum_r / n,
+        rmse_se=mse_se / (2 * rmse) if rmse > 0 else 0.0,
     )
 
 
