@@ -685,14 +685,13 @@ class SketchBuilder:
 def _task_counter(schema: FeatureSchema, reference: ReferenceProfile) -> Any:
     """The counter of a multi-class or regression model's task sketch (a regressor's
     predictions in the bins of the reference's); None for binary."""
-    task = getattr(schema, "task", "binary")
-    if task == "binary":
+    if schema.task == "binary":
         return None
     from edgefleet.edge.tasksketch import TaskCounter  # builds on this module's histograms
 
-    prediction = getattr(reference, "prediction", None)
+    prediction = reference.prediction
     edges = prediction.edges if isinstance(prediction, NumericProfile) else None
-    return TaskCounter(task, len(schema.classes), edges)
+    return TaskCounter(schema.task, len(schema.classes), edges)
 
 
 @dataclass(frozen=True)

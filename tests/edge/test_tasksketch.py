@@ -34,7 +34,8 @@ def test_a_task_report_round_trips_and_adds_up() -> None:
     for task in ("multiclass", "regression"):
         report = _report(task)
         assert report.schema_version == 4
-        assert report.task is not None and report.task.kind == task
+        assert report.task is not None
+        assert report.task.kind == task
         assert Report.decode(report.encode()) == report
         assert report.task.scored == report.scored == 600
         assert report.task.labelled == report.outcomes.labelled > 0
@@ -50,7 +51,8 @@ def test_the_multiclass_report_counts_confidence_and_right_answers() -> None:
     data = tasks.rows("multiclass", n=600)
     report = _report("multiclass")
     task = report.task
-    assert task is not None and task.kind == "multiclass"
+    assert task is not None
+    assert task.kind == "multiclass"
     right = int((data.outputs[data.labelled].argmax(axis=1) == data.labels[data.labelled]).sum())
     assert report.outcomes.by_label[1].total == right == task.correct
     predicted = np.bincount(data.outputs.argmax(axis=1), minlength=4)
@@ -80,6 +82,13 @@ def _bump(path: tuple[Any, ...], by: int) -> Mutation:
     return mutate
 
 
+def _move_right_answer(raw: dict[str, Any]) -> None:
+    """A right answer of class 1 counted as a wrong one: every total still adds up."""
+    row = raw["task"]["confusion"][1]
+    row[1] -= 1
+    row[0] += 1
+
+
 MULTICLASS_REFUSALS: list[tuple[Mutation, str]] = [
     (lambda raw: raw.pop("task"), "lacks the field 'task'"),
     (lambda raw: raw["task"].pop("log_loss"), "log_loss"),
@@ -99,7 +108,8 @@ MULTICLASS_REFUSALS: list[tuple[Mutation, str]] = [
     (_set(("task", "confusion", 0), [0] * 5), "4 counts"),
     (_set(("task", "negatives", 0), [0] * 99), "100 counts"),
     (_set(("task", "positives"), "lots"), "100 counts"),
-    (_bump(("task", "confusion", 1, 1), 1), "confusion counts but"),
+    (_bump(("task", "confusion", 1, 1), 1), "confusion counts but|one-vs-rest"),
+    (_move_right_answer, "right predictions"),
     (_bump(("task", "negatives", 2, 50), 1), "one-vs-rest histograms hold"),
     (_bump(("task", "predicted", 0), 1), "the report scored"),
     (_set(("task", "log_loss"), -1.0), "non-negative"),
@@ -109,7 +119,7 @@ MULTICLASS_REFUSALS: list[tuple[Mutation, str]] = [
     (_set(("task", "log_loss"), "1.0"), "must be a number"),
     (_set(("task", "log_loss"), 1e9), "inconsistent|more than"),
     (_set(("task", "log_loss_squares"), 0.0), "inconsistent"),
-    (_set(("schema_version",), 3), "unknown field|not expected|task"),
+    (_set(("schema_version",), 3), "unknown field|not expected|task|shadow"),
     (_set(("schema_version",), 1), "unknown field|not expected|task"),
 ]
 

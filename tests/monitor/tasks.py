@@ -129,9 +129,12 @@ def reports(
     for i, part in enumerate(parts):
         device, window = i % devices, i // devices
         end = start + 60.0 * window + device
-        times = iter((end - 60.0, end))
         builder = SketchBuilder(
-            model, profile, model_name="iris", model_version=version, clock=lambda: next(times)
+            model,
+            profile,
+            model_name="iris",
+            model_version=version,
+            clock=iter((end - 60.0, end)).__next__,
         )
         builder.add(data.inputs[part], data.outputs[part], 0.001)
         back = part[data.labelled[part]]

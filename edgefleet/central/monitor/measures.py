@@ -285,7 +285,7 @@ def measure(
     if aggregate.task is not None:
         task = task_measures(
             aggregate.task,
-            getattr(reference, "prediction", None),
+            reference.prediction,
             dict(manifest.metrics),
             detector=detector,
             min_labels=min_labels,

@@ -188,7 +188,7 @@ def prediction_histogram(manifest: Manifest, aggregate: Aggregate) -> dict[str, 
     """A multi-class model's class mix or a regressor's predictions, reference and current
     counts per bin (the reference profile's ``prediction`` bins); None for a binary model or
     when the reports do not fit the reference."""
-    task, reference = aggregate.task, getattr(manifest.reference, "prediction", None)
+    task, reference = aggregate.task, manifest.reference.prediction
     if task is None or reference is None:
         return None
     if isinstance(task, MulticlassSketch) and isinstance(reference, CategoricalProfile):
