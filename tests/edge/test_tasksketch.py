@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgefleet.edge.agent.counting import remembered, task_outcome, window_rows
 from edgefleet.edge.report import Report, merge_all
+from edgefleet.edge.sketch import SketchBuilder
 from edgefleet.edge.tasksketch import (
     MAX_CLASSES,
     VALUE_BUCKETS,
@@ -182,3 +184,38 @@ def test_the_device_refuses_outcomes_it_cannot_count() -> None:
         regression.outcome_counts(np.array([0.0]), np.array([math.nan]))
     with pytest.raises(InputError, match="shape"):
         regression.outputs_of(np.zeros((3, 2)), 3)
+
+
+def test_the_agent_counts_what_it_remembers_as_the_reports_do() -> None:
+    """The agent's path (counting.py): a batch's outputs into the window, each prediction's
+    remembered outputs and its outcome label (a class name, a number) back: the same report
+    as counting the rows directly."""
+    for task in ("multiclass", "regression"):
+        data = tasks.rows(task, n=300)
+        schema, reference = tasks.schema(task), tasks.reference(task)
+        outputs = data.outputs if task == "multiclass" else data.outputs.reshape(-1, 1)
+        agent_like = SketchBuilder(schema, reference, model_name="iris", model_version="1.0.0")
+        direct = SketchBuilder(schema, reference, model_name="iris", model_version="1.0.0")
+        agent_like.add(data.inputs, window_rows(schema, outputs), 0.001)
+        direct.add(data.inputs, data.outputs, 0.001)
+        back = np.flatnonzero(data.labelled)
+        for i in back:
+            label = tasks.CLASSES[data.labels[i]] if task == "multiclass" else float(data.labels[i])
+            counted = task_outcome(schema, remembered(schema, outputs[i]), label)
+            assert counted is not None
+            agent_like.add_outcomes(*counted)
+        direct.add_outcomes(data.outputs[back], data.labels[back])
+        mine, theirs = agent_like.snapshot(), direct.snapshot()
+        assert mine.task is not None
+        assert theirs.task is not None
+        assert mine.task.flat()[0] == theirs.task.flat()[0]
+        assert mine.task.flat()[1] == pytest.approx(theirs.task.flat()[1], rel=1e-12)
+        assert mine.outcomes == theirs.outcomes
+        # A prediction id of the scoring service carries one number: not every probability.
+        if task == "multiclass":
+            assert task_outcome(schema, 0.7, tasks.CLASSES[0]) is None
+            with pytest.raises(InputError, match="not one of"):
+                task_outcome(schema, remembered(schema, outputs[0]), "tulip")
+        else:
+            with pytest.raises(InputError, match="number"):
+                task_outcome(schema, 1.0, "a lot")
