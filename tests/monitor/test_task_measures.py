@@ -23,6 +23,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from edgefleet.central.monitor.alerts import RETRAIN_RULES, AlertRules, describe, evaluate
+from edgefleet.central.monitor.benefit import judge_benefit
+from edgefleet.central.monitor.canary import judge_canary
 from edgefleet.central.monitor.measures import measure
 from edgefleet.central.monitor.store import MonitorStore
 from edgefleet.central.monitor.task_measures import TASK_METRICS, judging_metric
@@ -41,8 +44,11 @@ REL = 1e-9
 pytestmark = pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")
 
 
-def manifest(task: str, version: str = "1.0.0") -> Manifest:
-    metrics = {"accuracy": 0.6, "log_loss": 1.0} if task == "multiclass" else {"rmse": 6.0}
+def manifest(
+    task: str, version: str = "1.0.0", metrics: dict[str, float] | None = None
+) -> Manifest:
+    if metrics is None:
+        metrics = {"accuracy": 0.6, "log_loss": 1.0} if task == "multiclass" else {"rmse": 6.0}
     return Manifest(
         name="iris",
         version=version,
@@ -224,3 +230,61 @@ def test_measures_from_the_store_equal_the_raw_merge_on_both_databases(
     finally:
         rolled.close()
         other.close()
+
+
+def test_the_retrain_judgement_uses_the_task_metric() -> None:
+    """A candidate is judged on RMSE or multi-class log loss, paired on the same rows."""
+    rng = np.random.default_rng(4)
+    truth = rng.normal(40.0, 25.0, 1500)
+    close, far = truth + rng.normal(0, 5.0, 1500), truth + rng.normal(0, 9.0, 1500)
+    assert judge_benefit(truth, running=far, candidate=close, metric="rmse", resamples=200).helps
+    worse = judge_benefit(truth, running=close, candidate=far, metric="rmse", resamples=200)
+    assert not worse.helps
+    assert worse.running == pytest.approx(math.sqrt(mean_squared_error(truth, close)))
+    data = tasks.rows("multiclass", n=1500)
+    sharp = data.outputs.astype(np.float64)
+    flat = (sharp + 0.5) / (sharp + 0.5).sum(axis=1, keepdims=True)
+    judged = judge_benefit(
+        data.labels, running=flat, candidate=sharp, metric="log_loss", resamples=200
+    )
+    assert judged.helps
+    assert judged.candidate == pytest.approx(log_loss(data.labels, sharp), rel=1e-6)
+
+
+def test_alert_rules_fire_on_the_task_metrics_and_prediction_drift() -> None:
+    rules = AlertRules(min_labels=100)
+    data = tasks.rows("multiclass")
+    holdout = {"accuracy": 0.9, "log_loss": 0.5, "auroc_macro": 0.99, "auroc_weighted": 0.99}
+    measures = measure(merged(tasks.reports(data)), manifest("multiclass", metrics=holdout))
+    fired = {(a.rule, a.subject) for a in evaluate(measures, "fleet", rules)}
+    assert {("accuracy_drop", "accuracy"), ("log_loss_rise", "log_loss")} <= fired
+    assert ("auroc_drop", "auroc_macro") in fired
+    good = {"accuracy": 0.5, "log_loss": 1.5, "auroc_macro": 0.7}
+    quiet = measure(merged(tasks.reports(data)), manifest("multiclass", metrics=good))
+    assert evaluate(quiet, "fleet", rules) == []
+    regression = tasks.rows("regression", shift=1.0)  # biased by 30: RMSE about 31
+    holdout = {"rmse": 6.0, "mae": 4.8, "r2": 0.94}
+    measures = measure(merged(tasks.reports(regression)), manifest("regression", metrics=holdout))
+    alerts = evaluate(measures, "fleet", rules)
+    fired = {(a.rule, a.subject) for a in alerts}
+    assert {("error_rise", "rmse"), ("error_rise", "mae"), ("r2_drop", "r2")} <= fired
+    assert ("prediction_drift", "prediction") in fired
+    assert all(a.rule in RETRAIN_RULES for a in alerts)
+    line = describe(next(a for a in alerts if a.subject == "rmse"))
+    assert "rmse" in line
+    assert "holdout 6" in line
+
+
+def test_a_canary_is_judged_on_the_task_metric() -> None:
+    rules = AlertRules(min_labels=100)
+    stable = measure(merged(tasks.reports(tasks.rows("regression"))), manifest("regression"))
+    biased = tasks.rows("regression", seed=5, shift=0.3)  # predictions 9 too high
+    canary = measure(merged(tasks.reports(biased)), manifest("regression"))
+    verdict = judge_canary(canary, stable, rules=rules, min_reports=1)
+    assert verdict.verdict == "worse"
+    assert any("canary rmse" in reason for reason in verdict.reasons)
+    assert verdict.evidence["rmse"]["standard_error"] > 0
+    same = measure(merged(tasks.reports(tasks.rows("regression", seed=5))), manifest("regression"))
+    verdict = judge_canary(same, stable, rules=rules, min_reports=1)
+    assert not any("canary rmse" in reason for reason in verdict.reasons)
+    assert "rmse not significantly worse" in verdict.reasons

@@ -39,6 +39,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from edgefleet.central.monitor.benefit import Metric
 from edgefleet.central.monitor.drift import DriftDetector, FeatureDrift
 from edgefleet.central.monitor.quality import auroc_error_bound, binned_auroc
 from edgefleet.edge.profile import CategoricalProfile, FeatureProfile, NumericProfile
@@ -308,8 +309,9 @@ def _performance(
     return regression_performance(sketch, min_labels=min_labels)
 
 
-def judging_metric(task: str) -> tuple[str, bool]:
+def judging_metric(task: str) -> tuple[Metric, bool]:
     """The metric the retrain loop judges a model of ``task`` by, and whether lower is
     better: AUROC (binary), log loss (multi-class), RMSE (regression)."""
-    name = {"binary": "auroc", "multiclass": "log_loss", "regression": "rmse"}[task]
+    names: dict[str, Metric] = {"binary": "auroc", "multiclass": "log_loss", "regression": "rmse"}
+    name = names[task]
     return name, name in LOWER_IS_BETTER
