@@ -257,24 +257,14 @@ def prediction_drift(
     if reference is None or current.scored == 0 or sum(reference.counts) == 0:
         return None
     if isinstance(current, MulticlassSketch) and isinstance(reference, CategoricalProfile):
-        if len(reference.counts) != current.classes:
-            return None
-        return detector.assess(
-            "class_mix",
-            list(reference.counts),
-            list(current.predicted.counts),
-            reference_extra=reference.unknown,
-        )
-    if isinstance(current, RegressionSketch) and isinstance(reference, NumericProfile):
-        if len(reference.counts) != current.predictions.bins:
-            return None
-        return detector.assess(
-            "prediction",
-            list(reference.counts),
-            list(current.predictions.counts),
-            reference_extra=reference.missing,
-        )
-    return None
+        name, counts, extra = "class_mix", current.predicted.counts, reference.unknown
+    elif isinstance(current, RegressionSketch) and isinstance(reference, NumericProfile):
+        name, counts, extra = "prediction", current.predictions.counts, reference.missing
+    else:
+        return None
+    if len(reference.counts) != len(counts):
+        return None
+    return detector.assess(name, list(reference.counts), list(counts), reference_extra=extra)
 
 
 def task_measures(

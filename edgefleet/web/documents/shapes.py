@@ -158,9 +158,8 @@ def task_summary(measures: Measures) -> dict[str, Any]:
     document: dict[str, Any] = {"task": measures.task_kind}
     if task is None:
         return document
-    drift = task.prediction_drift
-    bounds = task.to_dict()["bounds"]
-    reference = task.reference_metrics()
+    whole = task.to_dict()
+    bounds, reference = whole["bounds"], whole["reference_metrics"]
     document["metrics"] = [
         {
             "name": name,
@@ -171,16 +170,7 @@ def task_summary(measures: Measures) -> dict[str, Any]:
         }
         for name, value in task.metrics().items()
     ]
-    document["prediction_drift"] = (
-        None
-        if drift is None
-        else {
-            "js": drift.js,
-            "psi": drift.psi,
-            "verdict": drift.verdict,
-            "current_n": drift.current_n,
-        }
-    )
+    document["prediction_drift"] = whole["prediction_drift"]
     return document
 
 
