@@ -267,7 +267,9 @@ class Report:
             latency=body.latency,
             dropped_reports=dropped_reports,
             segments=tuple(body.segments),
-            shadow=body.shadow,
+            # The shadow comparison is of binary scores (§17): a multi-class or regression
+            # champion's challenger counts are not reported (version 4 has no shadow).
+            shadow=body.shadow if body.task is None else None,
             task=body.task,
         )
 

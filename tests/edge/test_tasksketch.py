@@ -8,13 +8,16 @@ import copy
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from edgefleet.edge.agent.counting import remembered, task_outcome, window_rows
+from edgefleet.edge.profile import SCORE_BINS
 from edgefleet.edge.report import Report, merge_all
+from edgefleet.edge.shadow import ShadowSketch
 from edgefleet.edge.sketch import SketchBuilder
 from edgefleet.edge.tasksketch import (
     MAX_CLASSES,
@@ -219,3 +222,20 @@ def test_the_agent_counts_what_it_remembers_as_the_reports_do() -> None:
         else:
             with pytest.raises(InputError, match="number"):
                 task_outcome(schema, 1.0, "a lot")
+
+
+def test_a_task_report_leaves_a_challengers_binary_counts_out() -> None:
+    """Shadow comparisons are of binary scores (§17): a multi-class champion's window with
+    challenger counts still makes a valid version 4 report, without them."""
+    schema, reference = tasks.schema("multiclass"), tasks.reference("multiclass")
+    builder = SketchBuilder(schema, reference, model_name="iris", model_version="1.0.0")
+    data = tasks.rows("multiclass", n=50)
+    builder.add(data.inputs, data.outputs)
+    shadow = ShadowSketch.from_flat("1.1.0", [0] * (5 * SCORE_BINS))
+    body = replace(builder.snapshot(), shadow=shadow)
+    report = Report.from_body(
+        body, fleet="acme", device_id="d0", sequence=1, cohort="stable", device_group="eu"
+    )
+    assert report.schema_version == 4
+    assert report.shadow is None
+    assert Report.decode(report.encode()) == report
