@@ -237,3 +237,43 @@ def test_a_rollup_body_is_the_aggregate_of_its_reports() -> None:
         add_counts(total, raw, layout_of(raw))
     assert total.to_dict() == total.freeze().to_dict()
     assert total.freeze() == merge_all(reports_)
+
+
+def test_device_totals_count_what_the_device_list_holds(stores: Any, db_url: str) -> None:  # noqa: F811
+    """The overview's figures, summed by the database, equal those of the device list;
+    with reports not rolled up (then combined from the list)."""
+    rolled, _ = stores
+    for turn in range(2):
+        summaries = rolled.devices("acme")
+        since = sorted(s.last_seen for s in summaries)[len(summaries) // 2]
+        counted = rolled.device_totals("acme", since)
+        running: dict[tuple[str, str], int] = {}
+        for s in summaries:
+            running[(s.model_name, s.model_version)] = (
+                running.get((s.model_name, s.model_version), 0) + 1
+            )
+        assert counted.total == len(summaries)
+        assert counted.online == sum(1 for s in summaries if s.last_seen >= since)
+        assert counted.scored == sum(s.scored for s in summaries)
+        assert counted.failed == sum(s.failed for s in summaries)
+        assert counted.last_seen == max(s.last_seen for s in summaries)
+        assert dict(counted.running) == running
+        hand = make_report("d9", turn, window_end=START + 90)  # a device only SQL wrote
+        insert_stored_row(rolled, hand.encode().decode("utf-8"))
+    assert rolled.device_totals("acme", 0.0).total == len(DEVICES) + 1  # d9 once
+    assert rolled.device_totals("nobody", 0.0).total == 0
+
+
+def test_reads_of_reports_not_rolled_up_use_their_partial_index(tmp_path: Any) -> None:
+    """SQLite keeps no statistics: unless nothing else fits, it reads a version's rows not
+    rolled up through another index and checks every report of the window (a read that
+    grew with the reports stored)."""
+    store = MonitorStore(f"sqlite:///{tmp_path / 'plan.db'}")
+    _ingest(store, _messages(), 50)
+    names = {"model_name": "churn", "model_version": "1.0.0", "cohort": "canary"}
+    query = select(reports.c.id).where(*store._unrolled("acme", names, 0.0, 1e12))
+    with store.engine.connect() as connection:
+        compiled = query.compile(connection, compile_kwargs={"literal_binds": True})
+        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
+    store.close()
+    assert "ix_monitor_reports_unrolled" in str(plan)

@@ -24,9 +24,9 @@ class OverviewArea(Catalog):
 
     def overview(self, fleet: str) -> dict[str, Any]:
         now = self.clock()
-        summaries = self.store.devices(fleet)
-        devices = [self._device(s, now, None) for s in summaries]
-        online = sum(1 for d in devices if d["online"])
+        # Counted by the database, never listed: the overview costs the same at any
+        # fleet size (the devices page lists them).
+        counted = self.store.device_totals(fleet, now - self.online_seconds)
         rollout = self.rollout(fleet)
         state = rollout["state"] or {}
         roles = {
@@ -34,10 +34,7 @@ class OverviewArea(Catalog):
             for role, ref in (("stable", state.get("stable")), ("canary", state.get("canary")))
             if ref
         }
-        running: dict[tuple[str, str], int] = {}
-        for summary in summaries:
-            key = (summary.model_name, summary.model_version)
-            running[key] = running.get(key, 0) + 1
+        running = counted.running
         versions = []
         seen = set()
         for name, version, reports in self.store.model_versions(fleet):
@@ -69,16 +66,16 @@ class OverviewArea(Catalog):
                 "fleet": fleet,
                 "now": now,
                 "devices": {
-                    "total": len(devices),
-                    "online": online,
-                    "offline": len(devices) - online,
+                    "total": counted.total,
+                    "online": counted.online,
+                    "offline": counted.total - counted.online,
                     "online_seconds": self.online_seconds,
                 },
                 "reports": self.store.report_count(fleet),
-                "scored": sum(s.scored for s in summaries),
-                "failed": sum(s.failed for s in summaries),
+                "scored": counted.scored,
+                "failed": counted.failed,
                 "quarantined": self.store.quarantine_count(fleet),
-                "last_report": max((s.last_seen for s in summaries), default=None),
+                "last_report": counted.last_seen,
                 "alerts": {
                     "open": len(open_alerts),
                     "newest": [alert_document(a) for a in reversed(open_alerts[-5:])],
