@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from edgefleet.central.monitor.retention import DAY, Retention, compact
 from edgefleet.central.monitor.rollups import HOUR, MINUTE, plan_window
 from edgefleet.central.monitor.store import MonitorStore, reports, rollups
 from edgefleet.central.monitor.validation import layout_of
+from edgefleet.edge.distinct import EXACT_LIMIT
 from edgefleet.edge.report import Aggregate, SketchSums, merge_all
 from edgefleet.edge.topics import Topics
 from tests.monitor.conftest import db_url, insert_stored_row, make_report  # noqa: F401
@@ -277,3 +279,37 @@ def test_reads_of_reports_not_rolled_up_use_their_partial_index(tmp_path: Any) -
         plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
     store.close()
     assert "ix_monitor_reports_unrolled" in str(plan)
+
+
+def test_rollups_of_many_devices_count_them_as_raw_reports_do(db_url: str, tmp_path: Any) -> None:  # noqa: F811
+    """Past EXACT_LIMIT devices a merge counts them in registers (edge/distinct.py): the
+    rollups' union is the raw reports' to the bit, so the estimate is the same; a
+    device-level scope still finds every device, from the raw reports."""
+    template = make_report("d0", 0, window_end=START + 30)
+    messages = []
+    for number in range(EXACT_LIMIT + 44):
+        device = f"m{number:04d}"
+        for step in range(2):
+            end = START + 37.0 * number + HOUR * step + 0.5
+            report = replace(
+                template, device_id=device, sequence=step, window_start=end - 60, window_end=end
+            )
+            messages.append((TOPICS.report(device), report.encode()))
+    rolled = MonitorStore(db_url)
+    raw = MonitorStore(f"sqlite:///{tmp_path / 'raw-many.db'}", rollups=False)
+    _ingest(rolled, messages, 97)
+    _ingest(raw, messages, 200)
+    rolled.fold_rollups(force=True)
+    for since, until in [(None, None), (START, START + 2 * HOUR), (START + 60, START + 5000.5)]:
+        a = rolled.aggregate("acme", model_version="1.0.0", since=since, until=until)
+        b = raw.aggregate("acme", model_version="1.0.0", since=since, until=until)
+        _same(a, b)
+    whole = rolled.aggregate("acme", model_version="1.0.0")
+    assert whole is not None
+    assert whole.device_sketch is not None
+    assert abs(whole.n_devices - (EXACT_LIMIT + 44)) <= 0.05 * (EXACT_LIMIT + 44)
+    assert rolled.device_ids("acme", model_version="1.0.0") == sorted(
+        f"m{n:04d}" for n in range(EXACT_LIMIT + 44)
+    )
+    rolled.close()
+    raw.close()

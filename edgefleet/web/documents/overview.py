@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.manifest import parse_version
 from edgefleet.web.documents.catalog import Catalog
 from edgefleet.web.documents.common import Skipped, cleaned, measure_or_none
@@ -115,10 +116,12 @@ class OverviewArea(Catalog):
         if wholes:
             start = min(whole.window_start for _, whole in wholes)
             end = math.nextafter(max(whole.window_end for _, whole in wholes), math.inf)
-            devices = set().union(*(whole.devices for _, whole in wholes))
+            devices = DistinctIds()
+            for _, whole in wholes:
+                devices.merge(whole.distinct_devices())
             reports = sum(whole.reports for _, whole in wholes)
             slices = time_slices(
-                start, end, buckets, reports, len(devices), open_start=True, open_end=True
+                start, end, buckets, reports, devices.count(), open_start=True, open_end=True
             )
             document["buckets"] = [{"start": low, "end": high} for low, high in slices]
             for manifest, whole in wholes:

@@ -193,6 +193,21 @@ class FleetReads(RollupStore):
         except SQLAlchemyError as error:
             raise StoreError(f"cannot read reports from {self.display}: {error}") from None
 
+    def device_ids(
+        self,
+        fleet: str,
+        *,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[str]:
+        """The devices with raw reports (of ``model_version``) whose window ended in
+        ``[since, until)``, sorted: the ones a device-level view can read (a merge from
+        rollups counts devices, past a few hundred without naming them)."""
+        where = self._filters(fleet, model_version=model_version, since=since, until=until)
+        query = select(reports.c.device_id).where(*where).distinct()
+        return sorted(str(device) for (device,) in self._rows(query))
+
     def _mixed_versions(
         self,
         fleet: str,
