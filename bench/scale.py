@@ -31,6 +31,8 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -280,6 +282,10 @@ def run_size(
         page_time(home, db, f"/fleets/{FLEET}/drift") for _ in range(args.repeat)
     )
     row["bytes"] = db_bytes(db) / size
+    row["load"] = os.getloadavg()[0]
+    if db.startswith("sqlite:///"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(db.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
     return row
 
 
@@ -292,6 +298,7 @@ COLUMNS = (
     ("overview", "overview", "{:>9.1f} ms"),
     ("drift", "drift", "{:>9.1f} ms"),
     ("bytes/report", "bytes", "{:>12,.0f}"),
+    ("load (1 min)", "load", "{:>12.1f}"),
 )
 TIMED = ("window", "day", "overview", "drift")
 
@@ -342,6 +349,13 @@ def main() -> int:
     if sizes[0] < 1000 or args.days <= 1.0:
         parser.error("sizes of at least 1000 reports and more than one day, please")
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-scale-"))
+    try:  # gigabytes of databases: not left behind
+        return _run(args, sizes, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, sizes: list[int], work: Path) -> int:
     home = work / "home"
     home.mkdir()
     profile = register_model(home)
@@ -362,7 +376,8 @@ def main() -> int:
         plain, rolled = ingest_ratio(dbs, profile, known, args.sample, args.batch, args.workers)
         print(
             f"{kind}: ingest of {args.sample:,} reports: {plain:,.0f}/s without rollups, "
-            f"{rolled:,.0f}/s with: {rolled / plain:.2f}x (goal >= {INGEST_RATIO})"
+            f"{rolled:,.0f}/s with: {rolled / plain:.2f}x (goal >= {INGEST_RATIO}); "
+            f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         )
         rows = []
         for size in sizes:
