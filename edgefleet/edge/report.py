@@ -54,6 +54,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.rollout import Cohort
 from edgefleet.edge.segments import SegmentSketch
@@ -528,7 +529,10 @@ def _features_from_json(raw: Any) -> tuple[FeatureSketch, ...]:
 class Aggregate:
     """Reports of one fleet and model version, merged. ``reports`` counts the reports in it,
     ``devices`` are the distinct devices that sent them (a set, so that merging aggregates
-    that share devices still counts each device once)."""
+    that share devices still counts each device once) while there are at most
+    :data:`~edgefleet.edge.distinct.EXACT_LIMIT`; past that ``devices`` is empty and
+    ``device_sketch`` counts them (an estimate, :mod:`edgefleet.edge.distinct`): use
+    :attr:`n_devices`."""
 
     fleet: str
     model_name: str
@@ -551,6 +555,8 @@ class Aggregate:
     """Challengers' histograms summed, one per challenger version."""
     task: TaskSketch | None = None
     """A multi-class or regression model's sketches summed."""
+    device_sketch: str | None = None
+    """The HyperLogLog registers of the devices (base64) when too many to list, else None."""
 
     @classmethod
     def of(cls, report: Report) -> Aggregate:
@@ -578,7 +584,14 @@ class Aggregate:
 
     @property
     def n_devices(self) -> int:
-        return len(self.devices)
+        """The distinct devices: exact up to EXACT_LIMIT, an estimate past it."""
+        return self.distinct_devices().count()
+
+    def distinct_devices(self) -> DistinctIds:
+        """The devices as a count that merges (a fresh object)."""
+        if self.device_sketch is None:
+            return DistinctIds(self.devices)
+        return DistinctIds.from_json({"hll12": self.device_sketch})
 
     def merge(self, other: Report | Aggregate) -> Aggregate:
         return merge(self, other)
@@ -597,7 +610,7 @@ class Aggregate:
             "window_start": self.window_start,
             "window_end": self.window_end,
             "reports": self.reports,
-            "devices": sorted(self.devices),
+            "devices": self.distinct_devices().to_json(),
             "cohorts": sorted(self.cohorts),
             "device_groups": sorted(self.device_groups),
             "scored": self.scored,
@@ -645,6 +658,11 @@ def _as_aggregate(item: Report | Aggregate) -> Aggregate:
     raise InputError(f"can only merge reports and aggregates, not {type(item).__name__}")
 
 
+def _sketch_of(devices: DistinctIds) -> str | None:
+    text = devices.to_json()
+    return text["hll12"] if isinstance(text, dict) else None
+
+
 class SketchSums:
     """Running sums of reports' counts in exact Python ints, frozen into an
     :class:`Aggregate`: the state behind :func:`merge_all`, shared with the monitor
@@ -656,7 +674,7 @@ class SketchSums:
         self.layout: list[tuple[str, str, int]] = []
         self.window = [math.inf, -math.inf]
         self.reports = 0
-        self.devices: set[str] = set()
+        self.devices = DistinctIds()
         self.cohorts: set[str] = set()
         self.groups: set[str] = set()
         self.totals = [0, 0, 0]
@@ -716,7 +734,8 @@ class SketchSums:
             window_start=float(self.window[0]),
             window_end=float(self.window[1]),
             reports=self.reports,
-            devices=frozenset(self.devices),
+            devices=frozenset(self.devices.ids or ()),
+            device_sketch=_sketch_of(self.devices),
             cohorts=frozenset(self.cohorts),
             device_groups=frozenset(self.groups),
             scored=self.totals[0],
@@ -764,7 +783,7 @@ class SketchSums:
             "window_start": float(self.window[0]),
             "window_end": float(self.window[1]),
             "reports": self.reports,
-            "devices": sorted(self.devices),
+            "devices": self.devices.to_json(),
             "cohorts": sorted(self.cohorts),
             "device_groups": sorted(self.groups),
             "scored": self.totals[0],
@@ -796,7 +815,7 @@ class _Sum(SketchSums):
         self.layout = [(f.name, f.kind, f.bins.bins) for f in start.features]
         self.window = [start.window_start, start.window_end]
         self.reports = start.reports
-        self.devices = set(start.devices)
+        self.devices = start.distinct_devices()
         self.cohorts = set(start.cohorts)
         self.groups = set(start.device_groups)
         self.totals = [start.scored, start.failed, start.dropped_reports]
@@ -833,7 +852,7 @@ class _Sum(SketchSums):
         self.window[0] = min(self.window[0], other.window_start)
         self.window[1] = max(self.window[1], other.window_end)
         self.reports += other.reports
-        self.devices |= other.devices
+        self.devices.merge(other.distinct_devices())
         self.cohorts |= other.cohorts
         self.groups |= other.device_groups
         for i, value in enumerate((other.scored, other.failed, other.dropped_reports)):
