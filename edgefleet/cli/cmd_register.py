@@ -65,11 +65,12 @@ def run_register(args: argparse.Namespace) -> int:
     version, model = result.version, result.model
     say(f"registered {version.label} ({version.family}) from {result.source}")
     schema = model.schema
-    outputs = {
-        "binary": f"classes {list(schema.classes)} (positive {schema.classes[-1]!r})",
-        "multiclass": f"{len(schema.classes)} classes {list(schema.classes)}",
-        "regression": f"a value of {schema.target!r} (regression)",
-    }[schema.task]
+    if schema.task == "regression":
+        outputs = f"a value of {schema.target!r} (regression)"
+    elif schema.task == "multiclass":
+        outputs = f"{len(schema.classes)} classes {list(schema.classes)}"
+    else:
+        outputs = f"classes {list(schema.classes)} (positive {schema.classes[1]!r})"
     say(f"  schema: {schema.n_features} features, {outputs}")
     say(
         f"  agrees with your pipeline on {result.agreement.rows:,} rows: max |diff| "
