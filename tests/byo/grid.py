@@ -146,10 +146,7 @@ def multiclass_sets() -> dict[str, pd.DataFrame]:
 def regression_sets() -> dict[str, pd.DataFrame]:
     diabetes = _with_category(load_diabetes(), 3)
     diabetes[TARGET] = load_diabetes().target
-    # The bias keeps the target away from 0: float32 inputs (the contract's) cost a linear
-    # model ~3e-5 in absolute terms on this target, beyond the relative tolerance of a value
-    # near 0 (docs/architecture.md §2, regression tolerance).
-    x, y = make_regression(n_samples=200, n_features=6, noise=5.0, bias=500.0, random_state=0)
+    x, y = make_regression(n_samples=200, n_features=6, noise=5.0, random_state=0)
     synthetic = _with_category(type("D", (), {"data": x})(), 4)
     synthetic[TARGET] = y
     return {"diabetes": diabetes, "make_regression": synthetic}
