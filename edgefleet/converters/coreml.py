@@ -24,12 +24,13 @@ class k), ``classLabel`` the index of the most probable class. A regressor is a
 The spec is a ``pipelineClassifier`` (preprocessing lives inside the model, never in app glue):
 
 - Linear model (``coreml_linear.py``): Imputer (NaN -> median; NaN codes -> -1) -> Scaler
-  (``(x - mean) / scale`` as ``(x + shift) * scale``) -> ArrayFeatureExtractor of the numeric columns, and per
-  categorical column ArrayFeatureExtractor (int64) -> OneHotEncoder (``IgnoreUnknown``, so -1
-  gives all zeros) -> FeatureVectorizer -> GLMClassifier (one weight row, Logit): the layout
-  coremltools' own scikit-learn converters produce. K classes end in a
-  NeuralNetworkClassifier (innerProduct + softmax), a regressor in a GLMRegressor.
-  scikit-learn scales float32 input in float32, Core ML in double: the two differ by a float32 ulp of a feature (~3e-8 in P).
+  (``(x - mean) / scale`` as ``(x + shift) * scale``) -> ArrayFeatureExtractor of the
+  numeric columns, and per categorical column ArrayFeatureExtractor (int64) -> OneHotEncoder
+  (``IgnoreUnknown``, so -1 gives all zeros) -> FeatureVectorizer -> GLMClassifier (one
+  weight row, Logit): the layout coremltools' own scikit-learn converters produce. K classes
+  end in a NeuralNetworkClassifier (innerProduct + softmax), a regressor in a GLMRegressor.
+  scikit-learn scales float32 input in float32, Core ML in double: the two differ by a
+  float32 ulp of a feature (~3e-8 in P).
 - Trees: Imputer -> TreeEnsembleClassifier reading the raw columns. Everything else is folded
   into the tree:
 
@@ -50,8 +51,9 @@ The spec is a ``pipelineClassifier`` (preprocessing lives inside the model, neve
     tree scores; Classification_SoftMax for boosting. Regression: a TreeEnsembleRegressor,
     NoTransform. Random forest / extra trees / one tree: Core ML sums leaf values, so each
     leaf holds P(positive) / n_trees; one prediction dimension with ``NoTransform`` is Core
-    ML's binary mode (the score is P(class 1), class 0 gets 1 - score). Gradient boosting: leaves hold
-    raw scores, ``basePredictionValue`` the initial logit, ``Regression_Logistic``.
+    ML's binary mode (the score is P(class 1), class 0 gets 1 - score). Gradient boosting:
+    leaves hold raw scores, ``basePredictionValue`` the initial logit,
+    ``Regression_Logistic``.
 
 ``predict`` runs the spec through :mod:`edgefleet.converters.coreml_eval` (Core ML itself only
 runs on Apple platforms). Limits: a categorical code that is not an integer is truncated by
