@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from edgefleet.edge.profile import ReferenceProfile
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.errors import InputError, ManifestError
@@ -26,7 +29,14 @@ here. Devices running an edgefleet older than this list refuse a manifest naming
 PMML in a bundle of its own (``--formats pmml``) unless the fleet is up to date."""
 
 DEFAULT_TOLERANCE = 1e-5
-"""Largest absolute probability difference any artifact may show against scikit-learn."""
+"""Largest absolute probability difference any artifact may show against scikit-learn (for
+regression, the absolute part of the tolerance: see :func:`within_tolerance`)."""
+
+REGRESSION_RTOL = 1e-5
+"""Relative part of a regressor's tolerance: a predicted value ``a`` agrees with
+scikit-learn's ``b`` when ``|a - b| <= tolerance + REGRESSION_RTOL * |b|``. Values are in the
+target's units (hundreds for some targets), where float32 arithmetic alone is off by a few
+parts in 10^7 per operation, so an absolute bound cannot fit every target."""
 
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -61,10 +71,29 @@ class Artifact:
         }
 
 
+def within_tolerance(
+    got: npt.NDArray[np.float64],
+    expected: npt.NDArray[np.float64],
+    *,
+    task: str,
+    tolerance: float,
+) -> npt.NDArray[np.bool_]:
+    """Element-wise parity of model outputs ``[N, n_outputs]`` (docs/architecture.md §2):
+    probabilities within ``tolerance``; regression values within ``tolerance +
+    REGRESSION_RTOL * |expected|``. NaN or infinity is never within."""
+    rtol = REGRESSION_RTOL if task == "regression" else 0.0
+    with np.errstate(invalid="ignore"):
+        allowed = tolerance + rtol * np.abs(expected)
+        return np.isfinite(got) & (np.abs(got - expected) <= allowed)
+
+
 @dataclass(frozen=True)
 class GoldenVector:
-    """A record, its encoding under the schema (None = NaN), and the probabilities that
-    scikit-learn gave for it. ``note`` says why it is there (holdout row, edge case)."""
+    """A record, its encoding under the schema (None = NaN), and the outputs that
+    scikit-learn gave for it: ``probabilities`` holds ``schema.n_outputs`` values, the class
+    probabilities in schema class order, or the one predicted value of a regressor (the JSON
+    key is ``probabilities`` for every task, so binary manifests stay byte-identical).
+    ``note`` says why it is there (holdout row, edge case)."""
 
     record: Mapping[str, Value]
     input: tuple[float | None, ...]
@@ -175,7 +204,7 @@ class Manifest:
             parse_version(version)
             artifacts = tuple(_artifact(a) for a in raw["artifacts"])
             schema = FeatureSchema.from_dict(raw["schema"])
-            golden = tuple(_golden(g, schema.n_features) for g in raw["golden"])
+            golden = tuple(_golden(g, schema) for g in raw["golden"])
             return cls(
                 format_version=format_version,
                 name=str(raw["name"]),
@@ -223,13 +252,22 @@ def _artifact(raw: Any) -> Artifact:
     return artifact
 
 
-def _golden(raw: Any, n_features: int) -> GoldenVector:
+def _golden(raw: Any, schema: FeatureSchema) -> GoldenVector:
     values = raw["input"]
-    if len(values) != n_features:
-        raise ManifestError(f"a golden vector has {len(values)} inputs, the schema {n_features}")
+    if len(values) != schema.n_features:
+        raise ManifestError(
+            f"a golden vector has {len(values)} inputs, the schema {schema.n_features}"
+        )
+    outputs = raw["probabilities"]
+    if len(outputs) != schema.n_outputs:
+        what = "value" if schema.task == "regression" else "class probabilities"
+        raise ManifestError(
+            f"a golden vector has {len(outputs)} outputs; a {schema.task} model with this "
+            f"schema outputs {schema.n_outputs} ({what})"
+        )
     return GoldenVector(
         record=dict(raw["record"]),
         input=tuple(None if v is None else float(v) for v in values),
-        probabilities=tuple(float(p) for p in raw["probabilities"]),
+        probabilities=tuple(float(p) for p in outputs),
         note=str(raw.get("note", "")),
     )

@@ -36,19 +36,14 @@ acknowledged all the same (QoS 1 is at-least-once, not "until my code succeeds")
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import ssl
 import threading
 import time
-import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -62,7 +57,12 @@ from edgefleet.edge.broker_address import (
     bound_client_id,
     identity_secret,
 )
+from edgefleet.edge.mqtt_messages import Message, MessageCallback, Subscription, Will, packet_size
+from edgefleet.edge.mqtt_paho import paho_client
+from edgefleet.edge.mqtt_subscriptions import SubscriptionTable
+from edgefleet.edge.mqtt_window import PublishHandle, PublishWindow
 from edgefleet.edge.netloop import NetworkLoop
+from edgefleet.edge.retained import read_retained
 from edgefleet.edge.unclaimed import Unclaimed
 from edgefleet.errors import BackpressureError, BrokerError, InputError
 
@@ -89,101 +89,6 @@ START_HINT = "Start one with 'edgefleet broker' or pass --broker mqtt://host:por
 DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
 """Seconds a persistent session (and the QoS 1 messages queued for it) outlives a
 disconnection: a device may be away for a week and still get every message."""
-
-
-@dataclass(frozen=True)
-class Message:
-    """A message as it arrived, with what acknowledging it needs."""
-
-    topic: str
-    payload: bytes
-    retained: bool
-    qos: int
-    mid: int
-    generation: int
-    """Which connection delivered it: an acknowledgement only means something on that one."""
-
-
-@dataclass(frozen=True)
-class _Subscription:
-    topic_filter: str
-    qos: int
-    callback: Callable[..., None]
-    raw: bool
-
-    def matches(self, topic: str) -> bool:
-        pattern = self.topic_filter
-        if pattern.startswith("$share/"):
-            pattern = pattern.split("/", 2)[2] if pattern.count("/") >= 2 else ""
-        return bool(pattern) and paho.topic_matches_sub(pattern, topic)
-
-
-MessageCallback = Callable[[str, bytes, bool], None]
-"""``callback(topic, payload, retained)``; ``retained`` is True for a message the broker
-had stored and sends because of the subscription, False for a live one."""
-
-
-@dataclass(frozen=True)
-class Will:
-    """The message the broker publishes for us if we vanish without disconnecting."""
-
-    topic: str
-    payload: bytes
-    retain: bool = True
-    qos: int = 1
-
-
-class PublishHandle:
-    """A message handed to the client. :meth:`wait` returns once the broker acknowledged it
-    (QoS 1) or it was written to the socket (QoS 0), and raises :class:`BrokerError` if the
-    broker refused it, the connection lost it (QoS 0), or ``timeout`` passed."""
-
-    def __init__(self, owner: MqttClient, topic: str, qos: int, info: paho.MQTTMessageInfo):
-        self._owner = owner
-        self.topic = topic
-        self.qos = qos
-        self._info = info
-        self._failure: str | None = None
-
-    @property
-    def mid(self) -> int:
-        return self._info.mid
-
-    @property
-    def done(self) -> bool:
-        """Acknowledged (or, for QoS 0, written or lost); never blocks."""
-        return self._published()
-
-    def _published(self) -> bool:
-        try:
-            return self._info.is_published()
-        except (RuntimeError, ValueError):
-            # paho raises when rc says the message failed: it is settled, as a failure.
-            return True
-
-    def _settle(self) -> None:
-        failure = self._owner._take_failure(self.mid)
-        if failure is not None:
-            self._failure = failure
-
-    def wait(self, timeout: float | None = 30.0) -> None:
-        self._owner._forbid_in_network_thread("wait for the broker to acknowledge a message")
-        # paho raises when the message settled with a failing rc: reported below.
-        with contextlib.suppress(RuntimeError, ValueError):
-            self._info.wait_for_publish(timeout)
-        if not self._published():
-            raise BrokerError(
-                f"the MQTT broker at {self._owner.address.display} did not acknowledge "
-                f"the message on {self.topic}{_after(timeout)}"
-            )
-        if self._info.rc == paho.MQTT_ERR_CONN_LOST:
-            raise BrokerError(f"the QoS 0 message on {self.topic} was lost with the connection")
-        self._settle()
-        if self._failure is not None:
-            raise BrokerError(
-                f"the MQTT broker at {self._owner.address.display} refused the message on "
-                f"{self.topic}: {self._failure}"
-            )
 
 
 class MqttClient:
@@ -246,15 +151,10 @@ class MqttClient:
         self.server_maximum_packet_size: int | None = None
         self._will = Will(*will) if isinstance(will, tuple) else will
         self._reconnect_delay = reconnect_delay
-        self._subscriptions: dict[str, _Subscription] = {}
+        self._subscriptions = SubscriptionTable()
         self._lock = threading.Lock()
-        self._window = threading.Condition()
-        self._pending: deque[PublishHandle] = deque()
-        self._reserved = 0
+        self._window = PublishWindow(max_pending)
         self._failures: dict[int, str] = {}
-        self._subacks: dict[int, list[ReasonCode]] = {}
-        self._subacks_changed = threading.Condition(self._lock)
-        self._background_mids: set[int] = set()
         self._connack = threading.Event()
         self._connack_error: str | None = None
         self._network_thread: int | None = None
@@ -268,35 +168,14 @@ class MqttClient:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _make_client(self) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5,
+        client = paho_client(
+            self.address,
+            self.client_id,
             manual_ack=self.manual_ack,
+            max_inflight=self.max_inflight,
+            reconnect_delay=self._reconnect_delay,
+            will=self._will,
         )
-        # paho refuses to change this once connected: it has to happen here.
-        client.max_inflight_messages_set(self.max_inflight)
-        client.reconnect_delay_set(*self._reconnect_delay)
-        if self.address.username is not None:
-            client.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls:
-            try:
-                client.tls_set(
-                    ca_certs=str(self.address.ca_file) if self.address.ca_file else None,
-                    certfile=str(self.address.cert_file) if self.address.cert_file else None,
-                    keyfile=str(self.address.key_file) if self.address.key_file else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ssl.SSLError, ValueError) as error:
-                raise InputError(
-                    f"cannot use the TLS files for {self.address.url}: {error}"
-                ) from None
-            # --insecure skips only the host name check; the chain is still verified.
-            client.tls_insecure_set(self.address.insecure)
-        if self._will is not None:
-            client.will_set(
-                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
-            )
         client.on_message = self._route
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -310,6 +189,11 @@ class MqttClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.disconnect()
+
+    @property
+    def display(self) -> str:
+        """The broker's address as error messages show it."""
+        return self.address.display
 
     @property
     def is_connected(self) -> bool:
@@ -418,8 +302,7 @@ class MqttClient:
                 left,
             )
         self._stop()
-        with self._window:
-            self._pending.clear()
+        self._window.clear()
         return left
 
     # -- callbacks (network thread) ----------------------------------------------------------
@@ -445,21 +328,19 @@ class MqttClient:
             return
         self._generation += 1
         self._unclaimed.clear()
-        with self._lock:
-            subscriptions = list(self._subscriptions.items())
+        subscriptions = self._subscriptions.all()
         if subscriptions:
             # Every connect, whatever the session says (Mosquitto 2.0 may not restore a
             # $share subscription). Retain handling 1: retained messages only for
             # subscriptions the session lacks, so a reconnect does not replay them.
             rc, mid = client.subscribe(
                 [
-                    (topic, SubscribeOptions(qos=entry.qos, retainHandling=1))
-                    for topic, entry in subscriptions
+                    (entry.topic_filter, SubscribeOptions(qos=entry.qos, retainHandling=1))
+                    for entry in subscriptions
                 ]
             )
             if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
-                with self._lock:
-                    self._background_mids.add(mid)
+                self._subscriptions.in_background(mid)
         self._connack.set()
         self._call_hook(self.on_connected, bool(flags.session_present))
 
@@ -488,8 +369,7 @@ class MqttClient:
         if reason.is_failure:
             with self._lock:
                 self._failures[mid] = str(reason)
-        with self._window:
-            self._window.notify_all()
+        self._window.notify()
 
     def _on_subscribe(
         self,
@@ -499,15 +379,7 @@ class MqttClient:
         reasons: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        with self._lock:
-            if mid in self._background_mids:
-                self._background_mids.discard(mid)
-                for reason in reasons:
-                    if reason.is_failure:
-                        logger.error("re-subscription refused by the broker: %s", reason)
-                return
-            self._subacks[mid] = reasons
-            self._subacks_changed.notify_all()
+        self._subscriptions.answered(mid, reasons)
 
     def _call_hook(self, hook: Callable[[Any], None] | None, argument: object) -> None:
         if hook is None:
@@ -534,8 +406,7 @@ class MqttClient:
             message.mid,
             self._generation,
         )
-        with self._lock:
-            entries = [e for e in self._subscriptions.values() if e.matches(topic)]
+        entries = self._subscriptions.matching(topic)
         if not entries and self.manual_ack and delivered.qos:
             self._hold(delivered)
             return
@@ -560,14 +431,14 @@ class MqttClient:
         """Messages held, unacknowledged, until a subscription of this client matches them."""
         return len(self._unclaimed)
 
-    def _claim_held(self, entry: _Subscription) -> None:
+    def _claim_held(self, entry: Subscription) -> None:
         for message in self._unclaimed.claim(entry.matches):
             if message.generation == self._generation:
                 self._deliver(entry, message)
                 if not entry.raw:
                     self.ack(message)
 
-    def _deliver(self, entry: _Subscription, message: Message) -> None:
+    def _deliver(self, entry: Subscription, message: Message) -> None:
         try:
             if entry.raw:
                 entry.callback(message)
@@ -593,14 +464,14 @@ class MqttClient:
     def _in_network_thread(self) -> bool:
         return threading.get_ident() == self._network_thread
 
-    def _forbid_in_network_thread(self, what: str) -> None:
+    def forbid_in_network_thread(self, what: str) -> None:
         if self._in_network_thread():
             raise BrokerError(
                 f"cannot {what} inside an MQTT callback: the callback runs on the thread "
                 "that would receive the answer. Hand the work to another thread"
             )
 
-    def _take_failure(self, mid: int) -> str | None:
+    def take_failure(self, mid: int) -> str | None:
         with self._lock:
             return self._failures.pop(mid, None)
 
@@ -627,7 +498,7 @@ class MqttClient:
         if not self._started:
             raise BrokerError(f"client {self.client_id} is not connected: call connect() first")
         limit = self.server_maximum_packet_size
-        if limit is not None and (size := _packet_size(topic, payload, qos)) > limit:
+        if limit is not None and (size := packet_size(topic, payload, qos)) > limit:
             # paho would send it anyway; the broker would drop the connection, and paho
             # would re-send the same message after every reconnect.
             raise BrokerError(
@@ -635,16 +506,18 @@ class MqttClient:
                 f"at {self.address.display} accepts at most {limit:,}"
             )
         if qos == 1:
-            self._reserve(topic, timeout)
+            self._window.reserve(
+                self.address.display, topic, timeout, may_wait=not self._in_network_thread()
+            )
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
         except (ValueError, TypeError) as error:
             if qos == 1:
-                self._release(None)
+                self._window.release(None)
             raise InputError(f"cannot publish on {topic!r}: {error}") from None
         rc = info.rc
         if rc == paho.MQTT_ERR_QUEUE_SIZE:
-            self._release(None)  # only QoS 1 gets here
+            self._window.release(None)  # only QoS 1 gets here
             raise BackpressureError(
                 f"paho holds 65,535 unacknowledged messages for {self.address.display}: "
                 "slow down until the broker catches up"
@@ -656,7 +529,7 @@ class MqttClient:
             info.rc = paho.MQTT_ERR_SUCCESS
         elif rc != paho.MQTT_ERR_SUCCESS:
             if qos == 1:
-                self._release(None)
+                self._window.release(None)
             if rc == paho.MQTT_ERR_NO_CONN:
                 raise BrokerError(
                     f"not connected to the MQTT broker at {self.address.display}: the QoS 0 "
@@ -665,54 +538,21 @@ class MqttClient:
             raise BrokerError(f"cannot publish on {topic}: {paho.error_string(rc)}")
         handle = PublishHandle(self, topic, qos, info)
         if qos == 1:
-            self._release(handle)
+            self._window.release(handle)
         return handle
-
-    def _reserve(self, topic: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._window:
-            while self._unacknowledged() + self._reserved >= self.max_pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._in_network_thread():
-                    raise BackpressureError(
-                        f"{self.max_pending} messages to {self.address.display} are still "
-                        f"waiting for the broker's acknowledgement{_after(timeout)}; the "
-                        f"message on {topic} was not sent. The broker is slow or unreachable"
-                    )
-                # Polled as well as notified: paho marks a message published only after
-                # the callback that notifies us has returned.
-                self._window.wait(min(remaining, 0.02))
-            self._reserved += 1
-
-    def _release(self, handle: PublishHandle | None) -> None:
-        with self._window:
-            self._reserved = max(0, self._reserved - 1)
-            if handle is not None:
-                self._pending.append(handle)
-            self._window.notify_all()
-
-    def _unacknowledged(self) -> int:
-        """Messages in the window, after dropping the acknowledged ones at its head (the
-        broker acknowledges in order, so the head is where they are)."""
-        while self._pending and self._pending[0].done:
-            self._pending.popleft()._settle()
-        return len(self._pending)
 
     @property
     def pending(self) -> int:
         """QoS 1 messages not yet acknowledged by the broker."""
-        with self._window:
-            self._unacknowledged()
-            return sum(1 for handle in self._pending if not handle.done)
+        return self._window.pending()
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every QoS 1 message is acknowledged, at most ``timeout`` s; returns
         how many are still unacknowledged."""
-        self._forbid_in_network_thread("wait for acknowledgements")
+        self.forbid_in_network_thread("wait for acknowledgements")
         deadline = time.monotonic() + timeout
         while (left := self.pending) and time.monotonic() < deadline:
-            with self._window:
-                self._window.wait(0.02)
+            self._window.wait_for_change(0.02)
         return left
 
     # -- subscribing -------------------------------------------------------------------------
@@ -759,10 +599,8 @@ class MqttClient:
             raise InputError(f"QoS must be 0 or 1, not {qos!r}")
         if not isinstance(topic_filter, str) or not topic_filter:
             raise InputError("a topic filter must be a non-empty string")
-        with self._lock:
-            entry = self._subscriptions[topic_filter] = _Subscription(
-                topic_filter, qos, callback, raw
-            )
+        entry = Subscription(topic_filter, qos, callback, raw)
+        self._subscriptions.add(entry)
         self._claim_held(entry)
         if not self._started:
             return  # sent by _on_connect when the connection comes up
@@ -779,10 +617,14 @@ class MqttClient:
             self._forget(topic_filter)
             raise BrokerError(f"cannot subscribe to {topic_filter}: {paho.error_string(rc)}")
         if self._in_network_thread():
-            with self._lock:
-                self._background_mids.add(mid)
+            self._subscriptions.in_background(mid)
             return
-        reasons = self._wait_suback(mid, topic_filter, timeout)
+        reasons = self._subscriptions.wait_answer(
+            mid,
+            f"the MQTT broker at {self.address.display} did not answer the subscription to "
+            f"{topic_filter}",
+            timeout,
+        )
         failed = [r for r in reasons if r.is_failure]
         if failed:
             self._forget(topic_filter)
@@ -791,22 +633,8 @@ class MqttClient:
                 f"{topic_filter}: {failed[0]}"
             )
 
-    def _wait_suback(self, mid: int, topic_filter: str, timeout: float) -> list[ReasonCode]:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while mid not in self._subacks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BrokerError(
-                        f"the MQTT broker at {self.address.display} did not answer the "
-                        f"subscription to {topic_filter} within {timeout:g} s"
-                    )
-                self._subacks_changed.wait(remaining)
-            return self._subacks.pop(mid)
-
     def _forget(self, topic_filter: str) -> None:
-        with self._lock:
-            self._subscriptions.pop(topic_filter, None)
+        self._subscriptions.forget(topic_filter)
 
     def unsubscribe(self, topic_filter: str) -> None:
         self._forget(topic_filter)
@@ -814,53 +642,14 @@ class MqttClient:
             self._client.unsubscribe(topic_filter)
 
     def read_retained(self, topic: str, timeout: float = 10.0) -> bytes | None:
-        """The message retained on ``topic``, or None if there is none.
-
-        MQTT has no "nothing retained" answer, so after subscribing we publish a marker on
-        a private topic we also subscribe to: the broker sends a subscriber's messages in
-        order (Mosquitto queues the retained message when it handles the SUBSCRIBE), so
-        when the marker arrives, a retained message would have arrived before it."""
-        self._forbid_in_network_thread("read a retained message")
+        """The message retained on ``topic``, or None if there is none
+        (:func:`edgefleet.edge.retained.read_retained` says how)."""
+        self.forbid_in_network_thread("read a retained message")
         if not self._started:
             raise BrokerError(f"client {self.client_id} is not connected: call connect() first")
-        with self._lock:
-            if topic in self._subscriptions:
-                raise InputError(f"{topic} is subscribed already; its callback gets the value")
-        base = self.marker_base or f"{topic}/.marker"
-        marker = f"{base}/{uuid.uuid4().hex}"
-        values: list[bytes] = []
-        arrived = threading.Event()
-
-        def on_value(_: str, payload: bytes, retained: bool) -> None:
-            if retained and payload:
-                values.append(payload)
-
-        def on_marker(*_: object) -> None:
-            arrived.set()
-
-        deadline = time.monotonic() + timeout
-        try:
-            self.subscribe(topic, on_value, timeout=timeout)
-            self.subscribe(marker, on_marker, timeout=max(0.1, deadline - time.monotonic()))
-            self.publish(marker, b"", qos=1).wait(max(0.1, deadline - time.monotonic()))
-            if not arrived.wait(max(0.1, deadline - time.monotonic())):
-                raise BrokerError(
-                    f"the MQTT broker at {self.address.display} did not return the retained "
-                    f"message of {topic} within {timeout:g} s"
-                )
-        finally:
-            self.unsubscribe(marker)
-            self.unsubscribe(topic)
-        return values[-1] if values else None
-
-
-def _packet_size(topic: str, payload: bytes, qos: int) -> int:
-    """Bytes of the PUBLISH packet paho builds (MQTT 5, no properties)."""
-    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + len(payload)
-    length_bytes = (
-        1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
-    )
-    return 1 + length_bytes + remaining
+        if topic in self._subscriptions:
+            raise InputError(f"{topic} is subscribed already; its callback gets the value")
+        return read_retained(self, topic, timeout)
 
 
 def _reason(error: BaseException) -> str:
@@ -871,7 +660,3 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__
-
-
-def _after(timeout: float | None) -> str:
-    return f" within {timeout:g} s" if timeout else ""

@@ -20,6 +20,12 @@ UNKNOWN_CODE = -1.0
 OutOfRangePolicy = Literal["error", "clip", "accept"]
 _POLICIES: tuple[OutOfRangePolicy, ...] = ("error", "clip", "accept")
 
+Task = Literal["binary", "multiclass", "regression"]
+TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
+MAX_CLASSES = 1000
+"""More classes than this is not a tabular classifier a device should carry (every report
+holds sketches per class): refused as hostile or mistaken input."""
+
 
 @dataclass(frozen=True)
 class NumericFeature:
@@ -110,19 +116,24 @@ Feature = NumericFeature | CategoricalFeature
 
 @dataclass(frozen=True)
 class FeatureSchema:
-    """The ordered inputs of a model, the target column and its two classes.
+    """The ordered inputs of a model, the target column, the task and its classes.
 
+    ``task`` (docs/architecture.md §2): ``binary`` (``classes`` holds exactly two labels and
     ``classes[1]`` is the positive class: the probability a model reports for it is the
-    "score" (churn probability) that monitoring histograms.
+    "score", e.g. churn probability, that monitoring histograms), ``multiclass`` (three or
+    more labels, in the order of the estimator's ``classes_``: the order of the model's
+    probability columns) or ``regression`` (no classes: the model outputs one value).
     """
 
     features: tuple[Feature, ...]
     target: str
-    classes: tuple[str, str]
+    classes: tuple[str, ...]
     segments: tuple[str, ...] = ()
     """Features whose groups the monitor compares (fairness; :mod:`edgefleet.edge.segments`).
     Left out of the JSON form when empty, so schemas without segments read and hash as
     before."""
+    task: Task = "binary"
+    """Left out of the JSON form when ``binary``, so binary schemas read and hash as before."""
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -133,12 +144,22 @@ class FeatureSchema:
             raise InputError(f"duplicate feature names in schema: {', '.join(duplicates)}")
         if self.target in names:
             raise InputError(f"the target {self.target!r} cannot also be a feature")
-        if len(self.classes) != 2 or self.classes[0] == self.classes[1]:
-            raise InputError("edgefleet models are binary: the schema needs two distinct classes")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        _check_classes(self.task, self.classes)
         if self.segments:
             from edgefleet.edge.segments import check_segments  # segments builds on this module
 
             object.__setattr__(self, "segments", check_segments(self.features, self.segments))
+
+    @property
+    def n_outputs(self) -> int:
+        """Columns of the model's output: one probability per class, or 1 (the value) for
+        regression."""
+        return 1 if self.task == "regression" else len(self.classes)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task != "regression"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -168,6 +189,8 @@ class FeatureSchema:
         }
         if self.segments:
             data["segments"] = list(self.segments)
+        if self.task != "binary":
+            data["task"] = self.task
         return data
 
     @classmethod
@@ -186,16 +209,22 @@ class FeatureSchema:
         if not isinstance(raw_features, list):
             raise InputError("feature schema: 'features' must be a list")
         features = tuple(_feature_from_dict(f, i) for i, f in enumerate(raw_features))
-        if len(classes) != 2:
-            raise InputError("feature schema: 'classes' must hold exactly two class labels")
+        task = data.get("task", "binary")
+        if task not in TASKS:
+            raise InputError(f"feature schema: 'task' must be one of {', '.join(TASKS)}")
+        if len(classes) > MAX_CLASSES or not all(isinstance(c, str) for c in classes):
+            raise InputError(
+                f"feature schema: 'classes' must be a list of at most {MAX_CLASSES} strings"
+            )
         segments = data.get("segments", [])
         if not isinstance(segments, list):
             raise InputError("feature schema: 'segments' must be a list of feature names")
         return cls(
             features=features,
             target=target,
-            classes=(str(classes[0]), str(classes[1])),
+            classes=tuple(classes),
             segments=tuple(segments),
+            task=task,
         )
 
 
@@ -227,6 +256,28 @@ def _feature_from_dict(data: Any, position: int) -> Feature:
             name=name, vocabulary=tuple(vocabulary), allow_missing=allow_missing
         )
     raise InputError(f"feature {name!r}: kind must be 'numeric' or 'categorical', not {kind!r}")
+
+
+def _check_classes(task: str, classes: tuple[str, ...]) -> None:
+    """The class labels a task needs: what is wrong and what the schema should hold."""
+    if task not in TASKS:
+        raise InputError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    if not all(isinstance(c, str) for c in classes):
+        raise InputError("class labels must be strings (the labels as the model's classes_)")
+    if len(set(classes)) != len(classes):
+        raise InputError(f"the class labels {list(classes)} repeat a label")
+    if task == "binary" and len(classes) != 2:
+        raise InputError(
+            f"a binary schema needs exactly two distinct classes, got {len(classes)}; "
+            "use task 'multiclass' for three or more"
+        )
+    if task == "multiclass" and not 3 <= len(classes) <= MAX_CLASSES:
+        raise InputError(
+            f"a multiclass schema needs 3 to {MAX_CLASSES} classes, got {len(classes)}"
+            + ("; use task 'binary' for two" if len(classes) == 2 else "")
+        )
+    if task == "regression" and classes:
+        raise InputError(f"a regression schema has no classes, got {list(classes)}")
 
 
 def _check_name(name: str) -> None:

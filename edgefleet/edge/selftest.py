@@ -6,13 +6,15 @@ import numpy as np
 
 from edgefleet.edge.backends.base import Backend
 from edgefleet.edge.encoding import RecordEncoder
-from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.manifest import REGRESSION_RTOL, Manifest, within_tolerance
 from edgefleet.errors import RecordError, SelfTestError
 
 
 def run_self_test(manifest: Manifest, backend: Backend, encoder: RecordEncoder) -> float:
     """Check that the encoder reproduces each golden input and the backend each golden
-    probability within the manifest's tolerance. Returns the largest difference seen."""
+    output (probabilities, or a regressor's value) within the manifest's tolerance
+    (:func:`~edgefleet.edge.manifest.within_tolerance`). Returns the largest difference
+    seen."""
     if not manifest.golden:
         raise SelfTestError(f"{manifest.label} carries no golden vectors to self-test with")
     expected_inputs = np.array([g.input_values() for g in manifest.golden], dtype=np.float32)
@@ -37,11 +39,15 @@ def run_self_test(manifest: Manifest, backend: Backend, encoder: RecordEncoder) 
         )
     difference = np.abs(got - expected)
     worst = float(np.nanmax(difference)) if difference.size else 0.0
-    if not np.isfinite(difference).all() or worst > manifest.tolerance:
-        index = int(np.nanargmax(difference.max(axis=1)))
+    task = manifest.schema.task
+    agrees = within_tolerance(got, expected, task=task, tolerance=manifest.tolerance)
+    if not agrees.all():
+        index = int(np.argmin(agrees.all(axis=1)))
+        off = float(np.nanmax(difference[index])) if np.isfinite(difference[index]).any() else worst
+        relative = f" + {REGRESSION_RTOL:g} x |value|" if task == "regression" else ""
         raise SelfTestError(
             f"the {backend.format} model of {manifest.label} fails its self-test: golden vector "
-            f"{index} ({manifest.golden[index].note}) is off by {worst:.3g} (tolerance "
-            f"{manifest.tolerance:g})"
+            f"{index} ({manifest.golden[index].note}) is off by {off:.3g} (tolerance "
+            f"{manifest.tolerance:g}{relative})"
         )
     return worst

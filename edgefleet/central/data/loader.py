@@ -270,7 +270,7 @@ def _schema_classes(
             f"positive class {positive_class!r} contradicts the schema, whose positive "
             f"class is {schema.classes[1]!r}"
         )
-    return schema.classes
+    return schema.classes[0], schema.classes[1]
 
 
 def _positive(observed: list[str], target: str, positive_class: str | None) -> str:

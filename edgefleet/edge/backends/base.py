@@ -23,7 +23,8 @@ class Backend(Protocol):
     format: str
 
     def predict_proba(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """float32 ``[N, F]`` -> class probabilities float32 ``[N, n_classes]``."""
+        """float32 ``[N, F]`` -> float32 ``[N, n_outputs]`` (docs/architecture.md §2): the
+        class probabilities in schema class order, or a regressor's value in one column."""
         ...
 
 

@@ -46,8 +46,16 @@ class OnnxBackend:
         self._outputs = [PROBABILITIES]
 
     def predict_proba(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``[N, n_outputs]`` (docs/architecture.md §2); a graph that gives a regressor's
+        values as ``[N]`` is read as one column."""
         result: npt.NDArray[np.float32] = self.session.run(self._outputs, {self._input: inputs})[0]
-        return result
+        return as_columns(result)
+
+
+def as_columns(result: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A model's outputs as ``[N, n_outputs]``: ``[N]`` (one value per row) becomes
+    ``[N, 1]``."""
+    return result.reshape(-1, 1) if result.ndim == 1 else result
 
 
 def load(path: Path) -> OnnxBackend:

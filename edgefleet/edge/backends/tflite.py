@@ -77,6 +77,7 @@ class TFLiteBackend:
                 "input of shape [-1, F] with a dynamic batch (re-export it with edgefleet)"
             )
         self.n_features = int(shape[1])
+        self.n_outputs = self._output_columns()
         self._rows = -1  # the batch size the tensors are allocated for; -1: none yet
         self._lock = threading.Lock()
 
@@ -108,7 +109,16 @@ class TFLiteBackend:
             )
         return int(inputs[0]["index"]), int(outputs[0]["index"])
 
+    def _output_columns(self) -> int:
+        """Columns of the output (class probabilities, or 1 for a regressor's value)."""
+        for detail in self._interpreter.get_output_details():
+            if detail["index"] == self._output:
+                shape = detail["shape_signature"]
+                return int(shape[1]) if len(shape) == 2 and shape[1] > 0 else 1
+        return 1
+
     def predict_proba(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``[N, n_outputs]`` (docs/architecture.md §2)."""
         batch = np.ascontiguousarray(inputs, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] != self.n_features:
             raise RecordError(
@@ -118,7 +128,7 @@ class TFLiteBackend:
         rows = batch.shape[0]
         if rows == 0:
             # LiteRT kernels are not all defined for empty tensors; nothing to score anyway.
-            return np.zeros((0, 2), dtype=np.float32)
+            return np.zeros((0, self.n_outputs), dtype=np.float32)
         with self._lock:
             if rows != self._rows:
                 self._interpreter.resize_tensor_input(
@@ -130,7 +140,7 @@ class TFLiteBackend:
             self._interpreter.invoke()
             # get_tensor copies, so the result survives the next invoke().
             result: npt.NDArray[np.float32] = self._interpreter.get_tensor(self._output)
-        return result
+        return result.reshape(rows, -1)
 
 
 def load(path: Path) -> TFLiteBackend:
