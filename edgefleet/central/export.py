@@ -15,19 +15,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.central.registry import ModelVersion
+from edgefleet.central.trainer import model_outputs
 from edgefleet.converters.parity import ParityResult, measure_parity, require_parity
 from edgefleet.converters.registry import export_format
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.bundle import MANIFEST_FILE, SIGNATURE_FILE
 from edgefleet.edge.hashing import sha256_bytes
-from edgefleet.edge.manifest import DEFAULT_TOLERANCE, Artifact, Manifest
+from edgefleet.edge.manifest import (
+    DEFAULT_TOLERANCE,
+    REGRESSION_RTOL,
+    Artifact,
+    Manifest,
+    within_tolerance,
+)
+from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.signing import sign
-from edgefleet.errors import InputError
+from edgefleet.errors import InputError, ParityError
 
 Progress = Callable[[str], None]
 
@@ -64,7 +73,7 @@ def export_bundle(
     card = version.load_card()
     pipeline = version.load_pipeline()
     check_inputs = np.concatenate([card.holdout_inputs, card.golden_inputs()])
-    expected = pipeline.predict_proba(check_inputs)
+    expected = model_outputs(pipeline, card.schema, check_inputs)
     source = ConversionSource(
         pipeline=pipeline,
         schema=card.schema,
@@ -83,8 +92,9 @@ def export_bundle(
             data = fmt.convert(source)
             seconds = time.perf_counter() - started
             progress(f"{name}: checking parity on {len(check_inputs)} rows")
-            parity = measure_parity(name, fmt.predict(data, check_inputs), expected)
-            require_parity(parity, tolerance, version.label)
+            got = fmt.predict(data, check_inputs)
+            parity = measure_parity(name, got, expected)
+            _require_parity(parity, got, expected, card.schema, tolerance, version.label)
             target = staging / fmt.filename
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
@@ -120,3 +130,29 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(manifest=manifest, bundle=out, formats=tuple(reports))
+
+
+def _require_parity(
+    parity: ParityResult,
+    got: np.ndarray[Any, Any],
+    expected: np.ndarray[Any, Any],
+    schema: FeatureSchema,
+    tolerance: float,
+    label: str,
+) -> None:
+    """Probabilities: within ``tolerance``; a regressor's values: within ``tolerance`` plus
+    ``REGRESSION_RTOL`` of the value (docs/architecture.md §2), as the device's self-test
+    judges them."""
+    if schema.task != "regression":
+        require_parity(parity, tolerance, label)
+        return
+    agrees = within_tolerance(
+        np.asarray(got, np.float64), expected, task=schema.task, tolerance=tolerance
+    ).all(axis=1)
+    if not agrees.all():
+        row = int(np.flatnonzero(~agrees)[0])
+        raise ParityError(
+            f"the {parity.format} artifact of {label} predicts {float(got[row, 0]):.7g} for "
+            f"row {row} of {parity.rows}, scikit-learn {float(expected[row, 0]):.7g}; the "
+            f"tolerance is {tolerance:g} + {REGRESSION_RTOL:g} x |value|. No bundle was written."
+        )

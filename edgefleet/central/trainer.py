@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,9 @@ class TrainedModel:
     reference: ReferenceProfile
     golden: tuple[GoldenVector, ...]
     holdout_inputs: npt.NDArray[np.float32]
-    holdout_labels: npt.NDArray[np.int8]
+    holdout_labels: npt.NDArray[Any]
+    """Class indices in schema order (int8 for binary, as before), or a regressor's target
+    values (float64)."""
     train_rows: int
 
     def golden_inputs(self) -> npt.NDArray[np.float32]:
@@ -94,6 +96,54 @@ def train(
         holdout_labels=holdout_labels,
         train_rows=len(train_index),
     )
+
+
+def model_outputs(
+    pipeline: Any, schema: FeatureSchema, inputs: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float64]:
+    """The model contract's outputs (docs/architecture.md §2) of a scikit-learn pipeline:
+    ``[N, n_outputs]`` class probabilities, or a regressor's values in one column."""
+    if schema.is_classifier:
+        return np.asarray(pipeline.predict_proba(inputs), dtype=np.float64)
+    return np.asarray(pipeline.predict(inputs), dtype=np.float64).reshape(-1, 1)
+
+
+def reference_for(
+    schema: FeatureSchema,
+    train_inputs: npt.NDArray[np.float32],
+    outputs: npt.NDArray[Any],
+    labels: npt.NDArray[Any],
+) -> ReferenceProfile:
+    """The reference profile of any task from the holdout's outputs ``[N, n_outputs]``.
+    Binary: :func:`reference_profile` of P(classes[1]). Multi-class: the scores are the top
+    class's probability, by label "wrong" and "right"; ``prediction`` counts the predicted
+    classes. Regression: no scores (empty histograms); ``prediction`` is the histogram of
+    the predicted values at their quantiles."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if schema.task == "binary":
+        return reference_profile(schema, train_inputs, outputs[:, 1], labels)
+    if schema.task == "multiclass":
+        predicted = outputs.argmax(axis=1)
+        right = (predicted == np.asarray(labels)).astype(np.int8)
+        profile = reference_profile(schema, train_inputs, outputs.max(axis=1), right)
+        counts, _ = categorical_counts(predicted.astype(np.float64), len(schema.classes))
+        prediction: FeatureProfile = CategoricalProfile(
+            "prediction", tuple(int(c) for c in counts), 0
+        )
+    else:
+        values = outputs[:, 0]
+        profile = reference_profile(schema, train_inputs, np.zeros(0), np.zeros(0))
+        edges = quantile_edges(values)
+        counts, missing = numeric_bin_counts(values, edges)
+        prediction = NumericProfile(
+            "prediction",
+            tuple(edges),
+            tuple(int(c) for c in counts),
+            missing,
+            float(values.min()),
+            float(values.max()),
+        )
+    return replace(profile, prediction=prediction)
 
 
 def reference_profile(
@@ -184,27 +234,40 @@ def golden_vectors(
     *,
     seed: int,
 ) -> tuple[GoldenVector, ...]:
-    """Holdout rows of both labels plus edge cases, with scikit-learn's probabilities."""
-    rng = np.random.default_rng(seed)
-    picks: list[int] = []
-    for label in (0, 1):
-        members = np.flatnonzero(np.asarray(labels) == label)
-        take = min(len(members), GOLDEN_HOLDOUT_ROWS // 2)
-        picks.extend(int(i) for i in rng.choice(members, size=take, replace=False))
-    rows = [(f"holdout row {i}", _record(holdout.iloc[i])) for i in sorted(picks)]
+    """Holdout rows (of every class, for a classifier) plus edge cases, with
+    scikit-learn's outputs (:func:`model_outputs`)."""
+    rows = [
+        (f"holdout row {i}", _record(holdout.iloc[i])) for i in _golden_rows(schema, labels, seed)
+    ]
     cases = rows + _edge_cases(schema, rows[0][1])
     frame = pd.DataFrame([record for _, record in cases], columns=list(schema.names))
     for index in schema.numeric_indices():
         name = schema.features[index].name
         frame[name] = pd.to_numeric(frame[name]).astype(np.float64)
     inputs = encode_features(frame, schema)
-    probabilities = pipeline.predict_proba(inputs)
+    outputs = model_outputs(pipeline, schema, inputs)
     return tuple(
         GoldenVector(
             record=record,
             input=tuple(None if math.isnan(v) else float(v) for v in inputs[i]),
-            probabilities=tuple(float(p) for p in probabilities[i]),
+            probabilities=tuple(float(p) for p in outputs[i]),
             note=note,
         )
         for i, (note, record) in enumerate(cases)
     )
+
+
+def _golden_rows(schema: FeatureSchema, labels: npt.NDArray[Any], seed: int) -> list[int]:
+    """Which holdout rows become golden vectors: an equal share of each class (at least two
+    of each), or any rows of a regressor's holdout."""
+    rng = np.random.default_rng(seed)
+    if not schema.is_classifier:
+        take = min(len(labels), GOLDEN_HOLDOUT_ROWS)
+        return sorted(int(i) for i in rng.choice(len(labels), size=take, replace=False))
+    picks: list[int] = []
+    per_class = max(2, GOLDEN_HOLDOUT_ROWS // len(schema.classes))
+    for label in range(len(schema.classes)):
+        members = np.flatnonzero(np.asarray(labels) == label)
+        take = min(len(members), per_class)
+        picks.extend(int(i) for i in rng.choice(members, size=take, replace=False))
+    return sorted(picks)

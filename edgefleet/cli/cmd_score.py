@@ -15,12 +15,17 @@ from typing import Any, TextIO
 import numpy as np
 
 from edgefleet.cli.progress import say
+from edgefleet.edge.agent.answers import Prediction, answers
 from edgefleet.errors import InputError, RecordError
 
 EPILOG = """\
 output: one JSON object per input record, in input order:
   {"row": 0, "probability": 0.731, "label": "Yes"}
   {"row": 1, "error": "field 'tenure_months': expected a number, got text 'ten'"}
+a multi-class model gives the label and every class's probability, a regressor the value:
+  {"row": 0, "probabilities": {"setosa": 0.02, "versicolor": 0.9, "virginica": 0.08},
+   "label": "versicolor"}
+  {"row": 0, "value": 183.2}
 
 examples:
   edgefleet score bundle/ --input customers.jsonl --key edgefleet.pub
@@ -57,6 +62,17 @@ def register(subparsers: Any) -> None:
         "or stop at once (default: report)",
     )
     score.set_defaults(handler=run_score)
+
+
+def _fields(prediction: Prediction) -> dict[str, Any]:
+    """A prediction's task fields, probabilities to 7 decimals."""
+    fields = prediction.to_dict()
+    del fields["id"], fields["model_version"]
+    if "probability" in fields:
+        fields["probability"] = round(fields["probability"], 7)
+    if "probabilities" in fields:
+        fields["probabilities"] = {k: round(p, 7) for k, p in fields["probabilities"].items()}
+    return fields
 
 
 def _csv_records(handle: TextIO, numeric: set[str]) -> Iterator[dict[str, Any]]:
@@ -106,9 +122,8 @@ def run_score(args: argparse.Namespace) -> int:
         args.bundle, args.key or default_public_key(args.home), format=args.format
     )
     say(f"scoring with {scorer.manifest.label} ({scorer.format}, self-test passed)")
-    numeric = {f.name for f in scorer.manifest.schema.features if f.kind == "numeric"}
-    positive = scorer.manifest.schema.classes[1]
-    negative = scorer.manifest.schema.classes[0]
+    schema = scorer.manifest.schema
+    numeric = {f.name for f in schema.features if f.kind == "numeric"}
     if str(args.input) == "-":
         handle: TextIO = sys.stdin
     else:
@@ -143,18 +158,15 @@ def run_score(args: argparse.Namespace) -> int:
                     failed += 1
                 lines.append(entry)
                 row += 1
-            probabilities = (
+            outputs = (
                 scorer.score(np.array(encoded, dtype=np.float32).reshape(-1, width))
                 if encoded
-                else np.empty((0, 2), dtype=np.float32)
+                else np.empty((0, schema.n_outputs), dtype=np.float32)
             )
-            position = 0
+            results = iter(answers(schema, scorer.version, outputs, [""] * len(outputs)))
             for entry in lines:
                 if "error" not in entry:
-                    p = float(probabilities[position][1])
-                    position += 1
-                    entry["probability"] = round(p, 7)
-                    entry["label"] = positive if p >= 0.5 else negative
+                    entry.update(_fields(next(results)))
                     scored += 1
                 out.write(json.dumps(entry) + "\n")
             out.flush()

@@ -127,40 +127,28 @@ class ReferenceProfile:
     rows: int
     features: tuple[FeatureProfile, ...]
     scores: ScoreProfile
+    prediction: FeatureProfile | None = None
+    """The holdout's predictions, for prediction drift of a non-binary model (docs/
+    architecture.md §2): a multi-class model's predicted classes (a categorical profile
+    over the schema's classes), a regressor's values (a numeric profile, cut at their
+    quantiles). None for a binary model, whose scores say it; written only when set, so
+    binary manifests read and hash as before."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "rows": self.rows,
             "features": [f.to_dict() for f in self.features],
             "scores": self.scores.to_dict(),
         }
+        if self.prediction is not None:
+            data["prediction"] = self.prediction.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ReferenceProfile:
         try:
-            features: list[FeatureProfile] = []
-            for item in data["features"]:
-                if item["kind"] == "numeric":
-                    features.append(
-                        NumericProfile(
-                            name=str(item["name"]),
-                            edges=tuple(float(e) for e in item["edges"]),
-                            counts=tuple(int(c) for c in item["counts"]),
-                            missing=int(item["missing"]),
-                            minimum=float(item["minimum"]),
-                            maximum=float(item["maximum"]),
-                        )
-                    )
-                elif item["kind"] == "categorical":
-                    features.append(
-                        CategoricalProfile(
-                            name=str(item["name"]),
-                            counts=tuple(int(c) for c in item["counts"]),
-                            unknown=int(item["unknown"]),
-                        )
-                    )
-                else:
-                    raise InputError(f"unknown profile kind {item['kind']!r}")
+            features = [_feature_profile(item) for item in data["features"]]
+            prediction = data.get("prediction")
             scores = data["scores"]
             if int(scores["bins"]) != SCORE_BINS:
                 raise InputError(f"score histogram has {scores['bins']} bins, not {SCORE_BINS}")
@@ -175,10 +163,12 @@ class ReferenceProfile:
                         tuple(int(c) for c in by_label[1]),
                     ),
                 ),
+                prediction=None if prediction is None else _feature_profile(prediction),
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise InputError(f"reference profile is malformed: {error!r}") from None
-        for feature in profile.features:
+        described = (*profile.features, *([profile.prediction] if profile.prediction else []))
+        for feature in described:
             if (
                 isinstance(feature, NumericProfile)
                 and len(feature.counts) != len(feature.edges) + 1
@@ -187,3 +177,22 @@ class ReferenceProfile:
                     f"reference profile of {feature.name!r}: counts and edges disagree"
                 )
         return profile
+
+
+def _feature_profile(item: Any) -> FeatureProfile:
+    if item["kind"] == "numeric":
+        return NumericProfile(
+            name=str(item["name"]),
+            edges=tuple(float(e) for e in item["edges"]),
+            counts=tuple(int(c) for c in item["counts"]),
+            missing=int(item["missing"]),
+            minimum=float(item["minimum"]),
+            maximum=float(item["maximum"]),
+        )
+    if item["kind"] == "categorical":
+        return CategoricalProfile(
+            name=str(item["name"]),
+            counts=tuple(int(c) for c in item["counts"]),
+            unknown=int(item["unknown"]),
+        )
+    raise InputError(f"unknown profile kind {item['kind']!r}")

@@ -211,7 +211,8 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "one class": (_with(lambda f: f.assign(churn="No")), "only one class"),
     "three classes": (
         _with(lambda f: _set(f, "churn", 5, "Maybe")),
-        "has 3 classes.*edgefleet models are binary",
+        "has 3 values.*edgefleet train fits binary classifiers.*edgefleet register "
+        "MODEL.joblib --reference DATA --target churn",
     ),
     "missing target": (
         _with(lambda f: _set(_set(f, "churn", 3, None), "churn", 7, None)),

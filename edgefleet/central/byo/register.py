@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from sklearn.base import is_regressor
 
 from edgefleet.central.byo.reading import ReadPipeline, contract_pipeline, read_pipeline
 from edgefleet.central.byo.source import LoadedModel, load_model
@@ -28,16 +29,24 @@ from edgefleet.central.data.loader import (
     load_training_table,
     read_table,
 )
-from edgefleet.central.metrics import classification_metrics
+from edgefleet.central.metrics import holdout_metrics
 from edgefleet.central.registry import ModelVersion, Registry
-from edgefleet.central.trainer import TrainedModel, golden_vectors, reference_profile
+from edgefleet.central.trainer import TrainedModel, golden_vectors, model_outputs, reference_for
 from edgefleet.converters.ir import family_of
-from edgefleet.edge.schema import CategoricalFeature, Feature, FeatureSchema, NumericFeature
+from edgefleet.edge.manifest import REGRESSION_RTOL, within_tolerance
+from edgefleet.edge.schema import (
+    CategoricalFeature,
+    Feature,
+    FeatureSchema,
+    NumericFeature,
+    Task,
+)
 from edgefleet.errors import DataError, UnsupportedModelError
 
 # The rebuilt pipeline must give the user's probabilities within this on every reference
-# row, as the user holds it or rounded to float32 as the contract sends it (measured: below
-# 3e-7 on the test grid).
+# row (a regressor's values: within this plus REGRESSION_RTOL of the value), as the user
+# holds it or rounded to float32 as the contract sends it (measured: below 3e-7 on the
+# test grid).
 AGREEMENT_TOLERANCE = 1e-5
 # HistGradientBoosting's float32-raised splits (byo/splits.py) answer a value within one
 # float32 step above a split like neither view; that many rows may, before registration is
@@ -127,18 +136,20 @@ def build_card(
         frame[[*schema.names, schema.target]],
         schema.target,
         schema=schema,
-        positive_class=schema.classes[1],
+        positive_class=schema.classes[1] if schema.task == "binary" else None,
     )
     encoded = encode_features(table.features, schema)
     pipeline = contract_pipeline(read, schema.names, encoded)
     progress(f"checking the rebuilt pipeline against yours on {len(encoded):,} rows")
-    ours = pipeline.predict_proba(encoded)
+    ours = model_outputs(pipeline, schema, encoded)
     agreement = _agreement(
-        user_model.predict_proba(_as_fitted(user_model, frame, read)),
-        user_model.predict_proba(_as_fitted(user_model, _float32_values(frame, schema), read)),
+        _user_outputs(user_model, _as_fitted(user_model, frame, read), schema),
+        _user_outputs(
+            user_model, _as_fitted(user_model, _float32_values(frame, schema), read), schema
+        ),
         ours,
+        schema,
     )
-    scores = ours[:, 1]
     labels = table.labels
     keep = _holdout_rows(len(encoded))
     trained = TrainedModel(
@@ -147,8 +158,8 @@ def build_card(
         family=family_of(read.estimator),
         params=_params(read.estimator),
         seed=0,
-        metrics=classification_metrics(labels, scores),
-        reference=reference_profile(schema, encoded, scores, labels),
+        metrics=holdout_metrics(schema, labels, ours),
+        reference=reference_for(schema, encoded, ours, labels),
         golden=golden_vectors(pipeline, schema, table.features, labels, seed=0),
         holdout_inputs=encoded[keep],
         holdout_labels=labels[keep],
@@ -157,13 +168,37 @@ def build_card(
     return Card(trained, agreement)
 
 
-def _schema(read: ReadPipeline, loaded: LoadedModel, target: str) -> FeatureSchema:
-    classes = [_text(c) for c in getattr(read.estimator, "classes_", [])]
-    if len(classes) != 2 or None in classes:
+def _task(estimator: Any) -> tuple[Task, tuple[str, ...]]:
+    """The task of the user's estimator and its classes as the schema holds them
+    (docs/architecture.md §2)."""
+    if is_regressor(estimator):
+        return "regression", ()
+    classes = [_text(c) for c in getattr(estimator, "classes_", [])]
+    if len(classes) < 2 or None in classes or len(set(classes)) != len(classes):
         raise UnsupportedModelError(
-            f"{type(read.estimator).__name__} has {len(classes)} classes; edgefleet registers "
+            f"{type(estimator).__name__} has the classes {classes}; edgefleet registers "
+            "classifiers of two or more distinct classes, and regressors"
+        )
+    texts = tuple(str(c) for c in classes)
+    task: Task = "binary" if len(texts) == 2 else "multiclass"
+    if task not in _converted_tasks():
+        raise UnsupportedModelError(
+            f"{type(estimator).__name__} has {len(texts)} classes; edgefleet registers "
             "binary classifiers (multi-class and regression are not converted yet)"
         )
+    return task, texts
+
+
+def _converted_tasks() -> tuple[str, ...]:
+    """The tasks the converters take: registration refuses the others before anything is
+    written (``converters.registry.ALL_TASKS``; binary where the converters predate it)."""
+    from edgefleet.converters import registry
+
+    return tuple(getattr(registry, "ALL_TASKS", ("binary",)))
+
+
+def _schema(read: ReadPipeline, loaded: LoadedModel, target: str) -> FeatureSchema:
+    task, classes = _task(read.estimator)
     features: dict[str, Feature] = {}
     for block in read.blocks:
         for position, column in enumerate(block.columns):
@@ -178,9 +213,7 @@ def _schema(read: ReadPipeline, loaded: LoadedModel, target: str) -> FeatureSche
             else:
                 features[column] = NumericFeature(column, allow_missing=block.allow_missing)
     ordered = tuple(features[n] for n in read.used_names)
-    return FeatureSchema(
-        features=ordered, target=target, classes=(str(classes[0]), str(classes[1]))
-    )
+    return FeatureSchema(features=ordered, target=target, classes=classes, task=task)
 
 
 def _as_fitted(model: Any, frame: pd.DataFrame, read: ReadPipeline) -> Any:
@@ -202,25 +235,48 @@ def _float32_values(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     return rounded
 
 
+def _user_outputs(model: Any, rows: Any, schema: FeatureSchema) -> npt.NDArray[np.float64]:
+    """The user's model's answers in the model contract's shape ``[N, n_outputs]``."""
+    if schema.is_classifier:
+        return np.asarray(model.predict_proba(rows), np.float64)
+    return np.asarray(model.predict(rows), np.float64).reshape(-1, 1)
+
+
 def _agreement(
-    user: npt.NDArray[Any], user_float32: npt.NDArray[Any], ours: npt.NDArray[Any]
+    user: npt.NDArray[Any],
+    user_float32: npt.NDArray[Any],
+    ours: npt.NDArray[Any],
+    schema: FeatureSchema,
 ) -> Agreement:
-    """A row agrees when the rebuilt pipeline gives the user's probabilities for the row as
-    the user holds it (float64) or as a device can send it (the contract's float32 values):
-    a tree split can fall between a float64 value and its float32 rounding, where both
-    answers are the user's model's."""
+    """A row agrees when the rebuilt pipeline gives the user's outputs for the row as the
+    user holds it (float64) or as a device can send it (the contract's float32 values): a
+    tree split can fall between a float64 value and its float32 rounding, where both
+    answers are the user's model's. Probabilities agree within
+    :data:`AGREEMENT_TOLERANCE`, a regressor's values within it plus the same share of the
+    value (``manifest.within_tolerance``)."""
     mine = np.asarray(ours, np.float64)
+
+    def rows_agree(theirs: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        agree = within_tolerance(
+            mine, np.asarray(theirs, np.float64), task=schema.task, tolerance=AGREEMENT_TOLERANCE
+        )
+        return np.asarray(agree.all(axis=1))
+
+    agrees = rows_agree(user) | rows_agree(user_float32)
     diff = np.minimum(
         np.abs(np.asarray(user, np.float64) - mine).max(axis=1),
         np.abs(np.asarray(user_float32, np.float64) - mine).max(axis=1),
     )
-    over = int((diff > AGREEMENT_TOLERANCE).sum())
+    over = int((~agrees).sum())
     result = Agreement(float(diff.max(initial=0.0)), over, len(diff))
     if over > AGREEMENT_MAX_SHARE * len(diff):
-        worst = int(diff.argmax())
+        worst = int(np.where(agrees, -np.inf, diff).argmax())
+        bound = f"{AGREEMENT_TOLERANCE:g}" + (
+            f" + {REGRESSION_RTOL:g} x |value|" if schema.task == "regression" else ""
+        )
         raise UnsupportedModelError(
             f"edgefleet's reading of the pipeline differs from scikit-learn's on {over} of "
-            f"{len(diff)} reference rows by more than {AGREEMENT_TOLERANCE:g} (worst: "
+            f"{len(diff)} reference rows by more than {bound} (worst: "
             f"{diff[worst]:.3g} on row {worst + 1}); nothing was registered"
         )
     return result

@@ -54,10 +54,12 @@ POSITIVE_NAMES = ("Yes", "1", "True", "true", "yes")
 @dataclass(frozen=True)
 class TrainingTable:
     """Features in schema order (numeric float64 with NaN; categorical ``str`` or ``None``),
-    labels as int8 0/1 with 1 for ``schema.classes[1]``, and the schema."""
+    labels and the schema. Labels: for a binary schema int8 0/1 with 1 for
+    ``schema.classes[1]``; multi-class, the index of each row's class in ``schema.classes``
+    (int16); regression, the target values (float64)."""
 
     features: pd.DataFrame
-    labels: npt.NDArray[np.int8]
+    labels: npt.NDArray[Any]
     schema: FeatureSchema
 
     @property
@@ -188,6 +190,9 @@ def load_training_table(
         raise DataError(
             f"the schema's target is {schema.target!r} but the target asked for is {target!r}"
         )
+    if schema is not None and schema.task != "binary":
+        labels = task_labels(frame, schema, source)
+        return TrainingTable(_features(frame, schema, source), labels, schema)
     raw_target = _target_column(frame, target, source)
     classes = _classes(raw_target, target, source, schema, positive_class)
     labels = np.asarray(raw_target == classes[1], dtype=np.int8)
@@ -226,6 +231,36 @@ def _target_column(frame: pd.DataFrame, target: str, source: str) -> pd.Series[A
     return _as_text(column)
 
 
+def task_labels(frame: pd.DataFrame, schema: FeatureSchema, source: str) -> npt.NDArray[Any]:
+    """The labels of a multi-class or regression schema (see :class:`TrainingTable`)."""
+    target = schema.target
+    if schema.task == "regression":
+        _target_column(frame, target, source)  # present, none missing
+        values = pd.to_numeric(frame[target], errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{source}: the target {target!r} of a regression model must hold finite "
+                f"numbers; row {first + 1} holds {frame[target].iloc[first]!r}"
+            )
+        labels = values
+    else:
+        text = _target_column(frame, target, source)
+        index = {name: i for i, name in enumerate(schema.classes)}
+        unknown = sorted(set(text.unique().tolist()) - set(index))
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:10]))
+            raise DataError(
+                f"{source}: the target {target!r} holds {shown}, which the model's classes "
+                f"({', '.join(map(repr, schema.classes))}) do not include"
+            )
+        labels = text.map(index).to_numpy(np.int16)
+    if len(labels) < MIN_ROWS:
+        raise DataError(f"{source}: only {len(labels)} rows; at least {MIN_ROWS} are needed")
+    return labels
+
+
 def _classes(
     labels: pd.Series[Any],
     target: str,
@@ -243,8 +278,10 @@ def _classes(
     if len(observed) > 2:
         shown = ", ".join(map(repr, observed[:10])) + (", ..." if len(observed) > 10 else "")
         raise DataError(
-            f"{source}: the target {target!r} has {len(observed)} classes ({shown}); "
-            "edgefleet models are binary: map the target to two classes"
+            f"{source}: the target {target!r} has {len(observed)} values ({shown}); "
+            "edgefleet train fits binary classifiers: map the target to two classes, or fit "
+            "a multi-class classifier or a regressor with scikit-learn and bring it: "
+            f"edgefleet register MODEL.joblib --reference DATA --target {target}"
         )
     if schema is not None:
         return _schema_classes(observed, schema, target, source, positive_class)

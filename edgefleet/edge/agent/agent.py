@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.edge.ack import Ack
+from edgefleet.edge.agent.answers import Outcome, Prediction, answers, label_index, outcome_value
 from edgefleet.edge.agent.installer import ActiveModel, Installer
 from edgefleet.edge.agent.lifecycle import State, Target, UpdateMachine, UpdateRecord
 from edgefleet.edge.agent.store import ModelStore, atomic_write
@@ -56,6 +57,7 @@ from edgefleet.edge.rollout import (
     target_for,
     verify_rollout,
 )
+from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.segments import levels_of, segment_features
 from edgefleet.edge.shadow import ShadowCounter
 from edgefleet.edge.signing import TrustedKey
@@ -116,14 +118,6 @@ class AgentConfig:
             )
 
 
-@dataclass(frozen=True)
-class Prediction:
-    id: str
-    probability: float
-    label: str
-    model_version: str
-
-
 @dataclass
 class _Window:
     """The open report window: the sketches of the active model since the last report."""
@@ -140,12 +134,29 @@ class _Window:
 _Remembered = tuple[float, str, tuple[int, ...], tuple[float, str] | None]
 
 
-def _label_index(label: str | int | bool, classes: Sequence[str]) -> int:
-    if isinstance(label, bool) or label in (0, 1):
-        return int(label)
-    if label in classes:
-        return list(classes).index(str(label))
-    raise InputError(f"label {label!r} is not one of {list(classes)} (or 0/1)")
+def window_scores(schema: FeatureSchema, outputs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The one score per record the report's sketches count: P(classes[1]) of a binary
+    model; a multi-class model's top probability (its outcomes count as "right" or
+    "wrong", the reference profile's split, docs/architecture.md §2); none (0) for a
+    regressor, whose value the score histogram cannot hold."""
+    if schema.task == "binary":
+        return outputs[:, 1]
+    if schema.task == "multiclass":
+        return np.asarray(outputs.max(axis=1))
+    return np.zeros(len(outputs), dtype=np.float32)
+
+
+def outcome_of(schema: FeatureSchema, label: Outcome) -> int | None:
+    """A checked outcome (a class label, or a regressor's finite value) as the 0/1 label
+    the binary sketches count; None for the other tasks, whose outcomes are checked here
+    and counted by their own sketches."""
+    if schema.task == "binary":
+        return label_index(label, schema.classes)
+    if schema.task == "multiclass":
+        label_index(label, schema.classes)
+    else:
+        outcome_value(label, schema)
+    return None
 
 
 def _saved_time(value: object) -> str | None:
@@ -547,21 +558,20 @@ class Agent:
         except RecordError:
             self._count_failed(len(batch))
             raise
-        probabilities = scorer.backend.predict_proba(encoded)[:, 1]
+        outputs = scorer.backend.predict_proba(encoded)
         latency = time.perf_counter() - started
         manifest = scorer.manifest
-        positive, negative = manifest.schema.classes[1], manifest.schema.classes[0]
-        predictions = []
+        probabilities = window_scores(manifest.schema, outputs)
+        # The champion's answer, always: the challenger's is only counted.
+        predictions = answers(
+            manifest.schema, manifest.version, outputs, [uuid.uuid4().hex for _ in batch]
+        )
         levels = levels_of(segment_features(manifest.schema), encoded)
         shadow = self._shadow_scores(batch)
-        for i, (p, level) in enumerate(zip(probabilities, levels, strict=True)):
-            identifier = uuid.uuid4().hex
-            # The champion's answer, always: the challenger's is only counted.
-            predictions.append(
-                Prediction(
-                    identifier, float(p), positive if p >= 0.5 else negative, manifest.version
-                )
-            )
+        for i, (prediction, p, level) in enumerate(
+            zip(predictions, probabilities, levels, strict=True)
+        ):
+            identifier = prediction.id
             paired = None if shadow is None else (float(shadow[1][i]), shadow[0])
             self._predictions[identifier] = (
                 float(p),
@@ -584,13 +594,14 @@ class Agent:
             return None
         scorer = challenger.scorer
         try:
-            scores = scorer.backend.predict_proba(scorer.encoder.encode(batch))[:, 1]
+            outputs = scorer.backend.predict_proba(scorer.encoder.encode(batch))
+            scores = window_scores(scorer.manifest.schema, outputs)
         except Exception as error:  # the challenger must never break the champion's answer
             self.last_problem = f"challenger {scorer.manifest.version} failed to score: {error}"
             return None
         return scorer.manifest.version, np.asarray(scores, dtype=np.float64)
 
-    def outcome(self, prediction_id: str, label: str | int | bool) -> None:
+    def outcome(self, prediction_id: str, label: Outcome) -> None:
         """Attach the true label to an earlier prediction (the customer did churn)."""
         remembered = self._predictions.pop(prediction_id, None)
         if remembered is None:
@@ -600,17 +611,19 @@ class Agent:
         if not counted or paired is None:
             return
         active = self.installer.active
-        classes = active.scorer.manifest.schema.classes if active else ()
+        value = outcome_of(active.scorer.manifest.schema, label) if active else None
+        if value is None:
+            return
         with self._window_lock:
             shadow = None if self._window is None else self._window.shadow
             if shadow is not None and shadow.model_version == paired[1]:
-                shadow.add_outcome(score, paired[0], _label_index(label, classes))
+                shadow.add_outcome(score, paired[0], value)
 
     def record_outcome(
         self,
         score: float,
         version: str,
-        label: str | int | bool,
+        label: Outcome,
         segment_levels: Sequence[int] | None = None,
     ) -> bool:
         """Count the true label of a prediction of ``score`` made by ``version`` elsewhere
@@ -621,7 +634,9 @@ class Agent:
         active = self.installer.active
         if active is None or active.scorer.manifest.version != version:
             return False  # the model changed since; its window is reported already
-        value = _label_index(label, active.scorer.manifest.schema.classes)
+        value = outcome_of(active.scorer.manifest.schema, label)
+        if value is None:
+            return True
         with self._window_lock:
             if self._window is None:
                 return False

@@ -2,8 +2,12 @@
 on loopback only: the device's own apps score, nothing from the network does.
 
     POST /score     {"record": {...}} or {"records": [{...}, ...]}
-                    -> 200 {"predictions": [{"id", "probability", "label", "model_version"}]}
-    POST /outcome   {"id": "<prediction id>", "label": "Yes" | 1}  -> 200 {"ok": true}
+                    -> 200 {"predictions": [...]}, one per record, what fits the task
+                       (edge/agent/answers.py): binary {"id", "probability", "label",
+                       "model_version"}; multi-class {"id", "label", "probabilities":
+                       {class: p}, "model_version"}; regression {"id", "value", "model_version"}
+    POST /outcome   {"id": "<prediction id>", "label": "Yes" | 1 | 183.5}  -> 200 {"ok": true}
+                    (a class label; 0/1 for a binary model; a number for a regressor)
     GET  /health    -> 200 (a model is active) or 503 (none yet), with the agent's status
 
 Every error is JSON ``{"error": "...", "status": N}``: 400 for a bad request or record
@@ -140,7 +144,7 @@ class AgentApp:
                 status=413,
             )
         predictions = self.agent.score(records)
-        return HTTPStatus.OK, {"predictions": [p.__dict__ for p in predictions]}
+        return HTTPStatus.OK, {"predictions": [p.to_dict() for p in predictions]}
 
     def _outcome(self, body: dict[str, Any]) -> Answer:
         if not isinstance(body.get("id"), str) or "label" not in body:

@@ -99,6 +99,14 @@ function showScore(manifest, probability) {
     + `${manifest.schema.classes[1]}, computed in this browser`;
 }
 
+function showAnswer(manifest, answer) {
+  if ((manifest.schema.task ?? 'binary') === 'binary') {
+    showScore(manifest, answer.probabilities[manifest.schema.classes[1]]);
+  } else {
+    ef.showAnswer(document, manifest, answer);
+  }
+}
+
 function showError(message) {
   $('record-error').textContent = message;
   $('record-error').hidden = false;
@@ -106,10 +114,11 @@ function showError(message) {
   delete $('probability').dataset.value;
 }
 
+let ef; // the bundle's edgefleet.js, once imported
+
 async function main() {
   const base = new URL(root.dataset.bundle, document.baseURI);
   let bundle;
-  let ef;
   let test;
   try {
     const manifest = await verifiedManifest(base);
@@ -140,8 +149,10 @@ async function main() {
   detail('model', `${manifest.name} ${manifest.version}`);
   detail('family', manifest.model_family);
   detail('created', String(manifest.created).replace('T', ' '));
-  const metrics = { auroc: 'holdout AUROC', average_precision: 'holdout AP' };
-  for (const [key, term] of Object.entries(metrics)) {
+  const task = manifest.schema.task ?? 'binary';
+  if (task !== 'binary') $('title').textContent = `Predict ${manifest.schema.target}`;
+  detail('task', task === 'multiclass' ? `multi-class (${manifest.schema.classes.length} classes)` : task);
+  for (const [key, term] of Object.entries(ef.METRICS[task] ?? {})) {
     const value = manifest.metrics?.[key];
     if (typeof value === 'number') detail(term, value.toFixed(4));
   }
@@ -156,8 +167,8 @@ async function main() {
     const record = readRecord();
     try {
       ef.encodeRecord(manifest.schema, record); // a clear message before the model is asked
-      const [probability] = await ef.score(bundle, [record]);
-      if (ticket === latest) showScore(manifest, probability); // drop stale answers
+      const [answer] = await ef.predict(bundle, [record]);
+      if (ticket === latest) showAnswer(manifest, answer); // drop stale answers
     } catch (error) {
       if (ticket === latest) showError(error.message);
     }
@@ -165,7 +176,13 @@ async function main() {
   $('form').addEventListener('input', update);
   await update();
   // For scripts and tests: the loaded bundle and the form's current record.
-  window.edgefleetDemo = { bundle, selfTest: test, readRecord, score: (records) => ef.score(bundle, records) };
+  window.edgefleetDemo = {
+    bundle,
+    selfTest: test,
+    readRecord,
+    score: (records) => ef.score(bundle, records),
+    predict: (records) => ef.predict(bundle, records),
+  };
   document.body.dataset.state = 'ready';
 }
 

@@ -6,7 +6,9 @@
 //
 //   const bundle = await loadBundle('../');   // fetch, check sha256, create the session
 //   await selfTest(bundle);                    // golden vectors, or throw
-//   const p = await score(bundle, [record]);   // [P(classes[1])] per record
+//   const p = await score(bundle, [record]);   // [P(classes[1])] per record (binary models)
+//   const [answer] = await predict(bundle, [record]);
+//     // {label, probabilities: {class: p}} for a classifier, {value} for a regressor
 //
 // encodeRecord() is the Python policy of edgefleet/edge/encoding.py, rule for rule: a
 // record scores the same in the browser as on a device, or fails with the same reason.
@@ -14,6 +16,14 @@
 const ORT_DIR = new URL('./ort/', import.meta.url);
 const PROBABILITIES = 'probabilities';
 export const UNKNOWN_CODE = -1;
+// A regressor's value agrees with scikit-learn's b within tolerance + REGRESSION_RTOL * |b|
+// (edgefleet/edge/manifest.py, docs/architecture.md §2).
+export const REGRESSION_RTOL = 1e-5;
+
+/** The manifest schema's task: "binary" unless it says otherwise. */
+export function taskOf(schema) {
+  return schema.task ?? 'binary';
+}
 
 // ---------------------------------------------------------------- onnxruntime-web loading
 
@@ -220,7 +230,8 @@ export function encodeRecords(schema, records) {
 
 // --------------------------------------------------------------------------------- scoring
 
-/** Run encoded rows (Float32Array [N * F]) -> Float32Array [N * n_classes], row-major. */
+/** Run encoded rows (Float32Array [N * F]) -> Float32Array [N * n_outputs], row-major
+ * (class probabilities, or a regressor's value; a [N] output is one column). */
 async function run(bundle, data, rows) {
   const width = bundle.manifest.schema.features.length;
   const tensor = new bundle.ort.Tensor('float32', data, [rows, width]);
@@ -228,7 +239,7 @@ async function run(bundle, data, rows) {
     bundle.session.run({ [bundle.inputName]: tensor }, [PROBABILITIES]));
   bundle.queue = result.catch(() => {}); // a failed run must not block the next one
   const output = (await result)[PROBABILITIES];
-  if (output.dims.length !== 2 || output.dims[0] !== rows) {
+  if (output.dims.length < 1 || output.dims.length > 2 || output.dims[0] !== rows) {
     throw new Error(`the model returns shape [${output.dims}] for ${rows} rows`);
   }
   return output.data;
@@ -244,11 +255,35 @@ export async function predictProba(bundle, records) {
 
 /**
  * The score of each record: P(schema.classes[1]), the positive class ("churn = Yes"), as
- * an array of numbers (float32 values, exactly what onnxruntime computed).
+ * an array of numbers (float32 values, exactly what onnxruntime computed). Binary models
+ * only: use predict() for the others.
  */
 export async function score(bundle, records) {
+  const task = taskOf(bundle.manifest.schema);
+  if (task !== 'binary') {
+    throw new Error(`${bundle.manifest.name} is a ${task} model: it has no positive class; `
+      + 'use predict()');
+  }
   if (records.length === 0) return [];
   return (await predictProba(bundle, records)).map((row) => row[1]);
+}
+
+/**
+ * What fits the task, per record: {label, probabilities: {class: p}} for a classifier (the
+ * label of the most probable class, the first on a tie, as scikit-learn), {value} for a
+ * regressor.
+ */
+export async function predict(bundle, records) {
+  if (records.length === 0) return [];
+  const { schema } = bundle.manifest;
+  const rows = await predictProba(bundle, records);
+  if (taskOf(schema) === 'regression') return rows.map((row) => ({ value: row[0] }));
+  return rows.map((row) => {
+    let best = 0;
+    row.forEach((p, k) => { if (p > row[best]) best = k; });
+    const probabilities = Object.fromEntries(schema.classes.map((c, k) => [c, row[k]]));
+    return { label: schema.classes[best], probabilities };
+  });
 }
 
 /**
@@ -288,22 +323,80 @@ export async function selfTest(bundle) {
     throw new Error(`the model returns ${out.length / golden.length} classes, the golden `
       + `vectors ${classes}`);
   }
+  // Probabilities within the tolerance; a regressor's value within it plus a share of
+  // the value, as the Python self-test (manifest.within_tolerance).
+  const rtol = taskOf(manifest.schema) === 'regression' ? REGRESSION_RTOL : 0;
   let worst = 0;
-  let worstIndex = 0;
+  let failed = -1;
   golden.forEach((g, i) => g.probabilities.forEach((p, c) => {
     let difference = Math.abs(out[i * classes + c] - p);
     if (Number.isNaN(difference)) difference = Infinity; // a NaN output fails, never passes
-    if (difference > worst) {
-      worst = difference;
-      worstIndex = i;
-    }
+    worst = Math.max(worst, difference);
+    if (failed < 0 && !(difference <= manifest.tolerance + rtol * Math.abs(p))) failed = i;
   }));
-  if (!(worst <= manifest.tolerance)) {
+  if (failed >= 0) {
+    const allowed = rtol ? `${manifest.tolerance} + ${rtol} x |value|` : `${manifest.tolerance}`;
+    const off = Math.max(...golden[failed].probabilities.map(
+      (p, c) => Math.abs(out[failed * classes + c] - p)));
     throw new Error(`the web model of ${manifest.name} ${manifest.version} fails its `
-      + `self-test: golden vector ${worstIndex} (${golden[worstIndex].note}) is off by `
-      + `${worst.toPrecision(3)} (tolerance ${manifest.tolerance})`);
+      + `self-test: golden vector ${failed} (${golden[failed].note}) is off by `
+      + `${Number.isNaN(off) ? 'NaN' : off.toPrecision(3)} (tolerance ${allowed})`);
   }
   return { vectors: golden.length, worst };
+}
+
+// -- showing an answer ---------------------------------------------------------------------
+
+/** Holdout metrics worth showing, per task (docs/architecture.md §2). */
+export const METRICS = {
+  binary: { auroc: 'holdout AUROC', average_precision: 'holdout AP' },
+  multiclass: {
+    accuracy: 'holdout accuracy',
+    auroc_macro: 'holdout AUROC (macro OvR)',
+    log_loss: 'holdout log loss',
+  },
+  regression: { mae: 'holdout MAE', rmse: 'holdout RMSE', r2: 'holdout R²' },
+};
+
+/**
+ * Show a multi-class or regression answer of predict() in a page with the demo's elements
+ * (#score-panel, #probability, #bar, #classes, #caption, #record-error): the label and a
+ * bar per class, or the value. Text only through textContent.
+ */
+export function showAnswer(doc, manifest, answer) {
+  const $ = (id) => doc.getElementById(id);
+  const make = (tag, className, text = '') => {
+    const node = doc.createElement(tag);
+    node.className = className;
+    node.textContent = text;
+    return node;
+  };
+  $('score-panel').hidden = false;
+  $('record-error').hidden = true;
+  $('bar').parentElement.hidden = true;
+  const { target } = manifest.schema;
+  if (answer.value !== undefined) {
+    $('probability').textContent = Number(answer.value.toPrecision(6)).toLocaleString('en-US');
+    $('probability').dataset.value = String(answer.value);
+    $('caption').textContent = `predicted ${target}, computed in this browser`;
+    return;
+  }
+  $('probability').textContent = answer.label;
+  $('probability').dataset.value = answer.label;
+  const rows = Object.entries(answer.probabilities).map(([name, p]) => {
+    const bar = make('div', 'class-bar');
+    bar.style.width = `${Math.min(100, Math.max(0, p * 100))}%`; // CSSOM: allowed by the CSP
+    const track = make('span', 'class-track');
+    track.append(bar);
+    const row = make('li', name === answer.label ? 'top' : '');
+    row.append(make('span', 'class-name', name), track, make('span', '', `${(p * 100).toFixed(1)} %`));
+    row.dataset.label = name;
+    row.dataset.value = String(p);
+    return row;
+  });
+  $('classes').replaceChildren(...rows);
+  $('classes').hidden = false;
+  $('caption').textContent = `most probable ${target}, computed in this browser`;
 }
 
 // -- a form for one record ---------------------------------------------------------------
