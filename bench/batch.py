@@ -270,7 +270,7 @@ def run_cases(
         "d1": ("(d1) the same, one thread", lambda: case_d(exported, data, out, threads=1)),
         "a": ("(a) batch score, ONNX", lambda: case_a(exported, data, out)),
         "c": ("(c) Spark, sklearn pandas UDF", lambda: case_c(spark, exported, data, out)),
-        "b": ("(b) Spark, ONNX mapInPandas", lambda: case_b(spark, exported, data, out)),
+        "b": ("(b) Spark, ONNX mapInArrow", lambda: case_b(spark, exported, data, out)),
     }
     return {
         case: timed(*runs[case], rows, spark)
