@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
+import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -350,7 +351,8 @@ def bench_monitors(
     poller = _backend_pid(store)
     first_time: float | None = None
     first_count = 0
-    cpu_start = (0.0, 0.0)
+    cpu_start = (0.0, 0.0, 0.0)
+    machine_start = psutil.cpu_times()
     deadline = time.monotonic() + 900
     try:
         while True:
@@ -358,9 +360,11 @@ def bench_monitors(
             now = time.perf_counter()
             if first_time is None and count > before:
                 first_time, first_count = now, count
-                cpu_start = cpu_seconds(processes, db, poller)
+                cpu_start = cpu_seconds(processes, db, poller, broker.pid)
+                machine_start = psutil.cpu_times()
             if count >= want:
-                cpu_end = cpu_seconds(processes, db, poller)
+                cpu_end = cpu_seconds(processes, db, poller, broker.pid)
+                machine_end = psutil.cpu_times()
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 raise RuntimeError(
@@ -382,7 +386,17 @@ def bench_monitors(
         stored / (now - first_time),
         (cpu_end[0] - cpu_start[0]) / stored,
         (cpu_end[1] - cpu_start[1]) / stored,
+        (cpu_end[2] - cpu_start[2]) / stored,
+        _idle_share(machine_start, machine_end),
     )
+
+
+def _idle_share(start: Any, end: Any) -> float:
+    """The share of the machine's CPU time that was idle between two ``cpu_times()``: near
+    0, every process (the bench's and everyone else's) was waiting for a core."""
+    total = sum(end) - sum(start)
+    idle = (end.idle + getattr(end, "iowait", 0.0)) - (start.idle + getattr(start, "iowait", 0.0))
+    return idle / total if total > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -394,6 +408,16 @@ class Measured:
     rate: float
     monitor_cpu: float
     database_cpu: float
+    broker_cpu: float
+    idle: float
+    """The share of the machine's CPU that was idle meanwhile (all processes')."""
+
+    @property
+    def cores(self) -> float:
+        """Cores the monitors, their database backends and the broker kept busy: their CPU
+        per report times the reports per second. Flat across 1, 2, 4 monitors with the
+        machine not idle: the rate is bounded by the cores they got, not by waiting."""
+        return self.rate * (self.monitor_cpu + self.database_cpu + self.broker_cpu)
 
 
 def _backend_pid(store: MonitorStore) -> int | None:
@@ -405,12 +429,11 @@ def _backend_pid(store: MonitorStore) -> int | None:
 
 
 def cpu_seconds(
-    processes: list[subprocess.Popen[str]], db: str, poller: int | None
-) -> tuple[float, float]:
-    """CPU seconds so far of the monitors (with their children), and of the PostgreSQL
+    processes: list[subprocess.Popen[str]], db: str, poller: int | None, broker: int | None
+) -> tuple[float, float, float]:
+    """CPU seconds so far of the monitors (with their children), of the PostgreSQL
     backends of database ``db`` (found by the database name in their command line), but
-    the bench's own ``poller``."""
-    import psutil
+    the bench's own ``poller``, and of the broker process."""
 
     def used(process: psutil.Process) -> float:
         try:
@@ -433,7 +456,11 @@ def cpu_seconds(
             mine = any(name in part for part in process.info["cmdline"] or ())
             if mine and process.pid != poller:
                 database += used(process)
-    return monitors, database
+    try:
+        broker_seconds = 0.0 if broker is None else used(psutil.Process(broker))
+    except psutil.Error:
+        broker_seconds = 0.0
+    return monitors, database, broker_seconds
 
 
 def main() -> int:
@@ -509,7 +536,9 @@ def main() -> int:
                 print(
                     f"{what + f' ({kind}):':32} {rate:9,.0f} reports/s   {rate / raw:5.2f} x raw"
                     f"   CPU per report: monitors {measured.monitor_cpu * 1e6:,.0f} us, "
-                    f"database {measured.database_cpu * 1e6:,.0f} us"
+                    f"database {measured.database_cpu * 1e6:,.0f} us, "
+                    f"broker {measured.broker_cpu * 1e6:,.0f} us; "
+                    f"{measured.cores:.2f} cores busy, machine {measured.idle:.0%} idle"
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -49,6 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.rollout import Cohort
 from edgefleet.edge.segments import SegmentSketch
@@ -479,7 +480,10 @@ def _features_from_json(raw: Any) -> tuple[FeatureSketch, ...]:
 class Aggregate:
     """Reports of one fleet and model version, merged. ``reports`` counts the reports in it,
     ``devices`` are the distinct devices that sent them (a set, so that merging aggregates
-    that share devices still counts each device once)."""
+    that share devices still counts each device once) while there are at most
+    :data:`~edgefleet.edge.distinct.EXACT_LIMIT`; past that ``devices`` is empty and
+    ``device_sketch`` counts them (an estimate, :mod:`edgefleet.edge.distinct`): use
+    :attr:`n_devices`."""
 
     fleet: str
     model_name: str
@@ -500,6 +504,8 @@ class Aggregate:
     segments: tuple[SegmentSketch, ...] = ()
     shadow: tuple[ShadowSketch, ...] = ()
     """Challengers' histograms summed, one per challenger version."""
+    device_sketch: str | None = None
+    """The HyperLogLog registers of the devices (base64) when too many to list, else None."""
 
     @classmethod
     def of(cls, report: Report) -> Aggregate:
@@ -526,7 +532,14 @@ class Aggregate:
 
     @property
     def n_devices(self) -> int:
-        return len(self.devices)
+        """The distinct devices: exact up to EXACT_LIMIT, an estimate past it."""
+        return self.distinct_devices().count()
+
+    def distinct_devices(self) -> DistinctIds:
+        """The devices as a count that merges (a fresh object)."""
+        if self.device_sketch is None:
+            return DistinctIds(self.devices)
+        return DistinctIds.from_json({"hll12": self.device_sketch})
 
     def merge(self, other: Report | Aggregate) -> Aggregate:
         return merge(self, other)
@@ -545,7 +558,7 @@ class Aggregate:
             "window_start": self.window_start,
             "window_end": self.window_end,
             "reports": self.reports,
-            "devices": sorted(self.devices),
+            "devices": self.distinct_devices().to_json(),
             "cohorts": sorted(self.cohorts),
             "device_groups": sorted(self.device_groups),
             "scored": self.scored,
@@ -592,6 +605,11 @@ def _as_aggregate(item: Report | Aggregate) -> Aggregate:
     raise InputError(f"can only merge reports and aggregates, not {type(item).__name__}")
 
 
+def _sketch_of(devices: DistinctIds) -> str | None:
+    text = devices.to_json()
+    return text["hll12"] if isinstance(text, dict) else None
+
+
 class SketchSums:
     """Running sums of reports' counts in exact Python ints, frozen into an
     :class:`Aggregate`: the state behind :func:`merge_all`, shared with the monitor
@@ -603,7 +621,7 @@ class SketchSums:
         self.layout: list[tuple[str, str, int]] = []
         self.window = [math.inf, -math.inf]
         self.reports = 0
-        self.devices: set[str] = set()
+        self.devices = DistinctIds()
         self.cohorts: set[str] = set()
         self.groups: set[str] = set()
         self.totals = [0, 0, 0]
@@ -642,7 +660,8 @@ class SketchSums:
             window_start=float(self.window[0]),
             window_end=float(self.window[1]),
             reports=self.reports,
-            devices=frozenset(self.devices),
+            devices=frozenset(self.devices.ids or ()),
+            device_sketch=_sketch_of(self.devices),
             cohorts=frozenset(self.cohorts),
             device_groups=frozenset(self.groups),
             scored=self.totals[0],
@@ -689,7 +708,7 @@ class SketchSums:
             "window_start": float(self.window[0]),
             "window_end": float(self.window[1]),
             "reports": self.reports,
-            "devices": sorted(self.devices),
+            "devices": self.devices.to_json(),
             "cohorts": sorted(self.cohorts),
             "device_groups": sorted(self.groups),
             "scored": self.totals[0],
@@ -720,7 +739,7 @@ class _Sum(SketchSums):
         self.layout = [(f.name, f.kind, f.bins.bins) for f in start.features]
         self.window = [start.window_start, start.window_end]
         self.reports = start.reports
-        self.devices = set(start.devices)
+        self.devices = start.distinct_devices()
         self.cohorts = set(start.cohorts)
         self.groups = set(start.device_groups)
         self.totals = [start.scored, start.failed, start.dropped_reports]
@@ -753,7 +772,7 @@ class _Sum(SketchSums):
         self.window[0] = min(self.window[0], other.window_start)
         self.window[1] = max(self.window[1], other.window_end)
         self.reports += other.reports
-        self.devices |= other.devices
+        self.devices.merge(other.distinct_devices())
         self.cohorts |= other.cohorts
         self.groups |= other.device_groups
         for i, value in enumerate((other.scored, other.failed, other.dropped_reports)):

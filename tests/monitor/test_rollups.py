@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from edgefleet.central.monitor.retention import DAY, Retention, compact
 from edgefleet.central.monitor.rollups import HOUR, MINUTE, plan_window
 from edgefleet.central.monitor.store import MonitorStore, reports, rollups
 from edgefleet.central.monitor.validation import layout_of
+from edgefleet.edge.distinct import EXACT_LIMIT
 from edgefleet.edge.report import Aggregate, SketchSums, merge_all
 from edgefleet.edge.topics import Topics
 from tests.monitor.conftest import db_url, insert_stored_row, make_report  # noqa: F401
@@ -237,3 +239,77 @@ def test_a_rollup_body_is_the_aggregate_of_its_reports() -> None:
         add_counts(total, raw, layout_of(raw))
     assert total.to_dict() == total.freeze().to_dict()
     assert total.freeze() == merge_all(reports_)
+
+
+def test_device_totals_count_what_the_device_list_holds(stores: Any, db_url: str) -> None:  # noqa: F811
+    """The overview's figures, summed by the database, equal those of the device list;
+    with reports not rolled up (then combined from the list)."""
+    rolled, _ = stores
+    for turn in range(2):
+        summaries = rolled.devices("acme")
+        since = sorted(s.last_seen for s in summaries)[len(summaries) // 2]
+        counted = rolled.device_totals("acme", since)
+        running: dict[tuple[str, str], int] = {}
+        for s in summaries:
+            running[(s.model_name, s.model_version)] = (
+                running.get((s.model_name, s.model_version), 0) + 1
+            )
+        assert counted.total == len(summaries)
+        assert counted.online == sum(1 for s in summaries if s.last_seen >= since)
+        assert counted.scored == sum(s.scored for s in summaries)
+        assert counted.failed == sum(s.failed for s in summaries)
+        assert counted.last_seen == max(s.last_seen for s in summaries)
+        assert dict(counted.running) == running
+        hand = make_report("d9", turn, window_end=START + 90)  # a device only SQL wrote
+        insert_stored_row(rolled, hand.encode().decode("utf-8"))
+    assert rolled.device_totals("acme", 0.0).total == len(DEVICES) + 1  # d9 once
+    assert rolled.device_totals("nobody", 0.0).total == 0
+
+
+def test_reads_of_reports_not_rolled_up_use_their_partial_index(tmp_path: Any) -> None:
+    """SQLite keeps no statistics: unless nothing else fits, it reads a version's rows not
+    rolled up through another index and checks every report of the window (a read that
+    grew with the reports stored)."""
+    store = MonitorStore(f"sqlite:///{tmp_path / 'plan.db'}")
+    _ingest(store, _messages(), 50)
+    names = {"model_name": "churn", "model_version": "1.0.0", "cohort": "canary"}
+    query = select(reports.c.id).where(*store._unrolled("acme", names, 0.0, 1e12))
+    with store.engine.connect() as connection:
+        compiled = query.compile(connection, compile_kwargs={"literal_binds": True})
+        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
+    store.close()
+    assert "ix_monitor_reports_unrolled" in str(plan)
+
+
+def test_rollups_of_many_devices_count_them_as_raw_reports_do(db_url: str, tmp_path: Any) -> None:  # noqa: F811
+    """Past EXACT_LIMIT devices a merge counts them in registers (edge/distinct.py): the
+    rollups' union is the raw reports' to the bit, so the estimate is the same; a
+    device-level scope still finds every device, from the raw reports."""
+    template = make_report("d0", 0, window_end=START + 30)
+    messages = []
+    for number in range(EXACT_LIMIT + 44):
+        device = f"m{number:04d}"
+        for step in range(2):
+            end = START + 37.0 * number + HOUR * step + 0.5
+            report = replace(
+                template, device_id=device, sequence=step, window_start=end - 60, window_end=end
+            )
+            messages.append((TOPICS.report(device), report.encode()))
+    rolled = MonitorStore(db_url)
+    raw = MonitorStore(f"sqlite:///{tmp_path / 'raw-many.db'}", rollups=False)
+    _ingest(rolled, messages, 97)
+    _ingest(raw, messages, 200)
+    rolled.fold_rollups(force=True)
+    for since, until in [(None, None), (START, START + 2 * HOUR), (START + 60, START + 5000.5)]:
+        a = rolled.aggregate("acme", model_version="1.0.0", since=since, until=until)
+        b = raw.aggregate("acme", model_version="1.0.0", since=since, until=until)
+        _same(a, b)
+    whole = rolled.aggregate("acme", model_version="1.0.0")
+    assert whole is not None
+    assert whole.device_sketch is not None
+    assert abs(whole.n_devices - (EXACT_LIMIT + 44)) <= 0.05 * (EXACT_LIMIT + 44)
+    assert rolled.device_ids("acme", model_version="1.0.0") == sorted(
+        f"m{n:04d}" for n in range(EXACT_LIMIT + 44)
+    )
+    rolled.close()
+    raw.close()

@@ -12,7 +12,7 @@ fleet, a cohort, a device group or one device, depending only on which reports w
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -333,6 +333,15 @@ class AggregateSource(Protocol):
         until: float | None = None,
     ) -> Aggregate | None: ...
 
+    def device_ids(
+        self,
+        fleet: str,
+        *,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[str]: ...
+
 
 def scopes(
     store: AggregateSource,
@@ -361,15 +370,21 @@ def scopes(
         return
     if "fleet" in levels:
         yield "fleet", whole
-    parts: list[tuple[str, str, frozenset[str]]] = [
-        ("cohort", "cohort", whole.cohorts),
-        ("group", "device_group", whole.device_groups),
-        ("device", "device_id", whole.devices),
+    parts: list[tuple[str, str, Callable[[], Iterable[str]]]] = [
+        ("cohort", "cohort", lambda: whole.cohorts),
+        ("group", "device_group", lambda: whole.device_groups),
+        # From the raw reports: a merge read from rollups counts its devices, past a few
+        # hundred without listing them (edge/distinct.py).
+        (
+            "device",
+            "device_id",
+            lambda: store.device_ids(fleet, model_version=model_version, since=since, until=until),
+        ),
     ]
     for level, keyword, members in parts:
         if level not in levels:
             continue
-        for member in sorted(members):
+        for member in sorted(members()):
             filters: dict[str, Any] = {
                 "model_version": model_version,
                 "since": since,

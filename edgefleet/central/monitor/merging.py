@@ -23,6 +23,7 @@ from typing import Any
 
 from edgefleet.central.monitor.fastpath import fast_decode
 from edgefleet.central.monitor.validation import Layout, VersionProfile, layout_of
+from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.report import Aggregate, Report, SketchSums
 from edgefleet.errors import InputError
 
@@ -300,7 +301,11 @@ def add_counts(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
     total.window[1] = max(total.window[1], raw["window_end"])
     if "devices" in raw:  # a rollup: many reports, sets of identities
         total.reports += raw["reports"]
-        total.devices.update(raw["devices"])
+        devices = raw["devices"]
+        if isinstance(devices, list):  # a list of ids, as small rollups keep them
+            total.devices.update(devices)
+        else:
+            total.devices.merge(DistinctIds.from_json(devices))
         total.cohorts.update(raw["cohorts"])
         total.groups.update(raw["device_groups"])
     else:

@@ -90,7 +90,7 @@ class DriftArea(Catalog):
             end,
             buckets,
             whole.reports,
-            len(whole.devices),
+            whole.n_devices,
             open_start=since is None,
             open_end=until is None,
         )
@@ -133,7 +133,7 @@ class DriftArea(Catalog):
                 "thresholds": thresholds_document(),
                 "window": [whole.window_start, whole.window_end],
                 "reports": whole.reports,
-                "devices": len(whole.devices),
+                "devices": whole.n_devices,
                 "scored": whole.scored,
                 "measures": measures_summary(measures),
                 "features": features,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.manifest import parse_version
 from edgefleet.web.documents.catalog import Catalog
 from edgefleet.web.documents.common import Skipped, cleaned, measure_or_none
@@ -24,9 +25,9 @@ class OverviewArea(Catalog):
 
     def overview(self, fleet: str) -> dict[str, Any]:
         now = self.clock()
-        summaries = self.store.devices(fleet)
-        devices = [self._device(s, now, None) for s in summaries]
-        online = sum(1 for d in devices if d["online"])
+        # Counted by the database, never listed: the overview costs the same at any
+        # fleet size (the devices page lists them).
+        counted = self.store.device_totals(fleet, now - self.online_seconds)
         rollout = self.rollout(fleet)
         state = rollout["state"] or {}
         roles = {
@@ -34,10 +35,7 @@ class OverviewArea(Catalog):
             for role, ref in (("stable", state.get("stable")), ("canary", state.get("canary")))
             if ref
         }
-        running: dict[tuple[str, str], int] = {}
-        for summary in summaries:
-            key = (summary.model_name, summary.model_version)
-            running[key] = running.get(key, 0) + 1
+        running = counted.running
         versions = []
         seen = set()
         for name, version, reports in self.store.model_versions(fleet):
@@ -69,16 +67,16 @@ class OverviewArea(Catalog):
                 "fleet": fleet,
                 "now": now,
                 "devices": {
-                    "total": len(devices),
-                    "online": online,
-                    "offline": len(devices) - online,
+                    "total": counted.total,
+                    "online": counted.online,
+                    "offline": counted.total - counted.online,
                     "online_seconds": self.online_seconds,
                 },
                 "reports": self.store.report_count(fleet),
-                "scored": sum(s.scored for s in summaries),
-                "failed": sum(s.failed for s in summaries),
+                "scored": counted.scored,
+                "failed": counted.failed,
                 "quarantined": self.store.quarantine_count(fleet),
-                "last_report": max((s.last_seen for s in summaries), default=None),
+                "last_report": counted.last_seen,
                 "alerts": {
                     "open": len(open_alerts),
                     "newest": [alert_document(a) for a in reversed(open_alerts[-5:])],
@@ -118,10 +116,12 @@ class OverviewArea(Catalog):
         if wholes:
             start = min(whole.window_start for _, whole in wholes)
             end = math.nextafter(max(whole.window_end for _, whole in wholes), math.inf)
-            devices = set().union(*(whole.devices for _, whole in wholes))
+            devices = DistinctIds()
+            for _, whole in wholes:
+                devices.merge(whole.distinct_devices())
             reports = sum(whole.reports for _, whole in wholes)
             slices = time_slices(
-                start, end, buckets, reports, len(devices), open_start=True, open_end=True
+                start, end, buckets, reports, devices.count(), open_start=True, open_end=True
             )
             document["buckets"] = [{"start": low, "end": high} for low, high in slices]
             for manifest, whole in wholes:

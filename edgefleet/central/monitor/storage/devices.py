@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from edgefleet.central.monitor.storage.base import StoreBase
-from edgefleet.central.monitor.storage.records import DeviceSummary
-from edgefleet.central.monitor.storage.schema import NOT_ROLLED_UP, devices, reports
+from edgefleet.central.monitor.storage.records import DeviceSummary, FleetDevices
+from edgefleet.central.monitor.storage.schema import NOT_ROLLED_UP, devices, reports, unindexed
 from edgefleet.errors import StoreError
 
 MAX_TOTAL = 2**62
@@ -96,6 +96,43 @@ class DeviceStore(StoreBase):
             found[summary.device_id] = summary if before is None else _combined(before, summary)
         return [found[device] for device in sorted(found)]
 
+    def device_totals(self, fleet: str, online_since: float) -> FleetDevices:
+        """The fleet's devices counted, ``online`` those whose latest report arrived at or
+        after ``online_since``: summed by the database over the device rows, unless some
+        reports are not rolled up (then from :meth:`devices`, which combines them)."""
+        has_unrolled = select(reports.c.id).where(reports.c.fleet == fleet, NOT_ROLLED_UP)
+        if self._rows(has_unrolled.limit(1)):
+            return _totals_of(self.devices(fleet), online_since)
+        on = case((devices.c.last_seen >= online_since, 1), else_=0)
+        query = (
+            select(
+                devices.c.model_name,
+                devices.c.model_version,
+                func.count(),
+                func.sum(on),
+                func.sum(devices.c.scored),
+                func.sum(devices.c.failed),
+                func.max(devices.c.last_seen),
+            )
+            .where(devices.c.fleet == fleet)
+            .group_by(devices.c.model_name, devices.c.model_version)
+        )
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(query).all()
+        except DBAPIError as error:
+            if "overflow" not in str(error).lower():  # as in _unrolled_totals
+                raise StoreError(f"cannot read devices from {self.display}: {error}") from None
+            return _totals_of(self.devices(fleet), online_since)
+        return FleetDevices(
+            total=sum(int(r[2]) for r in rows),
+            online=sum(int(r[3]) for r in rows),
+            scored=sum(int(r[4]) for r in rows),
+            failed=sum(int(r[5]) for r in rows),
+            last_seen=max((float(r[6]) for r in rows), default=None),
+            running={(str(r[0]), str(r[1])): int(r[2]) for r in rows},
+        )
+
     def _kept_devices(self, fleet: str) -> list[DeviceSummary]:
         query = select(devices).where(devices.c.fleet == fleet)
         return [
@@ -122,7 +159,7 @@ class DeviceStore(StoreBase):
         latest = (
             select(func.max(reports.c.id).label("id"))
             .where(*unrolled)
-            .group_by(reports.c.device_id)
+            .group_by(unindexed(reports.c.device_id))
             .subquery()
         )
         last_rows = self._rows(
@@ -160,15 +197,11 @@ class DeviceStore(StoreBase):
 
     def _unrolled_totals(self, fleet: str) -> dict[str, tuple[int, int, int]]:
         unrolled = (reports.c.fleet == fleet, NOT_ROLLED_UP)
+        device = unindexed(reports.c.device_id)
         query = (
-            select(
-                reports.c.device_id,
-                func.count(),
-                func.sum(reports.c.scored),
-                func.sum(reports.c.failed),
-            )
+            select(device, func.count(), func.sum(reports.c.scored), func.sum(reports.c.failed))
             .where(*unrolled)
-            .group_by(reports.c.device_id)
+            .group_by(device)
         )
         try:
             with self.engine.connect() as connection:
@@ -189,6 +222,21 @@ class DeviceStore(StoreBase):
             entry[1] += int(scored)
             entry[2] += int(failed)
         return {d: (n, s, f) for d, (n, s, f) in sums.items()}
+
+
+def _totals_of(summaries: list[DeviceSummary], online_since: float) -> FleetDevices:
+    running: dict[tuple[str, str], int] = {}
+    for summary in summaries:
+        key = (summary.model_name, summary.model_version)
+        running[key] = running.get(key, 0) + 1
+    return FleetDevices(
+        total=len(summaries),
+        online=sum(1 for s in summaries if s.last_seen >= online_since),
+        scored=sum(s.scored for s in summaries),
+        failed=sum(s.failed for s in summaries),
+        last_seen=max((s.last_seen for s in summaries), default=None),
+        running=running,
+    )
 
 
 def _combined(kept: DeviceSummary, unrolled: DeviceSummary) -> DeviceSummary:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +22,13 @@ from sqlalchemy.sql.elements import ColumnElement
 from edgefleet.central.monitor.merging import Merged, StoredMerge, StoredRow, dumps_skipped
 from edgefleet.central.monitor.rollups import HOUR, ReadPlan, plan_window
 from edgefleet.central.monitor.storage.rollups import RollupStore
-from edgefleet.central.monitor.storage.schema import MERGE_COLUMNS, NOT_ROLLED_UP, reports, rollups
+from edgefleet.central.monitor.storage.schema import (
+    MERGE_COLUMNS,
+    NOT_ROLLED_UP,
+    reports,
+    rollups,
+    unindexed,
+)
 from edgefleet.central.monitor.validation import VersionProfile
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.report import Aggregate
@@ -33,12 +40,12 @@ _NAMES = ("model_name", "model_version", "cohort", "device_group")
 """The filters a rollup can answer (a device's cannot: they read raw reports)."""
 
 
-def _named(table: Table, names: Mapping[str, str | None]) -> list[ColumnElement[bool]]:
-    return [table.c[name] == value for name, value in names.items() if value is not None]
-
-
-def _bound(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _named(
+    table: Table,
+    names: Mapping[str, str | None],
+    wrap: Callable[[ColumnElement[Any]], ColumnElement[Any]] = lambda column: column,
+) -> list[ColumnElement[bool]]:
+    return [wrap(table.c[name]) == value for name, value in names.items() if value is not None]
 
 
 class FleetReads(RollupStore):
@@ -70,6 +77,23 @@ class FleetReads(RollupStore):
             where.append(reports.c.window_end >= since)
         if until is not None:
             where.append(reports.c.window_end < until)
+        return where
+
+    @staticmethod
+    def _unrolled(
+        fleet: str, names: Mapping[str, str | None], since: float, until: float
+    ) -> list[ColumnElement[bool]]:
+        """The conditions on the raw reports not rolled up, written so that only their
+        partial index serves them (``unindexed``, and the window as ``window_end + 0``:
+        else SQLite reads a version's rows, or a window's, through another index and checks
+        every report there). Those rows are few (SQL, an older edgefleet), and none after
+        the next compaction."""
+        where = [reports.c.fleet == fleet, NOT_ROLLED_UP, *_named(reports, names, unindexed)]
+        end = reports.c.window_end + 0
+        if math.isfinite(since):
+            where.append(end >= since)
+        if math.isfinite(until):
+            where.append(end < until)
         return where
 
     @staticmethod
@@ -156,8 +180,7 @@ class FleetReads(RollupStore):
             self._merge_raw(total, self._filters(fleet, since=low, until=high, **names))
         if plan.covered is not None:
             low, high = plan.covered
-            where = self._filters(fleet, since=_bound(low), until=_bound(high), **names)
-            self._merge_raw(total, [*where, NOT_ROLLED_UP])
+            self._merge_raw(total, self._unrolled(fleet, names, low, high))
 
     def _merge_raw(self, total: StoredMerge, where: list[ColumnElement[bool]]) -> None:
         query = select(*MERGE_COLUMNS).where(*where).order_by(reports.c.id)
@@ -169,6 +192,21 @@ class FleetReads(RollupStore):
                         raise InputError(self._mixed_versions(str(values[1]), {}, where))
         except SQLAlchemyError as error:
             raise StoreError(f"cannot read reports from {self.display}: {error}") from None
+
+    def device_ids(
+        self,
+        fleet: str,
+        *,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[str]:
+        """The devices with raw reports (of ``model_version``) whose window ended in
+        ``[since, until)``, sorted: the ones a device-level view can read (a merge from
+        rollups counts devices, past a few hundred without naming them)."""
+        where = self._filters(fleet, model_version=model_version, since=since, until=until)
+        query = select(reports.c.device_id).where(*where).distinct()
+        return sorted(str(device) for (device,) in self._rows(query))
 
     def _mixed_versions(
         self,
@@ -219,8 +257,7 @@ class FleetReads(RollupStore):
             count += self._raw_count(self._filters(fleet, since=low, until=high, **names))
         if plan.covered is not None:
             low, high = plan.covered
-            where = self._filters(fleet, since=_bound(low), until=_bound(high), **names)
-            count += self._raw_count([*where, NOT_ROLLED_UP])
+            count += self._raw_count(self._unrolled(fleet, names, low, high))
         return count
 
     def _raw_count(self, where: list[ColumnElement[bool]]) -> int:
@@ -252,7 +289,7 @@ class FleetReads(RollupStore):
         )
         unrolled = (
             select(reports.c.model_name, reports.c.model_version, func.count())
-            .where(*self._filters(fleet), *_named(reports, names), NOT_ROLLED_UP)
+            .where(*self._unrolled(fleet, names, -math.inf, math.inf))
             .group_by(reports.c.model_name, reports.c.model_version)
         )
         for query in (rolled, unrolled):

@@ -64,6 +64,21 @@ class DeviceSummary:
 
 
 @dataclass(frozen=True)
+class FleetDevices:
+    """A fleet's devices counted (the overview's figures): one aggregate query over the
+    device rows, never a list of them, so that the overview does not grow with the fleet."""
+
+    total: int
+    online: int
+    """Devices whose latest report arrived at or after the time asked about."""
+    scored: int
+    failed: int
+    last_seen: float | None
+    running: Mapping[tuple[str, str], int]
+    """``(model_name, model_version)`` -> devices whose latest report is of it."""
+
+
+@dataclass(frozen=True)
 class QuarantinedReport:
     id: int
     fleet: str

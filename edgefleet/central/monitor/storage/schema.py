@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -16,6 +18,7 @@ from sqlalchemy import (
     literal_column,
     text,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 # -- schema ----------------------------------------------------------------------------------
 
@@ -62,6 +65,17 @@ NOT_ROLLED_UP = reports.c.rolled_up == literal_column("0")
 """The rows not rolled up, as the partial index's own condition: a literal, not a bound
 parameter, or neither SQLite nor a generic PostgreSQL plan can use the index (and the
 query scans every report of its window)."""
+
+
+def unindexed(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``column`` as an expression no index serves (``column || ''``): the queries of rows
+    not rolled up filter and group on it, so that the only index left for them is the
+    partial one of :data:`NOT_ROLLED_UP`. Without it SQLite, which keeps no statistics,
+    reads the rows of a model version through ``ix_monitor_reports_version`` (or groups
+    devices through the unique key) and checks ``rolled_up`` on each: every report of the
+    window, growing with the reports stored (measured: bench/scale.py)."""
+    return column.concat(literal_column("''"))
+
 
 # Rollups (docs/architecture.md §7b): partial sums of reports per key and bucket, appended
 # by each monitor in the transaction that stores the reports (never updated there: no hot
