@@ -32,6 +32,7 @@ from edgefleet.edge.manifest import (
     REGRESSION_RTOL,
     Artifact,
     Manifest,
+    task_tolerance,
     within_tolerance,
 )
 from edgefleet.edge.schema import FeatureSchema
@@ -74,6 +75,7 @@ def export_bundle(
     pipeline = version.load_pipeline()
     check_inputs = np.concatenate([card.holdout_inputs, card.golden_inputs()])
     expected = model_outputs(pipeline, card.schema, check_inputs)
+    tolerance = task_tolerance(card.schema.task, expected, tolerance)
     source = ConversionSource(
         pipeline=pipeline,
         schema=card.schema,

@@ -22,6 +22,12 @@ from sklearn.metrics import (
 from edgefleet.edge.schema import FeatureSchema
 
 CALIBRATION_BINS = 10
+HEADLINE_METRICS = {
+    "binary": ("auroc", "average_precision", "log_loss", "brier"),
+    "multiclass": ("accuracy", "log_loss", "auroc_macro", "auroc_weighted"),
+    "regression": ("mae", "rmse", "r2"),
+}
+"""The holdout metrics the CLI shows, per task."""
 PROBABILITY_FLOOR = 1e-15
 
 

@@ -131,19 +131,24 @@ def reference_for(
             "prediction", tuple(int(c) for c in counts), 0
         )
     else:
-        values = outputs[:, 0]
         profile = reference_profile(schema, train_inputs, np.zeros(0), np.zeros(0))
-        edges = quantile_edges(values)
-        counts, missing = numeric_bin_counts(values, edges)
-        prediction = NumericProfile(
-            "prediction",
-            tuple(edges),
-            tuple(int(c) for c in counts),
-            missing,
-            float(values.min()),
-            float(values.max()),
-        )
+        prediction = numeric_profile("prediction", outputs[:, 0])
     return replace(profile, prediction=prediction)
+
+
+def numeric_profile(name: str, values: npt.NDArray[Any]) -> NumericProfile:
+    """Counts of ``values`` between their deciles, the missing ones, and their range."""
+    edges = quantile_edges(values)
+    counts, missing = numeric_bin_counts(values, edges)
+    finite = values[np.isfinite(values)]
+    return NumericProfile(
+        name=name,
+        edges=tuple(edges),
+        counts=tuple(int(c) for c in counts),
+        missing=missing,
+        minimum=float(finite.min()),
+        maximum=float(finite.max()),
+    )
 
 
 def reference_profile(
@@ -157,19 +162,7 @@ def reference_profile(
     for column, feature in enumerate(schema.features):
         values = train_inputs[:, column]
         if isinstance(feature, NumericFeature):
-            edges = quantile_edges(values)
-            counts, missing = numeric_bin_counts(values, edges)
-            finite = values[np.isfinite(values)]
-            features.append(
-                NumericProfile(
-                    name=feature.name,
-                    edges=tuple(edges),
-                    counts=tuple(int(c) for c in counts),
-                    missing=missing,
-                    minimum=float(finite.min()),
-                    maximum=float(finite.max()),
-                )
-            )
+            features.append(numeric_profile(feature.name, values))
         else:
             counts, unknown = categorical_counts(values, len(feature.vocabulary))
             features.append(

@@ -64,15 +64,22 @@ def run_register(args: argparse.Namespace) -> int:
         )
     version, model = result.version, result.model
     say(f"registered {version.label} ({version.family}) from {result.source}")
-    say(
-        f"  schema: {model.schema.n_features} features, classes {list(model.schema.classes)} "
-        f"(positive {model.schema.classes[1]!r})"
-    )
+    schema = model.schema
+    if schema.task == "regression":
+        outputs = f"a value of {schema.target!r} (regression)"
+    elif schema.task == "multiclass":
+        outputs = f"{len(schema.classes)} classes {list(schema.classes)}"
+    else:
+        outputs = f"classes {list(schema.classes)} (positive {schema.classes[1]!r})"
+    say(f"  schema: {schema.n_features} features, {outputs}")
     say(
         f"  agrees with your pipeline on {result.agreement.rows:,} rows: max |diff| "
         f"{result.agreement.max_abs_diff:.2g}"
     )
-    for key in ("auroc", "average_precision", "log_loss", "brier"):
-        say(f"  {key:18} {model.metrics[key]:.4f}")
+    from edgefleet.central.metrics import HEADLINE_METRICS
+
+    for key in HEADLINE_METRICS[schema.task]:
+        if key in model.metrics:
+            say(f"  {key:18} {model.metrics[key]:.4f}")
     print(version.version)
     return 0

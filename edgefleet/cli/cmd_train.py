@@ -167,11 +167,26 @@ def run_models(args: argparse.Namespace) -> int:
     print(f"{'name':12} {'version':9} {'family':7} {'auroc':>6} {'ap':>6} {'rows':>8}  created")
     for v in versions:
         print(
-            f"{v.name:12} {v.version:9} {v.family:7} {v.metrics['auroc']:6.3f} "
-            f"{v.metrics['average_precision']:6.3f} {v.train_rows:8,}  "
-            f"{v.created:%Y-%m-%d %H:%M}"
+            f"{v.name:12} {v.version:9} {v.family:7} {_metric(v.metrics, 'auroc')} "
+            f"{_metric(v.metrics, 'average_precision')} {v.train_rows:8,}  "
+            f"{v.created:%Y-%m-%d %H:%M}{_task_metrics(v.metrics)}"
         )
     return 0
+
+
+def _metric(metrics: Any, key: str) -> str:
+    return f"{metrics[key]:6.3f}" if key in metrics else f"{'-':>6}"
+
+
+def _task_metrics(metrics: Any) -> str:
+    """A multi-class or regression version's holdout metrics (it has no AUROC or AP)."""
+    from edgefleet.central.metrics import HEADLINE_METRICS
+
+    for task in ("multiclass", "regression"):
+        if HEADLINE_METRICS[task][0] in metrics and "auroc" not in metrics:
+            shown = [f"{k} {metrics[k]:.3f}" for k in HEADLINE_METRICS[task] if k in metrics]
+            return f"  ({task}: {', '.join(shown)})"
+    return ""
 
 
 def _with_segments(table: Any, names: list[str]) -> Any:

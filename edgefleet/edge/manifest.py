@@ -87,6 +87,18 @@ def within_tolerance(
         return np.isfinite(got) & (np.abs(got - expected) <= allowed)
 
 
+def task_tolerance(task: str, expected: npt.NDArray[Any], tolerance: float) -> float:
+    """The absolute part of a model's tolerance (docs/architecture.md §2): ``tolerance`` for
+    probabilities; for a regressor, ``tolerance`` times the mean |value| of the rows checked
+    (at least 1). float32 arithmetic errs relative to the terms a value sums, so a value near
+    zero of a model whose values are in the hundreds carries their rounding. The export
+    writes it as the manifest's ``tolerance``."""
+    values = np.asarray(expected, dtype=np.float64)
+    if task != "regression" or values.size == 0:
+        return tolerance
+    return tolerance * max(1.0, float(np.abs(values).mean()))
+
+
 @dataclass(frozen=True)
 class GoldenVector:
     """A record, its encoding under the schema (None = NaN), and the outputs that

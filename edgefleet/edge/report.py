@@ -34,6 +34,11 @@ Version 3 (``"schema_version": 3``) is version 2 plus ``shadow`` (whose ``segmen
 empty): a shadow device's challenger histograms (:mod:`edgefleet.edge.shadow`). A device
 sends it only while it scores a challenger in shadow.
 
+Version 4 (``"schema_version": 4``) is version 2 plus ``task`` (whose ``segments`` may be
+empty): the sketch of a multi-class or regression model (:mod:`edgefleet.edge.tasksketch`),
+and the binary histograms in the meaning that module gives them. A device sends it for
+every model that is not a binary classifier, and only for those.
+
 Merging: :func:`merge` and :func:`merge_all` turn reports of one fleet and model version
 into an :class:`Aggregate`: sketches and counts summed, the window widened to cover all of
 them, the device identity reduced to the set of devices, cohorts and groups. Summing is
@@ -66,6 +71,7 @@ from edgefleet.edge.sketch import (
     check_count,
     check_name,
 )
+from edgefleet.edge.tasksketch import TaskSketch, task_from_flat, task_from_json
 from edgefleet.edge.topics import check_identifier
 from edgefleet.edge.wirejson import exact_keys, json_type, loads_strict
 from edgefleet.errors import InputError
@@ -89,7 +95,10 @@ SEGMENTS_VERSION = 2
 SHADOW_VERSION = 3
 """The report version that adds ``shadow`` (a challenger's histograms, :mod:`edgefleet.edge.shadow`)
 to version 2's fields; its ``segments`` may be empty."""
-SCHEMA_VERSIONS = (SCHEMA_VERSION, SEGMENTS_VERSION, SHADOW_VERSION)
+TASK_VERSION = 4
+"""The report version that adds ``task`` (a multi-class or regression model's sketch,
+:mod:`edgefleet.edge.tasksketch`) to version 2's fields; its ``segments`` may be empty."""
+SCHEMA_VERSIONS = (SCHEMA_VERSION, SEGMENTS_VERSION, SHADOW_VERSION, TASK_VERSION)
 MAX_REPORT_BYTES = 262_144
 MAX_FEATURES = 256
 MAX_TIME = 253_402_300_799.0
@@ -123,6 +132,7 @@ OPTIONAL_FIELDS: dict[int, tuple[str, ...]] = {
     SCHEMA_VERSION: (),
     SEGMENTS_VERSION: ("segments",),
     SHADOW_VERSION: ("segments", "shadow"),
+    TASK_VERSION: ("segments", "task"),
 }
 """The fields each report version adds to :data:`REPORT_FIELDS`."""
 
@@ -174,6 +184,8 @@ class Report:
     segments: tuple[SegmentSketch, ...] = ()
     shadow: ShadowSketch | None = None
     """A shadow device's challenger histograms (version 3 only)."""
+    task: TaskSketch | None = None
+    """A multi-class or regression model's sketch (version 4 only)."""
 
     def __post_init__(self) -> None:
         _check_version(self.schema_version)
@@ -219,6 +231,7 @@ class Report:
             )
         _check_segments(self)
         _check_shadow(self)
+        _check_task(self)
 
     @classmethod
     def from_body(
@@ -234,8 +247,10 @@ class Report:
     ) -> Report:
         """A report of what a :class:`SketchBuilder` measured, from this device."""
         version = SEGMENTS_VERSION if body.segments else SCHEMA_VERSION
+        if body.shadow is not None:
+            version = SHADOW_VERSION
         return cls(
-            schema_version=SHADOW_VERSION if body.shadow is not None else version,
+            schema_version=TASK_VERSION if body.task is not None else version,
             fleet=fleet,
             device_id=device_id,
             sequence=sequence,
@@ -253,7 +268,10 @@ class Report:
             latency=body.latency,
             dropped_reports=dropped_reports,
             segments=tuple(body.segments),
-            shadow=body.shadow,
+            # The shadow comparison is of binary scores (§17): a multi-class or regression
+            # champion's challenger counts are not reported (version 4 has no shadow).
+            shadow=body.shadow if body.task is None else None,
+            task=body.task,
         )
 
     def feature(self, name: str) -> FeatureSketch:
@@ -282,10 +300,12 @@ class Report:
             "outcomes": self.outcomes.to_dict(),
             "latency": self.latency.to_dict(),
         }
-        if self.schema_version in (SEGMENTS_VERSION, SHADOW_VERSION):
+        if self.schema_version in (SEGMENTS_VERSION, SHADOW_VERSION, TASK_VERSION):
             data["segments"] = [s.to_dict() for s in self.segments]
         if self.shadow is not None:
             data["shadow"] = self.shadow.to_dict()
+        if self.task is not None:
+            data["task"] = self.task.to_dict()
         return data
 
     def encode(self) -> bytes:
@@ -340,6 +360,7 @@ class Report:
             latency=_latency_from_json(raw["latency"]),
             segments=_segments_from_json(raw.get("segments", [])),
             shadow=None if "shadow" not in raw else ShadowSketch.from_json(raw["shadow"]),
+            task=None if "task" not in raw else task_from_json(raw["task"]),
         )
 
 
@@ -398,6 +419,34 @@ def _check_shadow(report: Report) -> None:
     if shadow.scores.total > report.scored or shadow.labelled > report.outcomes.labelled:
         raise InputError(
             "report field 'shadow': the challenger counts more records than the champion"
+        )
+
+
+def _check_task(report: Report) -> None:
+    """Version 4 carries a task sketch, the others none; it counts the rows the report's
+    histograms count (the meaning :mod:`edgefleet.edge.tasksketch` gives them)."""
+    task = report.task
+    if (report.schema_version == TASK_VERSION) != (task is not None):
+        raise InputError("report field 'task': present in version 4 reports, and only there")
+    if task is None:
+        return
+    if not isinstance(task, TaskSketch):
+        raise InputError("report field 'task' must be a MulticlassSketch or RegressionSketch")
+    if task.scored != report.scored:
+        raise InputError(
+            f"report field 'task': counts {task.scored} predictions but the report scored "
+            f"{report.scored}"
+        )
+    wrong, right = (h.total for h in report.outcomes.by_label)
+    if task.labelled != wrong + right:
+        raise InputError(
+            f"report field 'task': counts {task.labelled} labelled rows but the outcome "
+            f"histograms {wrong + right}"
+        )
+    correct = task.correct
+    if right != correct:
+        raise InputError(
+            f"report field 'outcomes': {right} right predictions but the task sketch has {correct}"
         )
 
 
@@ -504,6 +553,8 @@ class Aggregate:
     segments: tuple[SegmentSketch, ...] = ()
     shadow: tuple[ShadowSketch, ...] = ()
     """Challengers' histograms summed, one per challenger version."""
+    task: TaskSketch | None = None
+    """A multi-class or regression model's sketches summed."""
     device_sketch: str | None = None
     """The HyperLogLog registers of the devices (base64) when too many to list, else None."""
 
@@ -528,6 +579,7 @@ class Aggregate:
             latency=report.latency,
             segments=report.segments,
             shadow=() if report.shadow is None else (report.shadow,),
+            task=report.task,
         )
 
     @property
@@ -570,6 +622,7 @@ class Aggregate:
             "latency": self.latency.to_dict(),
             "segments": [s.to_dict() for s in self.segments],
             "shadow": [s.to_dict() for s in self.shadow],
+            **_task_field(self.task),
         }
 
     def shadow_of(self, challenger_version: str) -> ShadowSketch | None:
@@ -633,6 +686,27 @@ class SketchSums:
         self.segments: list[list[int]] = []
         self.shadow: dict[str, list[int]] = {}
         """Challenger version -> its counts, flat as :meth:`ShadowSketch.flat` lays them out."""
+        self.task: tuple[str, int] | None = None
+        """``(kind, size)`` of the task sketch (multi-class or regression), or None; its
+        counts and float sums in :attr:`task_counts` and :attr:`task_sums`, flat as
+        ``TaskSketch.flat`` lays them out."""
+        self.task_counts: list[int] = []
+        self.task_sums: list[float] = []
+
+    def add_task(self, kind: str, size: int, counts: list[int], sums: list[float]) -> None:
+        """Add a task sketch's flat counts and sums (the first one sets the layout)."""
+        if self.task is None:
+            self.task, self.task_counts, self.task_sums = (kind, size), counts, sums
+            return
+        if self.task != (kind, size):
+            raise InputError("cannot merge the task sketches of two different tasks")
+        self.task_counts = list(map(int.__add__, self.task_counts, counts))
+        self.task_sums = [a + b for a, b in zip(self.task_sums, sums, strict=True)]
+
+    def _task_sketch(self) -> TaskSketch | None:
+        if self.task is None:
+            return None
+        return task_from_flat(*self.task, self.task_counts, self.task_sums)
 
     def add_shadow(self, version: str, counts: list[int]) -> None:
         mine = self.shadow.get(version)
@@ -679,6 +753,7 @@ class SketchSums:
                 ShadowSketch.from_flat(version, counts)
                 for version, counts in sorted(self.shadow.items())
             ),
+            task=self._task_sketch(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -726,6 +801,7 @@ class SketchSums:
                 ShadowSketch.from_flat(version, counts).to_dict()
                 for version, counts in sorted(self.shadow.items())
             ],
+            **_task_field(self._task_sketch()),
         }
 
 
@@ -751,6 +827,8 @@ class _Sum(SketchSums):
         self.segments = [g.flat() for g in start.segments]
         for sketch in start.shadow:
             self.add_shadow(sketch.model_version, sketch.flat())
+        if start.task is not None:
+            self.add_task(start.task.kind, start.task.size, *start.task.flat())
 
     def add(self, item: Report | Aggregate) -> None:
         other = _as_aggregate(item)
@@ -764,10 +842,12 @@ class _Sum(SketchSums):
             )
         layout = [(f.name, f.kind, f.bins.bins) for f in other.features]
         segment_layout = [(g.feature, g.levels) for g in other.segments]
-        if layout != self.layout or segment_layout != self.segment_layout:
+        task = None if other.task is None else (other.task.kind, other.task.size)
+        if layout != self.layout or segment_layout != self.segment_layout or task != self.task:
             raise InputError(
                 f"cannot merge reports of model {self.key[1]} {self.key[2]} whose features "
-                "differ (names, kinds or bins): the reports disagree about the schema"
+                "differ (names, kinds, bins, task or classes): the reports disagree about the "
+                "schema"
             )
         self.window[0] = min(self.window[0], other.window_start)
         self.window[1] = max(self.window[1], other.window_end)
@@ -790,6 +870,8 @@ class _Sum(SketchSums):
         ]
         for sketch in other.shadow:
             self.add_shadow(sketch.model_version, sketch.flat())
+        if other.task is not None:
+            self.add_task(other.task.kind, other.task.size, *other.task.flat())
 
 
 def _histograms(aggregate: Aggregate) -> tuple[Histogram, ...]:
@@ -800,3 +882,9 @@ def _histograms(aggregate: Aggregate) -> tuple[Histogram, ...]:
         *aggregate.outcomes.by_label,
         aggregate.latency.counts,
     )
+
+
+def _task_field(task: TaskSketch | None) -> dict[str, Any]:
+    """The ``task`` field of an aggregate's dict: absent for a binary model, so that binary
+    rollup bodies stay as they were."""
+    return {} if task is None else {"task": task.to_dict()}

@@ -398,6 +398,8 @@ class ReportBody:
     """:class:`edgefleet.edge.segments.SegmentSketch` per segment feature of the schema."""
     shadow: Any = None
     """:class:`edgefleet.edge.shadow.ShadowSketch` of a shadow device's challenger, or None."""
+    task: Any = None
+    """:class:`edgefleet.edge.tasksketch.TaskSketch` of a multi-class or regression model."""
 
 
 class SketchBuilder:
@@ -430,6 +432,7 @@ class SketchBuilder:
         from edgefleet.edge.segments import SegmentCounter
 
         self._segments = SegmentCounter(schema)
+        self._task = _task_counter(schema, reference)
         self._window_start = clock()
         self._zero()
 
@@ -456,6 +459,8 @@ class SketchBuilder:
         self._scored = 0
         self._failed = 0
         self._segments.zero()
+        if self._task is not None:
+            self._task.zero()
 
     def segment_levels(self, encoded_rows: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """``[N, S]``: each row's level of each segment feature (remember it with the
@@ -484,6 +489,10 @@ class SketchBuilder:
             raise InputError(
                 f"encoded rows must have shape [N, {len(self._columns)}], not {list(rows.shape)}"
             )
+        outputs = None
+        if self._task is not None:  # a multi-class or regression model (tasksketch.py)
+            outputs = self._task.outputs_of(probabilities, rows.shape[0])
+            probabilities = self._task.base_scores(outputs)
         scores = np.asarray(probabilities, dtype=np.float64)
         if scores.ndim == 2 and scores.shape[1] == 2:
             scores = scores[:, 1]
@@ -499,6 +508,8 @@ class SketchBuilder:
         bad_scores = int(rows.shape[0] - np.count_nonzero(finite))
         if bad_scores:
             rows, scores = rows[finite], scores[finite]
+            outputs = None if outputs is None else outputs[finite]
+        task = None if self._task is None or outputs is None else self._task.scored_counts(outputs)
         latency = (
             None
             if latency_seconds is None
@@ -519,6 +530,8 @@ class SketchBuilder:
                 self._unknown[j] += unknown
             self._out_of_range += extra_out_of_range
             self._scores += score_counts
+            if self._task is not None and task is not None:
+                self._task.add(task)
             if latency is not None:
                 self._latency += latency
             self._scored += rows.shape[0]
@@ -549,7 +562,14 @@ class SketchBuilder:
     ) -> None:
         """Labels that came back for earlier predictions of these scores; with
         ``segment_levels`` (``[N, S]``, from :meth:`segment_levels`) they count in their
-        segments too."""
+        segments too. A multi-class model's scores are ``[N, K]`` probabilities and its
+        labels class indices; a regressor's, predictions and true values."""
+        task: tuple[Any, list[float]] | None = None
+        if self._task is not None:
+            rows = len(np.asarray(labels).reshape(-1))
+            outputs = self._task.outputs_of(scores, rows)
+            counts, sums, right = self._task.outcome_counts(outputs, labels)
+            task, scores, labels = (counts, sums), self._task.base_scores(outputs), right
         values = np.asarray(scores, dtype=np.float64).ravel()
         raw_labels = np.asarray(labels).ravel()
         if values.shape != raw_labels.shape:
@@ -572,6 +592,8 @@ class SketchBuilder:
             levels = np.asarray(segment_levels, dtype=np.int64).reshape(values.size, -1)
         with self._lock:
             self._outcomes += counts
+            if self._task is not None and task is not None:
+                self._task.add(*task)
             if levels is not None:
                 self._segments.add_outcomes(levels, values, raw_labels.astype(np.int64))
 
@@ -599,6 +621,8 @@ class SketchBuilder:
             self._latency += np.asarray(body.latency.counts.counts, dtype=np.int64)
             self._scored += body.scored
             self._failed += body.failed
+            if self._task is not None and body.task is not None:
+                self._task.merge(body.task)
 
     def snapshot(self) -> ReportBody:
         """The counts so far, from the window's start to now."""
@@ -654,7 +678,20 @@ class SketchBuilder:
             ),
             latency=LatencySketch(Histogram.from_array(self._latency)),
             segments=self._segments.sketches(),
+            task=None if self._task is None else self._task.sketch(),
         )
+
+
+def _task_counter(schema: FeatureSchema, reference: ReferenceProfile) -> Any:
+    """The counter of a multi-class or regression model's task sketch (a regressor's
+    predictions in the bins of the reference's); None for binary."""
+    if schema.task == "binary":
+        return None
+    from edgefleet.edge.tasksketch import TaskCounter  # builds on this module's histograms
+
+    prediction = reference.prediction
+    edges = prediction.edges if isinstance(prediction, NumericProfile) else None
+    return TaskCounter(schema.task, len(schema.classes), edges)
 
 
 @dataclass(frozen=True)

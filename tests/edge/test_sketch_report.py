@@ -378,7 +378,9 @@ def _delete(key: str) -> Any:
             b'{"schema_version": 1, "scored": 1' + b"1" * 5000 + b"}", "not usable", id="huge-int"
         ),
         pytest.param(
-            _payload(_set("schema_version", 4)), "schema_version 4 is not one of 1, 2, 3", id="v4"
+            _payload(_set("schema_version", 5)),
+            "schema_version 5 is not one of 1, 2, 3, 4",
+            id="v5",
         ),
         pytest.param(
             _payload(_set("schema_version", 2)), "lacks the field 'segments'", id="v2-no-segments"

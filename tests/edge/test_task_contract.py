@@ -23,6 +23,7 @@ from edgefleet.edge.manifest import (
     DEFAULT_TOLERANCE,
     REGRESSION_RTOL,
     Manifest,
+    task_tolerance,
     within_tolerance,
 )
 from edgefleet.edge.schema import MAX_CLASSES, FeatureSchema, NumericFeature
@@ -105,6 +106,11 @@ def test_within_tolerance_is_absolute_for_probabilities_and_relative_for_values(
     assert not within_tolerance(near, expected, task="binary", tolerance=DEFAULT_TOLERANCE)[0, 0]
     far = expected + 300 * REGRESSION_RTOL
     assert not within_tolerance(far, expected, task="regression", tolerance=DEFAULT_TOLERANCE)[0, 0]
+    # A regressor's absolute part scales with its values' magnitude (at least 1).
+    values = np.array([[300.0], [-100.0], [0.5]])
+    assert task_tolerance("regression", values, 1e-5) == pytest.approx(1e-5 * 400.5 / 3)
+    assert task_tolerance("regression", np.array([[0.1]]), 1e-5) == 1e-5
+    assert task_tolerance("multiclass", values, 1e-5) == 1e-5
     nan = np.array([[np.nan], [0.0]])
     assert not within_tolerance(nan, expected, task="regression", tolerance=1.0)[0, 0]
 

@@ -134,7 +134,7 @@ def test_reports_carry_segments_as_version_2(scored: Scored) -> None:
         (lambda raw: raw["segments"][0]["scores"][0].__setitem__(0, 10**6), "partition"),
         (lambda raw: raw["segments"][1]["positives"][2].__setitem__(99, 10**6), "more outcomes"),
         (lambda raw: raw["segments"][0]["negatives"].append([0] * 99), "100 counts"),
-        (lambda raw: raw.update(schema_version=4), "not one of 1, 2, 3"),
+        (lambda raw: raw.update(schema_version=5), "not one of 1, 2, 3, 4"),
     ],
 )
 def test_a_bad_segment_is_refused(

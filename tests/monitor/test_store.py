@@ -90,7 +90,7 @@ def _hostile(good: Report) -> list[tuple[str, bytes, str]]:
         (topic, b"\x00\xff garbage \x00", "UTF-8"),
         (topic, b"{not json", "not JSON"),
         (topic, b"x" * (MAX_REPORT_BYTES + 1), "exceeds"),
-        (topic, mutated(good, schema_version=4), "schema_version"),
+        (topic, mutated(good, schema_version=5), "schema_version"),
         (topic, mutated(good, schema_version=2), "segments"),
         (TOPICS.report("someone-else"), good.encode(), "only report as itself"),
         ("edgefleet/other/devices/x/report", good.encode(), "not of fleet"),

@@ -33,7 +33,7 @@ from edgefleet.central.metrics import holdout_metrics
 from edgefleet.central.registry import ModelVersion, Registry
 from edgefleet.central.trainer import TrainedModel, golden_vectors, model_outputs, reference_for
 from edgefleet.converters.ir import family_of
-from edgefleet.edge.manifest import REGRESSION_RTOL, within_tolerance
+from edgefleet.edge.manifest import REGRESSION_RTOL, task_tolerance, within_tolerance
 from edgefleet.edge.schema import (
     CategoricalFeature,
     Feature,
@@ -44,9 +44,9 @@ from edgefleet.edge.schema import (
 from edgefleet.errors import DataError, UnsupportedModelError
 
 # The rebuilt pipeline must give the user's probabilities within this on every reference
-# row (a regressor's values: within this plus REGRESSION_RTOL of the value), as the user
-# holds it or rounded to float32 as the contract sends it (measured: below 3e-7 on the
-# test grid).
+# row (a regressor's values: within this times their mean magnitude, plus REGRESSION_RTOL of
+# the value), as the user holds it or rounded to float32 as the contract sends it
+# (measured: below 3e-7 on the test grid).
 AGREEMENT_TOLERANCE = 1e-5
 # HistGradientBoosting's float32-raised splits (byo/splits.py) answer a value within one
 # float32 step above a split like neither view; that many rows may, before registration is
@@ -252,13 +252,14 @@ def _agreement(
     user holds it (float64) or as a device can send it (the contract's float32 values): a
     tree split can fall between a float64 value and its float32 rounding, where both
     answers are the user's model's. Probabilities agree within
-    :data:`AGREEMENT_TOLERANCE`, a regressor's values within it plus the same share of the
-    value (``manifest.within_tolerance``)."""
+    :data:`AGREEMENT_TOLERANCE`; a regressor's values within it times the mean |value|
+    (at least 1), plus ``REGRESSION_RTOL`` of the value (``manifest.within_tolerance``)."""
     mine = np.asarray(ours, np.float64)
+    tolerance = task_tolerance(schema.task, np.asarray(user), AGREEMENT_TOLERANCE)
 
     def rows_agree(theirs: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
         agree = within_tolerance(
-            mine, np.asarray(theirs, np.float64), task=schema.task, tolerance=AGREEMENT_TOLERANCE
+            mine, np.asarray(theirs, np.float64), task=schema.task, tolerance=tolerance
         )
         return np.asarray(agree.all(axis=1))
 
@@ -271,7 +272,7 @@ def _agreement(
     result = Agreement(float(diff.max(initial=0.0)), over, len(diff))
     if over > AGREEMENT_MAX_SHARE * len(diff):
         worst = int(np.where(agrees, -np.inf, diff).argmax())
-        bound = f"{AGREEMENT_TOLERANCE:g}" + (
+        bound = f"{tolerance:.3g}" + (
             f" + {REGRESSION_RTOL:g} x |value|" if schema.task == "regression" else ""
         )
         raise UnsupportedModelError(

@@ -30,6 +30,10 @@ demographic_parity     segments: largest minus smallest share predicted positive
 equalized_odds         segments: the larger spread of TPR and of FPR (labels)      0.1
 =====================  ==========================================================  ===========
 
+A multi-class or regression model has its own rules instead of the binary quality ones
+(accuracy, macro OvR AUROC and log loss; RMSE, MAE and R² against the holdout's, and
+prediction drift): :mod:`edgefleet.central.monitor.task_alerts`.
+
 Why a lower bound for the error rate: the monitor checks every device every window, and a
 device that scored 200 records with 5 failures (2.5 %) is well within the noise of a 1 %
 error rate. The threshold is still the effect size; the interval only keeps small counts
@@ -63,6 +67,7 @@ from edgefleet.central.monitor.drift import DriftDetector, FeatureDrift
 from edgefleet.central.monitor.fairness import differences
 from edgefleet.central.monitor.measures import SCOPE_LEVELS, Measures
 from edgefleet.central.monitor.store import AlertRecord
+from edgefleet.central.monitor.task_alerts import TASK_RULES, describe_task_alert, task_rules
 from edgefleet.errors import InputError
 
 RULES = (
@@ -75,11 +80,19 @@ RULES = (
     "latency",
     "demographic_parity",
     "equalized_odds",
+    *TASK_RULES,
 )
 """Rule names, as :attr:`AlertRecord.rule` holds them."""
 
 RETRAIN_RULES = frozenset(
-    {"feature_drift", "score_drift", "auroc_drop", "calibration_gap", "expected_auroc_drop"}
+    {
+        "feature_drift",
+        "score_drift",
+        "auroc_drop",
+        "calibration_gap",
+        "expected_auroc_drop",
+        *TASK_RULES,
+    }
 )
 """Rules a new model can answer. Errors and latency are the runtime's or the device's
 problem: retraining would not fix them."""
@@ -98,6 +111,10 @@ _TOML_KEYS: dict[tuple[str, str], str] = {
     ("performance", "calibration_gap"): "calibration_gap",
     ("performance", "min_labels"): "min_labels",
     ("performance", "expected_auroc_drop"): "expected_auroc_drop",
+    ("performance", "accuracy_drop"): "accuracy_drop",
+    ("performance", "log_loss_rise"): "log_loss_rise",
+    ("performance", "error_rise"): "error_rise",
+    ("performance", "r2_drop"): "r2_drop",
     ("errors", "max_rate"): "max_error_rate",
     ("errors", "min_records"): "error_min_records",
     ("latency", "p95_ms"): "latency_p95_ms",
@@ -133,6 +150,10 @@ class AlertRules:
     calibration_gap: float = 0.05
     min_labels: int = 1000
     expected_auroc_drop: float = 0.05
+    accuracy_drop: float = 0.05
+    log_loss_rise: float = 0.2
+    error_rise: float = 0.2
+    r2_drop: float = 0.1
     max_error_rate: float = 0.02
     error_min_records: int = 200
     latency_p95_ms: float = 100.0
@@ -162,6 +183,7 @@ class AlertRules:
             "auroc_drop",
             "calibration_gap",
             "expected_auroc_drop",
+            "accuracy_drop",
             "fairness_dp_difference",
             "fairness_eo_difference",
         ):
@@ -239,6 +261,9 @@ def evaluate(
         _drift_rule(drift, "feature_drift", rules.feature_detector(), add)
     if measures.score is not None:
         _drift_rule(measures.score, "score_drift", rules.score_detector(), add)
+    if measures.task is not None and measures.task.prediction_drift is not None:
+        drift = measures.task.prediction_drift
+        _drift_rule(drift, "prediction_drift", rules.score_detector(), add)
     for step in _RULE_STEPS:
         step(measures, rules, add)
     return add.alerts
@@ -400,6 +425,7 @@ _RULE_STEPS: tuple[Callable[[Measures, AlertRules, Callable[..., None]], None], 
     _error_rule,
     _latency_rule,
     _fairness_rules,
+    task_rules,
 )
 
 
@@ -419,12 +445,14 @@ def describe(alert: AlertRecord) -> str:
     """One line for humans: what, where, the number and its threshold."""
     evidence = alert.evidence
     version = evidence.get("model_version", "?")
-    if alert.rule in ("feature_drift", "score_drift"):
+    if alert.rule in ("feature_drift", "score_drift", "prediction_drift"):
         detail = (
             f"JS {_num(evidence.get('js'))} (>= {_num(evidence.get('js_threshold'))}?), "
             f"PSI {_num(evidence.get('psi'))} (>= {_num(evidence.get('psi_threshold'))}?), "
             f"n {evidence.get('current_n')}"
         )
+    elif alert.rule in TASK_RULES or evidence.get("task") is not None:
+        detail = describe_task_alert(alert.rule, alert.value, alert.threshold, evidence)
     elif alert.rule == "auroc_drop":
         detail = (
             f"AUROC {_num(evidence.get('auroc'))} vs {_num(evidence.get('reference_auroc'))} "

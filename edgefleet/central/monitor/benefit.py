@@ -33,8 +33,11 @@ import numpy.typing as npt
 
 from edgefleet.errors import DataError, InputError
 
-Metric = Literal["auroc", "log_loss"]
-METRICS: tuple[Metric, ...] = ("auroc", "log_loss")
+Metric = Literal["auroc", "log_loss", "rmse"]
+METRICS: tuple[Metric, ...] = ("auroc", "log_loss", "rmse")
+"""AUROC and log loss of a classifier (a multi-class one's scores are ``[N, K]``
+probabilities, its labels class indices: log loss only); RMSE of a regressor (labels are
+the true values). The loop judges each task by :func:`.task_measures.judging_metric`."""
 _EPSILON = 1e-15
 
 FloatArray = npt.NDArray[np.float64]
@@ -137,17 +140,32 @@ def _average_ranks(values: FloatArray) -> FloatArray:
 
 def log_loss(labels: npt.NDArray[Any], probabilities: npt.NDArray[Any]) -> float:
     p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPSILON, 1 - _EPSILON)
+    if p.ndim == 2:  # a multi-class model: the probability of each row's true class
+        truth = np.asarray(labels).astype(np.int64)
+        return float(-np.mean(np.log(p[np.arange(len(truth)), truth])))
     y = np.asarray(labels).astype(np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def rmse(values: npt.NDArray[Any], predictions: npt.NDArray[Any]) -> float:
+    errors = np.asarray(values, dtype=np.float64) - np.asarray(predictions, dtype=np.float64)
+    return float(np.sqrt(np.mean(errors * errors)))
+
+
 def metric_value(metric: Metric, labels: npt.NDArray[Any], scores: npt.NDArray[Any]) -> float:
+    if metric == "rmse":
+        return rmse(labels, scores)
     return auroc(labels, scores) if metric == "auroc" else log_loss(labels, scores)
 
 
 def gain_of(metric: Metric, running: float, candidate: float) -> float:
-    """Positive when the candidate is better, for either metric."""
+    """Positive when the candidate is better, for every metric."""
     return candidate - running if metric == "auroc" else running - candidate
+
+
+def _labels(metric: Metric, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Class indices of a classifier's rows, or a regressor's true values."""
+    return np.asarray(labels, dtype=np.float64 if metric == "rmse" else np.int64)
 
 
 def calibration_gap(labels: npt.NDArray[Any], probabilities: npt.NDArray[Any]) -> float:
@@ -167,7 +185,7 @@ def paired_gain(
 ) -> Interval:
     """The candidate's gain over the running model on these rows, with a paired percentile
     bootstrap interval (the same resampled rows for both models)."""
-    labels = np.asarray(labels).astype(np.int64)
+    labels = _labels(metric, labels)
     running = np.asarray(running, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
     point = gain_of(
@@ -204,7 +222,8 @@ def judge_benefit(
 ) -> BenefitJudgement:
     """Does ``candidate`` help over ``running`` on these labelled rows? (module docstring)"""
     _check_inputs(labels, running, candidate, metric, confidence, resamples)
-    labels = np.asarray(labels).astype(np.int64)
+    labels = _labels(metric, labels)
+    binary = metric != "rmse" and np.ndim(running) == 1
     gain = paired_gain(
         labels,
         running,
@@ -216,13 +235,13 @@ def judge_benefit(
     )
     gaps = (
         (calibration_gap(labels, running), calibration_gap(labels, candidate))
-        if scores_are_probabilities
+        if scores_are_probabilities and binary
         else (0.0, 0.0)
     )
     judgement = BenefitJudgement(
         metric=metric,
         rows=len(labels),
-        positives=int(labels.sum()),
+        positives=int(labels.sum()) if binary else 0,
         running=metric_value(metric, labels, np.asarray(running, dtype=np.float64)),
         candidate=metric_value(metric, labels, np.asarray(candidate, dtype=np.float64)),
         gain=gain,
@@ -273,5 +292,5 @@ def _check_inputs(
         raise InputError(f"resamples must be a whole number >= 100, not {resamples!r}")
     if not len(labels) == len(running) == len(candidate):
         raise InputError("labels and both models' scores must have one value per row")
-    if len(set(np.asarray(labels).tolist())) < 2:
+    if metric != "rmse" and len(set(np.asarray(labels).tolist())) < 2:
         raise DataError("the comparison rows hold only one class: cannot compare models")

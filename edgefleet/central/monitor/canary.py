@@ -14,7 +14,11 @@ named step per kind of evidence; each returns its reasons to call the canary wor
 - :func:`_auroc_reasons`, where labels came back (at least ``rules.min_labels`` per cohort):
   the canary's AUROC is lower by more than ``auroc_margin`` *and* by more than twice the
   standard error of the difference (Hanley and McNeil), so that a few hundred labels do not
-  roll back a good model by chance.
+  roll back a good model by chance;
+- :func:`_task_reasons`, for a multi-class or regression model (which has no AUROC of one
+  score): its judging metric (log loss, RMSE: :func:`.task_measures.judging_metric`) is
+  worse on the canary by more than ``metric_margin`` of the stable value *and* by more than
+  twice the standard error of the difference (from the sketches' sums of squares).
 
 Any reason makes it "worse"; else :func:`_shortfalls` says what evidence is still missing.
 """
@@ -28,6 +32,7 @@ from typing import Any, Literal
 
 from edgefleet.central.monitor.alerts import AlertRules
 from edgefleet.central.monitor.measures import Measures
+from edgefleet.central.monitor.task_measures import judging_metric
 
 Verdict = Literal["worse", "good", "insufficient"]
 
@@ -50,6 +55,8 @@ class CanaryMargins:
     error_margin: float = 0.005
     drift_margin: float = 0.05
     require_labels: bool = False
+    metric_margin: float = 0.05
+    """A multi-class or regression canary's judging metric may be this share worse."""
 
 
 def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
@@ -93,6 +100,9 @@ def judge_canary(
     ]
     labels_compared, auroc_worse = _auroc_reasons(canary, stable, rules, margins, evidence)
     worse.extend(auroc_worse)
+    task_compared, task_worse = _task_reasons(canary, stable, rules, margins, evidence)
+    labels_compared = labels_compared or task_compared
+    worse.extend(task_worse)
     if worse:
         return CanaryVerdict("worse", tuple(worse), evidence)
     short = _shortfalls(canary, rules, margins, labels_compared)
@@ -100,7 +110,12 @@ def judge_canary(
         return CanaryVerdict("insufficient", tuple(short), evidence)
     reasons = ["no worse on errors, score drift and input drift"]
     if labels_compared:
-        reasons.append("AUROC not significantly lower")
+        metric = judging_metric(canary.task_kind)[0]
+        reasons.append(
+            "AUROC not significantly lower"
+            if metric == "auroc"
+            else f"{metric} not significantly worse"
+        )
     return CanaryVerdict("good", tuple(reasons), evidence)
 
 
@@ -215,6 +230,43 @@ def _auroc_reasons(
         return True, [
             f"canary AUROC {c_perf.auroc:.3f} below stable {s_perf.auroc:.3f} by "
             f"{difference:.3f} (> {margins.auroc_margin} and > 2 x standard error {noise:.3f})"
+        ]
+    return True, []
+
+
+def _task_reasons(
+    canary: Measures,
+    stable: Measures | None,
+    rules: AlertRules,
+    margins: CanaryMargins,
+    evidence: dict[str, Any],
+) -> tuple[bool, list[str]]:
+    """(whether labels were compared, the reasons to call the canary worse) on the judging
+    metric of a multi-class or regression model."""
+    ours, theirs = canary.task, None if stable is None else stable.task
+    if ours is None or theirs is None or ours.performance is None or theirs.performance is None:
+        return False, []
+    if min(ours.labelled, theirs.labelled) < rules.min_labels or ours.task != theirs.task:
+        return False, []
+    metric, lower_is_better = judging_metric(ours.task)
+    c_value, s_value = ours.metrics()[metric], theirs.metrics()[metric]
+    worse_by = c_value - s_value if lower_is_better else s_value - c_value
+    noise = math.hypot(
+        ours.performance.standard_error(metric), theirs.performance.standard_error(metric)
+    )
+    evidence[metric] = {
+        "canary": c_value,
+        "stable": s_value,
+        "difference": worse_by,
+        "standard_error": noise,
+        "canary_labels": ours.labelled,
+        "stable_labels": theirs.labelled,
+    }
+    if worse_by > margins.metric_margin * abs(s_value) and worse_by > 2 * noise:
+        return True, [
+            f"canary {metric} {c_value:.4g} worse than stable {s_value:.4g} by "
+            f"{worse_by:.4g} (> {margins.metric_margin:.0%} and > 2 x standard error "
+            f"{noise:.3g})"
         ]
     return True, []
 

@@ -29,6 +29,7 @@ from edgefleet.central.monitor.quality import (
     rate,
     score_drift,
 )
+from edgefleet.central.monitor.task_measures import TaskMeasures, task_measures
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.profile import NumericProfile
 from edgefleet.edge.report import Aggregate
@@ -124,6 +125,26 @@ class Measures:
     fairness: tuple[FeatureFairness, ...] = ()
     """Per segment feature of the schema (none without), at the default threshold:
     :mod:`edgefleet.central.monitor.fairness`."""
+    task: TaskMeasures | None = None
+    """A multi-class or regression model's measures (:mod:`.task_measures`); None for a
+    binary one. Such a model has no binary ``performance`` or ``expected``; its ``score``
+    drift is that of its confidence (multi-class) or None (regression)."""
+
+    @property
+    def task_kind(self) -> str:
+        return "binary" if self.task is None else self.task.task
+
+    def metrics(self) -> dict[str, float]:
+        """The task's quality metrics by name (``TASK_METRICS``): AUROC and average
+        precision, accuracy, log loss and OvR AUROC, or MAE, RMSE and R²; NaN without
+        enough labels."""
+        if self.task is not None:
+            return self.task.metrics()
+        performance = self.performance
+        return {
+            "auroc": math.nan if performance is None else performance.auroc,
+            "average_precision": math.nan if performance is None else performance.average_precision,
+        }
 
     @property
     def drifted_features(self) -> tuple[FeatureDrift, ...]:
@@ -165,6 +186,7 @@ class Measures:
                 else self.performance.average_precision,
                 "expected_auroc": None if self.expected is None else self.expected.auroc,
                 "latency_p95_ms": self.latency.p95_ms,
+                **_task_summary(self.task),
             }
         )
 
@@ -203,6 +225,7 @@ class Measures:
                     "p50_ms": self.latency.p50_ms,
                     "p95_ms": self.latency.p95_ms,
                 },
+                "task": None if self.task is None else self.task.to_dict(),
             }
         )
 
@@ -258,6 +281,16 @@ def measure(
     scored = sum(scores) > 0
     negatives, positives = labelled_counts(aggregate)
     calls = aggregate.latency.count
+    task = None
+    if aggregate.task is not None:
+        task = task_measures(
+            aggregate.task,
+            reference.prediction,
+            dict(manifest.metrics),
+            detector=detector,
+            min_labels=min_labels,
+        )
+    binary = task is None
     return Measures(
         fleet=aggregate.fleet,
         model_name=aggregate.model_name,
@@ -270,16 +303,22 @@ def measure(
         failed=aggregate.failed,
         labelled=sum(negatives) + sum(positives),
         features=tuple(features),
-        score=score_drift(reference.scores.counts, scores, detector=detector) if scored else None,
-        performance=labelled_performance(negatives, positives, min_labels=min_labels),
+        score=score_drift(reference.scores.counts, scores, detector=detector)
+        if scored and (binary or _confidence_reference(task, reference.scores.counts))
+        else None,
+        performance=labelled_performance(negatives, positives, min_labels=min_labels)
+        if binary
+        else None,
         reference_auroc=float(manifest.metrics.get("auroc", math.nan)),
         reference_average_precision=float(manifest.metrics.get("average_precision", math.nan)),
         reference_performance=labelled_performance(
             reference.scores.by_label[0], reference.scores.by_label[1], min_labels=1
-        ),
-        expected=expected_performance(scores) if scored else None,
+        )
+        if binary
+        else None,
+        expected=expected_performance(scores) if scored and binary else None,
         reference_expected=expected_performance(reference.scores.counts)
-        if sum(reference.scores.counts) > 0
+        if sum(reference.scores.counts) > 0 and binary
         else None,
         errors=rate(aggregate.failed, aggregate.scored + aggregate.failed),
         latency=Latency(
@@ -287,8 +326,29 @@ def measure(
             p50_ms=aggregate.latency.quantile(0.5) * 1000.0 if calls else math.nan,
             p95_ms=aggregate.latency.quantile(0.95) * 1000.0 if calls else math.nan,
         ),
-        fairness=fairness_of(aggregate, manifest.schema) if aggregate.segments else (),
+        fairness=fairness_of(aggregate, manifest.schema) if aggregate.segments and binary else (),
+        task=task,
     )
+
+
+def _confidence_reference(task: TaskMeasures | None, reference: Sequence[int]) -> bool:
+    """Whether a multi-class model's confidence histogram has a reference to drift from."""
+    return task is not None and task.task == "multiclass" and sum(reference) > 0
+
+
+def _task_summary(task: TaskMeasures | None) -> dict[str, Any]:
+    """The task's metrics and prediction drift for :meth:`Measures.summary` (nothing for a
+    binary model, whose summary is as it was)."""
+    if task is None:
+        return {}
+    drift = task.prediction_drift
+    return {
+        "task": task.task,
+        **task.metrics(),
+        "prediction_drift": None
+        if drift is None
+        else {"psi": drift.psi, "js": drift.js, "verdict": drift.verdict},
+    }
 
 
 def labelled_performance(

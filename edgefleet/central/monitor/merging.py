@@ -25,6 +25,7 @@ from edgefleet.central.monitor.fastpath import fast_decode
 from edgefleet.central.monitor.validation import Layout, VersionProfile, layout_of
 from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.report import Aggregate, Report, SketchSums
+from edgefleet.edge.tasksketch import flat_of_json
 from edgefleet.errors import InputError
 
 __all__ = [
@@ -277,7 +278,7 @@ def add_counts(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
     segments = [_flat_segment(g) for g in raw.get("segments", ())]
     if total.key is None:
         total.key = (raw["fleet"], raw["model_name"], raw["model_version"])
-        total.layout = [entry for entry in layout if entry[1] != "segment"]
+        total.layout = [entry for entry in layout if entry[1] not in ("segment", "task")]
         total.segment_layout = [(g["feature"], len(g["scores"])) for g in raw.get("segments", ())]
         total.features, total.histograms = features, histograms
         total.segments = segments
@@ -297,6 +298,9 @@ def add_counts(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
     # A report holds one challenger's sketch; a rollup (an Aggregate) a list of them.
     for sketch in () if shadow is None else shadow if isinstance(shadow, list) else (shadow,):
         total.add_shadow(sketch["model_version"], _flat_shadow(sketch))
+    task = raw.get("task")
+    if task is not None:  # the same shape in a report and a rollup body
+        total.add_task(*flat_of_json(task))
     total.window[0] = min(total.window[0], raw["window_start"])
     total.window[1] = max(total.window[1], raw["window_end"])
     if "devices" in raw:  # a rollup: many reports, sets of identities

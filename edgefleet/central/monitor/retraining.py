@@ -9,6 +9,7 @@ with the loop's settings of the moment (:class:`RetrainSettings`), recording the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from edgefleet.central.data.loader import (
 )
 from edgefleet.central.monitor.benefit import BenefitJudgement, Metric, judge_benefit
 from edgefleet.central.monitor.sources import DataSource, LabelledData, fingerprint, read_labelled
+from edgefleet.central.monitor.task_measures import judging_metric
 from edgefleet.central.monitor.windows import (
     Window,
     WindowChoice,
@@ -32,6 +34,7 @@ from edgefleet.central.monitor.windows import (
     window_named,
 )
 from edgefleet.central.registry import ModelVersion, Registry
+from edgefleet.central.trainer import model_outputs
 from edgefleet.errors import DataError
 
 Decide = Callable[[str, str, str, Mapping[str, Any]], Any]
@@ -219,10 +222,14 @@ class Retrainer:
         self.decide(
             "accepted" if comparison.accepted else "rejected",
             candidate.version,
-            f"{candidate.label} vs running {running.version}: {comparison.benefit.reason}; "
-            f"AUROC {comparison.candidate_auroc:.4f} vs {comparison.running_auroc:.4f}, "
-            f"AP {comparison.candidate_average_precision:.4f} vs "
-            f"{comparison.running_average_precision:.4f}",
+            f"{candidate.label} vs running {running.version}: {comparison.benefit.reason}"
+            + (
+                f"; AUROC {comparison.candidate_auroc:.4f} vs {comparison.running_auroc:.4f}, "
+                f"AP {comparison.candidate_average_precision:.4f} vs "
+                f"{comparison.running_average_precision:.4f}"
+                if math.isfinite(comparison.candidate_auroc)
+                else ""
+            ),
             {
                 **comparison.to_dict(),
                 "compared_on": compare_from,
@@ -240,7 +247,10 @@ class Retrainer:
         calibration_alert: bool = False,
     ) -> Comparison:
         """Both models on ``table`` (raw scores: no binning here), and the paired judgement
-        of the candidate's benefit."""
+        of the candidate's benefit: on the loop's metric for a binary model, on the task's
+        judging metric (log loss, RMSE) for a multi-class or regression one."""
+        if table.schema.task != "binary":
+            return self._compare_task(candidate, running, table)
         if len(set(table.labels.tolist())) < 2:
             raise DataError("the comparison data hold only one class: cannot compare models")
         inputs = encode_features(table.features, table.schema)
@@ -268,3 +278,27 @@ class Retrainer:
             running_average_precision=float(average_precision_score(labels, theirs)),
             benefit=benefit,
         )
+
+    def _compare_task(
+        self, candidate: ModelVersion, running: ModelVersion, table: TrainingTable
+    ) -> Comparison:
+        schema = table.schema
+        inputs = encode_features(table.features, schema)
+        ours = model_outputs(candidate.load_pipeline(), schema, inputs)
+        theirs = model_outputs(running.load_pipeline(), schema, inputs)
+        if schema.task == "regression":
+            ours, theirs = ours[:, 0], theirs[:, 0]
+        benefit = judge_benefit(
+            table.labels,
+            running=theirs,
+            candidate=ours,
+            metric=judging_metric(schema.task)[0],
+            min_gain=self.settings.min_gain,
+            confidence=self.settings.confidence,
+            resamples=self.settings.resamples,
+            calibration_alert=False,
+            seed=self.settings.seed,
+            scores_are_probabilities=False,
+        )
+        nan = float("nan")
+        return Comparison(len(table.labels), 0, nan, nan, nan, nan, benefit)

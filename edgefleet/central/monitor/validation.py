@@ -55,7 +55,9 @@ MAX_CLOCK_AHEAD = 86_400.0
 
 Layout = tuple[tuple[str, str, int], ...]
 """``(name, kind, bins)`` of every feature of a report, in order, then ``(name, "segment",
-levels)`` of every segment sketch (report version 2)."""
+levels)`` of every segment sketch (report version 2), then ``(task, "task", size)`` of a
+multi-class (size: its classes) or regression (size: its value buckets) model's task
+sketch (report version 4)."""
 
 VersionKey = tuple[str, str]
 
@@ -64,7 +66,11 @@ def layout_of(raw: Mapping[str, Any]) -> Layout:
     """The layout of a parsed report whose fields were checked (names, kinds, bin lists)."""
     features = tuple((f["name"], f["kind"], len(f["bins"])) for f in raw["features"])
     segments = tuple((g["feature"], "segment", len(g["scores"])) for g in raw.get("segments", ()))
-    return features + segments
+    task = raw.get("task")
+    if task is None:
+        return features + segments
+    size = task["classes"] if task["kind"] == "multiclass" else len(task["predictions"])
+    return (*features, *segments, (task["kind"], "task", size))
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ class VersionProfile:
         layout = tuple((f.name, f.kind, f.bins.bins) for f in body.features) + tuple(
             (g.feature, "segment", g.levels) for g in body.segments
         )
+        if body.task is not None:
+            layout += ((body.task.kind, "task", body.task.size),)
         return cls(model_name, model_version, layout)
 
     @property
@@ -123,6 +131,12 @@ class VersionProfile:
     def difference(self, layout: Layout) -> str:
         """What differs between ``layout`` and this version's, first difference first."""
         where = f"a report of model {self.label}"
+        got_task, want_task = _task_of(layout), _task_of(self.layout)
+        if got_task != want_task:
+            return (
+                f"{where} is of a {got_task} model; the version is a {want_task} model: not "
+                "a report of this version"
+            )
         if len(layout) != len(self.layout):
             return (
                 f"{where} has {len(layout)} features; the version has {len(self.layout)} "
@@ -143,6 +157,14 @@ class VersionProfile:
                     f"{want[2]} ({basis}): binned for another version or forged"
                 )
         return f"{where} does not match the version"  # pragma: no cover (layouts differ)
+
+
+def _task_of(layout: Layout) -> str:
+    """ "binary", or the task and size of a layout's task entry ("multiclass (3 classes)")."""
+    for name, kind, size in layout:
+        if kind == "task":
+            return f"{name} ({size} classes)" if name == "multiclass" else name
+    return "binary"
 
 
 def _names(layout: Layout, most: int = 6) -> str:

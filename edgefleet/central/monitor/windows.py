@@ -83,9 +83,10 @@ def concat(first: TrainingTable, second: TrainingTable) -> TrainingTable:
 
 
 def split(table: TrainingTable, share: float, seed: int) -> tuple[TrainingTable, TrainingTable]:
-    """A stratified split: (rest, ``share`` of the rows)."""
+    """A split, stratified by class for a classifier: (rest, ``share`` of the rows)."""
+    strata = table.labels if table.schema.is_classifier else None
     rest, held = train_test_split(
-        np.arange(table.n_rows), test_size=share, random_state=seed, stratify=table.labels
+        np.arange(table.n_rows), test_size=share, random_state=seed, stratify=strata
     )
     return subset(table, rest), subset(table, held)
 

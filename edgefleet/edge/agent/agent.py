@@ -38,6 +38,7 @@ import numpy as np
 
 from edgefleet.edge.ack import Ack
 from edgefleet.edge.agent.answers import Outcome, Prediction, answers, label_index, outcome_value
+from edgefleet.edge.agent.counting import Remembered, remembered, task_outcome, window_rows
 from edgefleet.edge.agent.installer import ActiveModel, Installer
 from edgefleet.edge.agent.lifecycle import State, Target, UpdateMachine, UpdateRecord
 from edgefleet.edge.agent.store import ModelStore, atomic_write
@@ -131,7 +132,7 @@ class _Window:
     """The challenger's counts, on a shadow device (docs/architecture.md §17)."""
 
 
-_Remembered = tuple[float, str, tuple[int, ...], tuple[float, str] | None]
+_Remembered = tuple[Remembered, str, tuple[int, ...], tuple[float, str] | None]
 
 
 def window_scores(schema: FeatureSchema, outputs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -561,27 +562,24 @@ class Agent:
         outputs = scorer.backend.predict_proba(encoded)
         latency = time.perf_counter() - started
         manifest = scorer.manifest
-        probabilities = window_scores(manifest.schema, outputs)
         # The champion's answer, always: the challenger's is only counted.
         predictions = answers(
             manifest.schema, manifest.version, outputs, [uuid.uuid4().hex for _ in batch]
         )
         levels = levels_of(segment_features(manifest.schema), encoded)
         shadow = self._shadow_scores(batch)
-        for i, (prediction, p, level) in enumerate(
-            zip(predictions, probabilities, levels, strict=True)
-        ):
+        for i, (prediction, level) in enumerate(zip(predictions, levels, strict=True)):
             identifier = prediction.id
             paired = None if shadow is None else (float(shadow[1][i]), shadow[0])
             self._predictions[identifier] = (
-                float(p),
+                remembered(manifest.schema, outputs[i]),
                 manifest.version,
                 tuple(map(int, level)),
                 paired,
             )
         while len(self._predictions) > PREDICTION_MEMORY:
             self._predictions.popitem(last=False)
-        self._add_to_window(encoded, probabilities, latency, shadow)
+        self._add_to_window(encoded, window_rows(manifest.schema, outputs), latency, shadow)
         return predictions
 
     def _shadow_scores(
@@ -608,7 +606,7 @@ class Agent:
             raise InputError(f"no recent prediction has id {prediction_id!r}")
         score, version, levels, paired = remembered
         counted = self.record_outcome(score, version, label, levels)
-        if not counted or paired is None:
+        if not counted or paired is None or not isinstance(score, float):
             return
         active = self.installer.active
         value = outcome_of(active.scorer.manifest.schema, label) if active else None
@@ -621,7 +619,7 @@ class Agent:
 
     def record_outcome(
         self,
-        score: float,
+        score: Remembered,
         version: str,
         label: Outcome,
         segment_levels: Sequence[int] | None = None,
@@ -630,18 +628,24 @@ class Agent:
         (the scoring service's workers, whose signed prediction ids carry both).
         ``segment_levels`` (the record's level of each segment feature, when known) counts
         it in its segments too; without them it counts fleet-wide only. Whether it was
-        counted (not when the model changed since)."""
+        counted (not when the model changed since). A multi-class model's ``score`` is
+        every class's probability, a regressor's its predicted value (counting.py)."""
         active = self.installer.active
         if active is None or active.scorer.manifest.version != version:
             return False  # the model changed since; its window is reported already
-        value = outcome_of(active.scorer.manifest.schema, label)
-        if value is None:
-            return True
+        schema = active.scorer.manifest.schema
+        value = outcome_of(schema, label)
+        if value is not None and isinstance(score, float):
+            scores, values = [score], [value]
+        elif value is None and (counted := task_outcome(schema, score, label)) is not None:
+            scores, values = counted
+        else:
+            return False
         with self._window_lock:
             if self._window is None:
                 return False
             self._window.builder.add_outcomes(
-                [score], [value], None if segment_levels is None else [segment_levels]
+                scores, values, None if segment_levels is None else [segment_levels]
             )
         return True
 

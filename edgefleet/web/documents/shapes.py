@@ -18,6 +18,7 @@ from edgefleet.edge.profile import SCORE_BINS, CategoricalProfile, NumericProfil
 from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import ModelRef
 from edgefleet.edge.schema import CategoricalFeature
+from edgefleet.edge.tasksketch import MulticlassSketch, RegressionSketch
 from edgefleet.web.documents.common import DISPLAY_SCORE_BINS, number_text
 
 MINUTE = 60
@@ -133,6 +134,69 @@ def measures_summary(measures: Measures) -> dict[str, Any]:
         "drifted_features": [f.feature for f in measures.drifted_features],
         "score_js": None if measures.score is None else measures.score.js,
         "score_psi": None if measures.score is None else measures.score.psi,
+        **task_summary(measures),
+    }
+
+
+METRIC_LABELS = {
+    "auroc": "AUROC",
+    "average_precision": "average precision",
+    "accuracy": "accuracy",
+    "log_loss": "log loss",
+    "auroc_macro": "macro OvR AUROC",
+    "auroc_weighted": "weighted OvR AUROC",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
+}
+
+
+def task_summary(measures: Measures) -> dict[str, Any]:
+    """The task and its metrics (docs/architecture.md §7c): what the pages show of a
+    multi-class or regression model in place of AUROC."""
+    task = measures.task
+    document: dict[str, Any] = {"task": measures.task_kind}
+    if task is None:
+        return document
+    whole = task.to_dict()
+    bounds, reference = whole["bounds"], whole["reference_metrics"]
+    document["metrics"] = [
+        {
+            "name": name,
+            "label": METRIC_LABELS[name],
+            "value": value,
+            "reference": reference.get(name),
+            "bound": bounds.get(name),
+        }
+        for name, value in task.metrics().items()
+    ]
+    document["prediction_drift"] = whole["prediction_drift"]
+    return document
+
+
+def prediction_histogram(manifest: Manifest, aggregate: Aggregate) -> dict[str, Any] | None:
+    """A multi-class model's class mix or a regressor's predictions, reference and current
+    counts per bin (the reference profile's ``prediction`` bins); None for a binary model or
+    when the reports do not fit the reference."""
+    task, reference = aggregate.task, manifest.reference.prediction
+    if task is None or reference is None:
+        return None
+    if isinstance(task, MulticlassSketch) and isinstance(reference, CategoricalProfile):
+        classes = list(manifest.schema.classes)
+        current = list(task.predicted.counts)
+        labels = classes if len(classes) == len(current) else [str(i) for i in range(len(current))]
+    elif isinstance(task, RegressionSketch) and isinstance(reference, NumericProfile):
+        current = list(task.predictions.counts)
+        labels = numeric_labels(reference.edges)
+    else:
+        return None
+    if len(current) != len(reference.counts):
+        return None
+    return {
+        "kind": task.kind,
+        "labels": labels,
+        "reference": list(reference.counts),
+        "current": current,
     }
 
 
@@ -207,6 +271,8 @@ def score_histogram(
     current = list(aggregate.scores.counts.counts)
     if len(reference) != SCORE_BINS or len(current) != SCORE_BINS:
         return None
+    if aggregate.task is not None and aggregate.task.kind == "regression":
+        return None  # a regressor has no probability: its predictions are charted instead
     step = SCORE_BINS // DISPLAY_SCORE_BINS
     merged_reference = [sum(reference[i : i + step]) for i in range(0, SCORE_BINS, step)]
     merged_current = [sum(current[i : i + step]) for i in range(0, SCORE_BINS, step)]

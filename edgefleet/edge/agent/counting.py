@@ -1,0 +1,55 @@
+"""What the agent counts into its report window per task (docs/architecture.md §7c): the
+model outputs a multi-class or regression model's sketches need, remembered with each
+prediction until its outcome comes back.
+
+A binary model counts P(classes[1]) and 0/1 labels, as it always did. A multi-class model
+counts every class's probability (its one-vs-rest histograms need them all at the outcome)
+and the class index of the outcome; a regressor counts its predicted value and the true one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgefleet.edge.agent.answers import Outcome, label_index, outcome_value
+from edgefleet.edge.schema import FeatureSchema
+
+Remembered = float | tuple[float, ...]
+"""What is remembered of a prediction for its outcome: P(classes[1]), every class's
+probability, or the predicted value."""
+
+
+def window_rows(schema: FeatureSchema, outputs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """What the report window's sketch builder counts of a batch's outputs ``[N,
+    n_outputs]``: P(classes[1]) of a binary model, the outputs themselves otherwise."""
+    return outputs[:, 1] if schema.task == "binary" else outputs
+
+
+def remembered(schema: FeatureSchema, row: np.ndarray[Any, Any]) -> Remembered:
+    """What to remember of one record's outputs for its outcome."""
+    if schema.task == "binary":
+        return float(row[1])
+    if schema.task == "multiclass":
+        return tuple(float(p) for p in row)
+    return float(row[0])
+
+
+def task_outcome(
+    schema: FeatureSchema, score: Remembered, label: Outcome
+) -> tuple[list[Any], list[Any]] | None:
+    """``(scores, labels)`` to count an outcome of a multi-class or regression model with
+    (:meth:`SketchBuilder.add_outcomes`), the label checked; None when ``score`` is not
+    what such a model remembers (a scoring service's prediction id carries one number, not
+    every class's probability: that outcome cannot be counted)."""
+    if schema.task == "multiclass":
+        index = label_index(label, schema.classes)
+        if not isinstance(score, Sequence) or len(score) != len(schema.classes):
+            return None
+        return [list(score)], np.asarray([index], dtype=np.int64).tolist()
+    value = outcome_value(label, schema)
+    if not isinstance(score, float | int):
+        return None
+    return [float(score)], [value]
