@@ -12,7 +12,8 @@ from edgefleet.errors import InputError
 
 EPILOG = """\
 The bundle is verified as a device verifies it (signature by a trusted key, artifact
-hashes, golden vectors) before any row is read, and again by every worker process.
+hashes, golden vectors) before any row is read, by every scoring thread for its own
+copy, and with --engine spark again on every executor.
 
 Each prediction carries the key column, the model's name and version, the label, the
 score (the positive class's probability) and when it was scored. With --db they are
@@ -86,7 +87,7 @@ def register(subparsers: Any) -> None:
     )
     score.add_argument("--format", help="runtime format (default: the first available, onnx)")
     score.add_argument(
-        "--workers", type=int, default=0, help="worker processes (default: one per core)"
+        "--workers", type=int, default=0, help="scoring threads (default: one per core)"
     )
     score.add_argument(
         "--chunk-rows", type=int, default=65_536, help="rows per chunk (default: %(default)s)"
@@ -95,7 +96,7 @@ def register(subparsers: Any) -> None:
         "--engine",
         choices=("local", "spark"),
         default="local",
-        help="local: processes on this machine (default); spark: Apache Spark, mapInPandas",
+        help="local: threads on this machine (default); spark: Apache Spark, mapInArrow",
     )
     score.add_argument(
         "--master",

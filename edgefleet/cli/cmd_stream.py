@@ -92,7 +92,7 @@ def register(subparsers: Any) -> None:
         "spark",
         help="the same with Spark Structured Streaming: new files in a folder, upserted by key",
         description="Spark Structured Streaming: every new file (JSON lines or CSV) in a "
-        "folder scored with batch scoring's Spark path (mapInPandas) and upserted into the "
+        "folder scored with batch scoring's Spark path (mapInArrow) and upserted into the "
         "prediction table in foreachBatch; Spark's checkpoint and the idempotent upsert make a "
         "restarted query neither lose nor double a row.",
         epilog=SPARK_EPILOG,

@@ -1,4 +1,4 @@
-"""``edgefleet batch score`` as a user runs it (real subprocesses, a real pool of workers)
+"""``edgefleet batch score`` as a user runs it (real subprocesses, two scoring threads)
 and the call centre's lookup, ``GET /api/predictions/KEY``."""
 
 from __future__ import annotations

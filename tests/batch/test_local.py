@@ -1,4 +1,4 @@
-"""Batch scoring on this machine: a real pool of worker processes, real Parquet and CSV
+"""Batch scoring on this machine: a real pool of scoring threads, real Parquet and CSV
 files, and upserts into a real SQLite file and a real PostgreSQL server."""
 
 from __future__ import annotations

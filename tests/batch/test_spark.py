@@ -1,4 +1,4 @@
-"""Scoring on a real Spark (local[2]): mapInPandas over Arrow, the bundle broadcast and
+"""Scoring on a real Spark (local[2]): mapInArrow, the bundle broadcast and
 verified on the executors; results equal the Scorer's, with the same counts."""
 
 from __future__ import annotations

@@ -1,21 +1,24 @@
-"""Batch scoring on this machine: chunks of the input scored in a pool of worker processes
-(one per core by default), each of which verified and loaded the bundle once.
+"""Batch scoring on this machine: chunks of the input scored by a pool of threads (one per
+core by default), each with its own verified scorer.
 
-The parent reads the input (Arrow record batches: cheap to hand to a process), keeps at
-most two chunks per worker in flight (memory stays bounded whatever the input's size),
-and writes results in input order. Workers are started with ``spawn``: a forked copy of a
-parent holding threads (onnxruntime's, a JVM's) can deadlock.
+Threads, not processes: the work of a chunk is Arrow compute, numpy and the runtime's
+``run``, all of which release the GIL, so threads use every core without a process's
+start-up (importing the runtime, verifying the bundle again) or the pickling of every chunk
+and result between processes (measured: a pool of two processes scored slower than one
+process; docs/architecture.md §11). Each thread has its own scorer because a LiteRT
+interpreter runs one call at a time. The main thread reads the input, keeps at most two
+chunks per thread in flight (memory stays bounded whatever the input's size), and writes
+results in input order.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +26,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from edgefleet.central.batch.encoding import required_columns
-from edgefleet.central.batch.scoring import ChunkScorer, Parts, init_worker, score_in_worker
+from edgefleet.central.batch.scoring import ChunkScorer
 from edgefleet.central.batch.sinks import Sink
 from edgefleet.central.batch.sources import DEFAULT_CHUNK_ROWS, Chunk, InputSource
-from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def score_source(
         results = (
             _inline(local, chunks)
             if workers == 1
-            else map(local.finish, _pooled(job, scored_at, chunks, workers))
+            else _threaded(_scorers(job, local, workers), chunks)
         )
         for predictions, refused in results:
             sink.write(predictions)
@@ -149,25 +152,38 @@ def _inline(scorer: ChunkScorer, chunks: Iterator[Chunk]) -> Iterator[Result]:
         yield scorer.score(chunk.batch, chunk.offset)
 
 
-def _pooled(
-    job: BatchJob, scored_at: datetime, chunks: Iterator[Chunk], workers: int
-) -> Iterator[Parts]:
-    context = multiprocessing.get_context("spawn")
-    arguments = (job.bundle, job.trusted_key, job.key_column, scored_at, job.format)
-    with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=arguments) as pool:
-        pending: deque[Future[Parts]] = deque()
+def _scorers(job: BatchJob, first: ChunkScorer, count: int) -> queue.SimpleQueue[ChunkScorer]:
+    """``count`` verified scorers sharing ``first``'s run time, ``first`` among them."""
+    idle: queue.SimpleQueue[ChunkScorer] = queue.SimpleQueue()
+    idle.put(first)
+    for _ in range(count - 1):
+        idle.put(
+            ChunkScorer.load(
+                job.bundle, job.trusted_key, job.key_column, first.scored_at, job.format
+            )
+        )
+    return idle
+
+
+def _threaded(idle: queue.SimpleQueue[ChunkScorer], chunks: Iterator[Chunk]) -> Iterator[Result]:
+    workers = idle.qsize()
+
+    def score(chunk: Chunk) -> Result:
+        scorer = idle.get()
+        try:
+            return scorer.score(chunk.batch, chunk.offset)
+        finally:
+            idle.put(scorer)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="edgefleet-batch") as pool:
+        pending: deque[Future[Result]] = deque()
         try:
             for chunk in chunks:
-                pending.append(pool.submit(score_in_worker, chunk.batch, chunk.offset))
+                pending.append(pool.submit(score, chunk))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-        except BrokenProcessPool:
-            raise EdgefleetError(
-                "a scoring worker died (out of memory, or killed); nothing was written. "
-                "Try fewer --workers or a smaller --chunk-rows"
-            ) from None
         finally:
             for future in pending:
                 future.cancel()

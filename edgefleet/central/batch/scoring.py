@@ -1,4 +1,4 @@
-"""Score one chunk of rows with a verified bundle: what each worker process (or Spark
+"""Score one chunk of rows with a verified bundle: what each scoring thread (or Spark
 executor) runs. The result is two Arrow tables: the predictions (key, model, version,
 label, score, probabilities, scored_at) and the rejects (row, key, reason).
 """
@@ -67,9 +67,9 @@ class ChunkScorer:
         return self._predictions(keys, np.asarray(probabilities, dtype=np.float64)), rejects
 
     def score_parts(self, batch: pa.RecordBatch | pa.Table, offset: int) -> Parts:
-        """The scored rows' keys and float32 probabilities, and the rejects: the least a
-        worker process hands back (the columns every row shares are added by
-        :meth:`finish`). Arrow and numpy throughout: no Python object per row."""
+        """The scored rows' keys and float32 probabilities, and the rejects (the columns
+        every row shares are added by :meth:`finish`). Arrow and numpy throughout: no
+        Python object per row."""
         keys = self._keys(batch, offset)
         encoded = encode_batch(batch, self.scorer.manifest.schema)
         reasons = self._key_problems(keys, encoded.reasons)
@@ -135,22 +135,3 @@ class ChunkScorer:
             },
             schema=RESULT_SCHEMA,
         )
-
-
-# -- worker processes ----------------------------------------------------------------------
-
-_worker: ChunkScorer | None = None
-
-
-def init_worker(
-    bundle: Path, trusted_key: Path, key_column: str | None, scored_at: datetime, fmt: str | None
-) -> None:
-    """Process pool initializer: load and verify the bundle once per process."""
-    global _worker
-    _worker = ChunkScorer.load(bundle, trusted_key, key_column, scored_at, fmt)
-
-
-def score_in_worker(batch: pa.RecordBatch, offset: int) -> Parts:
-    if _worker is None:
-        raise RuntimeError("score_in_worker runs in a process started with init_worker")
-    return _worker.score_parts(batch, offset)

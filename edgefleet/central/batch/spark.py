@@ -1,5 +1,6 @@
-"""Score a Spark DataFrame with a signed bundle: ``mapInPandas`` over Arrow batches, each
-executor process verifying and loading the bundle once.
+"""Score a Spark DataFrame with a signed bundle: ``mapInArrow`` over Arrow record batches
+(no pandas between Spark and the encoder), each executor process verifying and loading the
+bundle once.
 
     from edgefleet.central.batch.spark import score_dataframe, spark_session
 
@@ -30,11 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 
 from edgefleet.central.batch.encoding import required_columns
-from edgefleet.central.batch.scoring import ChunkScorer
+from edgefleet.central.batch.scoring import RESULT_SCHEMA, ChunkScorer
 from edgefleet.edge.backends.base import choose_format
 from edgefleet.edge.bundle import MANIFEST_FILE, SIGNATURE_FILE, open_bundle
 from edgefleet.edge.manifest import Manifest
@@ -46,8 +46,10 @@ OUTPUT_SCHEMA = (
     "key string, model string, version string, label string, score double, "
     "probabilities array<double>, scored_at timestamp, reason string"
 )
+# The same as Arrow batches: Spark takes them as they are (strings, not large strings;
+# timestamps in UTC, the session's time zone).
+OUTPUT_ARROW = RESULT_SCHEMA.append(pa.field("reason", pa.string()))
 KEY_FILE = "trusted.pub"
-TEXT_COLUMNS = ("key", "model", "version", "label", "reason")
 
 
 def spark_session(
@@ -111,29 +113,35 @@ def executor_scorer(
     return _scorers[cache_key]
 
 
-def score_frames(frames: Iterator[pd.DataFrame], scorer: ChunkScorer) -> Iterator[pd.DataFrame]:
-    """Predictions and refusals of each pandas batch, as one frame of OUTPUT_SCHEMA."""
-    for frame in frames:
-        batch = pa.Table.from_pandas(frame, preserve_index=False)
+def score_batches(
+    batches: Iterator[pa.RecordBatch], scorer: ChunkScorer
+) -> Iterator[pa.RecordBatch]:
+    """Predictions and refusals of each Arrow batch, as batches of OUTPUT_ARROW."""
+    for batch in batches:
         scored, refused = scorer.score(batch, 0)
-        out = scored.to_pandas()
-        out["reason"] = None
-        rejected = pd.DataFrame(
-            {
-                "key": refused.column("key").to_pylist(),
-                "model": scorer.scorer.manifest.name,
-                "version": scorer.scorer.manifest.version,
-                "label": None,
-                "score": float("nan"),
-                "probabilities": None,
-                "scored_at": scorer.scored_at,
-                "reason": refused.column("reason").to_pylist(),
-            }
-        )
-        result = pd.concat([out, rejected], ignore_index=True) if len(rejected) else out
-        # pandas 3 keeps text in Arrow-backed columns, which PySpark's converter cannot
-        # take back; plain object columns it can.
-        yield result.astype({c: object for c in TEXT_COLUMNS})
+        table = scored.append_column("reason", pa.nulls(scored.num_rows, pa.string()))
+        if refused.num_rows:
+            table = pa.concat_tables([table, _refusals(refused, scorer)])
+        yield from table.to_batches()
+
+
+def _refusals(refused: pa.Table, scorer: ChunkScorer) -> pa.Table:
+    """Refused rows as OUTPUT_ARROW rows: key, model, version, when and the reason."""
+    rows = refused.num_rows
+    manifest = scorer.scorer.manifest
+    return pa.table(
+        {
+            "key": refused.column("key"),
+            "model": pa.array([manifest.name] * rows, pa.string()),
+            "version": pa.array([manifest.version] * rows, pa.string()),
+            "label": pa.nulls(rows, pa.string()),
+            "score": pa.nulls(rows, pa.float64()),
+            "probabilities": pa.nulls(rows, pa.list_(pa.float64())),
+            "scored_at": pa.array([scorer.scored_at] * rows, pa.timestamp("us", tz="UTC")),
+            "reason": refused.column("reason"),
+        },
+        schema=OUTPUT_ARROW,
+    )
 
 
 def score_dataframe(
@@ -158,7 +166,7 @@ def score_dataframe(
     shared = frame.sparkSession.sparkContext.broadcast(payload)
     when = scored_at or datetime.now(UTC)
 
-    def score(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        yield from score_frames(frames, executor_scorer(shared.value, key_column, when, format))
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        yield from score_batches(batches, executor_scorer(shared.value, key_column, when, format))
 
-    return frame.select(*wanted).mapInPandas(score, OUTPUT_SCHEMA)
+    return frame.select(*wanted).mapInArrow(score, OUTPUT_SCHEMA)

@@ -1,6 +1,6 @@
 """``edgefleet stream spark``: the stream for Spark users, through Spark Structured
 Streaming. The source is a folder that new files (JSON lines or CSV with a header) land in;
-each micro-batch is scored with batch scoring's ``score_dataframe`` (``mapInPandas``, the
+each micro-batch is scored with batch scoring's ``score_dataframe`` (``mapInArrow``, the
 bundle verified on the driver and again on every executor) and written in ``foreachBatch``
 through the prediction table's upsert (``central/predictions.py``), refusals into
 ``{table}_rejected`` (``sink.py``).
