@@ -29,7 +29,9 @@ RESULT_SCHEMA = pa.schema(
         ("scored_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-# What a file of predictions holds (CSV has no lists; the score is the positive class's).
+# What a file of predictions holds (CSV has no lists). The score is P(positive class) for a
+# binary model, the predicted class's probability for a multi-class one, the value for a
+# regressor (whose label is empty).
 FILE_COLUMNS = ("key", "model", "version", "label", "score", "scored_at")
 REJECT_SCHEMA = pa.schema([("row", pa.int64()), ("key", pa.string()), ("reason", pa.string())])
 # Keys of the scored rows, their probabilities [N, n_classes] float32, the rejects.
@@ -115,8 +117,8 @@ class ChunkScorer:
     def _predictions(self, keys: pa.Array, probabilities: npt.NDArray[Any]) -> pa.Table:
         manifest = self.scorer.manifest
         rows = len(keys)
-        width = len(self.classes)
-        best = probabilities.argmax(axis=1) if rows else np.empty(0, dtype=np.int64)
+        width = manifest.schema.n_outputs
+        labels, scores = self._labels_and_scores(probabilities)
         zeros = pa.array(np.zeros(rows, dtype=np.int32))
         flat = pa.array(probabilities.reshape(-1), pa.float64())
         offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
@@ -128,10 +130,22 @@ class ChunkScorer:
                 "key": keys,
                 "model": pa.array([manifest.name], pa.string()).take(zeros),
                 "version": pa.array([manifest.version], pa.string()).take(zeros),
-                "label": pa.array(self.classes, pa.string()).take(pa.array(best)),
-                "score": pa.array(probabilities[:, 1] if rows else [], pa.float64()),
+                "label": labels,
+                "score": pa.array(scores, pa.float64()),
                 "probabilities": pa.ListArray.from_arrays(offsets, flat),
                 "scored_at": pa.array(when, pa.timestamp("us", tz="UTC")),
             },
             schema=RESULT_SCHEMA,
         )
+
+    def _labels_and_scores(self, outputs: npt.NDArray[Any]) -> tuple[pa.Array, npt.NDArray[Any]]:
+        """Per task: binary, the predicted class and P(positive class); multi-class, the
+        predicted class and its probability; regression, no label and the predicted value."""
+        task = self.scorer.manifest.schema.task
+        if task == "regression":
+            return pa.nulls(len(outputs), pa.string()), outputs[:, 0]
+        best = outputs.argmax(axis=1) if len(outputs) else np.empty(0, dtype=np.int64)
+        labels = pa.array(self.classes, pa.string()).take(pa.array(best))
+        if task == "multiclass":
+            return labels, outputs.max(axis=1, initial=0.0)
+        return labels, outputs[:, 1] if len(outputs) else np.empty(0)

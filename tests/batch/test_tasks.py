@@ -1,0 +1,92 @@
+"""``edgefleet batch score`` per task (docs/architecture.md §11): a user's multi-class
+pipeline gets its predicted class and that class's probability, a regressor its value and
+no label, each equal to the registered pipeline's; ``serve-model``, whose answers and
+prediction ids hold one probability, refuses both by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from edgefleet.central.byo.register import Registered, register_model
+from edgefleet.central.export import export_bundle
+from edgefleet.edge.signing import load_private_key
+
+CLI = [sys.executable, "-m", "edgefleet.cli.main"]
+
+
+def _bundle(registered: Registered, keypair: tuple[Path, Path], out: Path) -> Path:
+    private = load_private_key(keypair[0])
+    return export_bundle(registered.version, ["onnx"], out, private).bundle
+
+
+def _score(bundle: Path, frame: pd.DataFrame, keypair: tuple[Path, Path], at: Path) -> pd.DataFrame:
+    frame.insert(0, "row_id", [f"r{i}" for i in range(len(frame))])
+    frame.to_csv(at / "in.csv", index=False)
+    result = subprocess.run(
+        [*CLI, "batch", "score", str(bundle), "--input", "in.csv", "--key", "row_id",
+         "--out", "out.parquet", "--public-key", str(keypair[1])],
+        cwd=at, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return pd.read_parquet(at / "out.parquet").set_index("key").loc[frame["row_id"]]
+
+
+def _serve_refuses(bundle: Path, keypair: tuple[Path, Path], task: str, at: Path) -> None:
+    result = subprocess.run(
+        [*CLI, "serve-model", str(bundle), "--trust-key", str(keypair[1]), "--port", "0"],
+        cwd=at, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"is a {task} model; serve-model serves binary classifiers" in result.stderr
+
+
+def test_a_multiclass_pipeline_scores_its_class_and_probability(
+    keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    iris = load_iris(as_frame=True)
+    frame = iris.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    species = iris.target.map(dict(enumerate(iris.target_names)))
+    forest = RandomForestClassifier(n_estimators=10, random_state=0)
+    user = make_pipeline(StandardScaler(), forest).fit(frame, species)
+    registered = register_model(user, frame.assign(species=species), "species", home=tmp_path)
+    bundle = _bundle(registered, keypair, tmp_path / "bundle")
+    scored = _score(bundle, frame.copy(), keypair, tmp_path)
+    expected = registered.model.pipeline.predict_proba(frame.to_numpy(np.float32))
+    classes = np.array(registered.model.schema.classes)
+    assert list(scored["label"]) == list(classes[expected.argmax(axis=1)])
+    np.testing.assert_allclose(scored["score"], expected.max(axis=1), atol=1e-5)
+    _serve_refuses(bundle, keypair, "multiclass", tmp_path)
+
+
+def test_a_regressor_scores_its_value_without_a_label(
+    keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data = load_diabetes(as_frame=True)
+    user = make_pipeline(StandardScaler(), Ridge()).fit(data.data, data.target)
+    reference = data.data.assign(progression=data.target)
+    registered = register_model(user, reference, "progression", home=tmp_path)
+    bundle = _bundle(registered, keypair, tmp_path / "bundle")
+    scored = _score(bundle, data.data.copy(), keypair, tmp_path)
+    expected = user.predict(data.data)
+    assert scored["label"].isna().all()
+    np.testing.assert_allclose(scored["score"], expected, rtol=1e-4)
+    _serve_refuses(bundle, keypair, "regression", tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_sklearn_feature_names() -> None:
+    """The pipelines are fitted on frames and asked on arrays in the comparisons."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
