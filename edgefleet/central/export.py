@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,17 +26,9 @@ from edgefleet.converters.registry import export_format
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.bundle import MANIFEST_FILE, SIGNATURE_FILE
 from edgefleet.edge.hashing import sha256_bytes
-from edgefleet.edge.manifest import (
-    DEFAULT_TOLERANCE,
-    REGRESSION_RTOL,
-    Artifact,
-    Manifest,
-    task_tolerance,
-    within_tolerance,
-)
-from edgefleet.edge.schema import FeatureSchema
+from edgefleet.edge.manifest import DEFAULT_TOLERANCE, Artifact, Manifest, task_tolerance
 from edgefleet.edge.signing import sign
-from edgefleet.errors import InputError, ParityError
+from edgefleet.errors import InputError
 
 Progress = Callable[[str], None]
 
@@ -95,8 +86,8 @@ def export_bundle(
             seconds = time.perf_counter() - started
             progress(f"{name}: checking parity on {len(check_inputs)} rows")
             got = fmt.predict(data, check_inputs)
-            parity = measure_parity(name, got, expected)
-            _require_parity(parity, got, expected, card.schema, tolerance, version.label)
+            parity = measure_parity(name, got, expected, card.schema.task)
+            require_parity(parity, tolerance, version.label)
             target = staging / fmt.filename
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
@@ -132,29 +123,3 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(manifest=manifest, bundle=out, formats=tuple(reports))
-
-
-def _require_parity(
-    parity: ParityResult,
-    got: np.ndarray[Any, Any],
-    expected: np.ndarray[Any, Any],
-    schema: FeatureSchema,
-    tolerance: float,
-    label: str,
-) -> None:
-    """Probabilities: within ``tolerance``; a regressor's values: within ``tolerance`` plus
-    ``REGRESSION_RTOL`` of the value (docs/architecture.md §2), as the device's self-test
-    judges them."""
-    if schema.task != "regression":
-        require_parity(parity, tolerance, label)
-        return
-    agrees = within_tolerance(
-        np.asarray(got, np.float64), expected, task=schema.task, tolerance=tolerance
-    ).all(axis=1)
-    if not agrees.all():
-        row = int(np.flatnonzero(~agrees)[0])
-        raise ParityError(
-            f"the {parity.format} artifact of {label} predicts {float(got[row, 0]):.7g} for "
-            f"row {row} of {parity.rows}, scikit-learn {float(expected[row, 0]):.7g}; the "
-            f"tolerance is {tolerance:g} + {REGRESSION_RTOL:g} x |value|. No bundle was written."
-        )

@@ -5,12 +5,15 @@ profile's prediction histogram; and a user's multi-class pipeline registered end
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
-from sklearn.linear_model import Ridge
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
     log_loss,
@@ -22,12 +25,17 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from edgefleet.central.byo.register import register_model
 from edgefleet.central.data.loader import load_training_table
 from edgefleet.central.metrics import holdout_metrics
+from edgefleet.central.registry import Registry
 from edgefleet.central.trainer import golden_vectors, model_outputs, reference_for
-from edgefleet.edge.profile import NumericProfile, ReferenceProfile
+from edgefleet.cli.main import main
+from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.profile import CategoricalProfile, NumericProfile, ReferenceProfile
 from edgefleet.edge.schema import FeatureSchema, NumericFeature
 from edgefleet.errors import DataError
+from tests.byo import grid
 
 
 def _iris() -> tuple[pd.DataFrame, pd.Series]:
@@ -114,3 +122,62 @@ def test_targets_that_do_not_fit_the_task_are_refused() -> None:
     species.iloc[3] = "daisy"
     with pytest.raises(DataError, match=r"holds 'daisy', which the model's classes"):
         load_training_table(iris.assign(species=species), "species", schema=multi)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [LogisticRegression(max_iter=1000), RandomForestClassifier(n_estimators=15, random_state=0)],
+    ids=["logreg", "forest"],
+)
+def test_register_a_users_multiclass_pipeline(estimator: object, tmp_path: Path) -> None:
+    frame, species = _iris()
+    user = make_pipeline(StandardScaler(), estimator).fit(frame, species)
+    registered = register_model(user, frame.assign(species=species), "species", home=tmp_path)
+    schema = registered.model.schema
+    assert schema.task == "multiclass"
+    assert schema.classes == ("setosa", "versicolor", "virginica")
+    metrics = registered.version.metrics
+    # The metrics are the registered (rebuilt) pipeline's on the contract's float32 inputs:
+    # iris values sit on the forest's splits, where float64 and float32 answer differently
+    # (docs/architecture.md §4; registration accepts either answer).
+    rebuilt = registered.model.pipeline.predict_proba(
+        frame[list(schema.names)].to_numpy(np.float32)
+    )
+    proba = rebuilt
+    labels = species.map({c: i for i, c in enumerate(schema.classes)}).to_numpy()
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, proba.argmax(axis=1)))
+    assert metrics["log_loss"] == pytest.approx(log_loss(labels, proba), rel=1e-4)
+    assert metrics["auroc_macro"] == pytest.approx(
+        roc_auc_score(labels, proba, multi_class="ovr"), abs=1e-6
+    )
+    golden = registered.model.golden
+    assert all(len(g.probabilities) == 3 for g in golden)
+    covered = {int(np.argmax(g.probabilities)) for g in golden if g.note.startswith("holdout")}
+    assert covered == {0, 1, 2}
+    reference = registered.model.reference
+    assert isinstance(reference.prediction, CategoricalProfile)
+    assert sum(reference.prediction.counts) == len(frame)
+    manifest = Registry(tmp_path).get(registered.version.version).manifest()
+    again = Manifest.from_bytes(manifest.to_bytes())
+    assert again.schema.task == "multiclass"
+    assert again.reference.prediction == reference.prediction
+    assert json.loads(manifest.to_bytes())["schema"]["task"] == "multiclass"
+
+
+def test_the_cli_registers_a_regressor_and_lists_its_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = grid.regression_sets()["diabetes"]
+    joblib.dump(
+        grid.fit(frame, "standard+onehot", grid.REGRESSORS["ridge"]()), tmp_path / "m.joblib"
+    )
+    frame.to_csv(tmp_path / "reference.csv", index=False)
+    home = ["--home", str(tmp_path / "home")]
+    reference = ["--reference", str(tmp_path / "reference.csv"), "--target", grid.TARGET]
+    assert main([*home, "register", str(tmp_path / "m.joblib"), *reference]) == 0
+    said = capsys.readouterr().err
+    assert f"a value of {grid.TARGET!r} (regression)" in said
+    assert "rmse" in said
+    assert main([*home, "models"]) == 0
+    listing = capsys.readouterr().out
+    assert "(regression: mae " in listing

@@ -181,20 +181,7 @@ def _task(estimator: Any) -> tuple[Task, tuple[str, ...]]:
         )
     texts = tuple(str(c) for c in classes)
     task: Task = "binary" if len(texts) == 2 else "multiclass"
-    if task not in _converted_tasks():
-        raise UnsupportedModelError(
-            f"{type(estimator).__name__} has {len(texts)} classes; edgefleet registers "
-            "binary classifiers (multi-class and regression are not converted yet)"
-        )
     return task, texts
-
-
-def _converted_tasks() -> tuple[str, ...]:
-    """The tasks the converters take: registration refuses the others before anything is
-    written (``converters.registry.ALL_TASKS``; binary where the converters predate it)."""
-    from edgefleet.converters import registry
-
-    return tuple(getattr(registry, "ALL_TASKS", ("binary",)))
 
 
 def _schema(read: ReadPipeline, loaded: LoadedModel, target: str) -> FeatureSchema:
