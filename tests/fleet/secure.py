@@ -14,7 +14,9 @@ import pytest
 
 from edgefleet.central.broker import MosquittoBroker
 from edgefleet.central.identity import authority
+from edgefleet.edge.agent.agent import Agent, AgentConfig
 from edgefleet.edge.identity import Identity, load_identity
+from edgefleet.edge.signing import load_public_key
 
 C_CLIENTS = ("mosquitto_pub", "mosquitto_sub")
 
@@ -74,6 +76,23 @@ class SecureFleet:
         )
         self.broker.reload()
         return load_identity(folder)
+
+    def agents(self, fleet: str, device_ids: Sequence[str], state_root: Path) -> list[Agent]:
+        """Enrolled devices' agents (not started), reporting only when told to."""
+        return [
+            Agent(
+                AgentConfig(
+                    fleet=fleet,
+                    device_id=device.device_id,
+                    state_dir=state_root / device.device_id,
+                    trusted_keys=(load_public_key(device.signing_key),),
+                    broker=device.address(),
+                    report_seconds=3600.0,
+                    fetch_timeout=30.0,
+                )
+            )
+            for device in self.devices(fleet, device_ids)
+        ]
 
     def revoke(self, common_name: str) -> None:
         authority.revoke(self.home, common_name)

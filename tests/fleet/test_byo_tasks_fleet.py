@@ -41,11 +41,11 @@ from edgefleet.central.registry import Registry
 from edgefleet.central.trainer import model_outputs
 from edgefleet.cli.cmd_monitor import registry_versions
 from edgefleet.cli.main import main
-from edgefleet.edge.agent.agent import Agent, AgentConfig
+from edgefleet.edge.agent.agent import Agent
 from edgefleet.edge.agent.http import AgentHTTPServer
 from edgefleet.edge.bundle import read_manifest
 from edgefleet.edge.manifest import Manifest, within_tolerance
-from edgefleet.edge.signing import load_private_key, load_public_key
+from edgefleet.edge.signing import load_private_key
 from tests.byo import grid
 from tests.fleet.kit import wait_for
 from tests.fleet.secure import SecureFleet
@@ -161,22 +161,8 @@ def test_a_brought_model_of_each_task_rolls_out_scores_and_is_monitored(
     fleet = f"f{uuid.uuid4().hex[:8]}"
     publisher = secure_fleet.service(f"pub-{fleet}", "publisher", fleet=fleet)
     monitor_identity = secure_fleet.service(f"mon-{fleet}", "monitor", fleet=fleet)
-    devices = secure_fleet.devices(fleet, ["dev-a", "dev-b"])
     store = MonitorStore(f"sqlite:///{tmp_path / 'monitor.db'}")
-    agents = [
-        Agent(
-            AgentConfig(
-                fleet=fleet,
-                device_id=device.device_id,
-                state_dir=tmp_path / device.device_id,
-                trusted_keys=(load_public_key(device.signing_key),),
-                broker=device.address(),
-                report_seconds=3600.0,
-                fetch_timeout=30.0,
-            )
-        )
-        for device in devices
-    ]
+    agents = secure_fleet.agents(fleet, ["dev-a", "dev-b"], tmp_path)
     halves = [model.frame.iloc[::2], model.frame.iloc[1::2]]
     with Monitor(
         fleet,
