@@ -22,9 +22,10 @@ _POLICIES: tuple[OutOfRangePolicy, ...] = ("error", "clip", "accept")
 
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
-MAX_CLASSES = 1000
-"""More classes than this is not a tabular classifier a device should carry (every report
-holds sketches per class): refused as hostile or mistaken input."""
+MAX_CLASSES = 64
+"""Most classes a model may have: every report holds two 100-bin histograms per class
+(edge/tasksketch.py), and 64 classes keep a report far under the 256 KB receivers accept.
+A schema with more is refused at registration, not when a device first reports."""
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.edge.profile import SCORE_BINS, numeric_bin_counts, score_bin_index
+from edgefleet.edge.schema import MAX_CLASSES
 from edgefleet.edge.sketch import MAX_BINS, Histogram, check_count
 from edgefleet.edge.wirejson import exact_keys, json_type
 from edgefleet.errors import InputError
@@ -72,9 +73,7 @@ __all__ = [
 TaskKind = Literal["multiclass", "regression"]
 TASKS: tuple[TaskKind, ...] = ("multiclass", "regression")
 
-MAX_CLASSES = 64
-"""Most classes a multi-class report may have: K * 2 * 100 histogram bins is what a report
-carries, and 64 classes keep a report far under the 256 KB receivers accept."""
+# MAX_CLASSES (the schema's cap) bounds K: K * 2 * 100 histogram bins is what a report carries.
 
 MAX_SUM = 1e100
 """Largest magnitude of a sum a sketch may hold: 2**40 rows of squared values up to 1e30
