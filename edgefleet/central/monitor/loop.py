@@ -10,10 +10,12 @@ action          when, and its evidence
 ==============  =================================================================================
 check           the running model was measured (on demand, or because an alert asks for a new
                 model): the alerts and the fleet's measures
-retrained       a candidate was trained with the running version's family and parameters on the
-                window that validated best (newest rows, the reference data, or both with
-                recency weights; :mod:`~edgefleet.central.monitor.windows`) and registered:
-                rows, window, validation scores, holdout metrics
+retrained       a candidate was trained with the running version's family and parameters (a
+                multi-class, regression or brought model: a clone of its own pipeline;
+                :mod:`~edgefleet.central.monitor.refit`) on the window that validated best
+                (newest rows, the reference data, or both with recency weights;
+                :mod:`~edgefleet.central.monitor.windows`) and registered: rows, window,
+                validation scores, holdout metrics
 accepted        on held-out newest labelled rows, the candidate is better than the running model
                 with confidence (paired bootstrap interval of the metric the loop names), or
                 it fixes a calibration alert (:mod:`~edgefleet.central.monitor.benefit`)
@@ -159,10 +161,11 @@ class RetrainLoop:
         Labelled data to compare candidate and running model on: a separate source, or by
         default a stratified ``compare_share`` of the newest rows held out of training.
     metric, min_gain, confidence, resamples
-        The candidate ships only if its gain on ``metric`` (``auroc`` or ``log_loss``) over
-        the running model has a ``confidence`` bootstrap interval (``resamples`` paired
-        resamples) whose lower bound is above ``min_gain``, or if it fixes a calibration
-        alert (:mod:`~edgefleet.central.monitor.benefit`).
+        The candidate ships only if its gain on ``metric`` (``auroc`` or ``log_loss``; a
+        multi-class or regression model's judging metric instead) over the running model
+        has a ``confidence`` bootstrap interval (``resamples`` paired resamples) whose lower
+        bound is above ``min_gain``, or if it fixes a calibration alert
+        (:mod:`~edgefleet.central.monitor.benefit`).
     recency
         In the ``both`` window, the share of the total weight the newest rows carry.
     auroc_margin, error_margin, drift_margin, require_labels

@@ -21,6 +21,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.central.monitor.column_sums import ColumnSums, flat_counts
 from edgefleet.central.monitor.fastpath import fast_decode
 from edgefleet.central.monitor.validation import Layout, VersionProfile, layout_of
 from edgefleet.edge.distinct import DistinctIds
@@ -152,7 +153,7 @@ def checked_body(row: StoredRow) -> dict[str, Any]:
 class _Group:
     """The running sum of the rows of one feature layout."""
 
-    sums: SketchSums = field(default_factory=SketchSums)
+    sums: SketchSums = field(default_factory=ColumnSums)
     rows: list[tuple[int, str, int, str]] = field(default_factory=list)
     """``(id, device, sequence, version)`` of the first MAX_NAMED rows (to name them)."""
     count: int = 0
@@ -263,6 +264,15 @@ def add_counts(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
     ``devices``, ``cohorts`` and ``device_groups`` in place of one report's identity. A
     sketch field added to reports is added here (and to :class:`SketchSums` and
     :class:`Aggregate`) once, and rollups carry it with no rollup code changed."""
+    if isinstance(total, ColumnSums) and total.key is not None and "devices" not in raw:
+        total.hold(flat_counts(raw))
+    else:
+        _add_lists(total, raw, layout)
+    _add_extras(total, raw)
+
+
+def _add_lists(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
+    """Add the counts of ``raw`` list by list (the first one sets the layout)."""
     features = [
         [*f["bins"], f["missing"], f.get("out_of_range", 0), f.get("unknown", 0)]
         for f in raw["features"]
@@ -294,6 +304,10 @@ def add_counts(total: SketchSums, raw: dict[str, Any], layout: Layout) -> None:
         total.segments = [
             list(map(operator.add, a, b)) for a, b in zip(total.segments, segments, strict=True)
         ]
+
+
+def _add_extras(total: SketchSums, raw: dict[str, Any]) -> None:
+    """Add what is not a plain count list: shadow and task sketches, window, identities."""
     shadow = raw.get("shadow")
     # A report holds one challenger's sketch; a rollup (an Aggregate) a list of them.
     for sketch in () if shadow is None else shadow if isinstance(shadow, list) else (shadow,):

@@ -1,6 +1,7 @@
 """Retraining, step by step: read the newest labelled rows, hold out the rows to judge on,
 choose the training window by validation, fit and register the candidate, and judge its
-benefit over the running model (docs/architecture.md §14).
+benefit over the running model (docs/architecture.md §14). Models of every task are
+retrained, and models the user brought (:mod:`~edgefleet.central.monitor.refit`).
 
 :class:`Retrainer` does one attempt for :class:`~edgefleet.central.monitor.loop.RetrainLoop`
 with the loop's settings of the moment (:class:`RetrainSettings`), recording the
@@ -23,13 +24,13 @@ from edgefleet.central.data.loader import (
     load_training_table,
 )
 from edgefleet.central.monitor.benefit import BenefitJudgement, Metric, judge_benefit
+from edgefleet.central.monitor.refit import Refitter, refitter
 from edgefleet.central.monitor.sources import DataSource, LabelledData, fingerprint, read_labelled
 from edgefleet.central.monitor.task_measures import judging_metric
 from edgefleet.central.monitor.windows import (
     Window,
     WindowChoice,
     choose_window,
-    fitter,
     split,
     window_named,
 )
@@ -132,26 +133,31 @@ class Retrainer:
         data = read_labelled(self.settings.data_source, max_rows=self.settings.max_rows)
         split_rows = self.split_newest(running, data)
         reference = self.reference_table(running)
-        fit = fitter(running.family, running.params, self.settings.seed)
+        how = refitter(running, self.settings.seed)
         choice = choose_window(
             split_rows.training,
             reference,
-            fit,
+            how.fit,
             metric=self.settings.metric,
             recency=self.settings.recency,
             seed=self.settings.seed,
+            weighable=how.weighable,
         )
         window = window_named(
-            choice.chosen, split_rows.training, reference, recency=self.settings.recency
+            choice.chosen,
+            split_rows.training,
+            reference,
+            recency=self.settings.recency,
+            weighable=how.weighable,
         )
         self.progress(
             f"retraining {running.family} on the {window.name} window ({window.table.n_rows:,} "
             f"rows; running {running.label})"
         )
         candidate = self.registry.register(
-            fit(window), name=running.name, data_sha256=data_sha256(window.table.features)
+            how.fit(window), name=running.name, data_sha256=data_sha256(window.table.features)
         )
-        self._record_retrained(candidate, running, data, window, choice)
+        self._record_retrained(candidate, running, data, window, choice, how)
         comparison = self.compare(
             candidate, running, split_rows.compared, calibration_alert=calibration_alert
         )
@@ -188,7 +194,9 @@ class Retrainer:
         data: LabelledData,
         window: Window,
         choice: WindowChoice,
+        how: Refitter,
     ) -> None:
+        binary = window.table.schema.task == "binary"
         self.decide(
             "retrained",
             candidate.version,
@@ -198,7 +206,9 @@ class Retrainer:
                 "source": data.source,
                 "files": list(data.files),
                 "rows": window.table.n_rows,
-                "positives": int(window.table.labels.sum()),
+                "positives": int(window.table.labels.sum()) if binary else None,
+                "task": window.table.schema.task,
+                "refit": how.how,
                 "window": choice.to_dict(),
                 "reference_source": None
                 if self.settings.reference_source is None

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.central.monitor.column_sums import ColumnSums
 from edgefleet.central.monitor.merging import add_counts
 from edgefleet.central.monitor.validation import Layout
 from edgefleet.edge.report import SketchSums
@@ -69,7 +70,7 @@ class Partial:
     ones it did not store after all)."""
 
     layout: Layout
-    sums: SketchSums = field(default_factory=SketchSums)
+    sums: SketchSums = field(default_factory=ColumnSums)
     rows: list[tuple[str, str, int]] = field(default_factory=list)
 
     def add(self, raw: dict[str, Any], key: tuple[str, str, int]) -> None:

@@ -12,8 +12,13 @@ both       both, with recency weights: the newest rows together weigh ``recency`
 =========  ===================================================================================
 
 Each is fitted on the *fit* part of the newest rows (plus the reference where it applies)
-and scored on the *validation* part, rows no window trained on; the best on the metric the
-rules name wins and is refitted on all the newest rows the loop may train on. The rows the
+and scored on the *validation* part, rows no window trained on; the best wins and is
+refitted on all the newest rows the loop may train on. The score is the metric the rules name
+for a binary classifier (AUROC or log loss of P(positive)), and the task's judging metric
+(:func:`~edgefleet.central.monitor.task_measures.judging_metric`: multi-class log loss, RMSE)
+of the model's outputs otherwise. A model whose estimator takes no sample weights cannot
+weigh the ``both`` window, which then does not compete (:mod:`~edgefleet.central.monitor.
+refit`). The rows the
 candidate is finally compared on (:mod:`edgefleet.central.monitor.benefit`) are held out of
 all of this, so choosing the window does not flatter the candidate.
 """
@@ -31,7 +36,8 @@ from sklearn.model_selection import train_test_split
 
 from edgefleet.central.data.loader import TrainingTable, encode_features
 from edgefleet.central.monitor.benefit import Metric, metric_value
-from edgefleet.central.trainer import TrainedModel, train
+from edgefleet.central.monitor.task_measures import judging_metric
+from edgefleet.central.trainer import TrainedModel, model_outputs, train
 from edgefleet.errors import InputError
 
 WINDOWS = ("newest", "reference", "both")
@@ -56,6 +62,8 @@ class WindowChoice:
     metric: Metric
     scores: Mapping[str, float]
     validation_rows: int
+    note: str = ""
+    """Why a window did not compete (an estimator without sample weights), if one did not."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +71,7 @@ class WindowChoice:
             "metric": self.metric,
             "validation": dict(self.scores),
             "validation_rows": self.validation_rows,
+            **({"note": self.note} if self.note else {}),
         }
 
 
@@ -105,22 +114,28 @@ def recency_weights(reference_rows: int, newest_rows: int, recency: float) -> We
 
 
 def windows_of(
-    newest: TrainingTable, reference: TrainingTable | None, *, recency: float = 0.5
+    newest: TrainingTable,
+    reference: TrainingTable | None,
+    *,
+    recency: float = 0.5,
+    weighable: bool = True,
 ) -> list[Window]:
-    """The windows that can compete (module docstring)."""
+    """The windows that can compete (module docstring); ``both`` only if ``weighable``."""
     if not 0 < recency < 1:
         raise InputError(f"recency must be between 0 and 1, not {recency!r}")
     if reference is None:
         return [Window("newest", newest)]
-    return [
-        Window("newest", newest),
-        Window("reference", reference),
-        Window(
-            "both",
-            concat(reference, newest),
-            recency_weights(reference.n_rows, newest.n_rows, recency),
-        ),
-    ]
+    windows = [Window("newest", newest), Window("reference", reference)]
+    if weighable:
+        weights = recency_weights(reference.n_rows, newest.n_rows, recency)
+        windows.append(Window("both", concat(reference, newest), weights))
+    return windows
+
+
+NOT_WEIGHABLE = (
+    "the estimator takes no sample weights, so the 'both' window (recency weights) cannot "
+    "weigh its rows and did not compete"
+)
 
 
 Fit = Callable[[Window], TrainedModel]
@@ -146,26 +161,50 @@ def choose_window(
     validation_share: float = 1 / 3,
     recency: float = 0.5,
     seed: int = 0,
+    weighable: bool = True,
 ) -> WindowChoice:
     """Fit every window on part of ``newest`` (with the reference where it applies) and
-    score it on the rest; the best wins (module docstring)."""
+    score it on the rest; the best wins (module docstring). ``metric`` is a binary model's;
+    another task is scored on its judging metric."""
+    task = newest.schema.task
+    if task != "binary":
+        metric = judging_metric(task)[0]
+    note = "" if weighable or reference is None else NOT_WEIGHABLE
     if reference is None:
         return WindowChoice("newest", metric, {}, 0)
     fitting, validation = split(newest, validation_share, seed)
     inputs = encode_features(validation.features, validation.schema)
     scores: dict[str, float] = {}
-    for window in windows_of(fitting, reference, recency=recency):
-        predicted = fit(window).pipeline.predict_proba(inputs)[:, 1]
-        scores[window.name] = metric_value(metric, validation.labels, predicted)
+    for window in windows_of(fitting, reference, recency=recency, weighable=weighable):
+        scores[window.name] = validation_score(fit(window), inputs, validation, metric)
     pick = max if metric == "auroc" else min
     chosen = pick(scores, key=lambda name: scores[name])
-    return WindowChoice(chosen, metric, scores, validation.n_rows)
+    return WindowChoice(chosen, metric, scores, validation.n_rows, note)
+
+
+def validation_score(
+    model: TrainedModel, inputs: npt.NDArray[np.float32], validation: TrainingTable, metric: Metric
+) -> float:
+    """``metric`` of the model on the validation rows: of P(positive) for a binary model,
+    of the contract's outputs (``[N, K]`` probabilities, or the values) otherwise."""
+    schema = validation.schema
+    if schema.task == "binary":
+        predicted = model.pipeline.predict_proba(inputs)[:, 1]
+    else:
+        predicted = model_outputs(model.pipeline, schema, inputs)
+        predicted = predicted[:, 0] if schema.task == "regression" else predicted
+    return metric_value(metric, validation.labels, predicted)
 
 
 def window_named(
-    name: str, newest: TrainingTable, reference: TrainingTable | None, *, recency: float = 0.5
+    name: str,
+    newest: TrainingTable,
+    reference: TrainingTable | None,
+    *,
+    recency: float = 0.5,
+    weighable: bool = True,
 ) -> Window:
-    for window in windows_of(newest, reference, recency=recency):
+    for window in windows_of(newest, reference, recency=recency, weighable=weighable):
         if window.name == name:
             return window
     raise InputError(f"unknown training window {name!r}; choose one of {', '.join(WINDOWS)}")
