@@ -7,8 +7,9 @@ model outputs a monotone map of its decision function ``d`` into that range: bin
 ``[1 - sigmoid(d), sigmoid(d)]``, multi-class the softmax of the per-class decision values.
 The map keeps the ranking (AUROC, average precision) and the argmax (accuracy, labels) of
 ``d`` exactly, and it is what a ``LogisticRegression`` with the same coefficients answers, so
-the rebuilt pipeline carries that surrogate and every converter and parity gate takes it as
-it takes a logistic regression. The outputs are scores, not probabilities: the schema says
+the rebuilt pipeline carries it as :class:`DecisionScores` (a ``LogisticRegression`` that
+holds the user's estimator) and every converter and parity gate takes it as it takes a
+logistic regression. The outputs are scores, not probabilities: the schema says
 so (``FeatureSchema.outputs = "decision"``) and calibration measures are not computed.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from edgefleet.converters.ir import outputs
@@ -45,14 +47,35 @@ def decision_outputs(decision: Any) -> Float64Array:
     return outputs("softmax", values)
 
 
-def probability_surrogate(estimator: Any) -> LogisticRegression:
-    """A fitted ``LogisticRegression`` whose ``decision_function`` is ``estimator``'s and
-    whose ``predict_proba`` is therefore :func:`decision_outputs` of it (binary: the
-    logistic of the positive class's score; multi-class: the softmax, scikit-learn's
-    multinomial ``predict_proba``)."""
-    surrogate = LogisticRegression()
-    surrogate.coef_ = np.array(estimator.coef_, dtype=np.float64)
-    surrogate.intercept_ = np.atleast_1d(np.array(estimator.intercept_, dtype=np.float64))
-    surrogate.classes_ = np.array(estimator.classes_)
-    surrogate.n_features_in_ = int(surrogate.coef_.shape[1])
-    return surrogate
+class DecisionScores(LogisticRegression):  # type: ignore[misc]
+    """A decision-function classifier as the contract pipeline carries it: a fitted
+    ``LogisticRegression`` whose coefficients are ``estimator``'s, so its
+    ``decision_function`` is the estimator's and its ``predict_proba`` is
+    :func:`decision_outputs` of it (binary: the logistic of the positive class's score;
+    multi-class: the softmax, scikit-learn's multinomial ``predict_proba``). Every converter
+    reads it as a logistic regression. ``fit`` (retraining a clone) fits a clone of
+    ``estimator``, so a retrained model is the user's kind of model, not a logistic
+    regression."""
+
+    solver = "lbfgs"  # read by skl2onnx's linear classifier converter
+
+    def __init__(self, estimator: Any = None) -> None:
+        self.estimator = estimator
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DecisionScores:
+        fitted = clone(self.estimator).fit(X, y, sample_weight=sample_weight)
+        return self.take(fitted)
+
+    def take(self, fitted: Any) -> DecisionScores:
+        """Take a fitted estimator's coefficients and classes (nothing is refitted)."""
+        self.estimator = fitted
+        self.coef_ = np.array(fitted.coef_, dtype=np.float64)
+        self.intercept_ = np.atleast_1d(np.array(fitted.intercept_, dtype=np.float64))
+        self.classes_ = np.array(fitted.classes_)
+        self.n_features_in_ = int(self.coef_.shape[1])
+        return self
+
+
+def probability_surrogate(estimator: Any) -> DecisionScores:
+    """``estimator`` (fitted) as the contract pipeline carries it (:class:`DecisionScores`)."""
+    return DecisionScores().take(estimator)

@@ -89,6 +89,8 @@ def estimator_tasks(name: str) -> tuple[Task, ...]:
 
 def family_of(estimator: Any) -> str:
     name = type(estimator).__name__
+    if name == "DecisionScores":  # converters/decision.py: the user's estimator inside
+        return family_of(estimator.estimator)
     try:
         return ESTIMATOR_FAMILIES[name]
     except KeyError:

@@ -168,3 +168,27 @@ def test_a_registered_linear_svc_scores_on_a_device_as_a_score(
     expected = expit(user.decision_function(records))
     assert [set(line) for line in lines] == [{"row", "score", "label"}] * 5
     assert np.abs([line["score"] for line in lines] - expected).max() <= 1e-5
+
+
+def test_retraining_refits_the_user_s_kind_of_model(
+    made: Callable[[Cell], tuple[Any, pd.DataFrame, Card]],
+) -> None:
+    """Retraining fits a clone of the registered pipeline (central/monitor/refit.py): a
+    LinearSVC with the user's settings, still scored by its decision function."""
+    from edgefleet.central.data.loader import load_training_table
+    from edgefleet.central.monitor.refit import refit
+
+    user, frame, card = made(CELLS[1])
+    schema = card.model.schema
+    table = load_training_table(frame[[*schema.names, schema.target]], schema.target, schema=schema)
+    retrained = refit(table, card.model.pipeline, card.model.family, card.model.params)
+    inner = retrained.pipeline.steps[-1][1].estimator
+    assert type(inner) is LinearSVC
+    assert inner.get_params() == user.steps[-1][1].get_params()
+    assert inner is not card.model.pipeline.steps[-1][1].estimator
+    inputs = retrained.holdout_inputs
+    got = retrained.pipeline.predict_proba(inputs)
+    decision = retrained.pipeline[:-1].transform(inputs) @ inner.coef_.T + inner.intercept_
+    assert np.abs(got - _map(decision)).max() <= 1e-12
+    assert retrained.schema.outputs == "decision"
+    assert "log_loss" not in retrained.metrics
