@@ -21,7 +21,9 @@ documentation (``mlmodel/format/*.proto``) and coremltools' own tree-ensemble ch
 - ``glmRegressor``: ``w . x + offset`` per weight row, NoTransform; ``treeEnsembleRegressor``:
   the summed leaves plus ``basePredictionValue`` (NoTransform or Regression_Logistic); both
   give a double for one value, a multiArray for several (as the output declares).
-- ``neuralNetworkClassifier`` with ``innerProduct`` and ``softmax`` layers on a rank-1 input
+- ``neuralNetworkClassifier`` with ``innerProduct``, ``softmax``, ``unary`` (``THRESHOLD``:
+  ``max(scale * x + shift, alpha)``) and ``activation`` (``parametricSoftplus`` with one
+  alpha and beta: ``alpha * log(1 + exp(beta * x))``) layers on a rank-1 input
   (``[C]``, Core ML's C x 1 x 1): the layers run in order over named blobs, in float32 (Core
   ML's CPU precision), and ``labelProbabilityLayerName`` (default: the last layer's output)
   holds one probability per class label.
@@ -526,7 +528,39 @@ def _layer(layer: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     if kind == "softmax":
         shifted = np.exp(x - x.max(axis=1, keepdims=True))
         return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float32)
+    if kind == "activation":
+        return _activation(layer, x)
+    if kind == "unary":
+        return _unary(layer, x)
     raise ConversionError(f"the evaluator does not know the neural network layer {kind!r}")
+
+
+def _activation(layer: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``parametricSoftplus``: ``alpha * log(1 + exp(beta * x))`` (one alpha and beta for
+    every channel), computed without overflow (``logaddexp``), as the function is defined
+    for every float."""
+    kind = layer.activation.WhichOneof("NonlinearityType")
+    if kind == "parametricSoftplus":
+        params = layer.activation.parametricSoftplus
+        alpha, beta = list(params.alpha.floatValue), list(params.beta.floatValue)
+        if len(alpha) != 1 or len(beta) != 1:
+            raise ConversionError(f"layer {layer.name!r}: one alpha and one beta are read")
+        inner = np.float32(beta[0]) * x
+        return np.asarray(np.float32(alpha[0]) * np.logaddexp(np.float32(0.0), inner), np.float32)
+    raise ConversionError(
+        f"the evaluator does not know the neural network layer 'activation' ({kind})"
+    )
+
+
+def _unary(layer: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``threshold``: ``max(scale * x + shift, alpha)``."""
+    params = layer.unary
+    if params.type != params.THRESHOLD:
+        raise ConversionError(
+            f"the evaluator does not know the neural network layer 'unary' ({params.type})"
+        )
+    shifted = np.float32(params.scale) * x + np.float32(params.shift)
+    return np.asarray(np.maximum(shifted, np.float32(params.alpha)), dtype=np.float32)
 
 
 _HANDLERS: dict[str, _Handler] = {

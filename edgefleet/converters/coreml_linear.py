@@ -1,7 +1,8 @@
 """Core ML stages of a linear model (:mod:`edgefleet.converters.coreml`): impute, scale,
 lay out the numeric columns and the one-hot blocks as the IR does, then the head: a GLM
 classifier (binary, Logit), a GLM regressor, or for K classes a neural-network classifier
-(innerProduct + softmax: the GLM classifier has no multinomial link)."""
+(innerProduct + softmax: the GLM classifier has no multinomial link; normalised one-vs-rest
+sigmoids as the softmax of log-sigmoids)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from edgefleet.converters.coreml_spec import (
     new_model,
     regressor_outputs,
 )
-from edgefleet.converters.ir import LinearModel, Preprocessing
+from edgefleet.converters.ir import OVR_UNDERFLOW, LinearModel, Preprocessing
 from edgefleet.errors import ConversionError
 
 CLASS_LABELS = (0, 1)
@@ -69,10 +70,9 @@ def _linear_head(linear: LinearModel, labels: tuple[int, ...]) -> tuple[str, Any
         return "glm", _glm_regressor(weights[0], float(intercept[0]))
     if linear.link == "softmax":
         return "softmax", _softmax_network(weights, intercept, labels)
-    raise ConversionError(
-        f"Core ML has no linear classifier with the {linear.link} link (normalised "
-        "one-vs-rest probabilities); export this model as onnx, tflite or web"
-    )
+    if linear.link == "ovr_logistic":
+        return "softmax", _ovr_network(weights, intercept, labels)
+    raise ConversionError(f"Core ML has no linear classifier with the {linear.link} link")
 
 
 _Block = tuple[str, int, TypeSetter]  # a FeatureVectorizer input: name, width, type
@@ -169,25 +169,59 @@ def _softmax_network(
     """A ``neuralNetworkClassifier`` of two layers, innerProduct (the K score rows) and
     softmax: Core ML's GLM classifier has no multinomial link. Its weights are float32
     (Core ML's neural networks compute in float32 on the CPU)."""
+    model, network = _network(weights, intercept, labels, "scores")
+    _layer(network, "probabilities", "scores").softmax.SetInParent()
+    return model
+
+
+def _ovr_network(
+    weights: Float64Array, intercept: Float64Array, labels: tuple[int, ...]
+) -> Model_pb2.Model:
+    """Normalised one-vs-rest sigmoids (multi-class ``SGDClassifier``): ``sigmoid(z_k) /
+    sum_j sigmoid(z_j)`` is the softmax of ``log sigmoid(z)``. Layers: innerProduct (the
+    scores), a unary threshold ``max(z, OVR_UNDERFLOW)``, a parametric softplus with
+    alpha = beta = -1 (``-log(1 + exp(-z)) = log sigmoid(z)``), softmax. The threshold makes
+    a row whose every score is below ``OVR_UNDERFLOW`` (all of scikit-learn's float64
+    sigmoids 0) uniform, as scikit-learn answers it. It errs only where the top score is
+    within about 100 above the floor and another is below it (scikit-learn gives that class
+    0, this ``exp(floor - top)``); the parity gate checks the reference rows."""
+    model, network = _network(weights, intercept, labels, "scores")
+    floor = _layer(network, "floored_scores", "scores").unary
+    floor.type = floor.THRESHOLD
+    floor.alpha = OVR_UNDERFLOW
+    floor.scale = 1.0
+    softplus = _layer(network, "log_sigmoid", "floored_scores").activation.parametricSoftplus
+    softplus.alpha.floatValue.append(-1.0)
+    softplus.beta.floatValue.append(-1.0)
+    _layer(network, "probabilities", "log_sigmoid").softmax.SetInParent()
+    return model
+
+
+def _network(
+    weights: Float64Array, intercept: Float64Array, labels: tuple[int, ...], scores: str
+) -> tuple[Model_pb2.Model, Any]:
+    """A ``neuralNetworkClassifier`` whose first layer writes the K score rows to
+    ``scores`` (float32 weights: Core ML's neural networks compute in float32 on the CPU),
+    and whose probabilities are the blob ``probabilities``."""
     n_classes, n_features = weights.shape
     model = new_model([("features", array(n_features))], classifier_outputs())
     classifier_interface(model)
     network = model.neuralNetworkClassifier
-    dense = network.layers.add()
-    dense.name = "scores"
-    dense.input.append("features")
-    dense.output.append("scores")
-    product = dense.innerProduct
+    product = _layer(network, scores, "features").innerProduct
     product.inputChannels = n_features
     product.outputChannels = n_classes
     product.hasBias = True
     product.weights.floatValue.extend(weights.astype(np.float32).ravel().tolist())
     product.bias.floatValue.extend(intercept.astype(np.float32).tolist())
-    softmax = network.layers.add()
-    softmax.name = "probabilities"
-    softmax.input.append("scores")
-    softmax.output.append("probabilities")
-    softmax.softmax.SetInParent()
     network.labelProbabilityLayerName = "probabilities"
     network.int64ClassLabels.vector.extend(labels)
-    return model
+    return model, network
+
+
+def _layer(network: Any, name: str, source: str) -> Any:
+    """A new layer reading blob ``source`` and writing blob ``name``."""
+    layer = network.layers.add()
+    layer.name = name
+    layer.input.append(source)
+    layer.output.append(name)
+    return layer

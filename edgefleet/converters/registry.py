@@ -120,13 +120,6 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "Core ML 3 (iOS 13+, macOS 10.15+)",
             ALL_FAMILIES,
             "Core ML classic spec (coremltools builders), for iOS and macOS",
-            refused=(
-                (
-                    "sgd",
-                    "multiclass",
-                    "Core ML's linear classifier has no normalised one-vs-rest link",
-                ),
-            ),
         ),
         ExportFormat(
             "pmml",

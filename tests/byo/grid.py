@@ -195,13 +195,6 @@ def refusal(task: str, prep: str, est: str) -> str | None:
     return None
 
 
-def format_refusal(task: str, est: str, fmt: str) -> str | None:
-    """What a format's refusal of a converted cell must say, or None where it exports it."""
-    if fmt == "coreml" and task == "multiclass" and est == "sgd":
-        return "coreml cannot take a multiclass sgd model"
-    return None
-
-
 def cells() -> list[tuple[str, str, str, str]]:
     """Every (task, data set, preprocessing, estimator): each estimator x preprocessing of a
     task on one of the task's two data sets, in turn, so both are used and each cell once."""

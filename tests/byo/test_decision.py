@@ -81,10 +81,6 @@ def test_decision_model_exports_with_parity_to_its_decision_function(
     inputs = model.holdout_inputs  # every reference row, in order (fewer than 5000)
     exporter = export_format(fmt)
     source = ConversionSource(model.pipeline, model.schema, model.family, inputs[:16])
-    if (fmt, cell[0], model.family) == ("coreml", "multiclass", "sgd"):
-        with pytest.raises(UnsupportedModelError, match="coreml cannot take a multiclass sgd"):
-            exporter.convert(source)
-        return
     got = exporter.predict(exporter.convert(source), inputs)
     assert measure_parity(fmt, got, expected, cell[0]).max_abs_diff <= 1e-5
     assert (got.argmax(axis=1) == np.searchsorted(user.classes_, user.predict(frame))).all()

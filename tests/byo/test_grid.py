@@ -32,18 +32,8 @@ FORMATS = ("onnx", "tflite", "coreml", "web")
 CELLS = grid.cells()
 CONVERTED = [c for c in CELLS if grid.refusal(c[0], c[2], c[3]) is None]
 REFUSED = [c for c in CELLS if grid.refusal(c[0], c[2], c[3]) is not None]
-FORMAT_CELLS = [
-    (*cell, fmt)
-    for cell in CONVERTED
-    for fmt in FORMATS
-    if grid.format_refusal(cell[0], cell[3], fmt) is None
-]
-FORMAT_REFUSED = [
-    (*cell, fmt)
-    for cell in CONVERTED
-    for fmt in FORMATS
-    if grid.format_refusal(cell[0], cell[3], fmt) is not None
-]
+# Every device format takes every converted cell (PMML's refusals: test_pmml_takes_...).
+FORMAT_CELLS = [(*cell, fmt) for cell in CONVERTED for fmt in FORMATS]
 Cell = tuple[str, str, str, str]
 
 
@@ -96,18 +86,6 @@ def test_cell_exports_with_parity(
     parity = measure_parity(fmt, got, expected, task)
     tolerance = task_tolerance(task, expected, DEFAULT_TOLERANCE)
     assert parity.max_excess <= tolerance, (task, data, prep, est, fmt, parity)
-
-
-@pytest.mark.parametrize(("task", "data", "prep", "est", "fmt"), FORMAT_REFUSED)
-def test_format_refuses_a_cell_clearly(
-    card: Callable[[Cell], Card], task: str, data: str, prep: str, est: str, fmt: str
-) -> None:
-    source, _ = _source(card((task, data, prep, est)))
-    with pytest.raises(UnsupportedModelError) as caught:
-        export_format(fmt).convert(source)
-    message = str(caught.value)
-    assert grid.format_refusal(task, est, fmt) in message  # type: ignore[operator]
-    assert "formats that can: onnx, tflite, web" in message
 
 
 def _refusal(frame: pd.DataFrame, pipeline: Any) -> str:

@@ -44,6 +44,30 @@ def test_softmax_network_classifier() -> None:
     assert list(out["classLabel"]) == list(expected.argmax(axis=1))
 
 
+def test_one_vs_rest_network_normalises_sigmoids_and_is_uniform_where_all_underflow() -> None:
+    """The layers coreml_linear writes for a multi-class SGDClassifier, built with
+    coremltools' builder: threshold at ir.OVR_UNDERFLOW, softplus(alpha=beta=-1), softmax."""
+    weights = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.5]])
+    bias = np.array([0.0, 0.5, 0.25])
+    builder = NeuralNetworkBuilder(
+        [("x", datatypes.Array(2))], [("probabilities", datatypes.Array(3))], mode="classifier"
+    )
+    builder.add_inner_product("scores", weights, bias, 2, 3, True, "x", "scores")
+    builder.add_unary("floor", "scores", "floored", mode="threshold", alpha=-709.782712893384)
+    builder.add_activation("log_sigmoid", "PARAMETRICSOFTPLUS", "floored", "log_sigmoid",
+                           params=[np.array([-1.0]), np.array([-1.0])])  # fmt: skip
+    builder.add_softmax("probabilities", "log_sigmoid", "probabilities")
+    builder.set_class_labels([0, 1, 2], predicted_feature_name="classLabel")
+    x = np.array([[1.0, 0.0], [3.0, 2.0], [-800.0, -4000.0], [-60.0, 1.0]])
+    out = evaluate(builder.spec, {"x": x})[builder.spec.description.predictedProbabilitiesName]
+    assert isinstance(out, DictBatch)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sigmoids = 1.0 / (1.0 + np.exp(-(x @ weights.T + bias)))
+        expected = sigmoids / sigmoids.sum(axis=1, keepdims=True)
+    expected[2] = 1.0 / 3.0  # every score below -709.78: scikit-learn's uniform answer
+    assert np.abs(out.dense([0, 1, 2]) - expected).max() < 1e-6
+
+
 def test_network_with_an_unknown_layer_or_wrong_width_is_refused() -> None:
     spec = _network([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], [0, 1])
     spec.neuralNetworkClassifier.layers[0].innerProduct.inputChannels = 3
