@@ -29,6 +29,16 @@ HEADLINE_METRICS = {
 }
 """The holdout metrics the CLI shows, per task."""
 PROBABILITY_FLOOR = 1e-15
+CALIBRATION_METRICS = frozenset(("log_loss", "brier", "calibration_error"))
+"""Measures of probabilities as probabilities: not computed for a model whose outputs are
+decision scores (``schema.outputs == "decision"``), where they would be meaningless (so no
+log-loss alert can fire for it either: the holdout has none to compare against)."""
+DECISION_NOTE = (
+    "outputs are decision-function scores mapped into (0, 1), not probabilities: ranking "
+    "and accuracy are the decision function's; log loss, Brier and calibration error are "
+    "not computed"
+)
+"""What a decision-function model's card says of its outputs (CLI, ``inspect``)."""
 
 
 def expected_calibration_error(labels: npt.NDArray[Any], scores: npt.NDArray[Any]) -> float:
@@ -114,9 +124,14 @@ def holdout_metrics(
     schema: FeatureSchema, labels: npt.NDArray[Any], outputs: npt.NDArray[Any]
 ) -> dict[str, float]:
     """The task's metrics from model outputs ``[N, n_outputs]`` and the true labels (class
-    indices in schema order, or target values)."""
+    indices in schema order, or target values). A decision-function model's card has no
+    calibration measures (:data:`CALIBRATION_METRICS`)."""
     if schema.task == "binary":
-        return classification_metrics(labels, np.asarray(outputs)[:, 1])
-    if schema.task == "multiclass":
-        return multiclass_metrics(labels, outputs)
-    return regression_metrics(labels, outputs)
+        metrics = classification_metrics(labels, np.asarray(outputs)[:, 1])
+    elif schema.task == "multiclass":
+        metrics = multiclass_metrics(labels, outputs)
+    else:
+        return regression_metrics(labels, outputs)
+    if schema.scores_only:
+        return {k: v for k, v in metrics.items() if k not in CALIBRATION_METRICS}
+    return metrics

@@ -123,7 +123,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_formats(args: argparse.Namespace) -> int:
     from edgefleet.central.byo.reading import COVERED_STEPS
-    from edgefleet.converters.ir import ESTIMATOR_FAMILIES, REFUSED_ESTIMATORS, estimator_tasks
+    from edgefleet.converters.decision import DECISION_MODELS
+    from edgefleet.converters.ir import (
+        ESTIMATOR_FAMILIES,
+        REFUSED_ESTIMATORS,
+        REFUSED_SETTINGS,
+        estimator_tasks,
+    )
     from edgefleet.converters.registry import DEFAULT_FORMATS, EXPORT_FORMATS
 
     names = list(EXPORT_FORMATS)
@@ -146,6 +152,9 @@ def run_formats(args: argparse.Namespace) -> int:
             print(f"  {fmt.name} refuses: {limit}")
     for estimator, why in REFUSED_ESTIMATORS.items():
         print(f"  not converted: {estimator} {why}")
+    for setting, why in REFUSED_SETTINGS.items():
+        print(f"  not converted: {setting}: {why}")
+    print(f"  decision scores: {DECISION_MODELS}")
     print()
     for fmt in EXPORT_FORMATS.values():
         default = (
@@ -171,6 +180,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"{manifest.label}  ({manifest.model_family}, created {manifest.created})")
     print(f"target {manifest.target!r}: classes {list(manifest.schema.classes)}")
     print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in manifest.metrics.items()))
+    if manifest.schema.scores_only:
+        from edgefleet.central.metrics import DECISION_NOTE
+
+        print(DECISION_NOTE)
     print(f"features ({manifest.schema.n_features}):")
     for feature in manifest.schema.features:
         detail = (

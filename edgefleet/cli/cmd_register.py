@@ -76,10 +76,12 @@ def run_register(args: argparse.Namespace) -> int:
         f"  agrees with your pipeline on {result.agreement.rows:,} rows: max |diff| "
         f"{result.agreement.max_abs_diff:.2g}"
     )
-    from edgefleet.central.metrics import HEADLINE_METRICS
+    from edgefleet.central.metrics import DECISION_NOTE, HEADLINE_METRICS
 
     for key in HEADLINE_METRICS[schema.task]:
         if key in model.metrics:
             say(f"  {key:18} {model.metrics[key]:.4f}")
+    if schema.scores_only:
+        say(f"  {DECISION_NOTE}")
     print(version.version)
     return 0

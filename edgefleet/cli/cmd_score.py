@@ -26,6 +26,8 @@ a multi-class model gives the label and every class's probability, a regressor t
   {"row": 0, "probabilities": {"setosa": 0.02, "versicolor": 0.9, "virginica": 0.08},
    "label": "versicolor"}
   {"row": 0, "value": 183.2}
+a decision-function model (LinearSVC, hinge-loss SGDClassifier) says "score" / "scores":
+its values rank and pick the class but are not probabilities.
 
 examples:
   edgefleet score bundle/ --input customers.jsonl --key edgefleet.pub
@@ -68,10 +70,12 @@ def _fields(prediction: Prediction) -> dict[str, Any]:
     """A prediction's task fields, probabilities to 7 decimals."""
     fields = prediction.to_dict()
     del fields["id"], fields["model_version"]
-    if "probability" in fields:
-        fields["probability"] = round(fields["probability"], 7)
-    if "probabilities" in fields:
-        fields["probabilities"] = {k: round(p, 7) for k, p in fields["probabilities"].items()}
+    for single in ("probability", "score"):
+        if single in fields:
+            fields[single] = round(fields[single], 7)
+    for several in ("probabilities", "scores"):
+        if several in fields:
+            fields[several] = {k: round(p, 7) for k, p in fields[several].items()}
     return fields
 
 

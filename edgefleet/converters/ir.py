@@ -53,6 +53,8 @@ CLASSIFIER_FAMILIES = {
     "DecisionTreeClassifier": "dt",
     # Brought by users (edgefleet register); the trainer does not fit these.
     "SGDClassifier": "sgd",
+    # A decision function only: its outputs are scores (converters/decision.py).
+    "LinearSVC": "linsvc",
 }
 REGRESSOR_FAMILIES = {
     "LinearRegression": "linear",
@@ -66,14 +68,17 @@ REGRESSOR_FAMILIES = {
     "DecisionTreeRegressor": "dt",
 }
 ESTIMATOR_FAMILIES = {**CLASSIFIER_FAMILIES, **REGRESSOR_FAMILIES}
-LINEAR_FAMILIES = ("logreg", "sgd", "linear", "ridge", "lasso", "enet")
+LINEAR_FAMILIES = ("logreg", "sgd", "linsvc", "linear", "ridge", "lasso", "enet")
 CLASSIFIER_TASKS: tuple[Task, ...] = ("binary", "multiclass")
 REGRESSOR_TASKS: tuple[Task, ...] = ("regression",)
 # Estimators users bring that edgefleet refuses, and why (named in the refusal and in
 # ``edgefleet formats``).
-REFUSED_ESTIMATORS = {
-    "LinearSVC": "gives no probabilities (only a decision function); use "
-    "LogisticRegression or SGDClassifier(loss='log_loss')",
+REFUSED_ESTIMATORS: dict[str, str] = {}
+# Settings of a converted estimator that edgefleet refuses, and why (``edgefleet formats``).
+REFUSED_SETTINGS = {
+    "SGDClassifier(loss='modified_huber')": "its predict_proba clips the decision function "
+    "to [-1, 1] and normalises one-vs-rest, a map no format's graph carries; use "
+    "loss='log_loss' (probabilities) or 'hinge' (a decision-function score)",
 }
 
 
@@ -84,6 +89,8 @@ def estimator_tasks(name: str) -> tuple[Task, ...]:
 
 def family_of(estimator: Any) -> str:
     name = type(estimator).__name__
+    if name == "DecisionScores":  # converters/decision.py: the user's estimator inside
+        return family_of(estimator.estimator)
     try:
         return ESTIMATOR_FAMILIES[name]
     except KeyError:
@@ -526,11 +533,9 @@ def check_estimator(estimator: Any) -> Task:
     task = task_of(estimator)
     if family == "sgd":
         loss = getattr(estimator, "loss", "log_loss")
-        if loss != "log_loss":
-            raise UnsupportedModelError(
-                f"SGDClassifier(loss={loss!r}) has no probabilities edgefleet can serve; "
-                "SGDClassifier(loss='log_loss') is converted"
-            )
+        setting = f"SGDClassifier(loss={loss!r})"
+        if setting in REFUSED_SETTINGS:
+            raise UnsupportedModelError(f"{setting} is not converted: {REFUSED_SETTINGS[setting]}")
     elif family == "gb":
         _require_identity_loss(estimator, task, GB_IDENTITY_LOSSES)
     elif family == "hgb":

@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from skl2onnx import to_onnx
+from skl2onnx import to_onnx, update_registered_converter
 from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+from skl2onnx.operator_converters.linear_classifier import convert_sklearn_linear_classifier
 
+from edgefleet.converters.decision import DecisionScores
 from edgefleet.converters.ir import REGRESSOR_FAMILIES
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.backends.onnx import PROBABILITIES, OnnxBackend
@@ -25,6 +28,19 @@ from edgefleet.errors import ConversionError, UnsupportedModelError
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 REGRESSOR_OUTPUT = "variable"  # skl2onnx's name for a regressor's prediction
+
+# A decision-function model is a LogisticRegression to skl2onnx (converters/decision.py).
+update_registered_converter(
+    DecisionScores,
+    "EdgefleetDecisionScores",
+    calculate_linear_classifier_output_shapes,
+    convert_sklearn_linear_classifier,
+    options={
+        "zipmap": [True, False, "columns"],
+        "nocl": [True, False],
+        "raw_scores": [True, False],
+    },
+)
 
 
 def _options(pipeline: Any) -> dict[int, dict[str, Any]]:

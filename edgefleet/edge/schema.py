@@ -22,6 +22,8 @@ _POLICIES: tuple[OutOfRangePolicy, ...] = ("error", "clip", "accept")
 
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
+Outputs = Literal["probabilities", "decision"]
+OUTPUTS: tuple[Outputs, ...] = ("probabilities", "decision")
 MAX_CLASSES = 64
 """Most classes a model may have: every report holds two 100-bin histograms per class
 (edge/tasksketch.py), and 64 classes keep a report far under the 256 KB receivers accept.
@@ -135,6 +137,11 @@ class FeatureSchema:
     before."""
     task: Task = "binary"
     """Left out of the JSON form when ``binary``, so binary schemas read and hash as before."""
+    outputs: Outputs = "probabilities"
+    """``decision``: a classifier's outputs are a monotone map of its decision function into
+    (0, 1) (a score that ranks and picks the class, not a probability: docs/architecture.md
+    §2). Left out of the JSON form when ``probabilities``, so schemas read and hash as
+    before."""
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -147,6 +154,7 @@ class FeatureSchema:
             raise InputError(f"the target {self.target!r} cannot also be a feature")
         object.__setattr__(self, "classes", tuple(self.classes))
         _check_classes(self.task, self.classes)
+        _check_outputs(self.outputs, self.task)
         if self.segments:
             from edgefleet.edge.segments import check_segments  # segments builds on this module
 
@@ -161,6 +169,12 @@ class FeatureSchema:
     @property
     def is_classifier(self) -> bool:
         return self.task != "regression"
+
+    @property
+    def scores_only(self) -> bool:
+        """Whether the outputs are decision scores rather than probabilities: answers say
+        "score" and calibration is not measured."""
+        return self.outputs == "decision"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -192,6 +206,8 @@ class FeatureSchema:
             data["segments"] = list(self.segments)
         if self.task != "binary":
             data["task"] = self.task
+        if self.outputs != "probabilities":
+            data["outputs"] = self.outputs
         return data
 
     @classmethod
@@ -226,6 +242,7 @@ class FeatureSchema:
             classes=tuple(classes),
             segments=tuple(segments),
             task=task,
+            outputs=data.get("outputs", "probabilities"),
         )
 
 
@@ -279,6 +296,15 @@ def _check_classes(task: str, classes: tuple[str, ...]) -> None:
         )
     if task == "regression" and classes:
         raise InputError(f"a regression schema has no classes, got {list(classes)}")
+
+
+def _check_outputs(outputs: str, task: str) -> None:
+    if outputs not in OUTPUTS:
+        raise InputError(f"feature schema: 'outputs' must be one of {', '.join(OUTPUTS)}")
+    if outputs == "decision" and task == "regression":
+        raise InputError(
+            "a regression schema outputs values: 'outputs' 'decision' is for classifiers"
+        )
 
 
 def _check_name(name: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.svm import LinearSVC
 
 from edgefleet.central.byo.register import register_model
 from edgefleet.central.export import export_bundle
@@ -35,7 +36,14 @@ def bundles(
 ) -> dict[str, Path]:
     wine = grid.multiclass_sets()["wine"]
     diabetes = grid.regression_sets()["diabetes"]
+    iris = grid.binary_sets()["iris"]
     return {
+        "decision": _bundle(
+            iris,
+            grid.fit(iris, "standard+onehot", LinearSVC()),
+            keypair[0],
+            tmp_path_factory.mktemp("web-decision"),
+        ),
         "multiclass": _bundle(
             wine,
             grid.fit(wine, "standard+onehot", grid.ESTIMATORS["logreg"]()),
@@ -101,3 +109,22 @@ def test_the_page_shows_what_fits_the_task(
         assert [label for label, _ in rows] == classes
         assert np.abs(np.array([float(v) for _, v in rows]) - first).max() <= BROWSER_VS_PYTHON
     assert np.abs(got - expected).max() <= BROWSER_VS_PYTHON * max(1.0, np.abs(expected).max())
+
+
+def test_the_page_calls_a_decision_function_model_s_output_a_score(
+    browser: Any, bundles: dict[str, Path]
+) -> None:
+    """A LinearSVC's output is its decision function mapped into (0, 1): a score, never
+    called a probability (docs/architecture.md §2)."""
+    root = bundles["decision"]
+    manifest = Manifest.from_bytes((root / "manifest.json").read_bytes())
+    assert manifest.schema.outputs == "decision"
+    with open_page(browser, root) as (page, log):
+        assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#status")
+        shown = page.inner_text("#probability")
+        caption = page.inner_text("#caption")
+        log.check()
+    target, positive = manifest.schema.target, manifest.schema.classes[1]
+    assert caption.startswith(f"score for {target} = {positive} (a decision function")
+    assert "not a probability" in caption
+    assert "%" not in shown

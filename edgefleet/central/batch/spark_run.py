@@ -48,7 +48,7 @@ def run_spark_batch(args: argparse.Namespace, trusted: Path, rejects: Path) -> B
         if args.db:
             url, table = args.db, args.table
             PredictionStore(url, table).close()  # create the table once, not per partition
-            good.foreachPartition(lambda rows: _upsert(rows, url, table))
+            good.foreachPartition(lambda rows: upsert_partition(rows, url, table))
             output = f"table {table} of {PredictionStore(url, table, create=False).display}"
         else:
             _write_folder(good.select(*FILE_COLUMNS), args.out)
@@ -109,7 +109,7 @@ def _flush(sink: Any, rows: list[Any], pa: Any) -> int:
     return written
 
 
-def _upsert(rows: Any, url: str, table: str) -> None:
+def upsert_partition(rows: Any, url: str, table: str) -> None:
     """One partition's predictions, upserted in one transaction (runs on an executor)."""
     predictions = [
         Prediction(

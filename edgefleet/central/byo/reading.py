@@ -28,6 +28,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from edgefleet.central.byo.splits import FloatArray, Scale, fold_into_trees
 from edgefleet.central.data.loader import _text
+from edgefleet.converters.decision import gives_decision, probability_surrogate
 from edgefleet.converters.ir import (
     ESTIMATOR_FAMILIES,
     LINEAR_FAMILIES,
@@ -432,6 +433,9 @@ def contract_pipeline(
         fold_into_trees(estimator, numeric, scale)
     else:
         _widen_to_categories(estimator, read.blocks)
+    if gives_decision(estimator):
+        # Same decision function; its predict_proba is the contract's map of it.
+        estimator = probability_surrogate(estimator)
     return Pipeline([("prep", prep), ("model", estimator)])
 
 

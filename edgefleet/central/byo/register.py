@@ -32,6 +32,7 @@ from edgefleet.central.data.loader import (
 from edgefleet.central.metrics import holdout_metrics
 from edgefleet.central.registry import ModelVersion, Registry
 from edgefleet.central.trainer import TrainedModel, golden_vectors, model_outputs, reference_for
+from edgefleet.converters.decision import decision_outputs, gives_decision
 from edgefleet.converters.ir import family_of
 from edgefleet.edge.manifest import REGRESSION_RTOL, task_tolerance, within_tolerance
 from edgefleet.edge.schema import (
@@ -39,6 +40,7 @@ from edgefleet.edge.schema import (
     Feature,
     FeatureSchema,
     NumericFeature,
+    Outputs,
     Task,
 )
 from edgefleet.errors import DataError, UnsupportedModelError
@@ -200,7 +202,8 @@ def _schema(read: ReadPipeline, loaded: LoadedModel, target: str) -> FeatureSche
             else:
                 features[column] = NumericFeature(column, allow_missing=block.allow_missing)
     ordered = tuple(features[n] for n in read.used_names)
-    return FeatureSchema(features=ordered, target=target, classes=classes, task=task)
+    outputs: Outputs = "decision" if gives_decision(read.estimator) else "probabilities"
+    return FeatureSchema(ordered, target, classes, task=task, outputs=outputs)
 
 
 def _as_fitted(model: Any, frame: pd.DataFrame, read: ReadPipeline) -> Any:
@@ -223,7 +226,10 @@ def _float32_values(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
 
 
 def _user_outputs(model: Any, rows: Any, schema: FeatureSchema) -> npt.NDArray[np.float64]:
-    """The user's model's answers in the model contract's shape ``[N, n_outputs]``."""
+    """The user's model's answers in the model contract's shape ``[N, n_outputs]`` (a
+    decision-function model's: the contract's map of its decision function)."""
+    if schema.scores_only:
+        return decision_outputs(model.decision_function(rows))
     if schema.is_classifier:
         return np.asarray(model.predict_proba(rows), np.float64)
     return np.asarray(model.predict(rows), np.float64).reshape(-1, 1)

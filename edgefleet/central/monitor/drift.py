@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -134,6 +134,21 @@ class FeatureDrift:
     @property
     def drifted(self) -> bool:
         return self.verdict == "drift"
+
+    def to_dict(self, *, name_key: str = "feature") -> dict[str, Any]:
+        """The JSON form every document uses; ``name_key`` names the feature's key (the
+        dashboard's feature rows call it ``name``)."""
+        return {
+            name_key: self.feature,
+            "psi": self.psi,
+            "js": self.js,
+            "reference_n": self.reference_n,
+            "current_n": self.current_n,
+            "verdict": self.verdict,
+            "extra_reference": self.extra.reference,
+            "extra_current": self.extra.current,
+            "out_of_range": self.extra.out_of_range,
+        }
 
 
 class DriftDetector:

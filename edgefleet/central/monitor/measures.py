@@ -204,8 +204,8 @@ class Measures:
                 "scored": self.scored,
                 "failed": self.failed,
                 "labelled": self.labelled,
-                "features": [_drift_dict(f) for f in self.features],
-                "score": None if self.score is None else _drift_dict(self.score),
+                "features": [f.to_dict() for f in self.features],
+                "score": None if self.score is None else self.score.to_dict(),
                 "performance": _performance_dict(self.performance),
                 "reference_performance": _performance_dict(self.reference_performance),
                 "reference_auroc": self.reference_auroc,
@@ -454,20 +454,6 @@ def scopes(
             part = store.aggregate(fleet, **filters)
             if part is not None:
                 yield f"{level}:{member}", part
-
-
-def _drift_dict(drift: FeatureDrift) -> dict[str, Any]:
-    return {
-        "feature": drift.feature,
-        "psi": drift.psi,
-        "js": drift.js,
-        "reference_n": drift.reference_n,
-        "current_n": drift.current_n,
-        "verdict": drift.verdict,
-        "extra_reference": drift.extra.reference,
-        "extra_current": drift.extra.current,
-        "out_of_range": drift.extra.out_of_range,
-    }
 
 
 def _performance_dict(performance: LabelledPerformance | None) -> dict[str, Any] | None:

@@ -147,16 +147,7 @@ class TaskMeasures:
             "performance": None
             if self.performance is None
             else dataclasses.asdict(self.performance),
-            "prediction_drift": None
-            if drift is None
-            else {
-                "name": drift.feature,
-                "psi": drift.psi,
-                "js": drift.js,
-                "reference_n": drift.reference_n,
-                "current_n": drift.current_n,
-                "verdict": drift.verdict,
-            },
+            "prediction_drift": None if drift is None else drift.to_dict(name_key="name"),
             "class_mix": list(self.class_mix),
         }
 

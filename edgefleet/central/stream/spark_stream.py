@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.central.batch.spark import bundle_payload, score_dataframe
-from edgefleet.central.batch.spark_run import _upsert as upsert_rows
+from edgefleet.central.batch.spark_run import upsert_partition as upsert_rows
 from edgefleet.central.stream.sink import Rejected, StreamTable
 from edgefleet.edge.manifest import Manifest
 from edgefleet.errors import InputError

@@ -5,8 +5,11 @@ task (docs/architecture.md §2).
     multiclass  {"id", "label", "probabilities": {class: p, ...}, "model_version"}
     regression  {"id", "value", "model_version"}
 
-A binary answer is what it always was. An outcome is a class label (a binary model also
-takes 0/1 and true/false) or, for a regressor, a finite number.
+A binary answer is what it always was. A classifier whose outputs are decision scores
+(``schema.outputs == "decision"``: LinearSVC, a hinge-loss SGDClassifier) answers ``score``
+and ``scores`` in place of ``probability`` and ``probabilities``: the values are the same
+map of its decision function into (0, 1), and are not probabilities. An outcome is a class
+label (a binary model also takes 0/1 and true/false) or, for a regressor, a finite number.
 """
 
 from __future__ import annotations
@@ -40,12 +43,18 @@ class Prediction:
     """P(each class) of a multi-class model, in schema class order."""
     value: float | None = None
     """A regressor's predicted value."""
+    score: float | None = None
+    """The positive class's score of a binary decision-function model."""
+    scores: dict[str, float] | None = None
+    """Each class's score of a multi-class decision-function model."""
 
     def to_dict(self) -> dict[str, Any]:
         fields = {
             "id": self.id,
             "probability": self.probability,
             "probabilities": self.probabilities,
+            "score": self.score,
+            "scores": self.scores,
             "label": self.label,
             "value": self.value,
             "model_version": self.model_version,
@@ -66,21 +75,33 @@ def answers(
             for i, v in zip(identifiers, outputs[:, 0], strict=True)
         ]
     if schema.task == "binary":
-        # The decision threshold of a binary answer is P(classes[1]) >= 0.5, as before.
+        # The decision threshold of a binary answer is P(classes[1]) >= 0.5, as before (for
+        # a decision-function model: its decision value >= 0, scikit-learn's predict).
+        scores = schema.scores_only
         return [
-            Prediction(i, version, label=schema.classes[int(p >= 0.5)], probability=float(p))
+            Prediction(
+                i,
+                version,
+                label=schema.classes[int(p >= 0.5)],
+                probability=None if scores else float(p),
+                score=float(p) if scores else None,
+            )
             for i, p in zip(identifiers, outputs[:, 1], strict=True)
         ]
     labels = [schema.classes[int(k)] for k in np.argmax(outputs, axis=1)]
     return [
-        Prediction(
-            i,
-            version,
-            label=label,
-            probabilities={c: float(p) for c, p in zip(schema.classes, row, strict=True)},
-        )
+        _multiclass(schema, i, version, label, row)
         for i, label, row in zip(identifiers, labels, outputs, strict=True)
     ]
+
+
+def _multiclass(
+    schema: FeatureSchema, identifier: str, version: str, label: str, row: npt.NDArray[Any]
+) -> Prediction:
+    by_class = {c: float(p) for c, p in zip(schema.classes, row, strict=True)}
+    if schema.scores_only:
+        return Prediction(identifier, version, label=label, scores=by_class)
+    return Prediction(identifier, version, label=label, probabilities=by_class)
 
 
 def label_index(label: Outcome, classes: Sequence[str]) -> int:

@@ -5,7 +5,9 @@ on loopback only: the device's own apps score, nothing from the network does.
                     -> 200 {"predictions": [...]}, one per record, what fits the task
                        (edge/agent/answers.py): binary {"id", "probability", "label",
                        "model_version"}; multi-class {"id", "label", "probabilities":
-                       {class: p}, "model_version"}; regression {"id", "value", "model_version"}
+                       {class: p}, "model_version"}; regression {"id", "value", "model_version"};
+                       a decision-function model "score" / "scores" for "probability" /
+                       "probabilities"
     POST /outcome   {"id": "<prediction id>", "label": "Yes" | 1 | 183.5}  -> 200 {"ok": true}
                     (a class label; 0/1 for a binary model; a number for a regressor)
     GET  /health    -> 200 (a model is active) or 503 (none yet), with the agent's status

@@ -201,20 +201,7 @@ def prediction_histogram(manifest: Manifest, aggregate: Aggregate) -> dict[str, 
 
 
 def feature_rows(measures: Measures) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": f.feature,
-            "psi": f.psi,
-            "js": f.js,
-            "verdict": f.verdict,
-            "reference_n": f.reference_n,
-            "current_n": f.current_n,
-            "extra_reference": f.extra.reference,
-            "extra_current": f.extra.current,
-            "out_of_range": f.extra.out_of_range,
-        }
-        for f in measures.features
-    ]
+    return [f.to_dict(name_key="name") for f in measures.features]
 
 
 def numeric_labels(edges: Sequence[float]) -> list[str]:

@@ -396,7 +396,9 @@ export function showAnswer(doc, manifest, answer) {
   });
   $('classes').replaceChildren(...rows);
   $('classes').hidden = false;
-  $('caption').textContent = `most probable ${target}, computed in this browser`;
+  $('caption').textContent = manifest.schema.outputs === 'decision'
+    ? `highest-scoring ${target} (decision scores, not probabilities), computed in this browser`
+    : `most probable ${target}, computed in this browser`;
 }
 
 // -- a form for one record ---------------------------------------------------------------
