@@ -37,7 +37,9 @@ sends it only while it scores a challenger in shadow.
 Version 4 (``"schema_version": 4``) is version 2 plus ``task`` (whose ``segments`` may be
 empty): the sketch of a multi-class or regression model (:mod:`edgefleet.edge.tasksketch`),
 and the binary histograms in the meaning that module gives them. A device sends it for
-every model that is not a binary classifier, and only for those.
+every model that is not a binary classifier, and only for those. A shadow device adds
+``shadow`` in its paired-loss form (:class:`edgefleet.edge.shadow.PairedLoss`), the one
+optional field of a version 4 report.
 
 Merging: :func:`merge` and :func:`merge_all` turn reports of one fleet and model version
 into an :class:`Aggregate`: sketches and counts summed, the window widened to cover all of
@@ -58,7 +60,7 @@ from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.manifest import parse_version
 from edgefleet.edge.rollout import Cohort
 from edgefleet.edge.segments import SegmentSketch
-from edgefleet.edge.shadow import ShadowSketch
+from edgefleet.edge.shadow import PairedLoss, ShadowSketch, merge_paired
 from edgefleet.edge.sketch import (
     LATENCY_BUCKETS,
     MAX_BINS,
@@ -247,7 +249,8 @@ class Report:
     ) -> Report:
         """A report of what a :class:`SketchBuilder` measured, from this device."""
         version = SEGMENTS_VERSION if body.segments else SCHEMA_VERSION
-        if body.shadow is not None:
+        shadow = _fitting_shadow(body)
+        if shadow is not None:
             version = SHADOW_VERSION
         return cls(
             schema_version=TASK_VERSION if body.task is not None else version,
@@ -268,9 +271,7 @@ class Report:
             latency=body.latency,
             dropped_reports=dropped_reports,
             segments=tuple(body.segments),
-            # The shadow comparison is of binary scores (§17): a multi-class or regression
-            # champion's challenger counts are not reported (version 4 has no shadow).
-            shadow=body.shadow if body.task is None else None,
+            shadow=shadow,
             task=body.task,
         )
 
@@ -339,7 +340,8 @@ class Report:
         version = raw["schema_version"]
         # Checked first: a newer report may have other fields, and this is the real cause.
         _check_version(version)
-        exact_keys(raw, REPORT_FIELDS + OPTIONAL_FIELDS[version], "report")
+        optional = ("shadow",) if version == TASK_VERSION and "shadow" in raw else ()
+        exact_keys(raw, REPORT_FIELDS + OPTIONAL_FIELDS[version] + optional, "report")
         return cls(
             schema_version=version,
             fleet=raw["fleet"],
@@ -362,6 +364,15 @@ class Report:
             shadow=None if "shadow" not in raw else ShadowSketch.from_json(raw["shadow"]),
             task=None if "task" not in raw else task_from_json(raw["task"]),
         )
+
+
+def _fitting_shadow(body: ReportBody) -> ShadowSketch | None:
+    """The window's shadow counts if they are of the champion's task (§17: a binary
+    champion's histograms, another's paired losses); counts of another kind are left out,
+    so that the champion's report stays valid."""
+    shadow = body.shadow
+    task = "binary" if body.task is None else body.task.kind
+    return shadow if isinstance(shadow, ShadowSketch) and shadow.task == task else None
 
 
 def _check_version(version: Any) -> None:
@@ -405,15 +416,24 @@ def _check_segments(report: Report) -> None:
 
 
 def _check_shadow(report: Report) -> None:
-    """Version 3 carries a challenger's histograms, the others none; the challenger scored
-    the records the champion scored, and its labelled records are the champion's."""
+    """Version 3 carries a challenger's histograms, version 4 may carry its paired losses
+    (of the report's task), the others none; the challenger scored the records the champion
+    scored, and its labelled records are the champion's."""
     shadow = report.shadow
-    if (report.schema_version == SHADOW_VERSION) != (shadow is not None):
-        raise InputError("report field 'shadow': present in version 3 reports, and only there")
+    version = report.schema_version
+    if version == SHADOW_VERSION and shadow is None:
+        raise InputError("report field 'shadow': a version 3 report carries it")
     if shadow is None:
         return
     if not isinstance(shadow, ShadowSketch):
         raise InputError("report field 'shadow' must be a ShadowSketch")
+    task = "binary" if report.task is None else report.task.kind
+    if version not in (SHADOW_VERSION, TASK_VERSION) or shadow.task != task:
+        raise InputError(
+            "report field 'shadow': a binary model's challenger histograms come in version 3 "
+            "reports, a multi-class or regression model's paired losses (of its task) in "
+            "version 4, and no other report carries one"
+        )
     if shadow.model_version == report.model_version:
         raise InputError("report field 'shadow': the challenger is the champion's version")
     if shadow.scores.total > report.scored or shadow.labelled > report.outcomes.labelled:
@@ -686,6 +706,8 @@ class SketchSums:
         self.segments: list[list[int]] = []
         self.shadow: dict[str, list[int]] = {}
         """Challenger version -> its counts, flat as :meth:`ShadowSketch.flat` lays them out."""
+        self.shadow_paired: dict[str, PairedLoss] = {}
+        """Challenger version -> its paired losses (a multi-class or regression champion's)."""
         self.task: tuple[str, int] | None = None
         """``(kind, size)`` of the task sketch (multi-class or regression), or None; its
         counts and float sums in :attr:`task_counts` and :attr:`task_sums`, flat as
@@ -708,8 +730,12 @@ class SketchSums:
             return None
         return task_from_flat(*self.task, self.task_counts, self.task_sums)
 
-    def add_shadow(self, version: str, counts: list[int]) -> None:
+    def add_shadow(self, version: str, counts: list[int], paired: PairedLoss | None = None) -> None:
         mine = self.shadow.get(version)
+        if mine is not None:
+            paired = merge_paired(self.shadow_paired.get(version), paired)
+        if paired is not None:
+            self.shadow_paired[version] = paired
         self.shadow[version] = counts if mine is None else list(map(int.__add__, mine, counts))
 
     def freeze(self) -> Aggregate:
@@ -750,7 +776,7 @@ class SketchSums:
                 for (name, levels), counts in zip(self.segment_layout, self.segments, strict=True)
             ),
             shadow=tuple(
-                ShadowSketch.from_flat(version, counts)
+                ShadowSketch.from_flat(version, counts, self.shadow_paired.get(version))
                 for version, counts in sorted(self.shadow.items())
             ),
             task=self._task_sketch(),
@@ -798,7 +824,7 @@ class SketchSums:
                 for (name, levels), counts in zip(self.segment_layout, self.segments, strict=True)
             ],
             "shadow": [
-                ShadowSketch.from_flat(version, counts).to_dict()
+                ShadowSketch.from_flat(version, counts, self.shadow_paired.get(version)).to_dict()
                 for version, counts in sorted(self.shadow.items())
             ],
             **_task_field(self._task_sketch()),
@@ -826,7 +852,7 @@ class _Sum(SketchSums):
         self.segment_layout = [(g.feature, g.levels) for g in start.segments]
         self.segments = [g.flat() for g in start.segments]
         for sketch in start.shadow:
-            self.add_shadow(sketch.model_version, sketch.flat())
+            self.add_shadow(sketch.model_version, sketch.flat(), sketch.paired)
         if start.task is not None:
             self.add_task(start.task.kind, start.task.size, *start.task.flat())
 
@@ -869,7 +895,7 @@ class _Sum(SketchSums):
             for mine, theirs in zip(self.segments, other.segments, strict=True)
         ]
         for sketch in other.shadow:
-            self.add_shadow(sketch.model_version, sketch.flat())
+            self.add_shadow(sketch.model_version, sketch.flat(), sketch.paired)
         if other.task is not None:
             self.add_task(other.task.kind, other.task.size, *other.task.flat())
 

@@ -65,6 +65,7 @@ __all__ = [
     "RegressionSketch",
     "TaskCounter",
     "TaskSketch",
+    "finite_sum",
     "task_from_json",
     "value_bucket_index",
     "value_of_bucket",
@@ -133,7 +134,7 @@ def value_of_bucket(index: int) -> float:
     return math.copysign(magnitude, steps)
 
 
-def _finite_sum(value: Any, field: str, *, non_negative: bool = False) -> float:
+def finite_sum(value: Any, field: str, *, non_negative: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"{field} must be a number, not {json_type(value)}")
     if isinstance(value, int) and abs(value) > MAX_SUM:
@@ -203,8 +204,8 @@ class MulticlassSketch:
                     f"{self.negatives[c].total + self.positives[c].total} rows, not the "
                     f"{labelled} labelled ones"
                 )
-        loss = _finite_sum(self.log_loss, f"{where}.log_loss", non_negative=True)
-        squares = _finite_sum(self.log_loss_squares, f"{where}.log_loss_squares", non_negative=True)
+        loss = finite_sum(self.log_loss, f"{where}.log_loss", non_negative=True)
+        squares = finite_sum(self.log_loss_squares, f"{where}.log_loss_squares", non_negative=True)
         if loss * loss > labelled * squares * (1 + _SLACK) + 1e-300:
             raise InputError(f"{where}: log_loss and log_loss_squares are inconsistent")
         if loss > labelled * MAX_ROW_LOSS * (1 + _SLACK):
@@ -285,8 +286,8 @@ class MulticlassSketch:
             confusion=_rows(raw["confusion"], k, k, where + "confusion'"),
             negatives=_rows(raw["negatives"], k, SCORE_BINS, where + "negatives'"),
             positives=_rows(raw["positives"], k, SCORE_BINS, where + "positives'"),
-            log_loss=_finite_sum(raw["log_loss"], where + "log_loss'", non_negative=True),
-            log_loss_squares=_finite_sum(
+            log_loss=finite_sum(raw["log_loss"], where + "log_loss'", non_negative=True),
+            log_loss_squares=finite_sum(
                 raw["log_loss_squares"], where + "log_loss_squares'", non_negative=True
             ),
         )
@@ -316,7 +317,7 @@ class RegressionSketch:
         _check_histograms(where, "residuals", (self.residuals,), 1, VALUE_BUCKETS)
         sums = {name: getattr(self, name) for name in REGRESSION_SUMS}
         for name, value in sums.items():
-            _finite_sum(value, f"{where}.{name}", non_negative=name in _NON_NEGATIVE)
+            finite_sum(value, f"{where}.{name}", non_negative=name in _NON_NEGATIVE)
         n = self.labelled
         if n == 0 and any(sums.values()):
             raise InputError(f"{where}: sums over no labelled row must be 0")
@@ -375,7 +376,7 @@ class RegressionSketch:
         )
         where = "report field 'task."
         y, y2, r, abs_r, r2, r4 = (
-            _finite_sum(raw[name], f"{where}{name}'", non_negative=name in _NON_NEGATIVE)
+            finite_sum(raw[name], f"{where}{name}'", non_negative=name in _NON_NEGATIVE)
             for name in REGRESSION_SUMS
         )
         bins = raw["predictions"]

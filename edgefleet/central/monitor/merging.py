@@ -26,6 +26,7 @@ from edgefleet.central.monitor.fastpath import fast_decode
 from edgefleet.central.monitor.validation import Layout, VersionProfile, layout_of
 from edgefleet.edge.distinct import DistinctIds
 from edgefleet.edge.report import Aggregate, Report, SketchSums
+from edgefleet.edge.shadow import flat_of_json as shadow_flat_of_json
 from edgefleet.edge.tasksketch import flat_of_json
 from edgefleet.errors import InputError
 
@@ -311,7 +312,7 @@ def _add_extras(total: SketchSums, raw: dict[str, Any]) -> None:
     shadow = raw.get("shadow")
     # A report holds one challenger's sketch; a rollup (an Aggregate) a list of them.
     for sketch in () if shadow is None else shadow if isinstance(shadow, list) else (shadow,):
-        total.add_shadow(sketch["model_version"], _flat_shadow(sketch))
+        total.add_shadow(sketch["model_version"], *shadow_flat_of_json(sketch))
     task = raw.get("task")
     if task is not None:  # the same shape in a report and a rollup body
         total.add_task(*flat_of_json(task))
@@ -337,14 +338,6 @@ def _flat_segment(raw: dict[str, Any]) -> list[int]:
     """A report's segment sketch as :meth:`SegmentSketch.flat` lays it out (scores,
     negatives, positives, level by level): the form the sums add."""
     return [c for key in ("scores", "negatives", "positives") for level in raw[key] for c in level]
-
-
-def _flat_shadow(raw: dict[str, Any]) -> list[int]:
-    """A report's shadow sketch as :meth:`ShadowSketch.flat` lays it out."""
-    return [
-        *raw["scores"],
-        *(c for key in ("challenger", "champion") for histogram in raw[key] for c in histogram),
-    ]
 
 
 def dumps_skipped(skipped: tuple[SkippedReport, ...]) -> str:

@@ -19,6 +19,15 @@ correlation of two models scoring the same records, so it is wider than the pair
 interval would be: a challenger called better is better with at least the stated
 confidence. (The record-level paired bootstrap of :mod:`benefit` needs the rows, which
 never leave a device.)
+
+A multi-class or regression champion's shadow devices send paired losses instead
+(:class:`edgefleet.edge.shadow.PairedLoss`): per labelled record both models scored, ``d =
+loss(challenger) - loss(champion)`` (log loss of the true class; squared error), summed with
+``d**2`` over the cohort. That is a paired z-test, exact in its sums: the gain is ``-mean(d)``
+(the champion's mean loss minus the challenger's), its standard error ``sd(d) / sqrt(n)``,
+and the challenger is ``better`` when ``gain - z * se`` is above ``min_gain`` (in the loss's
+units: log loss, or squared error). Pairing is kept here: the variation both models share
+cancels in ``d``.
 """
 
 from __future__ import annotations
@@ -62,6 +71,17 @@ class ShadowComparison:
     ap_gain: float | None = None
     binning_bound: float | None = None
     """The most binning can move either AUROC from its raw-score value."""
+    task: str = "binary"
+    metric: str = "auroc"
+    """``auroc``, or the loss the paired test is on: ``log_loss`` or ``squared_error``."""
+    champion_loss: float | None = None
+    """Mean loss of each model on the paired records (log loss, or the mean squared error)."""
+    challenger_loss: float | None = None
+    loss_gain: float | None = None
+    """The champion's mean loss minus the challenger's: positive when the challenger is
+    better."""
+    loss_gain_se: float | None = None
+    loss_gain_low: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +126,10 @@ def compare_shadow(
     names = (champion_version, challenger_version)
     if sketch is None:
         return ShadowComparison(*names, "wait", "no shadow device reported yet")
+    if sketch.paired is not None:
+        return compare_losses(
+            sketch, *names, min_labelled=min_labelled, min_gain=min_gain, confidence=confidence
+        )
     negatives, positives = sketch.challenger[0].total, sketch.challenger[1].total
     labelled, scored = sketch.labelled, sketch.scores.total
     if labelled < min_labelled or not negatives or not positives:
@@ -147,6 +171,59 @@ def compare_shadow(
     )
 
 
+def compare_losses(
+    sketch: ShadowSketch,
+    champion_version: str,
+    challenger_version: str,
+    *,
+    min_labelled: int = 200,
+    min_gain: float = 0.0,
+    confidence: float = 0.95,
+) -> ShadowComparison:
+    """The paired z-test of a multi-class or regression challenger (module docstring)."""
+    paired = sketch.paired
+    assert paired is not None
+    names = (champion_version, challenger_version)
+    n, scored = paired.labelled, sketch.scores.total
+    metric = "log_loss" if paired.task == "multiclass" else "squared_error"
+    if n < max(min_labelled, 2):
+        why = f"{n} paired labelled records of the {min_labelled} needed"
+        return ShadowComparison(*names, "wait", why, n, 0, scored, task=paired.task, metric=metric)
+    mean = paired.difference / n
+    variance = max(paired.difference_squares / n - mean * mean, 0.0) * n / (n - 1)
+    se = math.sqrt(variance / n)
+    gain = -mean
+    low = gain - NormalDist().inv_cdf(confidence) * se
+    better = low > min_gain
+    old, new = paired.champion / n, paired.challenger / n
+    shown = "log loss" if paired.task == "multiclass" else "MSE"
+    rmse = (
+        f" (RMSE {math.sqrt(new):.4g} vs {math.sqrt(old):.4g})"
+        if paired.task == "regression"
+        else ""
+    )
+    reason = (
+        f"on {n} paired records {shown} {new:.4g} vs {old:.4g}{rmse} (gain {gain:+.4g}, "
+        f"standard error {se:.3g}, {confidence:.0%} lower bound {low:+.4g} "
+        f"{'above' if better else 'not above'} {min_gain:+.4g})"
+    )
+    return ShadowComparison(
+        *names,
+        "better" if better else "not_better",
+        reason,
+        n,
+        0,
+        scored,
+        task=paired.task,
+        metric=metric,
+        champion_loss=old,
+        challenger_loss=new,
+        loss_gain=gain,
+        loss_gain_se=se,
+        loss_gain_low=low,
+    )
+
+
 SHADOW_ESCALATION_RULE = "retraining_no_benefit"
 """The same rule as the held-out comparison's escalation: either way, retraining did not
 produce a better model, and a person is needed."""
@@ -163,7 +240,9 @@ def shadow_escalation_alert(
         rule=SHADOW_ESCALATION_RULE,
         scope="fleet",
         subject="shadow",
-        value=comparison.auroc_gain if comparison.auroc_gain is not None else 0.0,
+        value=next(
+            (g for g in (comparison.auroc_gain, comparison.loss_gain) if g is not None), 0.0
+        ),
         threshold=0.0,
         evidence={
             "model_version": comparison.champion_version,

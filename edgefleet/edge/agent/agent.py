@@ -38,7 +38,13 @@ import numpy as np
 
 from edgefleet.edge.ack import Ack
 from edgefleet.edge.agent.answers import Outcome, Prediction, answers, label_index, outcome_value
-from edgefleet.edge.agent.counting import Remembered, remembered, task_outcome, window_rows
+from edgefleet.edge.agent.counting import (
+    Remembered,
+    paired_losses,
+    remembered,
+    task_outcome,
+    window_rows,
+)
 from edgefleet.edge.agent.installer import ActiveModel, Installer
 from edgefleet.edge.agent.lifecycle import State, Target, UpdateMachine, UpdateRecord
 from edgefleet.edge.agent.store import ModelStore, atomic_write
@@ -132,7 +138,7 @@ class _Window:
     """The challenger's counts, on a shadow device (docs/architecture.md §17)."""
 
 
-_Remembered = tuple[Remembered, str, tuple[int, ...], tuple[float, str] | None]
+_Remembered = tuple[Remembered, str, tuple[int, ...], tuple[Remembered, str] | None]
 
 
 def window_scores(schema: FeatureSchema, outputs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -527,7 +533,8 @@ class Agent:
             and active.scorer.manifest.version == (challenger.scorer.manifest.version)
         ):
             return None  # a model is never its own challenger
-        return ShadowCounter(challenger.scorer.manifest.version)
+        task = active.scorer.manifest.schema.task if active is not None else "binary"
+        return ShadowCounter(challenger.scorer.manifest.version, task)
 
     def add_activation_listener(self, listener: Callable[[ActiveModel], None]) -> None:
         """Call ``listener(model)`` whenever a model becomes active (the scoring service
@@ -567,10 +574,14 @@ class Agent:
             manifest.schema, manifest.version, outputs, [uuid.uuid4().hex for _ in batch]
         )
         levels = levels_of(segment_features(manifest.schema), encoded)
-        shadow = self._shadow_scores(batch)
+        shadow, challenger_outputs = self._shadow_scores(batch, manifest.schema)
         for i, (prediction, level) in enumerate(zip(predictions, levels, strict=True)):
             identifier = prediction.id
-            paired = None if shadow is None else (float(shadow[1][i]), shadow[0])
+            paired = (
+                None
+                if shadow is None
+                else (remembered(manifest.schema, challenger_outputs[i]), shadow[0])
+            )
             self._predictions[identifier] = (
                 remembered(manifest.schema, outputs[i]),
                 manifest.version,
@@ -583,21 +594,32 @@ class Agent:
         return predictions
 
     def _shadow_scores(
-        self, batch: Sequence[Mapping[str, Any]]
-    ) -> tuple[str, np.ndarray[Any, Any]] | None:
-        """The challenger's version and scores of ``batch`` on a shadow device; None
-        without a challenger, or when it fails (the champion's answers stand regardless)."""
+        self, batch: Sequence[Mapping[str, Any]], champion: FeatureSchema
+    ) -> tuple[tuple[str, np.ndarray[Any, Any]] | None, np.ndarray[Any, Any]]:
+        """The challenger's version and window scores of ``batch`` on a shadow device, and
+        its outputs; None without a challenger, one of another task (or classes), or when
+        it fails (the champion's answers stand regardless)."""
         challenger = self.installer.challenger
+        nothing = np.zeros((0, 0))
         if challenger is None:
-            return None
+            return None, nothing
         scorer = challenger.scorer
+        schema = scorer.manifest.schema
+        if schema.task != champion.task or (
+            champion.task == "multiclass" and schema.classes != champion.classes
+        ):
+            self.last_problem = (
+                f"challenger {scorer.manifest.version} is not scored: a {schema.task} model of "
+                f"classes {list(schema.classes)} cannot pair with the running one's"
+            )
+            return None, nothing
         try:
             outputs = scorer.backend.predict_proba(scorer.encoder.encode(batch))
-            scores = window_scores(scorer.manifest.schema, outputs)
+            scores = window_scores(schema, outputs)
         except Exception as error:  # the challenger must never break the champion's answer
             self.last_problem = f"challenger {scorer.manifest.version} failed to score: {error}"
-            return None
-        return scorer.manifest.version, np.asarray(scores, dtype=np.float64)
+            return None, nothing
+        return (scorer.manifest.version, np.asarray(scores, dtype=np.float64)), outputs
 
     def outcome(self, prediction_id: str, label: Outcome) -> None:
         """Attach the true label to an earlier prediction (the customer did churn)."""
@@ -606,15 +628,21 @@ class Agent:
             raise InputError(f"no recent prediction has id {prediction_id!r}")
         score, version, levels, paired = remembered
         counted = self.record_outcome(score, version, label, levels)
-        if not counted or paired is None or not isinstance(score, float):
-            return
         active = self.installer.active
-        value = outcome_of(active.scorer.manifest.schema, label) if active else None
-        if value is None:
+        if not counted or paired is None or active is None:
             return
+        schema = active.scorer.manifest.schema
         with self._window_lock:
             shadow = None if self._window is None else self._window.shadow
-            if shadow is not None and shadow.model_version == paired[1]:
+            if shadow is None or shadow.model_version != paired[1]:
+                return
+            if schema.task != "binary":
+                losses = paired_losses(schema, score, paired[0], label)
+                if losses is not None:
+                    shadow.add_losses(*losses)
+                return
+            value = outcome_of(schema, label)
+            if value is not None and isinstance(score, float) and isinstance(paired[0], float):
                 shadow.add_outcome(score, paired[0], value)
 
     def record_outcome(

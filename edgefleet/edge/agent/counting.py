@@ -16,6 +16,7 @@ import numpy as np
 
 from edgefleet.edge.agent.answers import Outcome, label_index, outcome_value
 from edgefleet.edge.schema import FeatureSchema
+from edgefleet.edge.shadow import record_loss
 
 Remembered = float | tuple[float, ...]
 """What is remembered of a prediction for its outcome: P(classes[1]), every class's
@@ -53,3 +54,17 @@ def task_outcome(
     if not isinstance(score, float | int):
         return None
     return [float(score)], [value]
+
+
+def paired_losses(
+    schema: FeatureSchema, champion: Remembered, challenger: Remembered, label: Outcome
+) -> tuple[float, float] | None:
+    """The champion's and the challenger's loss on one labelled record of a multi-class or
+    regression model (:func:`edgefleet.edge.shadow.record_loss`); None when what was
+    remembered is not that model's outputs (see :func:`task_outcome`)."""
+    counted = task_outcome(schema, champion, label)
+    if counted is None or task_outcome(schema, challenger, label) is None:
+        return None
+    truth = counted[1][0]
+    task = schema.task
+    return record_loss(task, champion, truth), record_loss(task, challenger, truth)
