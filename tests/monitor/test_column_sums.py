@@ -10,7 +10,7 @@ import pytest
 from edgefleet.central.monitor.column_sums import SETTLE_ROWS, ColumnSums
 from edgefleet.central.monitor.merging import add_counts
 from edgefleet.central.monitor.validation import layout_of
-from edgefleet.edge.report import SketchSums, merge_all
+from edgefleet.edge.aggregate import SketchSums, merge_all
 from tests.monitor.conftest import make_report
 
 
@@ -31,7 +31,7 @@ def test_column_sums_equal_one_by_one_sums_across_blocks() -> None:
     assert columns.freeze() == merge_all(reports)
 
 
-def test_counts_too_large_for_numpy_are_summed_exactly() -> None:
+def test_counts_beyond_64_bits_are_summed_exactly() -> None:
     raws = [make_report("d1", i, rows=10, window_end=1e9 + i).to_dict() for i in range(3)]
     huge = copy.deepcopy(raws[1])
     huge["features"][0]["bins"][0] = 2**70  # not a count a device makes: still exact
