@@ -215,8 +215,10 @@ class ServiceApp:
         )
         labels, ids = self._labels(served, probabilities)
         positive = probabilities[:, 1].tolist()
+        # A decision-function model's output is a score, not a probability (§2).
+        key = "score" if served.scorer.manifest.schema.scores_only else "probability"
         predictions = [
-            {"id": i, "probability": p, "label": label, "model_version": served.version}
+            {"id": i, key: p, "label": label, "model_version": served.version}
             for i, p, label in zip(ids, positive, labels, strict=True)
         ]
         return HTTPStatus.OK, {"model_name": served.name, "predictions": predictions}
