@@ -1,7 +1,7 @@
 """``edgefleet batch score`` per task (docs/architecture.md §11): a user's multi-class
 pipeline gets its predicted class and that class's probability, a regressor its value and
-no label, each equal to the registered pipeline's; ``serve-model``, whose answers and
-prediction ids hold one probability, refuses both by name."""
+no label, each equal to the registered pipeline's (serve-model per task:
+tests/serving/test_tasks.py)."""
 
 from __future__ import annotations
 
@@ -42,15 +42,6 @@ def _score(bundle: Path, frame: pd.DataFrame, keypair: tuple[Path, Path], at: Pa
     return pd.read_parquet(at / "out.parquet").set_index("key").loc[frame["row_id"]]
 
 
-def _serve_refuses(bundle: Path, keypair: tuple[Path, Path], task: str, at: Path) -> None:
-    result = subprocess.run(
-        [*CLI, "serve-model", str(bundle), "--trust-key", str(keypair[1]), "--port", "0"],
-        cwd=at, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert f"is a {task} model; serve-model serves binary classifiers" in result.stderr
-
-
 def test_a_multiclass_pipeline_scores_its_class_and_probability(
     keypair: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -66,7 +57,6 @@ def test_a_multiclass_pipeline_scores_its_class_and_probability(
     classes = np.array(registered.model.schema.classes)
     assert list(scored["label"]) == list(classes[expected.argmax(axis=1)])
     np.testing.assert_allclose(scored["score"], expected.max(axis=1), atol=1e-5)
-    _serve_refuses(bundle, keypair, "multiclass", tmp_path)
 
 
 def test_a_regressor_scores_its_value_without_a_label(
@@ -81,7 +71,6 @@ def test_a_regressor_scores_its_value_without_a_label(
     expected = user.predict(data.data)
     assert scored["label"].isna().all()
     np.testing.assert_allclose(scored["score"], expected, rtol=1e-4)
-    _serve_refuses(bundle, keypair, "regression", tmp_path)
 
 
 @pytest.fixture(autouse=True)
