@@ -42,8 +42,9 @@ from edgefleet.central.data.loader import encode_features, load_training_table
 from edgefleet.central.monitor.alerts import AlertRules, evaluate
 from edgefleet.central.monitor.measures import measure
 from edgefleet.central.trainer import TrainedModel, train
+from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.report import Report, merge_all
+from edgefleet.edge.report import Report
 from edgefleet.edge.schema import NumericFeature
 from edgefleet.edge.sketch import SketchBuilder
 

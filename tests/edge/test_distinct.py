@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
+from edgefleet.edge.aggregate import SketchSums, merge_all
 from edgefleet.edge.distinct import EXACT_LIMIT, REGISTERS, DistinctIds
-from edgefleet.edge.report import SketchSums, merge_all
 from edgefleet.errors import InputError
 from tests.edge.test_sketch_report import _report
 

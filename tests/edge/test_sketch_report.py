@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from edgefleet.central.data.generator import generate
 from edgefleet.central.data.loader import encode_features, load_training_table
 from edgefleet.central.trainer import reference_profile
+from edgefleet.edge.aggregate import Aggregate, merge, merge_all
 from edgefleet.edge.profile import (
     SCORE_BINS,
     CategoricalProfile,
@@ -27,13 +28,7 @@ from edgefleet.edge.profile import (
     numeric_bin_counts,
     score_histogram,
 )
-from edgefleet.edge.report import (
-    MAX_FEATURES,
-    Aggregate,
-    Report,
-    merge,
-    merge_all,
-)
+from edgefleet.edge.report import MAX_FEATURES, Report
 from edgefleet.edge.schema import (
     UNKNOWN_CODE,
     CategoricalFeature,

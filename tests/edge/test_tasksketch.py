@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from edgefleet.edge.agent.counting import remembered, task_outcome, window_rows
+from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.profile import SCORE_BINS
-from edgefleet.edge.report import Report, merge_all
+from edgefleet.edge.report import Report
 from edgefleet.edge.shadow import ShadowSketch
 from edgefleet.edge.sketch import SketchBuilder
 from edgefleet.edge.tasksketch import (

@@ -10,7 +10,7 @@ import pytest
 from edgefleet.central.monitor.column_sums import SETTLE_ROWS, ColumnSums
 from edgefleet.central.monitor.merging import add_counts
 from edgefleet.central.monitor.validation import layout_of
-from edgefleet.edge.report import SketchSums, merge_all
+from edgefleet.edge.aggregate import SketchSums, merge_all
 from tests.monitor.conftest import make_report
 
 

@@ -40,7 +40,8 @@ from edgefleet.central.monitor.validation import (
 from edgefleet.central.publish import publish
 from edgefleet.central.registry import Registry
 from edgefleet.central.trainer import TrainedModel, train
-from edgefleet.edge.report import SCHEMA_VERSION, SEGMENTS_VERSION, Report, merge_all
+from edgefleet.edge.aggregate import merge_all
+from edgefleet.edge.report import SCHEMA_VERSION, SEGMENTS_VERSION, Report
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.signing import load_private_key
 from edgefleet.edge.sketch import SketchBuilder

@@ -29,8 +29,9 @@ from edgefleet.central.monitor.measures import (
 from edgefleet.central.monitor.store import MonitorStore
 from edgefleet.central.registry import Registry
 from edgefleet.central.trainer import TrainedModel
+from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.report import Report, merge_all
+from edgefleet.edge.report import Report
 from edgefleet.edge.signing import load_private_key
 from edgefleet.edge.sketch import LATENCY_RELATIVE_ERROR, SketchBuilder
 from edgefleet.edge.topics import Topics

@@ -18,8 +18,8 @@ from edgefleet.central.monitor.retention import DAY, Retention, compact
 from edgefleet.central.monitor.rollups import HOUR, MINUTE, plan_window
 from edgefleet.central.monitor.store import MonitorStore, reports, rollups
 from edgefleet.central.monitor.validation import layout_of
+from edgefleet.edge.aggregate import Aggregate, SketchSums, merge_all
 from edgefleet.edge.distinct import EXACT_LIMIT
-from edgefleet.edge.report import Aggregate, SketchSums, merge_all
 from edgefleet.edge.topics import Topics
 from tests.monitor.conftest import db_url, insert_stored_row, make_report  # noqa: F401
 

@@ -289,7 +289,7 @@ def test_rollups_carry_the_shadow_sums(published: Published) -> None:  # noqa: F
     from edgefleet.central.data.loader import encode_features
     from edgefleet.central.monitor.merging import add_counts
     from edgefleet.central.monitor.validation import layout_of
-    from edgefleet.edge.report import SketchSums, merge_all
+    from edgefleet.edge.aggregate import SketchSums, merge_all
     from edgefleet.edge.sketch import SketchBuilder
 
     manifest = published.running

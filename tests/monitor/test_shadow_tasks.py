@@ -32,7 +32,8 @@ from edgefleet.central.monitor.store import MonitorStore
 from edgefleet.central.monitor.validation import layout_of
 from edgefleet.central.publish import publish, state_file_for
 from edgefleet.edge.agent.agent import Agent
-from edgefleet.edge.report import TASK_VERSION, Report, SketchSums, merge_all
+from edgefleet.edge.aggregate import SketchSums, merge_all
+from edgefleet.edge.report import TASK_VERSION, Report
 from edgefleet.edge.shadow import ShadowCounter, record_loss
 from edgefleet.edge.signing import load_private_key
 from edgefleet.edge.sketch import SketchBuilder

@@ -20,7 +20,8 @@ from edgefleet.central.monitor.store import (
     IngestCounts,
     MonitorStore,
 )
-from edgefleet.edge.report import MAX_REPORT_BYTES, Report, merge_all
+from edgefleet.edge.aggregate import merge_all
+from edgefleet.edge.report import MAX_REPORT_BYTES, Report
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import InputError
 from tests.monitor.conftest import insert_stored_row, make_report

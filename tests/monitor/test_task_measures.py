@@ -30,8 +30,9 @@ from edgefleet.central.monitor.measures import measure
 from edgefleet.central.monitor.store import MonitorStore
 from edgefleet.central.monitor.task_measures import TASK_METRICS, judging_metric
 from edgefleet.central.monitor.validation import VersionProfile
+from edgefleet.edge.aggregate import Aggregate, merge_all
 from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.report import Aggregate, Report, merge_all
+from edgefleet.edge.report import Report
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import InputError
 from tests.monitor import tasks

@@ -22,7 +22,8 @@ from edgefleet.central.monitor.validation import (
     VersionProfile,
     layout_of,
 )
-from edgefleet.edge.report import Report, merge_all
+from edgefleet.edge.aggregate import merge_all
+from edgefleet.edge.report import Report
 from edgefleet.edge.status import DeviceStatus
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import InputError

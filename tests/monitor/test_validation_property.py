@@ -23,8 +23,8 @@ from edgefleet.central.monitor.measures import measure
 from edgefleet.central.monitor.merging import StoredMerge, StoredRow
 from edgefleet.central.monitor.store import PreparedBatch, _version_refusal, prepare
 from edgefleet.central.monitor.validation import VersionProfile
+from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.report import merge_all
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import InputError
 from tests.monitor.conftest import _profile, make_report

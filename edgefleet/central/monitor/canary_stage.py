@@ -13,7 +13,7 @@ from edgefleet.central.monitor.canary import CanaryVerdict, judge_canary
 from edgefleet.central.monitor.drift import coarsen, js_distance
 from edgefleet.central.monitor.steps import StepResult
 from edgefleet.central.publish import promote, rollback
-from edgefleet.edge.report import Aggregate
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.rollout import ModelRef, RolloutState
 
 if TYPE_CHECKING:

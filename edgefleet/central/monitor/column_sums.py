@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from edgefleet.edge.report import Aggregate, SketchSums
+from edgefleet.edge.aggregate import Aggregate, SketchSums
 
 SETTLE_ROWS = 256
 """Rows held before they are summed (bounds the memory of a long merge)."""

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.profile import SCORE_BINS
-from edgefleet.edge.report import Aggregate
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.segments import SegmentSketch, segment_features
 from edgefleet.errors import InputError

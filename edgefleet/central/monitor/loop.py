@@ -98,10 +98,10 @@ from edgefleet.central.publish import (
 from edgefleet.central.registry import ModelVersion, Registry
 from edgefleet.central.shadowing import publish_shadow
 from edgefleet.converters.registry import DEFAULT_FORMATS
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.bundle import MANIFEST_FILE
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.mqtt import BrokerAddress
-from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import DEFAULT_LIFETIME, ModelRef, RolloutState
 from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.topics import DEFAULT_PREFIX

@@ -1,6 +1,6 @@
 """Everything the monitor measures about one aggregate, against the model's manifest.
 
-:func:`measure` turns an :class:`~edgefleet.edge.report.Aggregate` (the merged sketches of
+:func:`measure` turns an :class:`~edgefleet.edge.aggregate.Aggregate` (the merged sketches of
 some reports of one model version) into :class:`Measures`: drift of every input feature and
 of the score distribution against the manifest's reference profile, AUROC and average
 precision from the labelled score histograms, the label-free expected performance, the
@@ -30,9 +30,9 @@ from edgefleet.central.monitor.quality import (
     score_drift,
 )
 from edgefleet.central.monitor.task_measures import TaskMeasures, task_measures
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.profile import NumericProfile
-from edgefleet.edge.report import Aggregate
 from edgefleet.errors import InputError
 
 MIN_LABELS = 100

@@ -24,8 +24,9 @@ from typing import Any
 from edgefleet.central.monitor.column_sums import ColumnSums, flat_counts
 from edgefleet.central.monitor.fastpath import fast_decode
 from edgefleet.central.monitor.validation import Layout, VersionProfile, layout_of
+from edgefleet.edge.aggregate import Aggregate, SketchSums
 from edgefleet.edge.distinct import DistinctIds
-from edgefleet.edge.report import Aggregate, Report, SketchSums
+from edgefleet.edge.report import Report
 from edgefleet.edge.shadow import flat_of_json as shadow_flat_of_json
 from edgefleet.edge.tasksketch import flat_of_json
 from edgefleet.errors import InputError

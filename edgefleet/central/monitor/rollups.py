@@ -5,7 +5,7 @@ window ``[since, until)`` is read from. No database here: the store
 
 A rollup sums the reports of one (fleet, model name, model version, cohort, device group,
 feature layout) whose window *ended* in one bucket: a minute (:data:`MINUTE`) and an hour
-(:data:`HOUR`). Its body is the :meth:`~edgefleet.edge.report.Aggregate.to_dict` of the sum,
+(:data:`HOUR`). Its body is the :meth:`~edgefleet.edge.aggregate.Aggregate.to_dict` of the sum,
 made and merged by :func:`edgefleet.central.monitor.merging.add_counts`, the very code that
 merges raw reports: a sketch field added to reports flows into rollups with nothing changed
 here.
@@ -24,7 +24,7 @@ from typing import Any
 from edgefleet.central.monitor.column_sums import ColumnSums
 from edgefleet.central.monitor.merging import add_counts
 from edgefleet.central.monitor.validation import Layout
-from edgefleet.edge.report import SketchSums
+from edgefleet.edge.aggregate import SketchSums
 
 __all__ = [
     "HOUR",

@@ -11,8 +11,8 @@ from typing import Any
 from edgefleet.central.monitor.measures import Measures, measure
 from edgefleet.central.monitor.merging import Merged, SkippedReport
 from edgefleet.central.monitor.validation import VersionProfile
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import ModelRef, RolloutState
 from edgefleet.errors import EdgefleetError, InputError
 

@@ -19,9 +19,9 @@ from edgefleet.central.monitor.store import (
 from edgefleet.central.monitor.validation import VersionProfile
 from edgefleet.central.publish import state_file_for
 from edgefleet.central.registry import Registry
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.manifest import Manifest, parse_version
 from edgefleet.edge.mqtt import BrokerAddress
-from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import ModelRef, is_expired, verify_rollout
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
 from edgefleet.edge.status import DeviceStatus

@@ -13,9 +13,9 @@ from edgefleet.central.monitor.store import (
     AlertRecord,
     DecisionRecord,
 )
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.profile import SCORE_BINS, CategoricalProfile, NumericProfile
-from edgefleet.edge.report import Aggregate
 from edgefleet.edge.rollout import ModelRef
 from edgefleet.edge.schema import CategoricalFeature
 from edgefleet.edge.tasksketch import MulticlassSketch, RegressionSketch

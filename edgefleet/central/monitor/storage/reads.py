@@ -30,8 +30,8 @@ from edgefleet.central.monitor.storage.schema import (
     unindexed,
 )
 from edgefleet.central.monitor.validation import VersionProfile
+from edgefleet.edge.aggregate import Aggregate
 from edgefleet.edge.manifest import parse_version
-from edgefleet.edge.report import Aggregate
 from edgefleet.errors import InputError, StoreError
 
 logger = logging.getLogger("edgefleet.monitor")
