@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgefleet.edge.agent.agent import outcome_of, window_scores
 from edgefleet.edge.agent.answers import answers, label_index, outcome_value
+from edgefleet.edge.agent.counting import outcome_of, window_scores
 from edgefleet.edge.schema import FeatureSchema, NumericFeature
 from edgefleet.errors import InputError
 

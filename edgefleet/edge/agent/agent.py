@@ -15,6 +15,10 @@ Threads: paho's network thread only enqueues (rollout messages, acks); one updat
 runs installs; one sender thread drains the outbox and applies acks; one timer thread
 closes report windows and refreshes the retained status. Scoring runs on the caller's
 thread.
+
+Its parts, by what they do: following the rollout (:mod:`.following`), sending the outbox
+(:mod:`.sender`), what the window counts per task (:mod:`.counting`), the configuration
+(:mod:`.config`); scoring, outcomes and the report window stay here.
 """
 
 from __future__ import annotations
@@ -23,147 +27,55 @@ import contextlib
 import json
 import logging
 import queue
-import random
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from edgefleet.edge.ack import Ack
-from edgefleet.edge.agent.answers import Outcome, Prediction, answers, label_index, outcome_value
+from edgefleet.edge.agent.answers import Outcome, Prediction, answers
+from edgefleet.edge.agent.config import AgentConfig, NoModelError
 from edgefleet.edge.agent.counting import (
+    OpenWindow,
     Remembered,
+    RememberedPrediction,
+    outcome_of,
     paired_losses,
     remembered,
     task_outcome,
     window_rows,
+    window_scores,
 )
+from edgefleet.edge.agent.following import RolloutFollowing
 from edgefleet.edge.agent.installer import ActiveModel, Installer
-from edgefleet.edge.agent.lifecycle import State, Target, UpdateMachine, UpdateRecord
+from edgefleet.edge.agent.lifecycle import State, UpdateMachine, UpdateRecord
+from edgefleet.edge.agent.sender import OutboxSender
 from edgefleet.edge.agent.store import ModelStore, atomic_write
-from edgefleet.edge.backends.base import choose_format
-from edgefleet.edge.manifest import Manifest
-from edgefleet.edge.mqtt import BrokerAddress, MqttClient, PublishHandle, Will
-from edgefleet.edge.outbox import Outbox, OutboxItem
+from edgefleet.edge.mqtt import MqttClient, Will
+from edgefleet.edge.outbox import Outbox
 from edgefleet.edge.report import Report
 from edgefleet.edge.rollout import (
     Cohort,
-    ModelRef,
-    RolloutState,
-    challenger_for,
-    check_fresh,
-    check_sequence,
-    check_version,
-    target_for,
-    verify_rollout,
 )
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.segments import levels_of, segment_features
 from edgefleet.edge.shadow import ShadowCounter
-from edgefleet.edge.signing import TrustedKey
 from edgefleet.edge.sketch import ReportBody, SketchBuilder
 from edgefleet.edge.topics import Topics, validate_device_id
-from edgefleet.errors import BrokerError, EdgefleetError, InputError, RecordError
+from edgefleet.errors import BrokerError, InputError, RecordError
 
 logger = logging.getLogger("edgefleet.agent")
 
+__all__ = ["Agent", "AgentConfig", "NoModelError"]
+
 PREDICTION_MEMORY = 50_000
 """Predictions remembered for outcome feedback; older ones can no longer get a label."""
-
-
-class NoModelError(EdgefleetError):
-    """The agent has no verified model to score with yet."""
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    fleet: str
-    device_id: str
-    state_dir: Path
-    trusted_keys: tuple[TrustedKey, ...]
-    broker: BrokerAddress
-    prefix: str = "edgefleet"
-    device_group: str = "default"
-    format: str | None = None
-    report_seconds: float = 30.0
-    report_records: int = 5000
-    fetch_timeout: float = 60.0
-    outbox_messages: int = 10_000
-    outbox_bytes: int = 50 * 1024 * 1024
-    outbox_ttl_seconds: float = 7 * 24 * 3600
-    ack_timeout: float = 30.0
-    """Seconds a sent report waits for a monitor's ack before it is sent again."""
-    ack_timeout_max: float = 600.0
-    """The cap of the doubling re-send timeout."""
-    status_seconds: float = 60.0
-    """How often the retained status is refreshed (outbox counts change between events)."""
-    clock_skew: float = 300.0
-    """Seconds a rollout state may look expired by this device's clock and still count:
-    device and publisher clocks disagree a little (docs/architecture.md §6)."""
-    clock: Callable[[], float] = time.time
-    """The wall clock expiry is judged by (tests move it instead of waiting)."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.ack_timeout <= self.ack_timeout_max:
-            raise InputError(
-                f"--ack-timeout must be above 0 and at most {self.ack_timeout_max:g} s, "
-                f"not {self.ack_timeout:g}"
-            )
-        if not self.status_seconds > 0:
-            raise InputError(f"status_seconds must be above 0, not {self.status_seconds:g}")
-        if not 0 <= self.clock_skew <= 86_400:
-            raise InputError(
-                f"--clock-skew must be from 0 to 86400 seconds, not {self.clock_skew:g}: set "
-                "the device's clock (NTP) rather than allow more"
-            )
-
-
-@dataclass
-class _Window:
-    """The open report window: the sketches of the active model since the last report."""
-
-    builder: SketchBuilder
-    manifest: Manifest
-    cohort: Cohort
-    records: int = 0
-    started: float = field(default_factory=time.monotonic)
-    shadow: ShadowCounter | None = None
-    """The challenger's counts, on a shadow device (docs/architecture.md §17)."""
-
-
-_Remembered = tuple[Remembered, str, tuple[int, ...], tuple[Remembered, str] | None]
-
-
-def window_scores(schema: FeatureSchema, outputs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """The one score per record the report's sketches count: P(classes[1]) of a binary
-    model; a multi-class model's top probability (its outcomes count as "right" or
-    "wrong", the reference profile's split, docs/architecture.md §2); none (0) for a
-    regressor, whose value the score histogram cannot hold."""
-    if schema.task == "binary":
-        return outputs[:, 1]
-    if schema.task == "multiclass":
-        return np.asarray(outputs.max(axis=1))
-    return np.zeros(len(outputs), dtype=np.float32)
-
-
-def outcome_of(schema: FeatureSchema, label: Outcome) -> int | None:
-    """A checked outcome (a class label, or a regressor's finite value) as the 0/1 label
-    the binary sketches count; None for the other tasks, whose outcomes are checked here
-    and counted by their own sketches."""
-    if schema.task == "binary":
-        return label_index(label, schema.classes)
-    if schema.task == "multiclass":
-        label_index(label, schema.classes)
-    else:
-        outcome_value(label, schema)
-    return None
 
 
 def _saved_time(value: object) -> str | None:
@@ -178,7 +90,7 @@ def _saved_time(value: object) -> str | None:
     return value if parsed.tzinfo is not None else None
 
 
-class Agent:
+class Agent(RolloutFollowing):
     def __init__(self, config: AgentConfig):
         validate_device_id(config.device_id)
         self.config = config
@@ -209,18 +121,15 @@ class Agent:
         self._expires: str | None = _saved_time(saved.get("rollout_expires"))
         self._cohort: Cohort = "canary" if saved.get("cohort") == "canary" else "stable"
         self.last_problem: str | None = None
-        self._window: _Window | None = None
+        self._window: OpenWindow | None = None
         self._window_lock = threading.Lock()
         self._sequence_lock = threading.Lock()
         # id -> (score, model version, its record's segment levels, the challenger's score
         # and version on a shadow device): enough to count the outcome when it comes back,
         # in its segments and under both models too.
-        self._predictions: OrderedDict[str, _Remembered] = OrderedDict()
+        self._predictions: OrderedDict[str, RememberedPrediction] = OrderedDict()
         self._rollouts: queue.Queue[bytes | None] = queue.Queue()
         self._stop = threading.Event()
-        self._outbox_ready = threading.Event()
-        # Acks received on the network thread, applied to the outbox by the sender thread.
-        self._acks: deque[tuple[tuple[int, int], ...]] = deque(maxlen=10_000)
         self.acks_refused = 0
         self._threads: list[threading.Thread] = []
         self._activation_listeners: list[Callable[[ActiveModel], None]] = []
@@ -231,9 +140,18 @@ class Agent:
                 self.topics.status(config.device_id),
                 json.dumps({"device_id": config.device_id, "state": "offline"}).encode(),
             ),
-            on_connected=lambda _: self._outbox_ready.set(),
+            on_connected=lambda _: self._sender.ready.set(),
             marker_base=self.topics.markers(config.device_id),
         )
+        self._sender = OutboxSender(
+            self.outbox,
+            self.client,
+            self._stop,
+            device_id=config.device_id,
+            ack_timeout=config.ack_timeout,
+            ack_timeout_max=config.ack_timeout_max,
+        )
+        self._outbox_ready = self._sender.ready
         problem = self.installer.load_active(self._format_for)
         if problem is not None and self.store.pointer().active is not None:
             self.last_problem = f"stored model unusable: {problem}"
@@ -266,9 +184,11 @@ class Agent:
     def start(self) -> None:
         """Connect (retrying in the background while the broker is away), follow the
         rollout, and start reporting. Scoring works before and without a connection."""
-        for target in (self._connect_loop, self._update_loop, self._send_loop, self._window_loop):
+        loops = (self._connect_loop, self._update_loop, self._sender.run, self._window_loop)
+        names = ("connect", "update", "send", "window")
+        for target, name in zip(loops, names, strict=True):
             thread = threading.Thread(
-                target=target, name=f"{target.__name__}-{self.config.device_id}", daemon=True
+                target=target, name=f"{name}-{self.config.device_id}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
@@ -335,171 +255,8 @@ class Agent:
             self.acks_refused += 1
             logger.warning("%s: ack ignored: %s", self.config.device_id, error)
             return
-        self._acks.append(ack.ranges)
+        self._sender.acks.append(ack.ranges)
         self._outbox_ready.set()
-
-    def _update_loop(self) -> None:
-        if self.machine.record.state is not State.IDLE:
-            self.machine.resume()  # an update interrupted by a crash, or waiting to retry
-        while not self._stop.is_set():
-            try:
-                payload = self._rollouts.get(timeout=self.machine.seconds_until_retry())
-            except queue.Empty:
-                self.machine.retry()  # a transient fault (the broker away) may have passed
-                continue
-            if payload is None:
-                return
-            try:
-                self._follow(verify_rollout(payload, self.config.trusted_keys))
-            except EdgefleetError as error:
-                self.last_problem = f"rollout message ignored: {error}"
-                logger.warning("%s: %s", self.config.device_id, self.last_problem)
-                self._publish_status("online")
-
-    def _format_for(self, manifest: Manifest | ModelRef) -> str:
-        formats = (
-            manifest.formats() if isinstance(manifest, Manifest) else tuple(manifest.artifacts)
-        )
-        return choose_format(formats, self.config.format)
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.config.clock(), UTC)
-
-    def _accept(self, state: RolloutState) -> bool:
-        """Whether ``state`` is to be followed: :class:`StaleRolloutError` for a serial
-        below the highest accepted (a replay) or an expired state; False for the state
-        followed already, re-delivered (retained, on reconnect). An accepted serial is
-        saved before anything is downloaded, so a replay is refused after a restart too."""
-        if state.fleet != self.config.fleet:
-            raise InputError(f"the rollout is for fleet {state.fleet!r}, not {self.config.fleet!r}")
-        newer = check_sequence(state, self._serial)
-        if not newer and state.sequence == self._applied_rollout:
-            return False
-        check_fresh(state, self._now(), skew=timedelta(seconds=self.config.clock_skew))
-        self._serial, self._expires = state.sequence, state.expires
-        self._save_state()
-        return True
-
-    def _follow(self, state: RolloutState) -> None:
-        if not self._accept(state):
-            # The state followed already, re-delivered (after a restart too): the
-            # challenger slot is not saved, so it is filled again from the store.
-            self._follow_challenger(state)
-            return
-        # A new state: the problems of earlier messages are history; this one's follow.
-        self.last_problem = None
-        ref, cohort = target_for(state, self.config.device_id)
-        if cohort != self._cohort:
-            # A promotion moves a device from canary to stable without a new model: the
-            # reports so far belong to the old cohort, the next ones to the new.
-            self.close_window()
-            with self._window_lock:
-                if self._window is not None:
-                    self._window.cohort = cohort
-        self._cohort = cohort
-        # The challenger first: a challenger made the canary is dropped from the shadow
-        # slot before it becomes the model this device runs.
-        self._follow_challenger(state)
-        self._settle_waiting(ref)
-        active = self.installer.active
-        if (
-            not self.machine.waiting
-            and ref is not None
-            and (active is None or active.manifest_sha256 != ref.manifest_sha256)
-        ):
-            # Refuse a downgrade before downloading anything (verify checks it again on
-            # the signed manifest itself).
-            check_version(state, ref, active.scorer.manifest.version if active else None)
-            fmt = self._format_for(ref)
-            target = Target(
-                name=ref.name,
-                version=ref.version,
-                format=fmt,
-                manifest_sha256=ref.manifest_sha256,
-                signature_sha256=ref.signature_sha256,
-                artifact_sha256=ref.artifacts[fmt],
-                rollback_allowed=state.rollback,
-                rollout_sequence=state.sequence,
-            )
-            if self.machine.has_failed(target):
-                # Abandoned under this state (e.g. it kept killing the process): say so,
-                # the device does not run what the fleet asks for.
-                self.last_problem = (
-                    f"update of {target.version} abandoned under rollout {state.sequence}: "
-                    f"{self.machine.record.error or 'it failed before'}"
-                )
-            else:
-                self.machine.start(target)
-        self._applied_rollout = state.sequence
-        self._save_state()
-        self._publish_status("online")
-
-    def _follow_challenger(self, state: RolloutState) -> None:
-        """Install (or drop) the challenger this device scores in shadow under ``state``:
-        the same download, verification and self-test as the model it runs."""
-        ref = challenger_for(state, self.config.device_id)
-        current = self.installer.challenger
-        if ref is None:
-            if current is not None:
-                self._set_shadow(None)
-            return
-        if current is not None and current.manifest_sha256 == ref.manifest_sha256:
-            return
-        fmt = self._format_for(ref)
-        target = Target(
-            name=ref.name,
-            version=ref.version,
-            format=fmt,
-            manifest_sha256=ref.manifest_sha256,
-            signature_sha256=ref.signature_sha256,
-            artifact_sha256=ref.artifacts[fmt],
-            rollback_allowed=True,  # never activated: the version order does not apply
-            rollout_sequence=state.sequence,
-        )
-        try:
-            self._set_shadow(self.installer.install_challenger(target))
-        except EdgefleetError as error:
-            self.installer.challenger = None
-            self.last_problem = f"challenger {ref.version} not installed: {error}"
-            logger.warning("%s: %s", self.config.device_id, self.last_problem)
-
-    def _set_shadow(self, model: ActiveModel | None) -> None:
-        """Start a window whose shadow counts belong to ``model`` (None: no shadow)."""
-        if model is None:
-            self.installer.challenger = None
-        self.close_window()
-        with self._window_lock:
-            if self._window is not None:
-                self._window.shadow = self._shadow_counter()
-
-    def _settle_waiting(self, ref: ModelRef | None) -> None:
-        """A new rollout state while an update waits out a transient fault: retry it now
-        if the state still names that model, else abandon it for what the state says."""
-        waiting = self.machine.record.target if self.machine.waiting else None
-        if waiting is None:
-            return
-        if ref is not None and ref.manifest_sha256 == waiting.manifest_sha256:
-            self.machine.retry()
-        else:
-            self.machine.abandon()
-
-    def _fetch(self, sha256: str) -> bytes:
-        # An update resumed right after a restart runs before the connect thread got
-        # through: wait for the connection (within the fetch timeout) instead of failing.
-        deadline = time.monotonic() + self.config.fetch_timeout
-        while not self.client.is_connected:
-            if self._stop.is_set() or time.monotonic() > deadline:
-                raise BrokerError(
-                    f"not connected to the broker within {self.config.fetch_timeout:g} s: "
-                    f"cannot fetch {sha256[:12]}..."
-                )
-            self._stop.wait(0.1)
-        data = self.client.read_retained(
-            self.topics.model(sha256), timeout=self.config.fetch_timeout
-        )
-        if data is None:
-            raise BrokerError(f"nothing is published under {self.topics.model(sha256)}")
-        return data
 
     def _on_update_record(self, record: UpdateRecord) -> None:
         # The record after a rollback no longer names its target: the problem set while
@@ -517,7 +274,7 @@ class Agent:
     def _on_activate(self, old: ActiveModel | None, new: ActiveModel) -> None:
         self.close_window()
         with self._window_lock:
-            self._window = _Window(
+            self._window = OpenWindow(
                 SketchBuilder.from_manifest(new.scorer.manifest),
                 new.scorer.manifest,
                 self._cohort,
@@ -778,62 +535,6 @@ class Agent:
                 last_status = time.monotonic()
                 if self.client.is_connected:
                     self._publish_status("online")
-
-    def _send_loop(self) -> None:
-        """Publish what the outbox says is due, in order; apply the monitors' acks."""
-        while not self._stop.is_set():
-            next_due = self.outbox.next_due()
-            self._outbox_ready.wait(1.0 if next_due is None else min(1.0, next_due))
-            self._outbox_ready.clear()
-            self._apply_acks()
-            while not self._stop.is_set() and self.client.is_connected:
-                items = self.outbox.due(50)
-                if not items or not self._send(items):
-                    break
-                self._apply_acks()
-
-    def _apply_acks(self) -> None:
-        ranges: list[tuple[int, int]] = []
-        while self._acks:
-            ranges.extend(self._acks.popleft())
-        if ranges:
-            self.outbox.ack_sequences(ranges)
-
-    def _send(self, items: list[OutboxItem]) -> bool:
-        """Hand ``items`` to the broker and mark them sent; False when sending must pause.
-        Reports wait for a monitor's ack; a message without a sequence goes on PUBACK."""
-        handles = []
-        error: BrokerError | None = None
-        try:
-            for item in items:
-                handles.append((item, self.client.publish(item.topic, item.payload, qos=1)))
-        except BrokerError as failure:
-            error = failure
-        if handles:
-            self.outbox.mark_sent([item for item, _ in handles], self._retry_after)
-        try:
-            self._remove_on_puback([(i.id, h) for i, h in handles if i.sequence is None])
-        except BrokerError as failure:
-            error = error or failure
-        if error is not None:
-            logger.info("%s: sending paused: %s", self.config.device_id, error)
-            self._stop.wait(0.5)
-        return error is None
-
-    def _remove_on_puback(self, handles: list[tuple[int, PublishHandle]]) -> None:
-        acknowledged: list[int] = []
-        try:
-            for identifier, handle in handles:
-                handle.wait(timeout=30)
-                acknowledged.append(identifier)
-        finally:
-            self.outbox.ack_many(acknowledged)
-
-    def _retry_after(self, attempts: int) -> float:
-        # Doubling, capped, with jitter: devices that lost one broker together must not
-        # all re-send in the same second when it comes back.
-        base = min(self.config.ack_timeout_max, self.config.ack_timeout * 2.0 ** (attempts - 1))
-        return base * random.uniform(0.8, 1.2)
 
     def _publish_status_soon(self) -> None:
         if self.client.is_connected:

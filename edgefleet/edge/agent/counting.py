@@ -1,6 +1,6 @@
 """What the agent counts into its report window per task (docs/architecture.md §7c): the
 model outputs a multi-class or regression model's sketches need, remembered with each
-prediction until its outcome comes back.
+prediction until its outcome comes back, and the open report window they are counted in.
 
 A binary model counts P(classes[1]) and 0/1 labels, as it always did. A multi-class model
 counts every class's probability (its one-vs-rest histograms need them all at the outcome)
@@ -9,14 +9,19 @@ and the class index of the outcome; a regressor counts its predicted value and t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edgefleet.edge.agent.answers import Outcome, label_index, outcome_value
+from edgefleet.edge.manifest import Manifest
+from edgefleet.edge.rollout import Cohort
 from edgefleet.edge.schema import FeatureSchema
-from edgefleet.edge.shadow import record_loss
+from edgefleet.edge.shadow import ShadowCounter, record_loss
+from edgefleet.edge.sketch import SketchBuilder
 
 Remembered = float | tuple[float, ...]
 """What is remembered of a prediction for its outcome: P(classes[1]), every class's
@@ -68,3 +73,44 @@ def paired_losses(
     truth = counted[1][0]
     task = schema.task
     return record_loss(task, champion, truth), record_loss(task, challenger, truth)
+
+
+@dataclass
+class OpenWindow:
+    """The open report window: the sketches of the active model since the last report."""
+
+    builder: SketchBuilder
+    manifest: Manifest
+    cohort: Cohort
+    records: int = 0
+    started: float = field(default_factory=time.monotonic)
+    shadow: ShadowCounter | None = None
+    """The challenger's counts, on a shadow device (docs/architecture.md §17)."""
+
+
+RememberedPrediction = tuple[Remembered, str, tuple[int, ...], tuple[Remembered, str] | None]
+
+
+def window_scores(schema: FeatureSchema, outputs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The one score per record the report's sketches count: P(classes[1]) of a binary
+    model; a multi-class model's top probability (its outcomes count as "right" or
+    "wrong", the reference profile's split, docs/architecture.md §2); none (0) for a
+    regressor, whose value the score histogram cannot hold."""
+    if schema.task == "binary":
+        return outputs[:, 1]
+    if schema.task == "multiclass":
+        return np.asarray(outputs.max(axis=1))
+    return np.zeros(len(outputs), dtype=np.float32)
+
+
+def outcome_of(schema: FeatureSchema, label: Outcome) -> int | None:
+    """A checked outcome (a class label, or a regressor's finite value) as the 0/1 label
+    the binary sketches count; None for the other tasks, whose outcomes are checked here
+    and counted by their own sketches."""
+    if schema.task == "binary":
+        return label_index(label, schema.classes)
+    if schema.task == "multiclass":
+        label_index(label, schema.classes)
+    else:
+        outcome_value(label, schema)
+    return None
