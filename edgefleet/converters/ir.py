@@ -357,7 +357,41 @@ def read_pipeline(pipeline: Any) -> ModelIR:
     linear = family in LINEAR_FAMILIES
     model = _read_linear(estimator, task) if linear else _read_trees(estimator, family, task)
     classes = () if task == "regression" else tuple(str(c) for c in estimator.classes_)
+    if isinstance(model, TreeEnsemble) and _merges_categories(prep):
+        from edgefleet.converters.ir_sets import split_on_sets  # it imports this module
+
+        trees = split_on_sets(model, order, _category_sets(prep, preprocessing))
+        return ModelIR(family, preprocessing, trees, task, classes)
     return ModelIR(family, preprocessing, _reorder(model, order), task, classes)
+
+
+def _merges_categories(prep: Any) -> bool:
+    """Whether a one-hot encoder of ``prep`` merges infrequent categories into a column."""
+    return any(getattr(t, "_infrequent_enabled", False) for _, t, _ in prep.transformers_)
+
+
+def _category_sets(prep: Any, preprocessing: Preprocessing) -> dict[int, Any]:
+    """Per estimator feature that stands for a set of categories (or for unknown ones),
+    the IR columns of that set (``ir_sets.CategorySet``)."""
+    from edgefleet.converters.ir_sets import CategorySet, encoder_layout
+
+    sets: dict[int, Any] = {}
+    feature, block_at = 0, len(preprocessing.numeric)
+    for name, transformer, columns in prep.transformers_:
+        if name == "remainder":
+            continue
+        if type(transformer).__name__ == "Pipeline":
+            feature += len(columns)
+            continue
+        for position, layout in enumerate(encoder_layout(transformer)):
+            block = tuple(range(block_at, block_at + len(transformer.categories_[position])))
+            for members, unknown in layout:
+                if len(members) != 1 or unknown:
+                    shifted = tuple(block_at + c for c in members)
+                    sets[feature] = CategorySet(shifted, unknown, block)
+                feature += 1
+            block_at += len(block)
+    return sets
 
 
 def _ir_positions(prep: Any, preprocessing: Preprocessing) -> IntArray:
@@ -376,6 +410,14 @@ def _ir_positions(prep: Any, preprocessing: Preprocessing) -> IntArray:
             # A dropped category has no feature of its own (edgefleet register keeps the
             # user's ``drop`` in front of trees): the IR's block still has its column.
             drops = getattr(transformer, "drop_idx_", None)
+            if getattr(transformer, "_infrequent_enabled", False):
+                # A merged column stands at its first category (ir_sets rewrites its splits).
+                from edgefleet.converters.ir_sets import encoder_layout
+
+                for position, layout in enumerate(encoder_layout(transformer)):
+                    positions.extend(block_at + (m[0] if m else 0) for m, _ in layout)
+                    block_at += len(transformer.categories_[position])
+                continue
             for position, categories in enumerate(transformer.categories_):
                 dropped = None if drops is None else drops[position]
                 positions.extend(

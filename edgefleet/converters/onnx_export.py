@@ -63,6 +63,12 @@ def convert(source: ConversionSource) -> bytes:
             f"onnx cannot take a {type(estimator).__name__} with native categorical features "
             "(skl2onnx mis-converts their splits); formats that can: tflite, coreml"
         )
+    if any(getattr(t, "_infrequent_enabled", False) for _, t, _ in _transformers(source)):
+        raise UnsupportedModelError(
+            f"onnx cannot take infrequent categories in front of {type(estimator).__name__} "
+            "(skl2onnx does not convert a merged one-hot column); formats that can: tflite, "
+            "coreml"
+        )
     try:
         model = to_onnx(
             source.pipeline,
@@ -77,6 +83,10 @@ def convert(source: ConversionSource) -> bytes:
     model.doc_string = f"edgefleet {source.family} model"
     data: bytes = model.SerializeToString()
     return data
+
+
+def _transformers(source: ConversionSource) -> list[tuple[str, Any, Any]]:
+    return list(getattr(source.pipeline.steps[0][1], "transformers_", []))
 
 
 def _rename_output(model: Any, old: str, new: str) -> None:

@@ -1,8 +1,9 @@
 """The grid of user pipelines the bring-your-own tests run: scikit-learn's own data sets
 (per task), preprocessing variants and estimators, fitted small (session fixtures share
-them). ``cells()`` lists every (task, data set, preprocessing, estimator) cell and whether
-edgefleet converts it: the rules are written out here, independently of the code under
-test, so a cell that starts or stops converting fails the grid."""
+them). ``cells()`` lists every (task, data set, preprocessing, estimator) cell, which
+edgefleet converts, and ``format_refusal`` which device format refuses one: the rules are
+written out here, independently of the code under test, so a cell that starts or stops
+converting fails the grid."""
 
 from __future__ import annotations
 
@@ -188,10 +189,10 @@ def estimators(task: str) -> dict[str, Callable[[], Any]]:
     return REGRESSORS if task == "regression" else ESTIMATORS
 
 
-def refusal(task: str, prep: str, est: str) -> str | None:
-    """What edgefleet's refusal of a cell must say, or None where it converts the cell."""
-    if prep == "infrequent" and est not in LINEAR:
-        return "infrequent categories are converted for linear models"
+def format_refusal(prep: str, est: str, fmt: str) -> str | None:
+    """What a device format's refusal of a cell must say, or None where it exports it."""
+    if prep == "infrequent" and est not in LINEAR and fmt in ("onnx", "web"):
+        return "onnx cannot take infrequent categories in front of"
     return None
 
 

@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 from edgefleet.central.byo.register import Card, prepare
 from edgefleet.central.byo.source import LoadedModel
@@ -30,10 +33,19 @@ from tests.byo import grid
 # Chromium); here onnxruntime checks it.
 FORMATS = ("onnx", "tflite", "coreml", "web")
 CELLS = grid.cells()
-CONVERTED = [c for c in CELLS if grid.refusal(c[0], c[2], c[3]) is None]
-REFUSED = [c for c in CELLS if grid.refusal(c[0], c[2], c[3]) is not None]
-# Every device format takes every converted cell (PMML's refusals: test_pmml_takes_...).
-FORMAT_CELLS = [(*cell, fmt) for cell in CONVERTED for fmt in FORMATS]
+CONVERTED = CELLS  # every cell registers (refused estimators: the tests at the end)
+FORMAT_CELLS = [
+    (*cell, fmt)
+    for cell in CONVERTED
+    for fmt in FORMATS
+    if grid.format_refusal(cell[2], cell[3], fmt) is None
+]
+FORMAT_REFUSED = [
+    (*cell, fmt)
+    for cell in CONVERTED
+    for fmt in FORMATS
+    if grid.format_refusal(cell[2], cell[3], fmt) is not None
+]
 Cell = tuple[str, str, str, str]
 
 
@@ -94,14 +106,31 @@ def _refusal(frame: pd.DataFrame, pipeline: Any) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize(("task", "data", "prep", "est"), REFUSED)
-def test_unconverted_cell_is_refused_clearly(
-    grid_frames: dict[str, dict[str, pd.DataFrame]], task: str, data: str, prep: str, est: str
+def test_infrequent_and_drop_together_in_front_of_trees_are_refused_clearly(
+    grid_frames: dict[str, dict[str, pd.DataFrame]],
 ) -> None:
-    cell = (task, data, prep, est)
-    message = _refusal(grid_frames[task][data], _user_pipeline(grid_frames, cell))
-    assert grid.refusal(task, prep, est) in message  # type: ignore[operator]
+    frame = grid_frames["binary"]["iris"]
+    encoder = OneHotEncoder(max_categories=2, drop="first", handle_unknown="infrequent_if_exist")
+    numeric = [c for c in frame.columns if c not in (grid.TARGET, grid.CATEGORY)]
+    prep = ColumnTransformer([("num", "passthrough", numeric), ("cat", encoder, [grid.CATEGORY])])
+    model = grid.ESTIMATORS["rf"]()
+    pipeline = Pipeline([("prep", prep), ("model", model)])
+    pipeline.fit(frame.drop(columns=[grid.TARGET]), frame[grid.TARGET])
+    message = _refusal(frame, pipeline)
+    assert "infrequent categories and a dropped category together" in message
     assert "OneHotEncoder" in message  # the step it names
+
+
+@pytest.mark.parametrize(("task", "data", "prep", "est", "fmt"), FORMAT_REFUSED)
+def test_format_refuses_a_cell_clearly(
+    card: Callable[[Cell], Card], task: str, data: str, prep: str, est: str, fmt: str
+) -> None:
+    source, _ = _source(card((task, data, prep, est)))
+    with pytest.raises(UnsupportedModelError) as caught:
+        export_format(fmt).convert(source)
+    message = str(caught.value)
+    assert grid.format_refusal(prep, est, fmt) in message  # type: ignore[operator]
+    assert "formats that can: tflite, coreml" in message
 
 
 @pytest.mark.parametrize(

@@ -165,25 +165,60 @@ def test_an_uncovered_step_is_named_with_what_is_covered(
     assert "HistGradientBoostingClassifier" in err
 
 
-# A dropping encoder in front of trees converts since issue 16 (tests/byo/test_grid.py,
-# passthrough+drop); infrequent categories in front of trees stay refused.
-@pytest.mark.parametrize(
-    ("encoder", "named"),
-    [
-        (
-            OneHotEncoder(min_frequency=60, handle_unknown="infrequent_if_exist"),
-            "infrequent categories are converted for linear models",
-        ),
-    ],
-)
-def test_encoder_options_not_converted_are_refused(
-    tmp_path: Path, iris: pd.DataFrame, capsys: Any, encoder: Any, named: str
+@pytest.mark.parametrize("unknown", ["ignore", "infrequent_if_exist"])
+@pytest.mark.parametrize("fmt", ["tflite", "coreml"])
+def test_infrequent_categories_in_front_of_trees_convert(
+    iris: pd.DataFrame, unknown: str, fmt: str
 ) -> None:
-    prep = ColumnTransformer([("cat", encoder, [grid.CATEGORY])], remainder="passthrough")
-    model = Pipeline([("prep", prep), ("clf", grid.ESTIMATORS["rf"]())]).fit(
-        _features(iris), iris[grid.TARGET]
+    """Two columns, each with two categories merged into its infrequent column; an unknown
+    category scores as the user's encoder does (all zeros, or the infrequent column)."""
+    from edgefleet.central.byo.register import prepare
+    from edgefleet.central.byo.source import LoadedModel
+    from edgefleet.converters.ir import read_pipeline
+    from edgefleet.converters.registry import export_format
+    from edgefleet.converters.source import ConversionSource
+
+    size = pd.cut(iris["f2"], [0, 1.7, 3.5, 5.0, 9.0], labels=["xs", "s", "m", "l"])
+    frame = iris.assign(size=size.astype(str))
+    encoder = OneHotEncoder(max_categories=2, handle_unknown=unknown)
+    prep = ColumnTransformer([("cat", encoder, [grid.CATEGORY, "size"])], remainder="passthrough")
+    model = Pipeline([("prep", prep), ("clf", grid.ESTIMATORS["gb"]())])
+    model.fit(_features(frame), frame[grid.TARGET])
+    card = prepare(LoadedModel(model, "test"), frame, grid.TARGET)
+    assert card.agreement.rows_over == 0
+    trained = card.model
+    inputs = np.concatenate([trained.holdout_inputs, trained.golden_inputs()])
+    unseen = inputs[:20].copy()
+    unseen[:10, trained.schema.names.index("size")] = -1.0
+    unseen[10:, trained.schema.names.index(grid.CATEGORY)] = -1.0
+    inputs = np.concatenate([inputs, unseen])
+    expected = trained.pipeline.predict_proba(inputs)
+    theirs = model.predict_proba(  # the user's model on the same rows, unseen ones as "?"
+        pd.DataFrame(
+            {
+                name: [
+                    "?"
+                    if code < 0
+                    else trained.schema.feature(name).vocabulary[int(code)]  # type: ignore[union-attr]
+                    if name in (grid.CATEGORY, "size")
+                    else code
+                    for code in inputs[:, i]
+                ]
+                for i, name in enumerate(trained.schema.names)
+            }
+        )[list(_features(frame).columns)]
     )
-    assert named in _refused(tmp_path, model, iris, capsys)
+    assert np.abs(expected - theirs).max() <= 1e-6
+    # The user's trees split on merged columns (what this test is about).
+    names = model.named_steps["prep"].get_feature_names_out()
+    merged = {i for i, name in enumerate(names) if "infrequent" in name}
+    trees = [t.tree_ for t in model.named_steps["clf"].estimators_.ravel()]
+    assert sum(int(np.isin(t.feature, list(merged)).sum()) for t in trees) > 0
+    assert np.abs(read_pipeline(trained.pipeline).predict_proba(inputs) - expected).max() < 1e-12
+    exporter = export_format(fmt)
+    source = ConversionSource(trained.pipeline, trained.schema, trained.family, inputs[:16])
+    got = exporter.predict(exporter.convert(source), inputs)
+    assert np.abs(got - expected).max() <= 1e-5
 
 
 @pytest.mark.parametrize("drop", ["first", "if_binary"])

@@ -46,7 +46,8 @@ COVERED_STEPS: dict[str, str] = {
     "MinMaxScaler": "without clip",
     "RobustScaler": "with or without centering / scaling",
     "OneHotEncoder": "handle_unknown 'ignore', 'error' or 'infrequent_if_exist'; drop; "
-    "infrequent categories (min_frequency / max_categories) in front of linear models",
+    "infrequent categories (min_frequency / max_categories; in front of trees not together "
+    "with drop)",
     "OrdinalEncoder": "handle_unknown 'error', or 'use_encoded_value' with unknown_value=-1",
     "Pipeline": "of the steps above, then one estimator",
 }
@@ -85,6 +86,8 @@ class Block:
     groups: list[list[int | None]] = field(default_factory=list)
     unknown_to: list[int | None] = field(default_factory=list)
     group_widths: list[int] = field(default_factory=list)
+    # Per column, the codes of its infrequent categories (empty: none are).
+    infrequent: list[tuple[int, ...]] = field(default_factory=list)
     layout_text: str = ""
 
     def scale_values(self, values: FloatArray, positions: npt.NDArray[np.int64]) -> FloatArray:
@@ -183,12 +186,12 @@ def read_pipeline(model: Any, signature: Sequence[str] | None = None) -> ReadPip
     else:
         blocks = [_block("steps", list(names), prep_steps)]
     _check_disjoint(blocks)
-    merging = [b for b in blocks if b.merges or any(u is not None for u in b.unknown_to)]
-    if merging and ESTIMATOR_FAMILIES[name] not in LINEAR_FAMILIES:
+    both = [b for b in blocks if any(b.infrequent) and any(None in g for g in b.groups)]
+    if both and ESTIMATOR_FAMILIES[name] not in LINEAR_FAMILIES:
         raise unsupported(
-            f"step {merging[0].name!r}: {merging[0].layout_text} in front of {name} "
-            "(infrequent categories are converted for linear models; in front of trees, "
-            "one-hot encode without min_frequency / max_categories)"
+            f"step {both[0].name!r}: {both[0].layout_text} in front of {name} (infrequent "
+            "categories and a dropped category together are converted for linear models; "
+            "in front of trees, use one of the two)"
         )
     return ReadPipeline(input_names=names, blocks=tuple(blocks), estimator=estimator)
 
@@ -362,9 +365,11 @@ def _read_layout(encoder: Any, block: Block) -> None:
         groups = [int(np.argmax(row)) if row.any() else None for row in block_i]
         block.groups.append(groups)
         block.group_widths.append(widths[i])
-        infrequent_i = (encoder.infrequent_categories_[i] if infrequent else None) is not None
-        to_infrequent = encoder.handle_unknown == "infrequent_if_exist" and infrequent_i
+        rare = encoder.infrequent_categories_[i] if infrequent else None
+        to_infrequent = encoder.handle_unknown == "infrequent_if_exist" and rare is not None
         block.unknown_to.append(widths[i] - 1 if to_infrequent else None)
+        codes = [] if rare is None else [list(cats).index(c) for c in rare]
+        block.infrequent.append(tuple(int(c) for c in codes))
     parts = [f"drop={encoder.drop!r}"] if encoder.drop is not None else []
     if infrequent:
         parts.append(
@@ -410,18 +415,23 @@ def contract_pipeline(
     trees = family_of(read.estimator) not in LINEAR_FAMILIES
     index = {name: i for i, name in enumerate(schema_names)}
     entries, owners = [], []
+    synthetic: dict[int, npt.NDArray[np.float64]] = {}
     for position, block in enumerate(read.blocks):
         columns = [index[c] for c in block.columns]
         if trees and block.groups:
-            # A tree reads the user's layout: each column keeps the category it dropped.
+            # A tree reads the user's layout: each column keeps the category it dropped,
+            # or merges its infrequent categories into one column.
             for j, column in enumerate(columns):
-                entries.append((f"onehot_{position}_{j}", _dropping(block, j), [column]))
+                encoder = _dropping(block, j)
+                if block.infrequent[j]:
+                    encoder, synthetic[column] = _merging(block, j)
+                entries.append((f"onehot_{position}_{j}", encoder, [column]))
                 owners.append(block)
             continue
         entries.append((f"{block.kind}_{position}", _fresh(block, trees), columns))
         owners.append(block)
     prep = ColumnTransformer(entries, remainder="drop", sparse_threshold=0.0)
-    prep.fit(encoded)
+    prep.fit(_fitting_rows(encoded, synthetic))
     for block, (_, fitted, _) in zip(owners, prep.transformers_, strict=False):
         _patch(block, fitted, trees)
     estimator = copy.deepcopy(read.estimator)
@@ -448,6 +458,43 @@ def _dropping(block: Block, column: int) -> OneHotEncoder:
         handle_unknown="ignore",
         sparse_output=False,
     )
+
+
+def _merging(block: Block, column: int) -> tuple[OneHotEncoder, npt.NDArray[np.float64]]:
+    """An encoder over codes with the user's infrequent categories for column ``column``
+    of ``block``, and the codes to fit it on: ``min_frequency`` cannot name categories, so
+    each frequent code appears at least twice and each infrequent one once (or, when all
+    are infrequent, ``min_frequency`` is above any count; :func:`_fitting_rows` pads with
+    the first code, frequent where one is). scikit-learn then lays out the columns as the
+    user's encoder did (the infrequent column last; an unknown category in it under
+    ``'infrequent_if_exist'``)."""
+    k = len(block.groups[column])
+    rare = set(block.infrequent[column])
+    frequent = [c for c in range(k) if c not in rare]
+    codes = np.array([*frequent, *frequent, *sorted(rare)], dtype=np.float64)
+    unknown = "ignore" if block.unknown_to[column] is None else "infrequent_if_exist"
+    encoder = OneHotEncoder(
+        categories=[np.arange(k, dtype=np.float64)],
+        handle_unknown=unknown,
+        min_frequency=2 if frequent else 2**31,
+        sparse_output=False,
+    )
+    return encoder, codes
+
+
+def _fitting_rows(
+    encoded: npt.NDArray[np.float32], synthetic: dict[int, npt.NDArray[np.float64]]
+) -> npt.NDArray[np.float64]:
+    """The rows the rebuilt ColumnTransformer is fitted on: the reference rows, with the
+    codes :func:`_merging` needs in its columns (the other steps' statistics are replaced
+    by the user's afterwards, so repeating reference rows to that length is harmless)."""
+    if not synthetic:
+        return np.asarray(encoded, dtype=np.float64)
+    rows = max(len(encoded), *(len(codes) for codes in synthetic.values()))
+    fitting = np.resize(np.asarray(encoded, dtype=np.float64), (rows, encoded.shape[1]))
+    for column, codes in synthetic.items():
+        fitting[:, column] = np.concatenate([codes, np.full(rows - len(codes), codes[0])])
+    return fitting
 
 
 def _widen_to_categories(estimator: Any, blocks: Sequence[Block]) -> None:
