@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgefleet.central.export import export_bundle
 from edgefleet.central.serving.app import ServiceApp, ServiceLimits
 from edgefleet.central.serving.batcher import BatchLimits
 from edgefleet.central.serving.models import Catalog
@@ -23,31 +22,9 @@ from edgefleet.central.serving.predid import PredictionIds, PredictionRef
 from edgefleet.central.serving.service import ScoringService
 from edgefleet.edge.agent.answers import Outcome
 from edgefleet.edge.scorer import Scorer
-from edgefleet.edge.signing import load_private_key
 from tests.monitor import brought
-from tests.serving.conftest import make_spec
+from tests.serving.conftest import TASKS, make_spec, task_records
 from tests.serving.test_service import call
-
-TASKS = ("multiclass", "regression")
-
-
-@pytest.fixture(scope="module")
-def task_bundles(
-    keypair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[Path, Any]]:
-    """Per task: the signed bundle of a brought pipeline, and the user's fitted pipeline."""
-    home = tmp_path_factory.mktemp("serving-tasks")
-    private = load_private_key(keypair[0])
-    bundles = {}
-    for task in TASKS:
-        frame = brought.rows(task, 400, seed=3)
-        user = brought.fitted(task, frame)
-        version = brought.edgefleet.register(
-            user, reference=frame, target=brought.TARGET, name=task, home=home
-        )
-        bundle = export_bundle(version, ["onnx"], home / f"{task}-bundle", private).bundle
-        bundles[task] = (bundle, user)
-    return bundles
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +37,6 @@ def task_service(
         yield service
     finally:
         service.stop()
-
-
-def _records(task: str, count: int = 7) -> pd.DataFrame:
-    return brought.rows(task, count, seed=11).drop(columns=[brought.TARGET])
 
 
 def _columns(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -105,7 +78,7 @@ def test_metadata_describes_the_outputs_of_each_task(task_service: ScoringServic
 def test_a_multiclass_model_answers_every_class_and_the_label(
     task_service: ScoringService, task_bundles: dict[str, tuple[Path, Any]]
 ) -> None:
-    frame = _records("multiclass")
+    frame = task_records("multiclass")
     expected = task_bundles["multiclass"][1].predict_proba(frame)
     body = {"id": "m-1", "inputs": _columns(frame)}
     status, answer, _ = call(f"{task_service.url}/v2/models/multiclass/infer", body)
@@ -132,7 +105,7 @@ def test_a_multiclass_model_answers_every_class_and_the_label(
 def test_a_regressor_answers_its_value(
     task_service: ScoringService, task_bundles: dict[str, tuple[Path, Any]]
 ) -> None:
-    frame = _records("regression")
+    frame = task_records("regression")
     expected = task_bundles["regression"][1].predict(frame)
     url = f"{task_service.url}/v2/models/regression/infer"
     status, answer, _ = call(url, {"inputs": _columns(frame)})
@@ -186,7 +159,7 @@ def test_outcomes_are_checked_and_carried_per_task(
     the true number; a label the task cannot take is a 400."""
     app, handed = _member_app(task_bundles["multiclass"][0], keypair[1])
     try:
-        records = _records("multiclass", 2).to_dict(orient="records")
+        records = task_records("multiclass", 2).to_dict(orient="records")
         status, answer = _wsgi(app, "/v1/models/multiclass:predict", {"instances": records})
         assert status == 200, answer
         first = answer["predictions"][0]
@@ -204,7 +177,7 @@ def test_outcomes_are_checked_and_carried_per_task(
 
     app, handed = _member_app(task_bundles["regression"][0], keypair[1])
     try:
-        records = _records("regression", 1).to_dict(orient="records")
+        records = task_records("regression", 1).to_dict(orient="records")
         status, answer = _wsgi(app, "/v1/models/regression:predict", {"instances": records})
         value = answer["predictions"][0]
         assert _wsgi(app, "/v1/outcome", {"id": value["id"], "label": 48.5})[0] == 202
