@@ -46,7 +46,7 @@ from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.report import Report
 from edgefleet.edge.schema import NumericFeature
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 
 TARGET_AGREEMENT = 0.90
 

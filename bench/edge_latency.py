@@ -26,7 +26,7 @@ from bench.common import median_seconds, train_and_export
 from edgefleet.central.data.generator import generate
 from edgefleet.edge.backends.onnx import session_options
 from edgefleet.edge.scorer import Scorer
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 
 TARGET_ONE = 2.0
 TARGET_BATCH = 1.2

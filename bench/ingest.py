@@ -71,7 +71,7 @@ from edgefleet.central.trainer import reference_profile, train
 from edgefleet.edge.profile import ReferenceProfile
 from edgefleet.edge.report import Report
 from edgefleet.edge.schema import FeatureSchema
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 
 TARGET_REPORTS_PER_SECOND = 5000.0

@@ -57,7 +57,7 @@ from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.report import Report
 from edgefleet.edge.rollout import target_for
 from edgefleet.edge.signing import load_private_key
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 
 SCENARIOS = ("price_increase", "network_outage", "competitor_offer", "new_segment")

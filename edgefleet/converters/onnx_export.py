@@ -6,7 +6,9 @@ The graph's input is ``input`` (float32 ``[N, F]``), its output ``probabilities`
 regressor's value ``[N, 1]``, renamed from skl2onnx's ``variable`` so that every task's graph
 has the one output the edge backends and the browser module read. A StandardScaler is
 emitted as Sub + Div rather than Scaler's multiply by reciprocal, which matches
-scikit-learn's float rounding (docs/architecture.md §4).
+scikit-learn's float rounding (docs/architecture.md §4). Tree models skl2onnx cannot
+convert (native categorical splits, merged infrequent one-hot columns) get a graph built
+from the IR instead (:mod:`edgefleet.converters.onnx_ir`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_
 from skl2onnx.operator_converters.linear_classifier import convert_sklearn_linear_classifier
 
 from edgefleet.converters.decision import DecisionScores
-from edgefleet.converters.ir import REGRESSOR_FAMILIES
+from edgefleet.converters.ir import REGRESSOR_FAMILIES, read_pipeline
+from edgefleet.converters.onnx_ir import convert_ir
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.backends.onnx import PROBABILITIES, OnnxBackend
-from edgefleet.errors import ConversionError, UnsupportedModelError
+from edgefleet.errors import ConversionError
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 REGRESSOR_OUTPUT = "variable"  # skl2onnx's name for a regressor's prediction
@@ -57,18 +60,11 @@ def _options(pipeline: Any) -> dict[int, dict[str, Any]]:
 
 def convert(source: ConversionSource) -> bytes:
     estimator = source.pipeline.steps[-1][1]
-    if getattr(estimator, "_preprocessor", None) is not None:
-        # Measured: skl2onnx 1.20 converts it without an error and answers wrongly (0.64).
-        raise UnsupportedModelError(
-            f"onnx cannot take a {type(estimator).__name__} with native categorical features "
-            "(skl2onnx mis-converts their splits); formats that can: tflite, coreml"
-        )
-    if any(getattr(t, "_infrequent_enabled", False) for _, t, _ in _transformers(source)):
-        raise UnsupportedModelError(
-            f"onnx cannot take infrequent categories in front of {type(estimator).__name__} "
-            "(skl2onnx does not convert a merged one-hot column); formats that can: tflite, "
-            "coreml"
-        )
+    native = getattr(estimator, "_preprocessor", None) is not None
+    if native or any(getattr(t, "_infrequent_enabled", False) for _, t, _ in _transformers(source)):
+        # skl2onnx 1.20 answers native categorical splits 0.64 off (measured) and refuses a
+        # merged one-hot column; the IR reads both as numeric splits (onnx_ir.py).
+        return convert_ir(read_pipeline(source.pipeline), f"edgefleet {source.family} model")
     try:
         model = to_onnx(
             source.pipeline,

@@ -82,9 +82,6 @@ class ExportFormat:
         return {} if hook is None else cast(dict[str, bytes], hook())
 
 
-_NATIVE_CATEGORICAL = "HistGradientBoosting with native categorical features (skl2onnx)"
-_INFREQUENT_TREES = "infrequent categories in front of trees (skl2onnx)"
-
 EXPORT_FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
@@ -95,7 +92,6 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "onnxruntime>=1.17",
             ALL_FAMILIES,
             "ONNX (skl2onnx), for onnxruntime",
-            limits=(_NATIVE_CATEGORICAL, _INFREQUENT_TREES),
         ),
         ExportFormat(
             "tflite",
@@ -112,7 +108,6 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "onnxruntime-web 1.30 (WebAssembly)",
             ALL_FAMILIES,
             "browser bundle: ONNX for onnxruntime-web, a page and an ES module",
-            limits=(_NATIVE_CATEGORICAL, _INFREQUENT_TREES),
         ),
         ExportFormat(
             "coreml",

@@ -218,7 +218,7 @@ def levels_of(features: Sequence[SegmentFeature], rows: npt.NDArray[Any]) -> Int
 
 class SegmentCounter:
     """The device's per-level counts for every segment feature of a schema (used by
-    :class:`~edgefleet.edge.sketch.SketchBuilder`, under its lock)."""
+    :class:`~edgefleet.edge.sketch_builder.SketchBuilder`, under its lock)."""
 
     def __init__(self, schema: FeatureSchema) -> None:
         self.features = segment_features(schema)

@@ -433,7 +433,7 @@ def flat_of_json(raw: dict[str, Any]) -> tuple[str, int, list[int], list[float]]
 class TaskCounter:
     """The device's accumulator of a multi-class or regression model's :class:`TaskSketch`.
 
-    Not locked: :class:`edgefleet.edge.sketch.SketchBuilder` calls the ``*_counts`` methods
+    Not locked: :class:`edgefleet.edge.sketch_builder.SketchBuilder` calls the ``*_counts`` methods
     (pure, outside its lock) and :meth:`add` under its lock."""
 
     def __init__(

@@ -1,9 +1,7 @@
 """The grid of user pipelines the bring-your-own tests run: scikit-learn's own data sets
 (per task), preprocessing variants and estimators, fitted small (session fixtures share
-them). ``cells()`` lists every (task, data set, preprocessing, estimator) cell, which
-edgefleet converts, and ``format_refusal`` which device format refuses one: the rules are
-written out here, independently of the code under test, so a cell that starts or stops
-converting fails the grid."""
+them). ``cells()`` lists every (task, data set, preprocessing, estimator) cell; edgefleet
+converts each in every device format (the refusals the grid holds are tested beside it)."""
 
 from __future__ import annotations
 
@@ -187,13 +185,6 @@ def frames(task: str) -> dict[str, pd.DataFrame]:
 
 def estimators(task: str) -> dict[str, Callable[[], Any]]:
     return REGRESSORS if task == "regression" else ESTIMATORS
-
-
-def format_refusal(prep: str, est: str, fmt: str) -> str | None:
-    """What a device format's refusal of a cell must say, or None where it exports it."""
-    if prep == "infrequent" and est not in LINEAR and fmt in ("onnx", "web"):
-        return "onnx cannot take infrequent categories in front of"
-    return None
 
 
 def cells() -> list[tuple[str, str, str, str]]:

@@ -34,18 +34,8 @@ from tests.byo import grid
 FORMATS = ("onnx", "tflite", "coreml", "web")
 CELLS = grid.cells()
 CONVERTED = CELLS  # every cell registers (refused estimators: the tests at the end)
-FORMAT_CELLS = [
-    (*cell, fmt)
-    for cell in CONVERTED
-    for fmt in FORMATS
-    if grid.format_refusal(cell[2], cell[3], fmt) is None
-]
-FORMAT_REFUSED = [
-    (*cell, fmt)
-    for cell in CONVERTED
-    for fmt in FORMATS
-    if grid.format_refusal(cell[2], cell[3], fmt) is not None
-]
+# Every device format takes every cell (PMML's refusals: test_pmml_takes_binary_models_only).
+FORMAT_CELLS = [(*cell, fmt) for cell in CONVERTED for fmt in FORMATS]
 Cell = tuple[str, str, str, str]
 
 
@@ -121,18 +111,6 @@ def test_infrequent_and_drop_together_in_front_of_trees_are_refused_clearly(
     assert "OneHotEncoder" in message  # the step it names
 
 
-@pytest.mark.parametrize(("task", "data", "prep", "est", "fmt"), FORMAT_REFUSED)
-def test_format_refuses_a_cell_clearly(
-    card: Callable[[Cell], Card], task: str, data: str, prep: str, est: str, fmt: str
-) -> None:
-    source, _ = _source(card((task, data, prep, est)))
-    with pytest.raises(UnsupportedModelError) as caught:
-        export_format(fmt).convert(source)
-    message = str(caught.value)
-    assert grid.format_refusal(prep, est, fmt) in message  # type: ignore[operator]
-    assert "formats that can: tflite, coreml" in message
-
-
 @pytest.mark.parametrize(
     ("task", "make", "expected"),
     [
@@ -171,8 +149,8 @@ def test_pmml_takes_binary_models_only(card: Callable[[Cell], Card], task: str) 
 def test_native_categorical_histgradientboosting(
     grid_frames: dict[str, dict[str, pd.DataFrame]], task: str, fmt: str
 ) -> None:
-    """Its categorical splits become numeric splits around each code (ir.py): parity in
-    TFLite and Core ML; onnx and web refuse it (skl2onnx mis-converts it)."""
+    """Its categorical splits become numeric splits around each code (ir_hgb.py): parity in
+    every format (onnx and web built from the IR: skl2onnx mis-converts it)."""
     frame = grid_frames[task][grid.DATA_SETS[task][1]]
     registered = prepare(
         LoadedModel(grid.fit_native_categorical(frame, task), "grid"), frame, grid.TARGET
@@ -183,10 +161,6 @@ def test_native_categorical_histgradientboosting(
     unknown[:, registered.model.schema.names.index(grid.CATEGORY)] = -1.0
     inputs = np.concatenate([inputs, unknown])
     exporter = export_format(fmt)
-    if fmt in ("onnx", "web"):
-        with pytest.raises(UnsupportedModelError, match="native categorical features"):
-            exporter.convert(source)
-        return
     got = exporter.predict(exporter.convert(source), inputs)
     expected = expected_outputs(registered.model.pipeline, inputs)
     parity = measure_parity(fmt, got, expected, task)

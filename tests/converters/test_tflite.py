@@ -26,6 +26,7 @@ from edgefleet.converters.ir import (
 )
 from edgefleet.converters.registry import export_format
 from edgefleet.converters.source import ConversionSource
+from edgefleet.converters.thresholds import raw_thresholds
 from edgefleet.edge.backends.tflite import TFLiteBackend
 from edgefleet.errors import ConversionError
 from tests.conftest import FAMILIES
@@ -273,7 +274,7 @@ def test_raw_thresholds_round_down_to_float32() -> None:
     rng = np.random.default_rng(5)
     threshold = np.concatenate([rng.normal(size=500) * 10.0 ** rng.integers(-8, 8, size=500),
                                 [0.0, 0.5, 1e-45, -1e-45, 3.5e38, np.inf]])  # fmt: skip
-    raw = tflite.raw_thresholds(threshold, np.zeros(1), np.ones(1))
+    raw = raw_thresholds(threshold, np.zeros(1), np.ones(1))
     finite = np.isfinite(threshold)
     # The largest float32 at or below the threshold: the next float32 is above it.
     assert (raw[finite].astype(np.float64) <= threshold[finite]).all()

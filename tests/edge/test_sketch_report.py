@@ -44,8 +44,8 @@ from edgefleet.edge.sketch import (
     Histogram,
     LatencySketch,
     ScoreSketch,
-    SketchBuilder,
 )
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.errors import InputError, ManifestError
 
 # A small schema: bounded, unbounded, missing-allowed and clipped numerics, two vocabularies.

@@ -19,7 +19,7 @@ from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.profile import SCORE_BINS
 from edgefleet.edge.report import Report
 from edgefleet.edge.shadow import ShadowSketch
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.tasksketch import (
     MAX_CLASSES,
     VALUE_BUCKETS,

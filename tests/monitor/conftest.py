@@ -37,7 +37,7 @@ from edgefleet.central.trainer import reference_profile
 from edgefleet.edge.profile import ReferenceProfile
 from edgefleet.edge.report import Report
 from edgefleet.edge.schema import FeatureSchema
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from tests.fleet.conftest import broker, own_broker, unique  # noqa: F401
 
 PG_BIN = Path(os.environ.get("EDGEFLEET_PG_BIN", "/usr/lib/postgresql/15/bin"))

@@ -24,7 +24,7 @@ from edgefleet.edge.profile import (
 )
 from edgefleet.edge.report import Report
 from edgefleet.edge.schema import FeatureSchema, NumericFeature
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 
 CLASSES = ("setosa", "versicolor", "virginica", "other")
 EDGES = (-1.0, 0.0, 1.0)

@@ -44,7 +44,7 @@ from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.report import SCHEMA_VERSION, SEGMENTS_VERSION, Report
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.signing import load_private_key
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import InputError
 from edgefleet.web.app import create_app

@@ -46,7 +46,7 @@ from edgefleet.converters.registry import DEFAULT_FORMATS
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.report import Report
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import DataError, InputError
 from tests.fleet.kit import wait_for

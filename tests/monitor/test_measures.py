@@ -33,7 +33,8 @@ from edgefleet.edge.aggregate import merge_all
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.report import Report
 from edgefleet.edge.signing import load_private_key
-from edgefleet.edge.sketch import LATENCY_RELATIVE_ERROR, SketchBuilder
+from edgefleet.edge.sketch import LATENCY_RELATIVE_ERROR
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import InputError
 

@@ -35,7 +35,7 @@ from edgefleet.central.trainer import model_outputs
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.report import Report
 from edgefleet.edge.signing import load_private_key, load_public_key
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import DataError
 from tests.monitor import brought

@@ -79,7 +79,7 @@ def test_compare_shadow_waits_then_judges_on_the_same_records() -> None:
 def test_version_3_reports_are_checked_and_accepted_by_their_version(
     published: Published,  # noqa: F811
 ) -> None:
-    from edgefleet.edge.sketch import SketchBuilder
+    from edgefleet.edge.sketch_builder import SketchBuilder
 
     manifest = published.running
     builder = SketchBuilder.from_manifest(manifest)
@@ -290,7 +290,7 @@ def test_rollups_carry_the_shadow_sums(published: Published) -> None:  # noqa: F
     from edgefleet.central.monitor.merging import add_counts
     from edgefleet.central.monitor.validation import layout_of
     from edgefleet.edge.aggregate import SketchSums, merge_all
-    from edgefleet.edge.sketch import SketchBuilder
+    from edgefleet.edge.sketch_builder import SketchBuilder
 
     manifest = published.running
     made = []

@@ -36,7 +36,7 @@ from edgefleet.edge.aggregate import SketchSums, merge_all
 from edgefleet.edge.report import TASK_VERSION, Report
 from edgefleet.edge.shadow import ShadowCounter, record_loss
 from edgefleet.edge.signing import load_private_key
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.tasksketch import LOG_CLIP
 from edgefleet.errors import InputError
 from tests.fleet.kit import agent_config, running, wait_for

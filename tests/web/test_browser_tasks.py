@@ -38,6 +38,12 @@ def bundles(
     diabetes = grid.regression_sets()["diabetes"]
     iris = grid.binary_sets()["iris"]
     return {
+        "native": _bundle(
+            wine,
+            grid.fit_native_categorical(wine, "multiclass"),
+            keypair[0],
+            tmp_path_factory.mktemp("web-native"),
+        ),
         "decision": _bundle(
             iris,
             grid.fit(iris, "standard+onehot", LinearSVC()),
@@ -128,3 +134,24 @@ def test_the_page_calls_a_decision_function_model_s_output_a_score(
     assert caption.startswith(f"score for {target} = {positive} (a decision function")
     assert "not a probability" in caption
     assert "%" not in shown
+
+
+def test_an_onnx_graph_built_from_the_ir_runs_in_the_browser(
+    browser: Any, bundles: dict[str, Path]
+) -> None:
+    """HistGradientBoosting with native categorical splits: its ONNX comes from the IR
+    (converters/onnx_ir.py, TreeEnsembleRegressor with shared nodes); onnxruntime-web
+    verifies its golden vectors and answers as Python's onnxruntime does."""
+    root = bundles["native"]
+    manifest = Manifest.from_bytes((root / "manifest.json").read_bytes())
+    records = [dict(g.record) for g in manifest.golden]
+    expected = onnx_predict(
+        (root / "web" / "model.onnx").read_bytes(), RecordEncoder(manifest.schema).encode(records)
+    )
+    with open_page(browser, root) as (page, log):
+        assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#status")
+        answers = page.evaluate("(records) => window.edgefleetDemo.predict(records)", records)
+        log.check()
+    classes = list(manifest.schema.classes)
+    got = np.array([[a["probabilities"][c] for c in classes] for a in answers])
+    assert np.abs(got - expected).max() <= BROWSER_VS_PYTHON

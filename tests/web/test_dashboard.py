@@ -44,7 +44,7 @@ from edgefleet.edge.report import Report
 from edgefleet.edge.rollout import in_canary
 from edgefleet.edge.schema import CategoricalFeature, FeatureSchema, NumericFeature
 from edgefleet.edge.signing import TrustedKey, load_private_key, load_public_key
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 from edgefleet.web.app import create_app
 from edgefleet.web.server import dashboard_server

@@ -41,7 +41,7 @@ from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.mqtt import MqttClient
 from edgefleet.edge.report import Report
 from edgefleet.edge.signing import load_private_key, load_public_key
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics
 from edgefleet.errors import InputError
 from edgefleet.web.app import create_app

@@ -60,10 +60,10 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
+from edgefleet.central.monitor.known_versions import CachedVersions
 from edgefleet.central.monitor.store import (
     IngestCounts,
     KnownVersion,
@@ -71,23 +71,22 @@ from edgefleet.central.monitor.store import (
     PreparedBatch,
     prepare,
 )
+from edgefleet.central.monitor.subscription import DEFAULT_GROUP, monitor_group, share_filter
 from edgefleet.edge.ack import Ack
 from edgefleet.edge.mqtt import (
     DEFAULT_SESSION_EXPIRY,
     BrokerAddress,
     Message,
     MqttClient,
-    identity_secret,
 )
 from edgefleet.edge.status import DeviceStatus
-from edgefleet.edge.topics import DEFAULT_PREFIX, Topics, validate_name
+from edgefleet.edge.topics import DEFAULT_PREFIX, Topics
 from edgefleet.errors import BackpressureError, BrokerError, InputError
 
 __all__ = ["DEFAULT_GROUP", "CachedVersions", "Monitor", "MonitorStats", "share_filter"]
 
 logger = logging.getLogger("edgefleet.monitor")
 
-DEFAULT_GROUP = "edgefleet-monitor"
 FAULT_KILL_AFTER_COMMITS = "EDGEFLEET_FAULT_MONITOR_KILL_AFTER_COMMITS"
 """Fault injection for the crash tests: when set to N, the monitor sends itself SIGKILL
 right after its N-th commit, before any ack or PUBACK of that batch went out: the worst
@@ -96,23 +95,6 @@ _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _MAX_STATUSES = 100_000
 """Statuses held between two writes; more are refused (a flood of made-up devices)."""
 _ONE_BY_ONE_AFTER = 3
-
-
-def monitor_group(address: BrokerAddress, fleet: str) -> str:
-    """The default shared-subscription group of a fleet's monitors: secret when they have an
-    identity. Mosquitto 2.0's access list grants every SUBSCRIBE and only filters what it
-    delivers, so a client that joins the group by name takes its share of the reports and
-    drops them (measured: 10 of 20). A group named by a secret of the monitor identity
-    (every process of one monitor identity computes the same) cannot be joined by guessing:
-    another name makes another group, which takes nothing from this one."""
-    secret = identity_secret(address, f"monitor share group {fleet}")
-    return DEFAULT_GROUP if secret is None else f"{DEFAULT_GROUP}-{secret}"
-
-
-def share_filter(group: str, fleet: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """``$share/{group}/{prefix}/{fleet}/devices/+/report``."""
-    validate_name("shared subscription group", group)
-    return f"$share/{group}/{Topics(fleet, prefix).all_reports}"
 
 
 @dataclass(frozen=True)
@@ -147,31 +129,6 @@ class MonitorStats:
 
 _Delivery = Message
 """A report as it arrived (with what acknowledging it to the broker needs)."""
-
-
-class CachedVersions:
-    """A ``known_version`` callback over a slow source (the registry): answers from a cached
-    set, and reloads it when asked about a version it lacks, at most every
-    ``refresh_seconds``, so a version registered after the monitor started is learnt."""
-
-    def __init__(
-        self, load: Callable[[], set[tuple[str, str]]], *, refresh_seconds: float = 10.0
-    ) -> None:
-        self._load = load
-        self._refresh_seconds = refresh_seconds
-        self._known = load()
-        self._loaded = time.monotonic()
-        self._lock = threading.Lock()
-
-    def __call__(self, model_name: str, model_version: str) -> bool:
-        key = (model_name, model_version)
-        if key in self._known:
-            return True
-        with self._lock:
-            if time.monotonic() - self._loaded >= self._refresh_seconds:
-                self._known = self._load()
-                self._loaded = time.monotonic()
-        return key in self._known
 
 
 class Monitor:

@@ -6,7 +6,7 @@ where the version's reference profile has 10, a categorical feature counted over
 vocabulary. Stored, such a report can never be merged with the version's other reports nor
 compared with its reference. So the monitor checks each report against the
 :class:`VersionProfile` of the version it names, built from the version's manifest exactly
-as a device builds its sketches (:meth:`edgefleet.edge.sketch.SketchBuilder.from_manifest`),
+as a device builds its sketches (:meth:`edgefleet.edge.sketch_builder.SketchBuilder.from_manifest`),
 before it is stored.
 
 What a report must match: the features in schema order, each with its name, kind and bin
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.profile import ReferenceProfile
 from edgefleet.edge.schema import FeatureSchema
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.errors import EdgefleetError, InputError
 
 __all__ = [

@@ -14,7 +14,8 @@ import numpy.typing as npt
 
 from edgefleet.central.serving.batcher import Batch, Batcher, BatchLimits
 from edgefleet.edge.scorer import Scorer
-from edgefleet.edge.sketch import ReportBody, SketchBuilder
+from edgefleet.edge.sketch import ReportBody
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.errors import EdgefleetError
 
 

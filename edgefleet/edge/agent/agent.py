@@ -66,7 +66,8 @@ from edgefleet.edge.rollout import (
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.segments import levels_of, segment_features
 from edgefleet.edge.shadow import ShadowCounter
-from edgefleet.edge.sketch import ReportBody, SketchBuilder
+from edgefleet.edge.sketch import ReportBody
+from edgefleet.edge.sketch_builder import SketchBuilder
 from edgefleet.edge.topics import Topics, validate_device_id
 from edgefleet.errors import BrokerError, InputError, RecordError
 

@@ -21,7 +21,7 @@ from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.rollout import Cohort
 from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.shadow import ShadowCounter, record_loss
-from edgefleet.edge.sketch import SketchBuilder
+from edgefleet.edge.sketch_builder import SketchBuilder
 
 Remembered = float | tuple[float, ...]
 """What is remembered of a prediction for its outcome: P(classes[1]), every class's
