@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from edgefleet.central.serving.service import ScoringService
 from edgefleet.edge.scorer import Scorer
@@ -161,3 +162,34 @@ def test_bad_requests_are_answered_with_what_is_wrong(
     too_many = {"instances": [golden_records(service_bundles[0], 1)[0]] * 1001}
     assert call(f"{url}/v1/models/churn:predict", too_many)[0] == 413
     assert call(f"{url}/v1/outcome", {"id": "x", "label": 1})[0] == 409  # not a fleet member
+
+
+def test_v1_predict_calls_a_decision_function_model_s_output_a_score(
+    keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A LinearSVC's output is a score, not a probability (docs/architecture.md §2)."""
+    from scipy.special import expit
+    from sklearn.svm import LinearSVC
+
+    from edgefleet.central.byo.register import register_model
+    from edgefleet.central.export import export_bundle
+    from edgefleet.edge.signing import load_private_key
+    from tests.byo import grid
+    from tests.serving.conftest import make_spec
+
+    frame = grid.binary_sets()["iris"]
+    user = grid.fit(frame, "standard+onehot", LinearSVC())
+    version = register_model(user, frame, grid.TARGET, home=tmp_path / "h", name="svc").version
+    bundle = export_bundle(version, ["onnx"], tmp_path / "b", load_private_key(keypair[0])).bundle
+    service = ScoringService(make_spec(keypair, bundles=(str(bundle),)), workers=1).start()
+    try:
+        records = golden_records(bundle, 3)
+        status, answer, _ = call(f"{service.url}/v1/models/svc:predict", {"instances": records})
+    finally:
+        service.stop()
+    assert status == 200, answer
+    columns = list(frame.drop(columns=[grid.TARGET]).columns)
+    expected = expit(user.decision_function(pd.DataFrame(records)[columns]))
+    got = [p["score"] for p in answer["predictions"]]
+    assert all("probability" not in p for p in answer["predictions"])
+    assert np.abs(np.array(got) - expected).max() <= 1e-5

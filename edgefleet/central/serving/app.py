@@ -215,7 +215,8 @@ class ServiceApp:
 
     def _predict(self, name: str, body: Any) -> Answer:
         """The device's answer per task (edge/agent/answers.py): binary ``probability`` and
-        ``label``, multi-class ``label`` and ``probabilities`` by class, regression ``value``."""
+        ``label``, multi-class ``label`` and ``probabilities`` by class, regression ``value``;
+        a decision-function model's ``score`` / ``scores`` (§2)."""
         limit = self.limits.max_records
         served, _, outputs = self._score(name, lambda m: parse_v1(body, m.scorer.encoder, limit))
         _, ids = self._labels(served, outputs)

@@ -16,7 +16,7 @@ Inputs whose name the schema does not know are ignored, as the device ignores un
 fields. Every refusal is a :class:`RequestError` naming the input, record and field.
 
 The outputs follow the model's task (docs/architecture.md §12): a classifier answers
-``probabilities`` ``[N, K]`` (``scores`` for a decision-function model, §2), ``label``
+``probabilities`` ``[N, K]`` (a decision-function model's scores too, §2), ``label``
 (BYTES ``[N]``) and ``prediction_id``; a regressor ``value`` (``[N]``) and
 ``prediction_id``.
 """
@@ -38,8 +38,9 @@ from edgefleet.edge.wirejson import json_type
 from edgefleet.errors import RequestError
 
 OUTPUTS = ("probabilities", "label", "prediction_id")
-"""What a binary classifier's inference response holds; a request's ``outputs`` picks among
-them (:func:`outputs_of` gives every task's)."""
+"""What a classifier's inference response holds (a decision-function model's scores keep
+the name ``probabilities``); a request's ``outputs`` picks among them (:func:`outputs_of`
+gives every task's)."""
 RECORDS_INPUT = "records"
 _NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64"}
 _NUMERIC |= {"UINT8", "UINT16", "UINT32", "UINT64"}
@@ -59,11 +60,7 @@ def outputs_of(schema: FeatureSchema) -> tuple[str, ...]:
     """The outputs an inference response of this model can hold, in response order."""
     if not schema.is_classifier:
         return ("value", "prediction_id")
-    return (_class_output(schema), "label", "prediction_id")
-
-
-def _class_output(schema: FeatureSchema) -> str:
-    return "scores" if schema.scores_only else "probabilities"
+    return OUTPUTS
 
 
 def _object(body: Any, what: str) -> dict[str, Any]:
@@ -277,7 +274,7 @@ def _output_metadata(schema: FeatureSchema) -> list[dict[str, Any]]:
     if not schema.is_classifier:
         return [{"name": "value", "datatype": "FP32", "shape": [-1]}, ids]
     return [
-        {"name": _class_output(schema), "datatype": "FP32", "shape": [-1, len(schema.classes)]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(schema.classes)]},
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         ids,
     ]
@@ -308,7 +305,7 @@ def _output_tensor(
     name: str, outputs: npt.NDArray[np.float32], labels: Sequence[str], ids: Sequence[str]
 ) -> dict[str, Any]:
     count = len(ids)
-    if name in ("probabilities", "scores"):
+    if name == "probabilities":
         return {
             "name": name,
             "datatype": "FP32",
