@@ -10,9 +10,12 @@ SQLAlchemy Core::
     key          text, primary key     the input's key column, as text
     model        text                  the model's name ("churn")
     version      text                  the model's version ("1.2.0")
-    label        text                  the predicted class (the most probable)
-    score        double                the probability of the positive class (classes[1])
-    probabilities text                 every class's probability, a JSON list in class order
+    label        text, null            the predicted class (the most probable); null for a
+                                       regressor
+    score        double                binary: P(classes[1]); multi-class: the predicted
+                                       class's probability; regression: the value
+    probabilities text                 the model's outputs, a JSON list: every class's
+                                       probability in class order, or [value]
     scored_at    timestamp with tz     when the row was scored (UTC)
 
 Upsert by key (``INSERT ... ON CONFLICT (key) DO UPDATE``, on both dialects): tonight's run
@@ -69,21 +72,31 @@ class Prediction:
     key: str
     model: str
     version: str
-    label: str
+    label: str | None
+    """None for a regressor."""
     score: float
     probabilities: tuple[float, ...]
     scored_at: datetime
 
     def to_json(self) -> dict[str, Any]:
         """The row as the lookup API answers it (``scored_at`` in seconds since the epoch,
-        as every time of the API; ``scored_at_iso`` the same in ISO 8601, UTC)."""
-        return {
+        as every time of the API; ``scored_at_iso`` the same in ISO 8601, UTC). A
+        classifier's row: ``label``, ``score`` and ``probabilities``; a regressor's (no
+        label): ``value``."""
+        answer: dict[str, Any] = {
             "key": self.key,
             "model": self.model,
             "version": self.version,
-            "label": self.label,
-            "score": self.score,
-            "probabilities": list(self.probabilities),
+        }
+        if self.label is None:
+            answer["value"] = self.score
+        else:
+            answer |= {
+                "label": self.label,
+                "score": self.score,
+                "probabilities": list(self.probabilities),
+            }
+        return answer | {
             "scored_at": self.scored_at.timestamp(),
             "scored_at_iso": self.scored_at.astimezone(UTC).isoformat(),
         }
@@ -98,25 +111,39 @@ def predictions_from_scores(
     version: str,
     scored_at: datetime | None = None,
 ) -> list[Prediction]:
-    """Rows for ``keys`` from a scorer's ``[N, n_classes]`` output (``classes`` in the
-    model's order; the score is the probability of ``classes[1]``)."""
+    """Rows for ``keys`` from a scorer's ``[N, n_outputs]`` output, per task as the
+    batch scorer writes them (``classes`` in the model's order; none for a regressor):
+    binary, the argmax and P(``classes[1]``); multi-class, the argmax and its probability;
+    regression, no label and the value."""
     if len(keys) != len(probabilities):
         raise InputError(f"{len(keys)} keys for {len(probabilities)} rows of probabilities")
     when = scored_at or datetime.now(UTC)
-    rounded = np.asarray(probabilities, dtype=np.float64)
-    best = rounded.argmax(axis=1) if len(rounded) else np.empty(0, dtype=np.int64)
+    outputs = np.asarray(probabilities, dtype=np.float64)
+    labels, scores = _labels_and_scores(outputs, classes)
     return [
         Prediction(
             key=check_key(key),
             model=model,
             version=version,
-            label=classes[int(best[i])],
-            score=float(rounded[i, 1]),
-            probabilities=tuple(float(p) for p in rounded[i]),
+            label=labels[i],
+            score=float(scores[i]),
+            probabilities=tuple(float(p) for p in outputs[i]),
             scored_at=when,
         )
         for i, key in enumerate(keys)
     ]
+
+
+def _labels_and_scores(
+    outputs: npt.NDArray[np.float64], classes: Sequence[str]
+) -> tuple[list[str | None], npt.NDArray[np.float64]]:
+    if not classes:
+        return [None] * len(outputs), outputs[:, 0] if len(outputs) else np.empty(0)
+    best = outputs.argmax(axis=1) if len(outputs) else np.empty(0, dtype=np.int64)
+    labels: list[str | None] = [classes[int(k)] for k in best]
+    if len(classes) == 2:
+        return labels, outputs[:, 1] if len(outputs) else np.empty(0)
+    return labels, outputs.max(axis=1, initial=0.0)
 
 
 def check_key(key: Any) -> str:
@@ -147,7 +174,8 @@ def _table(name: str) -> Table:
         Column("key", String(MAX_KEY_LENGTH), primary_key=True),
         Column("model", String(200), nullable=False),
         Column("version", String(100), nullable=False),
-        Column("label", String(200), nullable=False),
+        # Null for a regressor; a table made before tasks keeps its NOT NULL (binary only).
+        Column("label", String(200), nullable=True),
         Column("score", Double, nullable=False),
         Column("probabilities", Text, nullable=False),
         Column("scored_at", DateTime(timezone=True), nullable=False),

@@ -203,7 +203,6 @@ def worker_spec(args: argparse.Namespace, keys: list[Path], *, reporting: bool) 
 
 
 def run_serve_model(args: argparse.Namespace) -> int:
-    from edgefleet.central.serving.models import require_binary
     from edgefleet.central.serving.service import ScoringService
     from edgefleet.edge.scorer import Scorer
     from edgefleet.errors import InputError
@@ -220,7 +219,6 @@ def run_serve_model(args: argparse.Namespace) -> int:
         names = set()
         for bundle in args.bundles:  # a clear error here, before any worker starts
             manifest = Scorer.from_bundle(bundle, keys, format=args.format).manifest
-            require_binary(manifest)
             name = manifest.name
             if name in names:
                 raise InputError(f"two bundles are named {name!r}: serve one version per name")

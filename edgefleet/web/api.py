@@ -28,8 +28,9 @@ Read (GET)::
     /api/fleets/FLEET/rollout                    the verified rollout state and what can be done
     /api/fleets/FLEET/demo                       the promoted web bundle the demo serves
     /api/predictions/KEY                         the newest batch prediction of KEY (a
-                                                 customer id): label, score, model version,
-                                                 when it was scored; 404 if none
+                                                 customer id): label, score and
+                                                 probabilities (a regressor: value), model
+                                                 version, when it was scored; 404 if none
 
 Write (POST, JSON body optional), with the write token in ``X-Edgefleet-Token`` (or
 ``Authorization: Bearer TOKEN``); a browser request must come from the dashboard's own

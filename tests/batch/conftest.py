@@ -15,6 +15,7 @@ from edgefleet.central.export import export_bundle
 from edgefleet.central.registry import Registry
 from edgefleet.central.trainer import TrainedModel
 from edgefleet.edge.signing import load_private_key
+from tests.serving.conftest import task_bundles  # noqa: F401
 
 CUSTOMERS = 3000
 

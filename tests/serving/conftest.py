@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from edgefleet.central.serving.app import ServiceLimits
@@ -27,6 +28,40 @@ def service_bundles(
 ) -> list[Path]:
     """churn 1.0.0 (decision tree) and 1.1.0 (logistic regression), signed by ``keypair``."""
     return export_versions(trained, keypair, tmp_path_factory.mktemp("serving-home"))
+
+
+TASKS = ("multiclass", "regression")
+
+
+@pytest.fixture(scope="session")
+def task_bundles(
+    keypair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, Any]]:
+    """Per task: the signed ONNX bundle of a brought pipeline (tests/monitor/brought.py,
+    named after its task, version 1.0.0), and the user's fitted pipeline."""
+    from edgefleet.central.export import export_bundle
+    from edgefleet.edge.signing import load_private_key
+    from tests.monitor import brought
+
+    home = tmp_path_factory.mktemp("task-bundles")
+    private = load_private_key(keypair[0])
+    bundles = {}
+    for task in TASKS:
+        frame = brought.rows(task, 400, seed=3)
+        user = brought.fitted(task, frame)
+        version = brought.edgefleet.register(
+            user, reference=frame, target=brought.TARGET, name=task, home=home
+        )
+        bundle = export_bundle(version, ["onnx"], home / f"{task}-bundle", private).bundle
+        bundles[task] = (bundle, user)
+    return bundles
+
+
+def task_records(task: str, count: int = 7, seed: int = 11) -> pd.DataFrame:
+    """Records of a brought model's task, without the target."""
+    from tests.monitor import brought
+
+    return brought.rows(task, count, seed=seed).drop(columns=[brought.TARGET])
 
 
 def raw_key(public: Path) -> bytes:

@@ -5,4 +5,4 @@ from __future__ import annotations
 
 from tests.fleet.conftest import broker, counts_file, record_counts, unique  # noqa: F401
 from tests.monitor.conftest import db_url, postgres_server  # noqa: F401
-from tests.serving.conftest import service_bundles  # noqa: F401
+from tests.serving.conftest import service_bundles, task_bundles  # noqa: F401

@@ -8,7 +8,10 @@ predict, over the worker's :class:`Catalog`.
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer
     POST /v1/models/{name}:predict             {"instances": [{...}]} -> {"predictions": [...]}
-    POST /v1/outcome                           {"id": "<prediction id>", "label": "Yes" | 1}
+    POST /v1/outcome                           {"id": "<prediction id>", "label": "Yes" | 1 | 7.5}
+
+Every task is served (docs/architecture.md §12): the outputs and answers are the model's,
+per task (protocol.py, edge/agent/answers.py).
 
 Every error is JSON ``{"error": "...", "status": N}`` (the protocol's error object, plus the
 status): 400 naming the input, record and field; 404 unknown model or path; 413 a body or a
@@ -36,15 +39,17 @@ from edgefleet.central.serving.models import (
 )
 from edgefleet.central.serving.predid import PredictionIds, PredictionRef
 from edgefleet.central.serving.protocol import Parsed, infer_response, metadata, parse_v1, parse_v2
+from edgefleet.edge.agent.answers import Outcome, answers, label_index, outcome_value
 from edgefleet.edge.httpserver import ServerLimits
 from edgefleet.edge.jsonbody import parse_json, read_body
+from edgefleet.edge.schema import FeatureSchema
 from edgefleet.errors import InputError, RecordError, RequestError
 
 logger = logging.getLogger("edgefleet.serving")
 
 _MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer|/ready)?$")
 _PREDICT = re.compile(r"^/v1/models/([^/]+):predict$")
-OutcomeSink = Callable[[PredictionRef, int], None]
+OutcomeSink = Callable[[PredictionRef, Outcome], None]
 Answer = tuple[HTTPStatus, dict[str, Any]]
 
 
@@ -200,32 +205,37 @@ class ServiceApp:
 
     def _infer(self, model: ServedModel, body: Any) -> Answer:
         limit = self.limits.max_records
-        served, parsed, probabilities = self._score(
+        served, parsed, outputs = self._score(
             model.name, lambda m: parse_v2(body, m.scorer.encoder, limit)
         )
-        labels, ids = self._labels(served, probabilities)
+        labels, ids = self._labels(served, outputs)
         return HTTPStatus.OK, infer_response(
-            served.name, served.version, parsed, probabilities, labels, ids
+            served.name, served.version, parsed, outputs, labels, ids
         )
 
     def _predict(self, name: str, body: Any) -> Answer:
+        """The device's answer per task (edge/agent/answers.py): binary ``probability`` and
+        ``label``, multi-class ``label`` and ``probabilities`` by class, regression ``value``;
+        a decision-function model's ``score`` / ``scores`` (§2)."""
         limit = self.limits.max_records
-        served, _, probabilities = self._score(
-            name, lambda m: parse_v1(body, m.scorer.encoder, limit)
-        )
-        labels, ids = self._labels(served, probabilities)
-        positive = probabilities[:, 1].tolist()
-        # A decision-function model's output is a score, not a probability (§2).
-        key = "score" if served.scorer.manifest.schema.scores_only else "probability"
-        predictions = [
-            {"id": i, key: p, "label": label, "model_version": served.version}
-            for i, p, label in zip(ids, positive, labels, strict=True)
-        ]
+        served, _, outputs = self._score(name, lambda m: parse_v1(body, m.scorer.encoder, limit))
+        _, ids = self._labels(served, outputs)
+        schema = served.scorer.manifest.schema
+        predictions = [p.to_dict() for p in answers(schema, served.version, outputs, ids)]
         return HTTPStatus.OK, {"model_name": served.name, "predictions": predictions}
 
-    def _labels(self, model: ServedModel, probabilities: Any) -> tuple[list[str], list[str]]:
-        negative, positive = model.scorer.manifest.schema.classes
-        scores = probabilities[:, 1].tolist()
+    def _labels(self, model: ServedModel, outputs: Any) -> tuple[list[str], list[str]]:
+        """Each record's label (none for a regressor) and signed prediction id."""
+        schema = model.scorer.manifest.schema
+        if schema.task == "regression":
+            return [], self.ids.make(outputs[:, 0].tolist(), model.version)
+        if schema.task == "multiclass":
+            best = outputs.argmax(axis=1)
+            labels = [schema.classes[int(k)] for k in best]
+            top = outputs.max(axis=1).tolist()
+            return labels, self.ids.make(top, model.version, outputs)
+        negative, positive = schema.classes
+        scores = outputs[:, 1].tolist()
         labels = [positive if p >= 0.5 else negative for p in scores]
         return labels, self.ids.make(scores, model.version)
 
@@ -247,7 +257,25 @@ class ServiceApp:
         self.outcomes(ref, self._label_value(ref, body["label"]))
         return HTTPStatus.ACCEPTED, {"accepted": True}
 
-    def _label_value(self, ref: PredictionRef, label: Any) -> int:
+    def _label_value(self, ref: PredictionRef, label: Any) -> Outcome:
+        """The outcome as the edge agent counts it: a binary model's class index, a
+        multi-class model's class label, a regressor's value; a bad one is a 400."""
+        schema = self._schema_of(ref)
+        if schema is None or schema.task == "binary":
+            return self._binary_label(label)
+        if schema.task == "regression":
+            return outcome_value(label, schema)
+        label_index(label, schema.classes)
+        return str(label)
+
+    def _schema_of(self, ref: PredictionRef) -> FeatureSchema | None:
+        for name in self.catalog.names():
+            model = self.catalog.get(name)
+            if model.version == ref.version:
+                return model.scorer.manifest.schema
+        return None
+
+    def _binary_label(self, label: Any) -> int:
         if isinstance(label, bool) or label in (0, 1):
             return int(label)
         for name in self.catalog.names():

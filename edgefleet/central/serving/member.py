@@ -18,6 +18,7 @@ from typing import Any
 
 from edgefleet.central.serving.predid import OutcomeLedger, PredictionRef
 from edgefleet.edge.agent.agent import Agent
+from edgefleet.edge.agent.answers import Outcome
 from edgefleet.edge.agent.installer import ActiveModel
 from edgefleet.edge.sketch import ReportBody
 
@@ -69,9 +70,9 @@ class FleetMember:
     def _counts(self, body: ReportBody) -> None:
         self.agent.merge_counts(body)
 
-    def _outcome(self, ref: PredictionRef, label: int) -> None:
+    def _outcome(self, ref: PredictionRef, label: Outcome) -> None:
         with self._lock:
             first = self.ledger.first_time(ref)
         if first:
-            self.agent.record_outcome(ref.score, ref.version, label)
+            self.agent.record_outcome(ref.remembered, ref.version, label)
             self.labels_counted += 1

@@ -13,11 +13,10 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.central.serving.batcher import Batch, Batcher, BatchLimits
-from edgefleet.edge.manifest import Manifest
 from edgefleet.edge.scorer import Scorer
 from edgefleet.edge.sketch import ReportBody
 from edgefleet.edge.sketch_builder import SketchBuilder
-from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.errors import EdgefleetError
 
 
 class UnknownModelError(EdgefleetError):
@@ -42,8 +41,10 @@ class ServedModel:
 
     def count_failed(self, records: int) -> None:
         if self.builder is not None:
-            empty = np.zeros((0, self.scorer.manifest.schema.n_features), dtype=np.float32)
-            self.builder.add(empty, np.zeros(0, dtype=np.float32), None, n_failed=records)
+            schema = self.scorer.manifest.schema
+            empty = np.zeros((0, schema.n_features), dtype=np.float32)
+            outputs = np.zeros((0, schema.n_outputs), dtype=np.float32)
+            self.builder.add(empty, outputs, None, n_failed=records)
 
 
 def _run(scorer: Scorer) -> Any:
@@ -61,18 +62,6 @@ def _counter(builder: SketchBuilder | None) -> Any:
     return count
 
 
-def require_binary(manifest: Manifest) -> None:
-    """The service's answers, signed prediction ids and outcome counts hold one probability:
-    a multi-class or regression model is refused by name rather than served wrongly."""
-    task = manifest.schema.task
-    if task != "binary":
-        raise InputError(
-            f"{manifest.name} {manifest.version} is a {task} model; serve-model serves binary "
-            "classifiers for now. Score it with the device agent's HTTP API (edgefleet agent) "
-            "or with 'edgefleet batch score', which answer per task"
-        )
-
-
 class Catalog:
     """Name -> the model served under it. ``reporting``: keep report sketches (a fleet
     member) or not (bundles served on their own)."""
@@ -88,7 +77,6 @@ class Catalog:
     def install(self, scorer: Scorer, manifest_sha256: str | None = None) -> ServedModel:
         """Serve ``scorer`` under its manifest's name, replacing what was served there."""
         manifest = scorer.manifest
-        require_binary(manifest)
         builder = SketchBuilder.from_manifest(manifest) if self.reporting else None
         batcher = Batcher(
             _run(scorer), self.limits, on_batch=_counter(builder), name=f"batcher-{manifest.name}"

@@ -14,13 +14,18 @@ input is ``{"name", "shape", "datatype", "data", "parameters"?}`` with ``data`` 
 
 Inputs whose name the schema does not know are ignored, as the device ignores unknown
 fields. Every refusal is a :class:`RequestError` naming the input, record and field.
+
+The outputs follow the model's task (docs/architecture.md §12): a classifier answers
+``probabilities`` ``[N, K]`` (a decision-function model's scores too, §2), ``label``
+(BYTES ``[N]``) and ``prediction_id``; a regressor ``value`` (``[N]``) and
+``prediction_id``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +38,9 @@ from edgefleet.edge.wirejson import json_type
 from edgefleet.errors import RequestError
 
 OUTPUTS = ("probabilities", "label", "prediction_id")
-"""What an inference response can hold; a request's ``outputs`` picks among them."""
+"""What a classifier's inference response holds (a decision-function model's scores keep
+the name ``probabilities``); a request's ``outputs`` picks among them (:func:`outputs_of`
+gives every task's)."""
 RECORDS_INPUT = "records"
 _NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64"}
 _NUMERIC |= {"UINT8", "UINT16", "UINT32", "UINT64"}
@@ -47,6 +54,13 @@ class Parsed:
     rows: npt.NDArray[np.float32]
     request_id: str | None
     outputs: tuple[str, ...]
+
+
+def outputs_of(schema: FeatureSchema) -> tuple[str, ...]:
+    """The outputs an inference response of this model can hold, in response order."""
+    if not schema.is_classifier:
+        return ("value", "prediction_id")
+    return OUTPUTS
 
 
 def _object(body: Any, what: str) -> dict[str, Any]:
@@ -100,19 +114,19 @@ def parse_v2(body: Any, encoder: RecordEncoder, max_records: int) -> Parsed:
         raise RequestError("'inputs' must be a non-empty array of tensors")
     tensors = [_tensor(item, i) for i, item in enumerate(inputs)]
     rows = _rows(tensors, encoder, max_records)
-    return Parsed(rows, request_id, _requested(body.get("outputs")))
+    return Parsed(rows, request_id, _requested(body.get("outputs"), outputs_of(encoder.schema)))
 
 
-def _requested(outputs: Any) -> tuple[str, ...]:
+def _requested(outputs: Any, known: tuple[str, ...]) -> tuple[str, ...]:
     if outputs is None:
-        return OUTPUTS
+        return known
     if not isinstance(outputs, list):
         raise RequestError("'outputs' must be an array of {\"name\": ...}")
     names = []
     for item in outputs:
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in OUTPUTS:
-            raise RequestError(f"unknown output {name!r}: this model has {', '.join(OUTPUTS)}")
+        if name not in known:
+            raise RequestError(f"unknown output {name!r}: this model has {', '.join(known)}")
         names.append(name)
     return tuple(names)
 
@@ -242,43 +256,63 @@ def metadata(name: str, version: str, schema: FeatureSchema, platform: str) -> d
         {"name": f.name, "datatype": "BYTES" if f.kind == "categorical" else "FP32", "shape": [-1]}
         for f in schema.features
     ]
+    parameters: dict[str, Any] = {"classes": list(schema.classes), "target": schema.target}
+    if schema.task != "binary":  # binary metadata stays what it was before tasks
+        parameters["task"] = schema.task
     return {
         "name": name,
         "versions": [version],
         "platform": platform,
         "inputs": inputs,
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(schema.classes)]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
-        ],
-        "parameters": {"classes": list(schema.classes), "target": schema.target},
+        "outputs": _output_metadata(schema),
+        "parameters": parameters,
     }
+
+
+def _output_metadata(schema: FeatureSchema) -> list[dict[str, Any]]:
+    ids = {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]}
+    if not schema.is_classifier:
+        return [{"name": "value", "datatype": "FP32", "shape": [-1]}, ids]
+    return [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(schema.classes)]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ids,
+    ]
 
 
 def infer_response(
     name: str,
     version: str,
     parsed: Parsed,
-    probabilities: npt.NDArray[np.float32],
+    outputs: npt.NDArray[np.float32],
     labels: Sequence[str],
     ids: Sequence[str],
 ) -> dict[str, Any]:
-    count = len(labels)
-    tensors: Mapping[str, dict[str, Any]] = {
-        "probabilities": {
-            "datatype": "FP32",
-            "shape": list(probabilities.shape),
-            "data": probabilities.ravel().tolist(),
-        },
-        "label": {"datatype": "BYTES", "shape": [count], "data": list(labels)},
-        "prediction_id": {"datatype": "BYTES", "shape": [count], "data": list(ids)},
-    }
+    """The response to ``parsed``: the model's ``outputs`` ``[N, n_outputs]`` as the
+    tensors the request asked for (:func:`outputs_of` names each task's)."""
+    tensors = [_output_tensor(n, outputs, labels, ids) for n in parsed.outputs]
     response: dict[str, Any] = {
         "model_name": name,
         "model_version": version,
-        "outputs": [{"name": n, **tensors[n]} for n in parsed.outputs],
+        "outputs": tensors,
     }
     if parsed.request_id is not None:
         response["id"] = parsed.request_id
     return response
+
+
+def _output_tensor(
+    name: str, outputs: npt.NDArray[np.float32], labels: Sequence[str], ids: Sequence[str]
+) -> dict[str, Any]:
+    count = len(ids)
+    if name == "probabilities":
+        return {
+            "name": name,
+            "datatype": "FP32",
+            "shape": list(outputs.shape),
+            "data": outputs.ravel().tolist(),
+        }
+    if name == "value":
+        return {"name": name, "datatype": "FP32", "shape": [count], "data": outputs[:, 0].tolist()}
+    data = list(labels) if name == "label" else list(ids)
+    return {"name": name, "datatype": "BYTES", "shape": [count], "data": data}

@@ -28,6 +28,7 @@ from edgefleet.central.serving.app import ServiceApp, ServiceLimits
 from edgefleet.central.serving.batcher import BatchLimits
 from edgefleet.central.serving.models import Catalog
 from edgefleet.central.serving.predid import PredictionIds, PredictionRef
+from edgefleet.edge.agent.answers import Outcome
 from edgefleet.edge.agent.installer import load_verified
 from edgefleet.edge.agent.store import ModelStore
 from edgefleet.edge.httpserver import HttpServer
@@ -96,7 +97,7 @@ def worker_main(index: int, spec: WorkerSpec, sock: socket.socket, conn: Connect
         conn.close()
         sys.exit(2)
 
-    def outcome(ref: PredictionRef, label: int) -> None:
+    def outcome(ref: PredictionRef, label: Outcome) -> None:
         pipe.send(("outcome", ref, label))
 
     app = ServiceApp(

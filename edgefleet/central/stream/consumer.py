@@ -28,8 +28,10 @@ import numpy.typing as npt
 
 from edgefleet.central.predictions import Prediction, check_key, predictions_from_scores
 from edgefleet.central.stream.sink import Rejected, StreamTable
+from edgefleet.edge.agent.answers import Prediction as Answer
 from edgefleet.edge.encoding import RecordEncoder
 from edgefleet.edge.mqtt import Message, MqttClient
+from edgefleet.edge.schema import FeatureSchema
 from edgefleet.edge.scorer import Scorer
 from edgefleet.edge.wirejson import loads_strict
 from edgefleet.errors import EdgefleetError, InputError, RecordError
@@ -39,7 +41,8 @@ logger = logging.getLogger("edgefleet.stream")
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """A micro-batch's class probabilities ``[N, n_classes]`` and the model that made them."""
+    """A micro-batch's model outputs ``[N, n_outputs]`` (class probabilities, or a
+    regressor's value) and the model that made them."""
 
     probabilities: npt.NDArray[np.float64]
     model: str
@@ -84,14 +87,24 @@ class AgentScoring:
     def score(self, records: Sequence[dict[str, Any]]) -> ScoredBatch:
         manifest = self.agent.model.scorer.manifest
         predictions = self.agent.score(list(records))
-        positive = np.array([p.probability for p in predictions], dtype=np.float64)
         version = predictions[0].model_version if predictions else manifest.version
-        return ScoredBatch(
-            np.column_stack((1 - positive, positive)),
-            manifest.name,
-            version,
-            manifest.schema.classes,
-        )
+        outputs = outputs_of(predictions, manifest.schema)
+        return ScoredBatch(outputs, manifest.name, version, manifest.schema.classes)
+
+
+def outputs_of(predictions: Sequence[Answer], schema: FeatureSchema) -> npt.NDArray[np.float64]:
+    """The model's outputs ``[N, n_outputs]`` back from the agent's answers, per task
+    (edge/agent/answers.py): binary [1 - p, p], every class's probability, or [value]."""
+    if schema.task == "regression":
+        return np.array([[p.value] for p in predictions], dtype=np.float64).reshape(-1, 1)
+    if schema.task == "multiclass":
+        rows = [list((p.probabilities or p.scores or {}).values()) for p in predictions]
+        return np.array(rows, dtype=np.float64).reshape(-1, schema.n_outputs)
+    positive = np.array(
+        [p.score if p.probability is None else p.probability for p in predictions],
+        dtype=np.float64,
+    )
+    return np.column_stack((1 - positive, positive))
 
 
 @dataclass(frozen=True)
