@@ -21,9 +21,10 @@ documentation (``mlmodel/format/*.proto``) and coremltools' own tree-ensemble ch
 - ``glmRegressor``: ``w . x + offset`` per weight row, NoTransform; ``treeEnsembleRegressor``:
   the summed leaves plus ``basePredictionValue`` (NoTransform or Regression_Logistic); both
   give a double for one value, a multiArray for several (as the output declares).
-- ``neuralNetworkClassifier`` with ``innerProduct``, ``softmax``, ``unary`` (``THRESHOLD``:
-  ``max(scale * x + shift, alpha)``) and ``activation`` (``parametricSoftplus`` with one
-  alpha and beta: ``alpha * log(1 + exp(beta * x))``) layers on a rank-1 input
+- ``neuralNetworkClassifier`` with ``innerProduct``, ``softmax``, ``unary`` (on ``x' = scale
+  * x + shift``: ``THRESHOLD`` ``max(x', alpha)``, ``LOG`` ``log(x')``) and ``activation``
+  (``linear`` ``alpha * x + beta``; ``parametricSoftplus`` with one alpha and beta:
+  ``alpha * log(1 + exp(beta * x))``) layers on a rank-1 input
   (``[C]``, Core ML's C x 1 x 1): the layers run in order over named blobs, in float32 (Core
   ML's CPU precision), and ``labelProbabilityLayerName`` (default: the last layer's output)
   holds one probability per class label.
@@ -540,6 +541,9 @@ def _activation(layer: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float3
     every channel), computed without overflow (``logaddexp``), as the function is defined
     for every float."""
     kind = layer.activation.WhichOneof("NonlinearityType")
+    if kind == "linear":
+        params = layer.activation.linear
+        return np.asarray(np.float32(params.alpha) * x + np.float32(params.beta), np.float32)
     if kind == "parametricSoftplus":
         params = layer.activation.parametricSoftplus
         alpha, beta = list(params.alpha.floatValue), list(params.beta.floatValue)
@@ -553,14 +557,18 @@ def _activation(layer: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float3
 
 
 def _unary(layer: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """``threshold``: ``max(scale * x + shift, alpha)``."""
+    """``x' = scale * x + shift``, then ``THRESHOLD``: ``max(x', alpha)`` or ``LOG``:
+    ``log(x')``."""
     params = layer.unary
-    if params.type != params.THRESHOLD:
-        raise ConversionError(
-            f"the evaluator does not know the neural network layer 'unary' ({params.type})"
-        )
     shifted = np.float32(params.scale) * x + np.float32(params.shift)
-    return np.asarray(np.maximum(shifted, np.float32(params.alpha)), dtype=np.float32)
+    if params.type == params.THRESHOLD:
+        return np.asarray(np.maximum(shifted, np.float32(params.alpha)), dtype=np.float32)
+    if params.type == params.LOG:
+        with np.errstate(divide="ignore"):
+            return np.asarray(np.log(shifted), dtype=np.float32)
+    raise ConversionError(
+        f"the evaluator does not know the neural network layer 'unary' ({params.type})"
+    )
 
 
 _HANDLERS: dict[str, _Handler] = {

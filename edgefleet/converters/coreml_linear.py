@@ -72,6 +72,8 @@ def _linear_head(linear: LinearModel, labels: tuple[int, ...]) -> tuple[str, Any
         return "softmax", _softmax_network(weights, intercept, labels)
     if linear.link == "ovr_logistic":
         return "softmax", _ovr_network(weights, intercept, labels)
+    if linear.link == "modified_huber":
+        return "softmax", _modified_huber_network(weights, intercept, labels)
     raise ConversionError(f"Core ML has no linear classifier with the {linear.link} link")
 
 
@@ -186,15 +188,47 @@ def _ovr_network(
     within about 100 above the floor and another is below it (scikit-learn gives that class
     0, this ``exp(floor - top)``); the parity gate checks the reference rows."""
     model, network = _network(weights, intercept, labels, "scores")
-    floor = _layer(network, "floored_scores", "scores").unary
-    floor.type = floor.THRESHOLD
-    floor.alpha = OVR_UNDERFLOW
-    floor.scale = 1.0
+    _unary(network, "floored_scores", "scores", "THRESHOLD", alpha=OVR_UNDERFLOW)
     softplus = _layer(network, "log_sigmoid", "floored_scores").activation.parametricSoftplus
     softplus.alpha.floatValue.append(-1.0)
     softplus.beta.floatValue.append(-1.0)
     _layer(network, "probabilities", "log_sigmoid").softmax.SetInParent()
     return model
+
+
+def _modified_huber_network(
+    weights: Float64Array, intercept: Float64Array, labels: tuple[int, ...]
+) -> Model_pb2.Model:
+    """``SGDClassifier(loss='modified_huber')``: ``p = (clip(z, -1, 1) + 1) / 2``, then
+    normalised (uniform where all are 0). Binary scores ``[-z, z]`` (their two ``p`` sum to
+    1). Layers: innerProduct, threshold ``max(z, -1)``, times -1, threshold ``max(., -1)``
+    (now ``-clip(z, -1, 1)``), ``-0.5 x + 0.5`` (``p``), ``log(p + 1e-30)``, softmax: the
+    softmax of log p is p normalised, and all-zero p's are all ``log(1e-30)``, so uniform
+    (a positive float32 ``p`` is at least ~3e-8, where adding 1e-30 changes nothing)."""
+    if len(weights) == 1:
+        weights = np.vstack([-weights, weights])
+        intercept = np.concatenate([-intercept, intercept])
+    model, network = _network(weights, intercept, labels, "scores")
+    _unary(network, "at_least_minus_one", "scores", "THRESHOLD", alpha=-1.0)
+    _affine(network, "negated", "at_least_minus_one", -1.0, 0.0)
+    _unary(network, "minus_clipped", "negated", "THRESHOLD", alpha=-1.0)
+    _affine(network, "halves", "minus_clipped", -0.5, 0.5)
+    _unary(network, "log_halves", "halves", "LOG", shift=1e-30)
+    _layer(network, "probabilities", "log_halves").softmax.SetInParent()
+    return model
+
+
+def _unary(
+    network: Any, name: str, source: str, kind: str, alpha: float = 0.0, shift: float = 0.0
+) -> None:
+    unary = _layer(network, name, source).unary
+    unary.type = getattr(unary, kind)
+    unary.alpha, unary.shift, unary.scale = alpha, shift, 1.0
+
+
+def _affine(network: Any, name: str, source: str, alpha: float, beta: float) -> None:
+    linear = _layer(network, name, source).activation.linear
+    linear.alpha, linear.beta = alpha, beta
 
 
 def _network(

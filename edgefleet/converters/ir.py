@@ -13,6 +13,9 @@ regressor (the value), K for a K-class classifier. Then the ``link`` makes the o
 * ``logistic`` (binary): P(positive) = sigmoid(score), outputs ``[1 - p, p]``;
 * ``softmax`` (multi-class): the K probabilities, in the estimator's ``classes_`` order;
 * ``ovr_logistic`` (SGDClassifier, multi-class): sigmoid per class, normalised to sum 1;
+* ``modified_huber`` (SGDClassifier's loss): ``(clip(score, -1, 1) + 1) / 2``, binary
+  ``[1 - p, p]``, multi-class normalised to sum 1 (uniform where all are 0), as
+  scikit-learn's ``predict_proba``;
 * ``probability``: the scores are probabilities already (forests: ``[1 - p, p]`` binary);
 * ``identity`` (regression): the value, one column.
 
@@ -41,7 +44,7 @@ Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 Task = Literal["binary", "multiclass", "regression"]
-Link = Literal["logistic", "softmax", "ovr_logistic", "probability", "identity"]
+Link = Literal["logistic", "softmax", "ovr_logistic", "modified_huber", "probability", "identity"]
 Aggregation = Literal["average", "additive"]
 
 CLASSIFIER_FAMILIES = {
@@ -75,11 +78,7 @@ REGRESSOR_TASKS: tuple[Task, ...] = ("regression",)
 # ``edgefleet formats``).
 REFUSED_ESTIMATORS: dict[str, str] = {}
 # Settings of a converted estimator that edgefleet refuses, and why (``edgefleet formats``).
-REFUSED_SETTINGS = {
-    "SGDClassifier(loss='modified_huber')": "its predict_proba clips the decision function "
-    "to [-1, 1] and normalises one-vs-rest, a map no format's graph carries; use "
-    "loss='log_loss' (probabilities) or 'hinge' (a decision-function score)",
-}
+REFUSED_SETTINGS: dict[str, str] = {}
 
 
 def estimator_tasks(name: str) -> tuple[Task, ...]:
@@ -319,6 +318,8 @@ def outputs(link: Link, scores: Float64Array) -> Float64Array:
         uniform = np.full_like(probabilities, 1.0 / probabilities.shape[1])
         with np.errstate(invalid="ignore"):
             return np.where(total > 0, probabilities / total, uniform)
+    if link == "modified_huber":
+        return _modified_huber(scores)
     if link == "softmax":
         shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
         return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
@@ -326,6 +327,16 @@ def outputs(link: Link, scores: Float64Array) -> Float64Array:
     if probabilities.shape[1] == 1:
         return np.column_stack([1.0 - probabilities[:, 0], probabilities[:, 0]])
     return probabilities
+
+
+def _modified_huber(scores: Float64Array) -> Float64Array:
+    """scikit-learn's ``SGDClassifier(loss='modified_huber').predict_proba``."""
+    p = (np.clip(scores, -1.0, 1.0) + 1.0) / 2.0
+    if p.shape[1] == 1:
+        return np.column_stack([1.0 - p[:, 0], p[:, 0]])
+    total = p.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(np.where(total > 0, p / total, 1.0 / p.shape[1]), dtype=np.float64)
 
 
 OVR_UNDERFLOW = -709.782712893384
@@ -357,41 +368,17 @@ def read_pipeline(pipeline: Any) -> ModelIR:
     linear = family in LINEAR_FAMILIES
     model = _read_linear(estimator, task) if linear else _read_trees(estimator, family, task)
     classes = () if task == "regression" else tuple(str(c) for c in estimator.classes_)
-    if isinstance(model, TreeEnsemble) and _merges_categories(prep):
-        from edgefleet.converters.ir_sets import split_on_sets  # it imports this module
+    if isinstance(model, TreeEnsemble) and merges_categories(prep):
+        from edgefleet.converters.ir_sets import category_sets, split_on_sets  # imports ir
 
-        trees = split_on_sets(model, order, _category_sets(prep, preprocessing))
+        trees = split_on_sets(model, order, category_sets(prep, len(preprocessing.numeric)))
         return ModelIR(family, preprocessing, trees, task, classes)
     return ModelIR(family, preprocessing, _reorder(model, order), task, classes)
 
 
-def _merges_categories(prep: Any) -> bool:
+def merges_categories(prep: Any) -> bool:
     """Whether a one-hot encoder of ``prep`` merges infrequent categories into a column."""
     return any(getattr(t, "_infrequent_enabled", False) for _, t, _ in prep.transformers_)
-
-
-def _category_sets(prep: Any, preprocessing: Preprocessing) -> dict[int, Any]:
-    """Per estimator feature that stands for a set of categories (or for unknown ones),
-    the IR columns of that set (``ir_sets.CategorySet``)."""
-    from edgefleet.converters.ir_sets import CategorySet, encoder_layout
-
-    sets: dict[int, Any] = {}
-    feature, block_at = 0, len(preprocessing.numeric)
-    for name, transformer, columns in prep.transformers_:
-        if name == "remainder":
-            continue
-        if type(transformer).__name__ == "Pipeline":
-            feature += len(columns)
-            continue
-        for position, layout in enumerate(encoder_layout(transformer)):
-            block = tuple(range(block_at, block_at + len(transformer.categories_[position])))
-            for members, unknown in layout:
-                if len(members) != 1 or unknown:
-                    shifted = tuple(block_at + c for c in members)
-                    sets[feature] = CategorySet(shifted, unknown, block)
-                feature += 1
-            block_at += len(block)
-    return sets
 
 
 def _ir_positions(prep: Any, preprocessing: Preprocessing) -> IntArray:
@@ -488,6 +475,9 @@ def _read_linear(estimator: Any, task: Task) -> LinearModel:
     intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
     if task == "regression":
         return LinearModel(coefficients.reshape(1, -1), intercept.reshape(1), "identity")
+    if getattr(estimator, "loss", None) == "modified_huber" and name == "SGDClassifier":
+        rows = 1 if task == "binary" else len(coefficients)
+        return LinearModel(coefficients[:rows], intercept[:rows], "modified_huber")
     if task == "binary":
         return LinearModel(coefficients[:1], intercept[:1], "logistic")
     link: Link = "ovr_logistic" if name == "SGDClassifier" else "softmax"

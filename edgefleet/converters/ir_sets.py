@@ -55,6 +55,29 @@ def encoder_layout(encoder: Any) -> list[list[tuple[tuple[int, ...], bool]]]:
     return layout
 
 
+def category_sets(prep: Any, n_numeric: int) -> dict[int, CategorySet]:
+    """Per feature of the fitted ColumnTransformer ``prep`` that stands for a set of
+    categories (or for unknown ones), the IR columns of that set (the IR's one-hot blocks
+    follow its ``n_numeric`` numeric columns)."""
+    sets: dict[int, CategorySet] = {}
+    feature, block_at = 0, n_numeric
+    for name, transformer, columns in prep.transformers_:
+        if name == "remainder":
+            continue
+        if type(transformer).__name__ == "Pipeline":
+            feature += len(columns)
+            continue
+        for position, layout in enumerate(encoder_layout(transformer)):
+            block = tuple(range(block_at, block_at + len(transformer.categories_[position])))
+            for members, unknown in layout:
+                if len(members) != 1 or unknown:
+                    shifted = tuple(block_at + c for c in members)
+                    sets[feature] = CategorySet(shifted, unknown, block)
+                feature += 1
+            block_at += len(block)
+    return sets
+
+
 def split_on_sets(
     ensemble: TreeEnsemble, order: IntArray, sets: dict[int, CategorySet]
 ) -> TreeEnsemble:

@@ -41,7 +41,7 @@ import numpy.typing as npt
 
 from edgefleet.converters.ir import LinearModel, ModelIR, Preprocessing, Tree, TreeEnsemble
 from edgefleet.converters.source import ConversionSource
-from edgefleet.errors import ConversionError
+from edgefleet.errors import ConversionError, UnsupportedModelError
 
 NAMESPACE = "http://www.dmg.org/PMML-4_4"
 TARGET = "target"
@@ -61,6 +61,12 @@ def convert(source: ConversionSource) -> bytes:
         raise ConversionError(
             f"the PMML export takes binary classifiers; this is a {ir.task} model "
             "(export it as onnx, tflite, coreml or web)"
+        )
+    if isinstance(ir.model, LinearModel) and ir.model.link != "logistic":
+        raise UnsupportedModelError(
+            f"the PMML export writes a logit regression; this linear model's link is "
+            f"{ir.model.link} (SGDClassifier(loss='modified_huber')): export it as onnx, "
+            "tflite, coreml or web"
         )
     names = list(source.schema.names)
     classes = [str(c) for c in source.schema.classes]

@@ -314,12 +314,26 @@ def _link(link: Link, scores: Any) -> Any:
         underflow = tf.reduce_max(scores, axis=1, keepdims=True) < np.float32(OVR_UNDERFLOW)
         uniform = tf.ones_like(scores) / np.float32(scores.shape[1])
         return tf.where(underflow, uniform, normalised)
+    if link == "modified_huber":
+        return _modified_huber(scores)
     if link == "softmax":
         return tf.nn.softmax(scores, axis=1)
     probabilities = tf.sigmoid(scores) if link in ("logistic", "ovr_logistic") else scores
     if scores.shape[1] == 1:
         return tf.concat([1.0 - probabilities, probabilities], axis=1)
     return probabilities
+
+
+def _modified_huber(scores: Any) -> Any:
+    """``(clip(s, -1, 1) + 1) / 2``, then ``[1 - p, p]`` or normalised (uniform where all
+    are 0), as ``ir.outputs``."""
+    p = (tf.clip_by_value(scores, -1.0, 1.0) + 1.0) / 2.0
+    if scores.shape[1] == 1:
+        return tf.concat([1.0 - p, p], axis=1)
+    total = tf.reduce_sum(p, axis=1, keepdims=True)
+    some = total > 0.0
+    uniform = tf.ones_like(p) / np.float32(scores.shape[1])
+    return tf.where(some, p / tf.where(some, total, tf.ones_like(total)), uniform)
 
 
 def convert_ir(ir: ModelIR, form: Form | None = None) -> bytes:

@@ -28,7 +28,6 @@ from edgefleet.converters.registry import export_format
 from edgefleet.converters.source import ConversionSource
 from edgefleet.edge.agent.answers import answers
 from edgefleet.edge.schema import FeatureSchema
-from edgefleet.errors import UnsupportedModelError
 from tests.byo import grid
 
 FORMATS = ("onnx", "tflite", "coreml", "web")
@@ -131,13 +130,6 @@ def test_answers_say_score_not_probability(
     assert answer["scores"] == dict(zip(multi.classes, [0.2, 0.5, 0.3], strict=True))
     assert "probabilities" not in answer
     assert answer["label"] == multi.classes[1]
-
-
-def test_modified_huber_is_refused_with_the_reason() -> None:
-    frame = grid.frames("multiclass")["iris"]
-    user = grid.fit(frame, "standard+onehot", SGDClassifier(loss="modified_huber"))
-    with pytest.raises(UnsupportedModelError, match=r"loss='modified_huber'\) is not converted"):
-        prepare(LoadedModel(user, "test"), frame, grid.TARGET)
 
 
 def test_a_registered_linear_svc_scores_on_a_device_as_a_score(

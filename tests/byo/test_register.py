@@ -288,17 +288,6 @@ def test_help_warns_that_loading_a_pickle_runs_code(capsys: Any) -> None:
     assert "edgefleet register churn_pipeline.joblib --reference" in text
 
 
-def test_an_sgd_classifier_with_modified_huber_probabilities_is_refused(
-    tmp_path: Path, iris: pd.DataFrame, capsys: Any
-) -> None:
-    from sklearn.linear_model import SGDClassifier
-
-    model = grid.fit(iris, "standard+onehot", SGDClassifier(loss="modified_huber"))
-    assert "SGDClassifier(loss='modified_huber') is not converted" in _refused(
-        tmp_path, model, iris, capsys
-    )
-
-
 def test_bad_model_paths_get_one_clear_line(
     tmp_path: Path, iris: pd.DataFrame, capsys: Any
 ) -> None:
@@ -343,6 +332,5 @@ def test_formats_prints_the_matrix_from_the_registry(capsys: Any) -> None:
     assert rows[("SGDClassifier", "multiclass")][3:] == ["yes", "yes", "yes", "yes", "[1]"]
     assert rows[("LinearSVC", "multiclass")][1:7] == ["linsvc", "multiclass", *["yes"] * 4]
     assert any(line.startswith("  decision scores: LinearSVC") for line in lines)
-    assert any("SGDClassifier(loss='modified_huber'): its predict_proba" in line for line in lines)
     for step_name in COVERED_STEPS:
         assert any(line.strip().startswith(step_name) for line in lines)

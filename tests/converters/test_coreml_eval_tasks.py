@@ -68,6 +68,31 @@ def test_one_vs_rest_network_normalises_sigmoids_and_is_uniform_where_all_underf
     assert np.abs(out.dense([0, 1, 2]) - expected).max() < 1e-6
 
 
+def test_modified_huber_network_clips_normalises_and_is_uniform_where_all_are_zero() -> None:
+    """The layers coreml_linear writes for SGDClassifier(loss='modified_huber'), built with
+    coremltools' builder: p = (clip(z, -1, 1) + 1) / 2, then the softmax of log(p + 1e-30)."""
+    weights, bias = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.5]]), np.array([0.0, 0.5, 0.25])
+    builder = NeuralNetworkBuilder(
+        [("x", datatypes.Array(2))], [("probabilities", datatypes.Array(3))], mode="classifier"
+    )
+    builder.add_inner_product("scores", weights, bias, 2, 3, True, "x", "scores")
+    builder.add_unary("floor", "scores", "floored", mode="threshold", alpha=-1.0)
+    builder.add_activation("negate", "LINEAR", "floored", "negated", params=[-1.0, 0.0])
+    builder.add_unary("ceiling", "negated", "clipped", mode="threshold", alpha=-1.0)
+    builder.add_activation("halves", "LINEAR", "clipped", "halves", params=[-0.5, 0.5])
+    builder.add_unary("log", "halves", "log_halves", mode="log", shift=1e-30)
+    builder.add_softmax("probabilities", "log_halves", "probabilities")
+    builder.set_class_labels([0, 1, 2], predicted_feature_name="classLabel")
+    x = np.array([[0.2, -0.3], [3.0, 2.0], [-1.0, -5.0]])
+    out = evaluate(builder.spec, {"x": x})[builder.spec.description.predictedProbabilitiesName]
+    assert isinstance(out, DictBatch)
+    p = (np.clip(x @ weights.T + bias, -1.0, 1.0) + 1.0) / 2.0
+    expected = p / p.sum(axis=1, keepdims=True)
+    assert p[2].sum() == 0.0  # every class clipped to 0: scikit-learn answers uniform
+    expected[2] = 1.0 / 3.0
+    assert np.abs(out.dense([0, 1, 2]) - expected).max() < 1e-6
+
+
 def test_network_with_an_unknown_layer_or_wrong_width_is_refused() -> None:
     spec = _network([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], [0, 1])
     spec.neuralNetworkClassifier.layers[0].innerProduct.inputChannels = 3
