@@ -34,7 +34,7 @@ from tests.byo import grid
 FORMATS = ("onnx", "tflite", "coreml", "web")
 CELLS = grid.cells()
 CONVERTED = CELLS  # every cell registers (refused estimators: the tests at the end)
-# Every device format takes every cell (PMML's refusals: test_pmml_takes_binary_models_only).
+# Every device format takes every cell (PMML: test_pmml_parity_of_multiclass_and_regression).
 FORMAT_CELLS = [(*cell, fmt) for cell in CONVERTED for fmt in FORMATS]
 Cell = tuple[str, str, str, str]
 
@@ -136,11 +136,33 @@ def test_unconverted_estimator_is_refused_clearly(
     assert "loss='log_loss'" in message or "converted:" in message
 
 
-@pytest.mark.parametrize("task", ["multiclass", "regression"])
-def test_pmml_takes_binary_models_only(card: Callable[[Cell], Card], task: str) -> None:
-    cell = next(c for c in CONVERTED if c[0] == task and c[3] == "rf")
+# PMML (central only, checked by JPMML-Evaluator): each estimator of the non-binary tasks
+# once, on its first cell (a JVM call per cell; the binary families: tests/converters).
+PMML_CELLS = [
+    next(c for c in CONVERTED if c[0] == task and c[3] == est)
+    for task in ("multiclass", "regression")
+    for est in grid.estimators(task)
+    if (task, est) != ("multiclass", "sgd")
+]
+
+
+@pytest.mark.parametrize(("task", "data", "prep", "est"), PMML_CELLS)
+def test_pmml_parity_of_multiclass_and_regression(
+    card: Callable[[Cell], Card], task: str, data: str, prep: str, est: str
+) -> None:
+    source, inputs = _source(card((task, data, prep, est)))
+    pmml = export_format("pmml")
+    got = pmml.predict(pmml.convert(source), inputs)
+    expected = expected_outputs(source.pipeline, inputs)
+    assert got.shape == expected.shape == (len(inputs), source.schema.n_outputs)
+    parity = measure_parity("pmml", got, expected, task)
+    assert parity.max_excess <= task_tolerance(task, expected, DEFAULT_TOLERANCE), parity
+
+
+def test_pmml_refuses_a_multiclass_sgd_by_name(card: Callable[[Cell], Card]) -> None:
+    cell = next(c for c in CONVERTED if c[0] == "multiclass" and c[3] == "sgd")
     source, _ = _source(card(cell))
-    with pytest.raises(UnsupportedModelError, match=f"pmml takes binary models, not {task}"):
+    with pytest.raises(UnsupportedModelError, match="pmml cannot take a multiclass sgd model"):
         export_format("pmml").convert(source)
 
 
