@@ -91,7 +91,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "model.onnx",
             "onnxruntime>=1.17",
             ALL_FAMILIES,
-            "ONNX (skl2onnx), for onnxruntime",
+            "ONNX (skl2onnx; trees it cannot convert built from the IR), for onnxruntime",
         ),
         ExportFormat(
             "tflite",
