@@ -45,6 +45,8 @@ from edgefleet.errors import ConversionError, UnsupportedModelError
 
 NAMESPACE = "http://www.dmg.org/PMML-4_4"
 TARGET = "target"
+VALUE = "value"
+"""A regressor's output field."""
 
 
 def _num(value: float) -> str:
@@ -57,16 +59,10 @@ def _el(parent: ET.Element, tag: str, **attributes: str) -> ET.Element:
 
 def convert(source: ConversionSource) -> bytes:
     ir = source.ir
-    if ir.task != "binary":
-        raise ConversionError(
-            f"the PMML export takes binary classifiers; this is a {ir.task} model "
-            "(export it as onnx, tflite, coreml or web)"
-        )
-    if isinstance(ir.model, LinearModel) and ir.model.link != "logistic":
+    if isinstance(ir.model, LinearModel) and ir.model.link == "modified_huber":
         raise UnsupportedModelError(
-            f"the PMML export writes a logit regression; this linear model's link is "
-            f"{ir.model.link} (SGDClassifier(loss='modified_huber')): export it as onnx, "
-            "tflite, coreml or web"
+            "PMML's RegressionModel has no modified Huber normalisation "
+            "(SGDClassifier(loss='modified_huber')): export it as onnx, tflite, coreml or web"
         )
     names = list(source.schema.names)
     classes = [str(c) for c in source.schema.classes]
@@ -76,14 +72,14 @@ def convert(source: ConversionSource) -> bytes:
     dictionary = _el(root, "DataDictionary", numberOfFields=str(len(names) + 1))
     for name in names:
         _el(dictionary, "DataField", name=name, optype="continuous", dataType="double")
-    target = _el(dictionary, "DataField", name=TARGET, optype="categorical", dataType="string")
-    for label in classes:
-        _el(target, "Value", value=label)
-    features = _transformations(root, ir.preprocessing, names, scaled=_scaled(ir))
-    if isinstance(ir.model, LinearModel):
-        model = _linear(root, ir.model, features, classes)
+    if ir.task == "regression":
+        _el(dictionary, "DataField", name=TARGET, optype="continuous", dataType="double")
     else:
-        model = _ensemble(root, ir.model, features, classes, names)
+        target = _el(dictionary, "DataField", name=TARGET, optype="categorical", dataType="string")
+        for label in classes:
+            _el(target, "Value", value=label)
+    features = _transformations(root, ir.preprocessing, names, scaled=_scaled(ir))
+    model = _model(root, ir, features, classes, names)
     _mining_schema(model, names, target=True)
     _output(model, classes)
     ET.indent(root)
@@ -148,8 +144,27 @@ def _mining_schema(model: ET.Element, fields: Sequence[str], *, target: bool) ->
     model.insert(0, schema)
 
 
+def _model(
+    root: ET.Element, ir: ModelIR, features: list[str], classes: list[str], inputs: list[str]
+) -> ET.Element:
+    """The estimator, per task (binary: the forms of the module docstring; pmml_tasks.py:
+    multi-class and regression)."""
+    if ir.task != "binary":
+        # pmml_tasks builds on this module's writers: imported here, not at the top.
+        from edgefleet.converters.pmml_tasks import task_model
+
+        return task_model(root, ir, features, classes, inputs)
+    if isinstance(ir.model, LinearModel):
+        return _linear(root, ir.model, features, classes)
+    return _ensemble(root, ir.model, features, classes, inputs)
+
+
 def _output(model: ET.Element, classes: list[str]) -> None:
+    """Each class's probability, or a regressor's predicted value (no classes)."""
     output = ET.Element("Output")
+    if not classes:
+        _el(output, "OutputField", name=VALUE, optype="continuous", dataType="double")
+        output[-1].set("feature", "predictedValue")
     for label in classes:
         _el(
             output,
@@ -284,7 +299,8 @@ def _evaluator(artifact: bytes) -> Any:
 
 
 def predict(artifact: bytes, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
-    """Class probabilities ``[N, 2]`` computed by JPMML-Evaluator."""
+    """The model's outputs ``[N, n_outputs]`` computed by JPMML-Evaluator: the class
+    probabilities, or a regressor's value in one column."""
     import pandas as pd
 
     evaluator = _evaluator(artifact)
@@ -295,7 +311,7 @@ def predict(artifact: bytes, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any
     if errors is not None and errors.notna().any():
         row = int(np.flatnonzero(errors.notna().to_numpy())[0])
         raise ConversionError(f"JPMML-Evaluator failed on row {row}: {errors.iloc[row]}")
-    columns = [c for c in results.columns if str(c).startswith("probability(")]
+    columns = [c for c in results.columns if str(c).startswith("probability(")] or [VALUE]
     return np.asarray(results[columns].to_numpy(dtype=np.float64))
 
 

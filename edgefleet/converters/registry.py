@@ -125,7 +125,13 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             ALL_FAMILIES,
             "PMML 4.4 for central scoring engines (checked by JPMML-Evaluator); "
             "never loaded by devices",
-            tasks=("binary",),
+            refused=(
+                (
+                    "sgd",
+                    "multiclass",
+                    "its one-vs-rest sigmoids normalised to sum 1 are no PMML normalisation",
+                ),
+            ),
         ),
     )
 }

@@ -34,7 +34,7 @@ from tests.byo import grid
 FORMATS = ("onnx", "tflite", "coreml", "web")
 CELLS = grid.cells()
 CONVERTED = CELLS  # every cell registers (refused estimators: the tests at the end)
-# Every device format takes every cell (PMML's refusals: test_pmml_takes_binary_models_only).
+# Every device format takes every cell (PMML: test_pmml_parity_of_multiclass_and_regression).
 FORMAT_CELLS = [(*cell, fmt) for cell in CONVERTED for fmt in FORMATS]
 Cell = tuple[str, str, str, str]
 
@@ -131,11 +131,33 @@ def test_unconverted_estimator_is_refused_clearly(
     assert "converted:" in message
 
 
-@pytest.mark.parametrize("task", ["multiclass", "regression"])
-def test_pmml_takes_binary_models_only(card: Callable[[Cell], Card], task: str) -> None:
-    cell = next(c for c in CONVERTED if c[0] == task and c[3] == "rf")
+# PMML (central only, checked by JPMML-Evaluator): each estimator of the non-binary tasks
+# once, on its first cell (a JVM call per cell; the binary families: tests/converters).
+PMML_CELLS = [
+    next(c for c in CONVERTED if c[0] == task and c[3] == est)
+    for task in ("multiclass", "regression")
+    for est in grid.estimators(task)
+    if (task, est) != ("multiclass", "sgd")
+]
+
+
+@pytest.mark.parametrize(("task", "data", "prep", "est"), PMML_CELLS)
+def test_pmml_parity_of_multiclass_and_regression(
+    card: Callable[[Cell], Card], task: str, data: str, prep: str, est: str
+) -> None:
+    source, inputs = _source(card((task, data, prep, est)))
+    pmml = export_format("pmml")
+    got = pmml.predict(pmml.convert(source), inputs)
+    expected = expected_outputs(source.pipeline, inputs)
+    assert got.shape == expected.shape == (len(inputs), source.schema.n_outputs)
+    parity = measure_parity("pmml", got, expected, task)
+    assert parity.max_excess <= task_tolerance(task, expected, DEFAULT_TOLERANCE), parity
+
+
+def test_pmml_refuses_a_multiclass_sgd_by_name(card: Callable[[Cell], Card]) -> None:
+    cell = next(c for c in CONVERTED if c[0] == "multiclass" and c[3] == "sgd")
     source, _ = _source(card(cell))
-    with pytest.raises(UnsupportedModelError, match=f"pmml takes binary models, not {task}"):
+    with pytest.raises(UnsupportedModelError, match="pmml cannot take a multiclass sgd model"):
         export_format("pmml").convert(source)
 
 
@@ -171,8 +193,8 @@ def test_sgd_modified_huber_probabilities(
     grid_frames: dict[str, dict[str, pd.DataFrame]], task: str, data: str, prep: str, fmt: str
 ) -> None:
     """scikit-learn's modified Huber probabilities, (clip(d, -1, 1) + 1) / 2 normalised
-    (uniform where all are 0: the unscaled wine rows), in every device format; PMML's
-    logit regression refuses them."""
+    (uniform where all are 0: the unscaled wine rows), in every device format; PMML has no
+    such normalisation and refuses them."""
     frame = grid_frames[task][data]
     user = grid.fit(frame, prep, SGDClassifier(loss="modified_huber", random_state=0))
     registered = prepare(LoadedModel(user, "grid"), frame, grid.TARGET)
@@ -180,7 +202,7 @@ def test_sgd_modified_huber_probabilities(
     source, inputs = _source(registered)
     exporter = export_format(fmt)
     if fmt == "pmml":
-        why = "link is modified_huber" if task == "binary" else "pmml takes binary models"
+        why = "no modified Huber" if task == "binary" else "pmml cannot take a multiclass sgd"
         with pytest.raises(UnsupportedModelError, match=why):
             exporter.convert(source)
         return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from edgefleet.central.broker import MosquittoBroker
+from edgefleet.central.publish import publish
 from edgefleet.central.serving.app import ServiceApp, ServiceLimits
 from edgefleet.central.serving.batcher import BatchLimits
+from edgefleet.central.serving.member import FleetMember
 from edgefleet.central.serving.models import Catalog
 from edgefleet.central.serving.predid import PredictionIds, PredictionRef
 from edgefleet.central.serving.service import ScoringService
+from edgefleet.edge.agent.agent import Agent
 from edgefleet.edge.agent.answers import Outcome
 from edgefleet.edge.scorer import Scorer
+from edgefleet.edge.signing import load_private_key
+from tests.fleet.kit import agent_config, collecting, wait_for
 from tests.monitor import brought
 from tests.serving.conftest import TASKS, make_spec, task_records
 from tests.serving.test_service import call
@@ -202,3 +209,51 @@ def test_a_multiclass_id_cannot_be_altered() -> None:
     raw[30] = ord("A") if raw[30] != ord("A") else ord("B")
     with pytest.raises(Exception, match="no recent prediction"):
         ids.read(raw.decode())
+
+
+def test_a_fleet_member_counts_a_multiclass_models_labels(
+    broker: MosquittoBroker,
+    task_bundles: dict[str, tuple[Path, Any]],
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """Over real Mosquitto: the member installs the brought multi-class model the rollout
+    names, scores over HTTP, and counts labels posted back by prediction id in its report
+    (each id carries every class's probability, what the agent's task sketch counts)."""
+    fleet = f"f{uuid.uuid4().hex[:8]}"
+    publish(task_bundles["multiclass"][0], fleet, broker.address, load_private_key(keypair[0]))
+    agent = Agent(agent_config(broker, keypair, fleet, "scoring-mc", tmp_path / "member"))
+    member = FleetMember(agent)
+    service = ScoringService(
+        make_spec(keypair, reporting=True),
+        workers=1,
+        on_message=member.on_message,
+        welcome=member.welcome,
+    ).start()
+    member.follow(service.broadcast)
+    agent.start()
+    with collecting(broker, fleet, f"collector-{fleet}") as collector:
+        try:
+            url = service.url
+            wait_for(lambda: call(f"{url}/v2/health/ready")[0] == 200, what="the model")
+            records = task_records("multiclass", 5).to_dict(orient="records")
+            status, answer, _ = call(f"{url}/v1/models/multiclass:predict", {"instances": records})
+            assert status == 200, answer
+            for prediction in answer["predictions"][:3]:
+                outcome = {"id": prediction["id"], "label": prediction["label"]}
+                assert call(f"{url}/v1/outcome", outcome)[0] == 202
+            wait_for(lambda: member.labels_counted == 3, what="3 labels")
+
+            def reported() -> tuple[int, int]:
+                agent.close_window()
+                with collector.lock:
+                    unique = {(r.device_id, r.sequence): r for r in collector.reports}
+                return (
+                    sum(r.scored for r in unique.values()),
+                    sum(r.outcomes.labelled for r in unique.values()),
+                )
+
+            wait_for(lambda: reported() == (5, 3), what="5 scored and 3 labelled reported")
+        finally:
+            service.stop()
+            agent.stop(flush_timeout=2.0)
