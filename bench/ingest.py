@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,9 @@ def bench_monitors(
 ) -> Measured:
     """Reports/s committed by ``monitors`` monitor processes draining the backlog, and
     what each report cost them and the database in CPU."""
-    label = f"{monitors}{'' if rollups else '-raw'}"
+    # A group and sessions of their own per measure: a repeated measure (--rounds) must not
+    # resume the sessions, and the share of the backlog, of an earlier one.
+    label = f"{monitors}{'' if rollups else '-raw'}-{uuid.uuid4().hex[:6]}"
     group = f"bench-{label}"
     ids = [f"bench-monitor-{label}-{i}" for i in range(monitors)]
     logs = [work / f"{client_id}.log" for client_id in ids]
