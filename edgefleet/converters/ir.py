@@ -205,6 +205,20 @@ class Tree:
         value = np.asarray(self.value, dtype=np.float64)
         object.__setattr__(self, "value", value[:, None] if value.ndim == 1 else value)
 
+    @classmethod
+    def of_lists(cls, arrays: tuple[list[Any], ...]) -> Tree:
+        """A tree from the node lists a rewrite grows: ``(feature, threshold, left,
+        right, missing_left, value)``."""
+        feature, threshold, left, right, missing, value = arrays
+        return cls(
+            feature=np.asarray(feature, dtype=np.int64),
+            threshold=np.asarray(threshold, dtype=np.float64),
+            left=np.asarray(left, dtype=np.int64),
+            right=np.asarray(right, dtype=np.int64),
+            value=np.asarray(value, dtype=np.float64),
+            missing_left=np.asarray(missing, dtype=bool),
+        )
+
     @property
     def is_leaf(self) -> npt.NDArray[np.bool_]:
         return np.asarray(self.left < 0)

@@ -164,14 +164,7 @@ def _categorical_splits(
         feature[node], threshold[node] = feature[root], threshold[root]
         left[node], right[node], value[node] = left[root], right[root], value[root]
         missing[node] = missing[root]
-    return Tree(
-        feature=np.asarray(feature, dtype=np.int64),
-        threshold=np.asarray(threshold, dtype=np.float64),
-        left=np.asarray(left, dtype=np.int64),
-        right=np.asarray(right, dtype=np.int64),
-        value=np.asarray(value, dtype=np.float64),
-        missing_left=np.asarray(missing, dtype=bool),
-    )
+    return Tree.of_lists((feature, threshold, left, right, missing, value))
 
 
 def _search(add: Any, feature: int, bounds: list[float], targets: list[int], miss: bool) -> int:

@@ -108,14 +108,7 @@ def _rewrite(tree: Tree, order: IntArray, sets: dict[int, CategorySet]) -> Tree:
         else:
             tests, hit, miss = list(merged.members), to_one, to_zero
         _chain(node, tests, hit, miss, (feature, threshold, left, right, missing, value))
-    return Tree(
-        feature=np.asarray(feature, dtype=np.int64),
-        threshold=np.asarray(threshold, dtype=np.float64),
-        left=np.asarray(left, dtype=np.int64),
-        right=np.asarray(right, dtype=np.int64),
-        value=np.asarray(value, dtype=np.float64),
-        missing_left=np.asarray(missing, dtype=bool),
-    )
+    return Tree.of_lists((feature, threshold, left, right, missing, value))
 
 
 def _chain(node: int, tests: list[int], hit: int, miss: int, arrays: tuple[list[Any], ...]) -> None:

@@ -141,17 +141,7 @@ class RolloutFollowing:
             # Refuse a downgrade before downloading anything (verify checks it again on
             # the signed manifest itself).
             check_version(state, ref, active.scorer.manifest.version if active else None)
-            fmt = self._format_for(ref)
-            target = Target(
-                name=ref.name,
-                version=ref.version,
-                format=fmt,
-                manifest_sha256=ref.manifest_sha256,
-                signature_sha256=ref.signature_sha256,
-                artifact_sha256=ref.artifacts[fmt],
-                rollback_allowed=state.rollback,
-                rollout_sequence=state.sequence,
-            )
+            target = self._target(ref, state, rollback_allowed=state.rollback)
             if self.machine.has_failed(target):
                 # Abandoned under this state (e.g. it kept killing the process): say so,
                 # the device does not run what the fleet asks for.
@@ -176,23 +166,29 @@ class RolloutFollowing:
             return
         if current is not None and current.manifest_sha256 == ref.manifest_sha256:
             return
-        fmt = self._format_for(ref)
-        target = Target(
-            name=ref.name,
-            version=ref.version,
-            format=fmt,
-            manifest_sha256=ref.manifest_sha256,
-            signature_sha256=ref.signature_sha256,
-            artifact_sha256=ref.artifacts[fmt],
-            rollback_allowed=True,  # never activated: the version order does not apply
-            rollout_sequence=state.sequence,
-        )
+        # Never activated: the version order does not apply.
+        target = self._target(ref, state, rollback_allowed=True)
         try:
             self._set_shadow(self.installer.install_challenger(target))
         except EdgefleetError as error:
             self.installer.challenger = None
             self.last_problem = f"challenger {ref.version} not installed: {error}"
             logger.warning("%s: %s", self.config.device_id, self.last_problem)
+
+    def _target(self, ref: ModelRef, state: RolloutState, *, rollback_allowed: bool) -> Target:
+        """What the update lifecycle installs for ``ref``: its artifact in this device's
+        format."""
+        fmt = self._format_for(ref)
+        return Target(
+            name=ref.name,
+            version=ref.version,
+            format=fmt,
+            manifest_sha256=ref.manifest_sha256,
+            signature_sha256=ref.signature_sha256,
+            artifact_sha256=ref.artifacts[fmt],
+            rollback_allowed=rollback_allowed,
+            rollout_sequence=state.sequence,
+        )
 
     def _set_shadow(self, model: ActiveModel | None) -> None:
         """Start a window whose shadow counts belong to ``model`` (None: no shadow)."""
