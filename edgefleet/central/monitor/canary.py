@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgefleet.central.monitor.alerts import AlertRules
+from edgefleet.central.monitor.drift import FeatureDrift
 from edgefleet.central.monitor.measures import Measures
 from edgefleet.central.monitor.task_measures import judging_metric
+from edgefleet.edge.profile import QUANTILE_BINS
 
 Verdict = Literal["worse", "good", "insufficient"]
 
@@ -165,17 +167,33 @@ def _score_reasons(
     evidence: dict[str, Any],
 ) -> list[str]:
     score = canary.score
-    stable_js = 0.0 if stable is None or stable.score is None else _finite(stable.score.js)
+    stable_js = 0.0 if stable is None or stable.score is None else js_beyond_noise(stable.score)
     if score is None or score.current_n < rules.score_min_count:
         return []
-    evidence["score_js"] = {"canary": score.js, "stable": stable_js}
-    drifted = score.js >= rules.score_js or score.psi >= rules.score_psi
-    if drifted and score.js > stable_js + margins.drift_margin:
+    js = js_beyond_noise(score)
+    evidence["score_js"] = {"canary": score.js, "stable": stable_js, "canary_beyond_noise": js}
+    drifted = js >= rules.score_js or score.psi >= rules.score_psi
+    if drifted and js > stable_js + margins.drift_margin:
         return [
-            f"canary scores drift from its holdout (JS {score.js:.3f}) more than stable's "
-            f"({stable_js:.3f}) by over {margins.drift_margin}"
+            f"canary scores drift from its holdout (JS {score.js:.3f}, {js:.3f} beyond sampling "
+            f"noise) more than stable's ({stable_js:.3f}) by over {margins.drift_margin}"
         ]
     return []
+
+
+def js_beyond_noise(drift: FeatureDrift) -> float:
+    """The score drift's JS distance less what sampling alone gives two histograms of its
+    counts. Without drift, two samples of n and m scores merged into k groups (``score_drift``
+    merges into :data:`QUANTILE_BINS`) differ by a JS divergence of (k - 1)(1/n + 1/m) /
+    (8 ln 2) on average (bits; the chi-square term of its expansion): 0.066 in distance at a
+    canary's 600 scores against a 1,000-row holdout, 0.094 at the 95th percentile (simulated),
+    a hair under the 0.1 threshold, so a young canary was rolled back for its noise now and
+    then. That expected divergence is taken off before the threshold and the comparison
+    with stable; a real drift is barely changed (JS 0.3 stays 0.29)."""
+    if not drift.current_n or not drift.reference_n or not math.isfinite(drift.js):
+        return 0.0
+    noise = (QUANTILE_BINS - 1) / (8 * math.log(2)) * (1 / drift.current_n + 1 / drift.reference_n)
+    return math.sqrt(max(0.0, drift.js**2 - noise))
 
 
 def _input_reasons(
@@ -282,7 +300,3 @@ def _shortfalls(
     if margins.require_labels and not labels_compared:
         short.append(f"fewer than {rules.min_labels} labels in a cohort")
     return short
-
-
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else 0.0
