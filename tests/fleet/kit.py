@@ -109,6 +109,16 @@ class ReportCollector:
         with self.lock:
             return len(self.seen)
 
+    def scored_and_labelled(self) -> tuple[int, int]:
+        """Records scored and outcomes labelled over the distinct reports (a re-sent report
+        counted once)."""
+        with self.lock:
+            unique = {(r.device_id, r.sequence): r for r in self.reports}
+        return (
+            sum(r.scored for r in unique.values()),
+            sum(r.outcomes.labelled for r in unique.values()),
+        )
+
 
 @contextmanager
 def collecting(broker: MosquittoBroker, fleet: str, client_id: str) -> Iterator[ReportCollector]:

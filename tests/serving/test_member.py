@@ -106,12 +106,7 @@ def test_promoted_model_swapped_in_under_load(
 
             def reported() -> tuple[int, int]:
                 agent.close_window()
-                with collector.lock:
-                    unique = {(r.device_id, r.sequence): r for r in collector.reports}
-                return (
-                    sum(r.scored for r in unique.values()),
-                    sum(r.outcomes.labelled for r in unique.values()),
-                )
+                return collector.scored_and_labelled()
 
             # Every record the clients got a score for is in the member's reports, once.
             wait_for(lambda: reported() == (load.scored, 1), what=f"{load.scored} reported")

@@ -246,12 +246,7 @@ def test_a_fleet_member_counts_a_multiclass_models_labels(
 
             def reported() -> tuple[int, int]:
                 agent.close_window()
-                with collector.lock:
-                    unique = {(r.device_id, r.sequence): r for r in collector.reports}
-                return (
-                    sum(r.scored for r in unique.values()),
-                    sum(r.outcomes.labelled for r in unique.values()),
-                )
+                return collector.scored_and_labelled()
 
             wait_for(lambda: reported() == (5, 3), what="5 scored and 3 labelled reported")
         finally:
